@@ -1,0 +1,355 @@
+/**
+ * Every error atmirror throws. Errors are grouped under a few bases so callers can
+ * catch a family (`err instanceof RepoVerificationError`) or one case (`err.name`).
+ * Each carries the data it is about (`cid`, `did`, `url`, `rpath`, `rev`) and says it
+ * in its message as `what failed; key=value …` so a log line is enough to act on.
+ *
+ * "Not found" errors are kept apart from "failed" errors: a missing block or repo is
+ * a fact about the world, a failed request is a fact about the network.
+ */
+
+/** Anything that can name a CID: a multiformats CID or its string form. */
+export interface CidLike { toString: () => string }
+
+type Details = Record<string, string | number | boolean | CidLike | null | undefined>
+
+function describe (message: string, details: Details): string {
+  const parts: string[] = []
+  for (const [key, value] of Object.entries(details)) {
+    if (value === undefined || value === null || value === '') continue
+    parts.push(`${key}=${String(value)}`)
+  }
+  return parts.length > 0 ? `${message}; ${parts.join(' ')}` : message
+}
+
+export interface AtmirrorErrorOptions {
+  cause?: unknown
+}
+
+/** Base of every atmirror error. */
+export class AtmirrorError extends Error {
+  constructor (message: string, details: Details = {}, options: AtmirrorErrorOptions = {}) {
+    super(describe(message, details), options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = new.target.name
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Repository format and verification (src/repo)
+// ---------------------------------------------------------------------------
+
+/** The data is not a valid atproto repository (or part of one). */
+export class RepoVerificationError extends AtmirrorError {}
+
+/** Bytes are not valid DAG-CBOR in atproto's strict profile (DRISL). */
+export class CborDecodeError extends RepoVerificationError {
+  readonly cid?: string
+  constructor (reason: string, init: { cid?: CidLike } = {}, options?: AtmirrorErrorOptions) {
+    super(`invalid DAG-CBOR: ${reason}`, { cid: init.cid }, options)
+    this.cid = init.cid?.toString()
+  }
+}
+
+/** A CID that atproto repositories do not use (version, codec or hash). */
+export class UnsupportedCidError extends RepoVerificationError {
+  readonly cid: string
+  constructor (cid: CidLike | string, reason: string) {
+    super(`unsupported CID: ${reason}`, { cid: cid.toString() })
+    this.cid = cid.toString()
+  }
+}
+
+/** A block's bytes do not hash to its CID. */
+export class CidMismatchError extends RepoVerificationError {
+  readonly cid: string
+  readonly actual: string
+  constructor (cid: CidLike, actual: CidLike) {
+    super('block bytes do not match CID', { cid, actual })
+    this.cid = cid.toString()
+    this.actual = actual.toString()
+  }
+}
+
+/** A CAR file is malformed (header, varint, section or CID). */
+export class CarParseError extends RepoVerificationError {
+  readonly offset?: number
+  constructor (reason: string, init: { offset?: number } = {}, options?: AtmirrorErrorOptions) {
+    super(`malformed CAR: ${reason}`, { offset: init.offset }, options)
+    this.offset = init.offset
+  }
+}
+
+/** A block the repository needs is absent (from a CAR or a store). */
+export class MissingBlockError extends RepoVerificationError {
+  readonly cid: string
+  readonly rpath?: string
+  constructor (cid: CidLike, init: { rpath?: string, what?: string } = {}) {
+    super(`missing ${init.what ?? 'block'}`, { cid, rpath: init.rpath })
+    this.cid = cid.toString()
+    this.rpath = init.rpath
+  }
+}
+
+/** The commit object is malformed (fields, types, version). */
+export class CommitInvalidError extends RepoVerificationError {
+  readonly cid?: string
+  readonly did?: string
+  constructor (reason: string, init: { cid?: CidLike, did?: string, rev?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`invalid commit: ${reason}`, { did: init.did, rev: init.rev, cid: init.cid }, options)
+    this.cid = init.cid?.toString()
+    this.did = init.did
+  }
+}
+
+/** The commit's signature does not verify against the DID's signing key. */
+export class CommitSignatureError extends RepoVerificationError {
+  readonly cid?: string
+  readonly did: string
+  readonly rev?: string
+  constructor (init: { did: string, rev?: string, cid?: CidLike, reason?: string }, options?: AtmirrorErrorOptions) {
+    super(`commit signature invalid${init.reason !== undefined ? ` (${init.reason})` : ''}`, { did: init.did, rev: init.rev, cid: init.cid }, options)
+    this.cid = init.cid?.toString()
+    this.did = init.did
+    this.rev = init.rev
+  }
+}
+
+/** The commit belongs to another DID than the one asked for. */
+export class CommitDidMismatchError extends RepoVerificationError {
+  readonly did: string
+  readonly actual: string
+  constructor (expected: string, actual: string, init: { cid?: CidLike } = {}) {
+    super('commit is for another DID', { did: expected, actual, cid: init.cid })
+    this.did = expected
+    this.actual = actual
+  }
+}
+
+/** An MST node breaks the structure rules (order, heights, prefixes, empty nodes). */
+export class MstInvalidError extends RepoVerificationError {
+  readonly cid?: string
+  readonly rpath?: string
+  constructor (reason: string, init: { cid?: CidLike, rpath?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`invalid MST: ${reason}`, { cid: init.cid, rpath: init.rpath }, options)
+    this.cid = init.cid?.toString()
+    this.rpath = init.rpath
+  }
+}
+
+/** A record path is not `collection/rkey` with a valid NSID and record key. */
+export class InvalidRecordPathError extends RepoVerificationError {
+  readonly rpath: string
+  constructor (rpath: string, reason: string) {
+    super(`invalid record path: ${reason}`, { rpath: JSON.stringify(rpath) })
+    this.rpath = rpath
+  }
+}
+
+/** A sync 1.1 commit proof (ops inverted against the new tree) does not hold. */
+export class CommitProofError extends RepoVerificationError {
+  readonly cid?: string
+  readonly rpath?: string
+  constructor (reason: string, init: { cid?: CidLike, rpath?: string, did?: string, rev?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`commit proof invalid: ${reason}`, { did: init.did, rev: init.rev, rpath: init.rpath, cid: init.cid }, options)
+    this.cid = init.cid?.toString()
+    this.rpath = init.rpath
+  }
+}
+
+/** A public key or signature is malformed or of an unsupported kind. */
+export class InvalidKeyError extends RepoVerificationError {
+  constructor (reason: string, details: Details = {}, options?: AtmirrorErrorOptions) {
+    super(`invalid key: ${reason}`, details, options)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Identity (src/identity)
+// ---------------------------------------------------------------------------
+
+/** Base of DID and handle failures. */
+export class IdentityError extends AtmirrorError {}
+
+/** Not a syntactically valid DID or handle, or an unsupported DID method. */
+export class InvalidIdentifierError extends IdentityError {
+  readonly identifier: string
+  constructor (identifier: string, reason: string) {
+    super(`invalid identifier: ${reason}`, { identifier: JSON.stringify(identifier) })
+    this.identifier = identifier
+  }
+}
+
+/** The DID does not exist (the directory or host says so). */
+export class DidNotFoundError extends IdentityError {
+  readonly did: string
+  readonly url?: string
+  constructor (did: string, init: { url?: string } = {}) {
+    super('DID not found', { did, url: init.url })
+    this.did = did
+    this.url = init.url
+  }
+}
+
+/** Resolving the DID failed (network, timeout, bad response). */
+export class DidResolutionError extends IdentityError {
+  readonly did: string
+  readonly url?: string
+  constructor (did: string, reason: string, init: { url?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`DID resolution failed: ${reason}`, { did, url: init.url }, options)
+    this.did = did
+    this.url = init.url
+  }
+}
+
+/** The DID document lacks or has a malformed `#atproto` key or `#atproto_pds` service. */
+export class DidDocumentError extends IdentityError {
+  readonly did: string
+  constructor (did: string, reason: string, options?: AtmirrorErrorOptions) {
+    super(`DID document unusable: ${reason}`, { did }, options)
+    this.did = did
+  }
+}
+
+/** The handle resolves to no DID. */
+export class HandleNotFoundError extends IdentityError {
+  readonly handle: string
+  constructor (handle: string, reason = 'no DID found') {
+    super(`handle not found: ${reason}`, { handle })
+    this.handle = handle
+  }
+}
+
+/** Resolving the handle failed, or its DID document does not claim it back. */
+export class HandleResolutionError extends IdentityError {
+  readonly handle: string
+  readonly did?: string
+  constructor (handle: string, reason: string, init: { did?: string, url?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`handle resolution failed: ${reason}`, { handle, did: init.did, url: init.url }, options)
+    this.handle = handle
+    this.did = init.did
+  }
+}
+
+// ---------------------------------------------------------------------------
+// PDS and other HTTP services (src/head, src/blocks)
+// ---------------------------------------------------------------------------
+
+/** Base of failures talking to a PDS (or any atproto XRPC service). */
+export class PdsError extends AtmirrorError {
+  readonly did?: string
+  readonly url?: string
+  readonly status?: number
+  constructor (message: string, init: { did?: string, url?: string, status?: number, cid?: CidLike } = {}, options?: AtmirrorErrorOptions) {
+    super(message, { did: init.did, cid: init.cid, status: init.status, url: init.url }, options)
+    this.did = init.did
+    this.url = init.url
+    this.status = init.status
+  }
+}
+
+/** The PDS does not host this repo (`RepoNotFound`). */
+export class RepoNotFoundError extends PdsError {}
+/** The repo was taken down (`RepoTakendown`). */
+export class RepoTakendownError extends PdsError {}
+/** The account is suspended (`RepoSuspended`). */
+export class RepoSuspendedError extends PdsError {}
+/** The account is deactivated (`RepoDeactivated`). */
+export class RepoDeactivatedError extends PdsError {}
+/** The PDS does not implement the method (404/501 `MethodNotImplemented`). */
+export class MethodNotImplementedError extends PdsError {}
+/** A block the PDS was asked for is not there (`BlockNotFound`). */
+export class PdsBlockNotFoundError extends PdsError {}
+/** The PDS could not be reached, timed out, or failed (5xx). */
+export class PdsUnavailableError extends PdsError {}
+/** The PDS answered something that is not a valid response (HTML, wrong JSON, bad CAR). */
+export class PdsResponseError extends PdsError {}
+
+// ---------------------------------------------------------------------------
+// Heads (src/head)
+// ---------------------------------------------------------------------------
+
+/** Base of head-resolution failures that are not a single source's error. */
+export class HeadError extends AtmirrorError {}
+
+/** No source could give a verified head; `errors` lists each source's reason. */
+export class HeadUnavailableError extends HeadError {
+  readonly did: string
+  readonly errors: ReadonlyArray<{ source: string, error: Error }>
+  constructor (did: string, errors: ReadonlyArray<{ source: string, error: Error }>) {
+    super(`no verified head from any source (${errors.map(e => `${e.source}: ${e.error.message}`).join(' | ') || 'no sources'})`, { did })
+    this.did = did
+    this.errors = errors
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Blocks (src/blocks)
+// ---------------------------------------------------------------------------
+
+/** Base of block fetch failures. */
+export class BlockFetchError extends AtmirrorError {}
+
+/** The block is not in any source that was asked. */
+export class BlockNotFoundError extends BlockFetchError {
+  readonly cid: string
+  constructor (cid: CidLike, init: { source?: string } = {}) {
+    super('block not found', { cid, source: init.source })
+    this.cid = cid.toString()
+  }
+}
+
+/** Every source failed for this block; `errors` lists each source's reason. */
+export class AllSourcesFailedError extends BlockFetchError {
+  readonly cid: string
+  readonly errors: ReadonlyArray<{ source: string, error: Error }>
+  constructor (cid: CidLike, errors: ReadonlyArray<{ source: string, error: Error }>) {
+    super(`every source failed (${errors.map(e => `${e.source}: ${e.error.message}`).join(' | ') || 'no sources'})`, { cid })
+    this.cid = cid.toString()
+    this.errors = errors
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Mirror state, daemon and control API (src/mirror, src/server)
+// ---------------------------------------------------------------------------
+
+/** Base of local-state failures. */
+export class MirrorError extends AtmirrorError {}
+
+/** Another process holds the data directory. */
+export class DataDirLockedError extends MirrorError {
+  readonly path: string
+  constructor (path: string, init: { pid?: number } = {}) {
+    super('data directory is in use by another atmirror process', { path, pid: init.pid })
+    this.path = path
+  }
+}
+
+/** The DID is not pinned here. */
+export class NotPinnedError extends MirrorError {
+  readonly did: string
+  constructor (did: string) {
+    super('not pinned', { did })
+    this.did = did
+  }
+}
+
+/** Nothing is stored for this DID yet. */
+export class RepoNotMirroredError extends MirrorError {
+  readonly did: string
+  constructor (did: string) {
+    super('repo not mirrored here', { did })
+    this.did = did
+  }
+}
+
+/** A control API request failed (daemon down, 401, bad answer). */
+export class ControlApiError extends MirrorError {
+  readonly url?: string
+  readonly status?: number
+  constructor (message: string, init: { url?: string, status?: number } = {}, options?: AtmirrorErrorOptions) {
+    super(message, { status: init.status, url: init.url }, options)
+    this.url = init.url
+    this.status = init.status
+  }
+}
