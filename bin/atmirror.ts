@@ -15,7 +15,9 @@ const commands: Record<string, { summary: string, load: () => Promise<Command> }
   block: { summary: 'print a block by CID (block get CID [--offline])', load: async () => (await import('./commands/block.ts')).command },
   pin: { summary: 'pin add|rm|ls DID-or-handle', load: async () => (await import('./commands/pin.ts')).command },
   daemon: { summary: 'run the node: keep pinned repos current and serve them', load: async () => (await import('./commands/daemon.ts')).command },
-  status: { summary: "the daemon's peer id, addresses and pinned repos", load: async () => (await import('./commands/status.ts')).command }
+  status: { summary: "the daemon's peer id, addresses and pinned repos", load: async () => (await import('./commands/status.ts')).command },
+  peers: { summary: "the daemon's connected peers", load: async () => (await import('./commands/peers.ts')).command },
+  mirrors: { summary: 'peers that announce a DID on the DHT', load: async () => (await import('./commands/mirrors.ts')).command }
 }
 
 function usage (): string {

@@ -145,6 +145,16 @@ export class InvalidRecordPathError extends RepoVerificationError {
   }
 }
 
+/** A value breaks the atproto data model (a float, a bad `$type`, a malformed blob, `$link` or `$bytes`). */
+export class InvalidDataModelError extends RepoVerificationError {
+  /** Where in the value, as a dotted path (`rcrd.$type`, `arr.2`); empty for the top level. */
+  readonly path: string
+  constructor (reason: string, init: { path?: string } = {}) {
+    super(`invalid data model value: ${reason}`, { path: init.path })
+    this.path = init.path ?? ''
+  }
+}
+
 /** A sync 1.1 commit proof (ops inverted against the new tree) does not hold. */
 export class CommitProofError extends RepoVerificationError {
   readonly cid?: string
@@ -306,6 +316,58 @@ export class AllSourcesFailedError extends BlockFetchError {
     super(`every source failed (${errors.map(e => `${e.source}: ${e.error.message}`).join(' | ') || 'no sources'})`, { cid })
     this.cid = cid.toString()
     this.errors = errors
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Peers: head exchange, mirrors on the DHT (src/net, src/head/peer.ts)
+// ---------------------------------------------------------------------------
+
+/** Base of failures talking to another atmirror peer. */
+export class PeerError extends AtmirrorError {
+  readonly peer?: string
+  constructor (message: string, init: { peer?: CidLike | string, did?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(message, { did: init.did, peer: init.peer?.toString() }, options)
+    this.peer = init.peer?.toString()
+  }
+}
+
+/** The peer broke the wire protocol: oversized or malformed frame, wrong field types, early end. */
+export class PeerProtocolError extends PeerError {
+  constructor (reason: string, init: { peer?: CidLike | string, did?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`peer protocol violation: ${reason}`, init, options)
+  }
+}
+
+/** The peer did not answer within the per-stream time limit. */
+export class PeerTimeoutError extends PeerError {
+  constructor (init: { peer?: CidLike | string, did?: string, ms?: number } = {}) {
+    super(`peer did not answer in time${init.ms !== undefined ? ` (${init.ms} ms)` : ''}`, init)
+  }
+}
+
+/** The peer answered that it holds no head for the DID. */
+export class PeerHeadNotFoundError extends PeerError {}
+
+/** A verified head is older than the one already stored here, so it cannot move the repo back. */
+export class HeadStaleError extends HeadError {
+  readonly did: string
+  readonly rev: string
+  readonly storedRev: string
+  constructor (did: string, rev: string, storedRev: string, init: { source?: string } = {}) {
+    super('head is older than the stored rev', { did, rev, storedRev, source: init.source })
+    this.did = did
+    this.rev = rev
+    this.storedRev = storedRev
+  }
+}
+
+/** A multiaddr given in configuration (`--listen`, `--bootstrap`) is malformed or unusable here. */
+export class InvalidMultiaddrError extends AtmirrorError {
+  readonly multiaddr: string
+  constructor (multiaddr: string, reason: string, options?: AtmirrorErrorOptions) {
+    super(`invalid multiaddr: ${reason}`, { multiaddr: JSON.stringify(multiaddr) }, options)
+    this.multiaddr = multiaddr
   }
 }
 

@@ -2,7 +2,7 @@
  * CIDs as atproto repositories use them: CIDv1, sha2-256, DAG-CBOR (0x71) for
  * commits, MST nodes and records, raw (0x55) for blobs.
  */
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { CidMismatchError, UnsupportedCidError } from '../errors.ts'
@@ -16,9 +16,11 @@ export const RAW = 0x55
 /** Multihash code of sha2-256. */
 export const SHA2_256 = 0x12
 
-/** SHA-256 of `bytes`, synchronously (node's native implementation). */
+/** SHA-256 of `bytes`, synchronously (node's native one-shot hash: no Hash object per block). */
 export function sha256 (bytes: Uint8Array): Uint8Array {
-  return createHash('sha256').update(bytes).digest()
+  const digest = hash('sha256', bytes, 'buffer')
+  // A plain Uint8Array view, so CIDs built on it compare and print like any other.
+  return new Uint8Array(digest.buffer, digest.byteOffset, digest.byteLength)
 }
 
 /** The CIDv1 (sha2-256) of `bytes` under `codec` (DAG-CBOR unless told). */

@@ -1,0 +1,130 @@
+/**
+ * `atmirror daemon`: runs the mirror node in the foreground until SIGINT/SIGTERM.
+ */
+import { once } from 'node:events'
+import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
+import { DEFAULT_API_PORT } from '../../src/server/control-api.ts'
+import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { formatSync, identityConfig, identityOptions, integerFlag } from './node-options.ts'
+
+const USAGE = `usage: atmirror daemon [options]
+
+Runs the node: keeps every pinned repo current (re-checked at start, then every
+--interval), serves blocks to peers over libp2p/Bitswap, and answers the control
+API on 127.0.0.1 (used by 'atmirror status' and 'atmirror pin'). Stops cleanly on
+SIGINT/SIGTERM.
+
+options:
+  --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --api PORT              control API port, 0 for any free port (default ${DEFAULT_API_PORT})
+  --api-host HOST         control API interface (default 127.0.0.1; anything else
+                          exposes the token-protected API beyond this machine)
+  --interval SECONDS      re-check every pinned repo this often; 0 = only at start (default 60)
+  --concurrency N         repos synced at once by the re-check (default 4)
+  --private               private network: no public bootstrap, DHT server mode on
+                          any address incl. loopback, dials only loopback and the
+                          hosts of --listen/--bootstrap/--allow-dial
+  --listen MULTIADDR      TCP address to listen on, repeatable
+                          (default /ip4/0.0.0.0/tcp/4001; with --private /ip4/127.0.0.1/tcp/0)
+  --bootstrap MULTIADDR   peer to connect to and keep connected, repeatable
+                          (/ip4/…/tcp/…/p2p/<peer id>)
+  --announce MULTIADDR    address to announce instead of the listen addresses, repeatable
+  --allow-dial IP|CIDR    with --private: a further host or range the node may dial, repeatable
+  --offline               no peer-to-peer network at all (no libp2p); repos still sync from their PDS
+  --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
+  --handle-resolver URL   resolve handles through this XRPC service (ATMIRROR_HANDLE_RESOLVER)
+  --json                  print the startup info and events as JSON lines`
+
+const options = {
+  ...globalOptions,
+  ...identityOptions,
+  api: { type: 'string' },
+  'api-host': { type: 'string' },
+  interval: { type: 'string' },
+  concurrency: { type: 'string' },
+  private: { type: 'boolean', default: false },
+  listen: { type: 'string', multiple: true },
+  bootstrap: { type: 'string', multiple: true },
+  announce: { type: 'string', multiple: true },
+  'allow-dial': { type: 'string', multiple: true },
+  offline: { type: 'boolean', default: false }
+} as const
+
+export const command: Command = {
+  async run (args, ctx) {
+    const { values, positionals } = parse(args, options, { allowPositionals: false })
+    if (values.help) {
+      ctx.stdout.write(USAGE + '\n')
+      return 0
+    }
+    if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
+    const json = values.json
+    const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial'] as const
+    if (values.offline) {
+      for (const flag of networkFlags) {
+        if (values[flag] !== undefined) throw new CommandUsageError(`--${flag} makes no sense with --offline`)
+      }
+      if (values.private) throw new CommandUsageError('--private makes no sense with --offline')
+    }
+    if (!values.private && values['allow-dial'] !== undefined) throw new CommandUsageError('--allow-dial only applies with --private')
+
+    const init: MirrorNodeInit = {
+      dataDir: dataDir(values.data, ctx.env),
+      ...identityConfig(values, ctx.env),
+      api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
+      intervalMs: integerFlag('--interval', values.interval, 60) * 1000,
+      concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
+      network: values.offline
+        ? false
+        : {
+            mode: values.private ? 'private' : 'public',
+            listen: values.listen,
+            bootstrap: values.bootstrap,
+            announce: values.announce,
+            allowDial: values['allow-dial']
+          }
+    }
+
+    try {
+      if (ctx.signal.aborted) return 130
+      const node = await createMirrorNode(init)
+      const print = (line: unknown): void => {
+        ctx.stdout.write((json ? JSON.stringify(line) : String(line)) + '\n')
+      }
+      node.events.addEventListener('repo:synced', (evt) => {
+        if (json) print({ event: 'repo:synced', ...evt.detail, commit: evt.detail.commit.toString() })
+        else if (evt.detail.changed) print(`synced ${formatSync({ ...evt.detail, commit: evt.detail.commit.toString() })}`)
+      })
+      node.events.addEventListener('repo:error', (evt) => {
+        const { did, error } = evt.detail
+        if (json) print({ event: 'repo:error', did, error: { name: error.name, message: error.message } })
+        else ctx.stderr.write(`sync failed: ${did}: ${error.name}: ${error.message}\n`)
+      })
+      try {
+        await node.start()
+        const status = await node.status()
+        if (json) {
+          print({ event: 'started', pid: status.pid, dataDir: status.dataDir, api: node.api?.url, peerId: status.peerId, network: status.network, addresses: status.addresses, pins: status.repos.length })
+        } else {
+          print([
+            `atmirror ${status.version} daemon running (pid ${status.pid})`,
+            `  data:      ${status.dataDir}`,
+            `  api:       ${node.api?.url ?? 'off'}`,
+            `  network:   ${status.network ?? 'offline'}`,
+            `  peer id:   ${status.peerId ?? '-'}`,
+            ...status.addresses.map((addr, i) => `  ${i === 0 ? 'addresses:' : '          '} ${addr}`),
+            `  pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'} (re-checked every ${status.intervalSeconds > 0 ? `${status.intervalSeconds} s` : 'start only'})`
+          ].join('\n'))
+        }
+        if (!ctx.signal.aborted) await once(ctx.signal, 'abort')
+      } finally {
+        await node.stop()
+      }
+      if (json) print({ event: 'stopped' })
+      else print('stopped')
+      return 0
+    } catch (err) {
+      return ctx.fail(err, { json })
+    }
+  }
+}

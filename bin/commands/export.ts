@@ -1,0 +1,133 @@
+/**
+ * `atmirror export <did|handle> -o FILE.car`: the stored repo as a CAR file (commit
+ * first). Nothing is fetched: this writes what the mirror holds.
+ *
+ * Without a daemon the data directory is opened here (taking its lock). With one,
+ * the repo's state comes from its control API and the blocks are read straight from
+ * the block files, which is safe while the daemon writes (files appear complete or
+ * not at all); if the daemon collects a block of that commit meanwhile (the repo
+ * advanced), the export is retried once from the new state.
+ */
+import { createWriteStream } from 'node:fs'
+import { rename, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import { Readable } from 'node:stream'
+import { MissingBlockError, NotPinnedError, RepoNotMirroredError } from '../../src/errors.ts'
+import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
+import { exportRepoCar } from '../../src/mirror/export.ts'
+import { holdsBlocks } from '../../src/mirror/store.ts'
+import { ControlClient } from '../../src/server/control-client.ts'
+import { parseCid } from '../../src/repo/cid.ts'
+import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
+
+const USAGE = `usage: atmirror export DID-or-HANDLE -o FILE.car [options]
+
+Writes the stored copy of a repo as a CAR file: the signed commit first (the only
+root), then the MST and records in pre-order. 'atmirror car verify' and the
+reference implementation accept it. Use '-o -' for stdout.
+
+options:
+  -o, --output FILE       where to write (required; '-' for stdout)
+  --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --plc URL               PLC directory, to resolve a handle (ATMIRROR_PLC)
+  --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
+  --json                  print the result as one JSON object`
+
+const options = { ...globalOptions, ...identityOptions, output: { type: 'string', short: 'o' } } as const
+
+export const command: Command = {
+  async run (args, ctx) {
+    const { values, positionals } = parse(args, options)
+    if (values.help) {
+      ctx.stdout.write(USAGE + '\n')
+      return 0
+    }
+    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
+    if (values.output === undefined || values.output === '') throw new CommandUsageError(`missing -o FILE.car\n${USAGE}`)
+    const id = positionals[0] as string
+    const output = values.output
+    const json = values.json
+    if (output === '-' && json) throw new CommandUsageError('--json cannot be combined with -o - (the CAR goes to stdout)')
+    try {
+      const dir = dataDir(values.data, ctx.env)
+      const daemon = await ControlClient.forDataDir(dir)
+      let written: { did: string, commit: string, rev: string, bytes: number }
+      if (daemon !== undefined) {
+        const blockstore = new MirrorBlockstore(join(dir, 'blocks')) // read only: never opened (open clears temp files)
+        const attempt = async (): Promise<typeof written> => {
+          const repo = await daemon.client.repo(id, { signal: ctx.signal })
+          if (repo.commit === undefined || repo.rev === undefined || (repo.status !== 'active' && repo.status !== 'suspended' && repo.status !== 'deactivated')) {
+            throw new RepoNotMirroredError(repo.did)
+          }
+          const store = { get: async (cid: Parameters<typeof blockstore.getBytes>[0]) => await blockstore.getBytes(cid), has: async (cid: Parameters<typeof blockstore.has>[0]) => await blockstore.has(cid) }
+          const bytes = await writeOutput(output, exportRepoCar(store, parseCid(repo.commit), { signal: ctx.signal }), ctx.stdout)
+          return { did: repo.did, commit: repo.commit, rev: repo.rev, bytes }
+        }
+        try {
+          written = await attempt()
+        } catch (err) {
+          if (!(err instanceof MissingBlockError)) throw err
+          written = await attempt() // the repo advanced under us; its new state is complete
+        }
+      } else {
+        const node: MirrorNode = await createMirrorNode({ dataDir: dir, ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
+        try {
+          const did = await storedDid(node, id, ctx.signal)
+          const state = await node.store.getState(did)
+          if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+          const bytes = await writeOutput(output, node.syncer.exportCar(did, { signal: ctx.signal }), ctx.stdout)
+          written = { did, commit: state.commit, rev: state.rev, bytes }
+        } finally {
+          await node.stop()
+        }
+      }
+      if (output !== '-') {
+        ctx.stdout.write((json
+          ? JSON.stringify({ ok: true, ...written, file: output })
+          : `wrote ${output}: ${written.did} rev=${written.rev} commit=${written.commit} (${formatBytes(written.bytes)})`) + '\n')
+      }
+      return 0
+    } catch (err) {
+      return ctx.fail(err, { json })
+    }
+  }
+}
+
+/** The DID for a DID or handle: a handle is looked up among stored repos first, then resolved. */
+async function storedDid (node: MirrorNode, id: string, signal: AbortSignal): Promise<string> {
+  if (id.startsWith('did:')) return id
+  const handle = id.replace(/^@/, '').toLowerCase()
+  for (const state of await node.store.listStates()) {
+    if (state.handle?.toLowerCase() === handle) return state.did
+  }
+  const { did } = await node.identity.resolve(id, { signal })
+  if (await node.store.getState(did) === undefined) throw new NotPinnedError(did)
+  return did
+}
+
+/** Streams CAR chunks to a file (written to a temp name, renamed when complete) or stdout. */
+async function writeOutput (output: string, chunks: AsyncIterable<Uint8Array>, stdout: NodeJS.WritableStream): Promise<number> {
+  let bytes = 0
+  const counted = (async function * () {
+    for await (const chunk of chunks) {
+      bytes += chunk.byteLength
+      yield chunk
+    }
+  })()
+  if (output === '-') {
+    await pipeline(Readable.from(counted), stdout, { end: false })
+    return bytes
+  }
+  const tmp = `${output}.${process.pid}.tmp`
+  try {
+    await pipeline(Readable.from(counted), createWriteStream(tmp))
+    await rename(tmp, output)
+  } catch (err) {
+    await unlink(tmp).catch(() => {})
+    throw err
+  }
+  return bytes
+}

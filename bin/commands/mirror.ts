@@ -1,0 +1,127 @@
+/**
+ * `atmirror mirror <did|handle>`: one-shot — resolve, fetch the head, sync (full or
+ * incremental), verify, store, pin. With a daemon running on the data directory the
+ * daemon does it (through its control API); otherwise the directory is opened here
+ * (taking its lock) without the peer-to-peer network.
+ */
+import { createMirrorNode } from '../../src/node.ts'
+import { ControlClient } from '../../src/server/control-client.ts'
+import type { SyncResultJson } from '../../src/server/control-api.ts'
+import type { SyncProgress, SyncResult } from '../../src/mirror/sync.ts'
+import { CommandUsageError, dataDir, globalOptions, parse, type Command, type CommandContext } from './context.ts'
+import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
+
+const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
+
+Mirrors a repo once: resolves the identity, fetches and verifies the head commit,
+downloads what is missing (everything the first time, then only what changed),
+verifies the whole repo, stores it and pins it. Running it again on an unchanged
+repo fetches nothing but the head.
+
+With a daemon running on the data directory, the daemon does the work.
+
+options:
+  --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
+  --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
+  --json                  print the result as one JSON object`
+
+const options = { ...globalOptions, ...identityOptions } as const
+
+export const command: Command = {
+  async run (args, ctx) {
+    const { values, positionals } = parse(args, options)
+    if (values.help) {
+      ctx.stdout.write(USAGE + '\n')
+      return 0
+    }
+    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
+    const id = positionals[0] as string
+    const json = values.json
+    try {
+      const dir = dataDir(values.data, ctx.env)
+      const daemon = await ControlClient.forDataDir(dir)
+      let result: SyncResultJson
+      if (daemon !== undefined) {
+        if (!json) ctx.stderr.write(`a daemon runs on ${dir} (pid ${daemon.daemon.pid}); asking it to mirror ${id}\n`)
+        result = (await daemon.client.pin(id, { signal: ctx.signal })).sync
+      } else {
+        result = await mirrorHere(dir, id, values, ctx, json)
+      }
+      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatSummary(result)) + '\n')
+      return 0
+    } catch (err) {
+      return ctx.fail(err, { json })
+    }
+  }
+}
+
+async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
+  const node = await createMirrorNode({
+    dataDir: dir,
+    ...identityConfig(values, ctx.env),
+    network: false,
+    api: false,
+    checkOnStart: false,
+    intervalMs: 0
+  })
+  const progress = !json && ctx.stderr.isTTY === true ? new ProgressLine(ctx.stderr) : undefined
+  try {
+    const identity = await node.identity.resolve(id, { signal: ctx.signal })
+    const result = await node.syncer.sync(identity.did, {
+      signal: ctx.signal,
+      onProgress: progress === undefined ? undefined : (p) => { progress.update(p) }
+    })
+    progress?.done()
+    return toJson(result)
+  } finally {
+    progress?.done()
+    await node.stop()
+  }
+}
+
+function toJson (result: SyncResult): SyncResultJson {
+  return { ...result, commit: result.commit.toString(), fetched: { ...result.fetched } }
+}
+
+function formatSummary (result: SyncResultJson): string {
+  const { fetched } = result
+  const what = !result.changed ? 'unchanged (fetched the head only)' : result.full ? 'full sync' : 'incremental sync'
+  return [
+    `did:      ${result.did}`,
+    `rev:      ${result.rev}`,
+    `commit:   ${result.commit}`,
+    `records:  ${result.records}`,
+    `sync:     ${what}`,
+    `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})`,
+    `seconds:  ${result.seconds.toFixed(2)}`
+  ].join('\n')
+}
+
+/** One self-rewriting stderr line: phase, blocks, bytes, rate. Redrawn at most 10 times a second. */
+class ProgressLine {
+  readonly #out: NodeJS.WritableStream
+  readonly #started = performance.now()
+  #last = 0
+  #shown = false
+
+  constructor (out: NodeJS.WritableStream) {
+    this.#out = out
+  }
+
+  update (p: SyncProgress): void {
+    const now = performance.now()
+    if (now - this.#last < 100 && p.phase === 'download') return
+    this.#last = now
+    const seconds = Math.max((now - this.#started) / 1000, 0.001)
+    const rate = p.bytes / seconds
+    this.#out.write(`\r\x1b[K${p.phase.padEnd(8)} ${p.blocks} blocks  ${formatBytes(p.bytes)}  ${formatBytes(rate)}/s`)
+    this.#shown = true
+  }
+
+  done (): void {
+    if (!this.#shown) return
+    this.#shown = false
+    this.#out.write('\r\x1b[K')
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Options shared by the commands that run a mirror node (daemon) or open the data
+ * directory directly (pin, when no daemon runs): where identities resolve, and how
+ * results print.
+ */
+import type { ParseArgsConfig } from 'node:util'
+import type { SyncResultJson } from '../../src/server/control-api.ts'
+import { CommandUsageError, plcUrl } from './context.ts'
+
+/** Flags for identity resolution, on top of the global --plc. */
+export const identityOptions = {
+  'handle-resolver': { type: 'string' }
+} as const satisfies NonNullable<ParseArgsConfig['options']>
+
+export interface IdentityConfig {
+  plcUrl: string
+  handleResolverUrl?: string
+  allowHttpLocalhost: boolean
+}
+
+/**
+ * --plc / ATMIRROR_PLC and --handle-resolver / ATMIRROR_HANDLE_RESOLVER. A PLC
+ * directory or handle resolver on http://localhost means a local test network, whose
+ * PDS and did:web documents are plain http on localhost too: that is allowed then,
+ * and only then.
+ */
+export function identityConfig (values: { plc?: string, 'handle-resolver'?: string }, env: NodeJS.ProcessEnv): IdentityConfig {
+  const plc = checkUrl('--plc', plcUrl(values.plc, env))
+  const resolver = values['handle-resolver'] ?? env.ATMIRROR_HANDLE_RESOLVER
+  const handleResolverUrl = resolver === undefined || resolver === '' ? undefined : checkUrl('--handle-resolver', resolver)
+  const allowHttpLocalhost = [plc, handleResolverUrl].some(url => url !== undefined && isHttpLocalhost(url))
+  return { plcUrl: plc, handleResolverUrl, allowHttpLocalhost }
+}
+
+function checkUrl (flag: string, value: string): string {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new CommandUsageError(`${flag} must be a URL, got ${JSON.stringify(value)}`)
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new CommandUsageError(`${flag} must be an http(s) URL, got ${JSON.stringify(value)}`)
+  return value
+}
+
+function isHttpLocalhost (value: string): boolean {
+  const url = new URL(value)
+  return url.protocol === 'http:' && (url.hostname === 'localhost' || url.hostname === '127.0.0.1' || url.hostname === '[::1]')
+}
+
+/** Parses a non-negative integer flag. */
+export function integerFlag (flag: string, value: string | undefined, fallback: number, range: { min?: number, max?: number } = {}): number {
+  if (value === undefined) return fallback
+  const n = Number(value)
+  const min = range.min ?? 0
+  const max = range.max ?? Number.MAX_SAFE_INTEGER
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new CommandUsageError(`${flag} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`)
+  }
+  return n
+}
+
+/** One line about a sync: `did rev=… records=… fetched pds=… bitswap=… local=… 1.2 s`. */
+export function formatSync (result: SyncResultJson): string {
+  const { fetched } = result
+  const what = !result.changed ? 'unchanged' : result.full ? 'full sync' : 'incremental sync'
+  return `${result.did} rev=${result.rev} commit=${result.commit} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}, ${result.seconds.toFixed(1)} s)`
+}
+
+export function formatBytes (bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+}

@@ -1,0 +1,62 @@
+/**
+ * `atmirror status [--json]`: asks the running daemon (through its control API) for
+ * its peer id, addresses and pinned repos.
+ */
+import { ControlApiError } from '../../src/errors.ts'
+import { ControlClient } from '../../src/server/control-client.ts'
+import type { NodeStatus, PinnedRepo } from '../../src/server/control-api.ts'
+import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+
+const USAGE = `usage: atmirror status [--data DIR] [--json]
+
+Shows the running daemon's peer id, network addresses and every pinned repo with
+its rev, last sync and state. Needs a daemon on the data directory ('atmirror daemon').`
+
+export const command: Command = {
+  async run (args, ctx) {
+    const { values, positionals } = parse(args, globalOptions, { allowPositionals: false })
+    if (values.help) {
+      ctx.stdout.write(USAGE + '\n')
+      return 0
+    }
+    if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
+    const json = values.json
+    try {
+      const dir = dataDir(values.data, ctx.env)
+      const found = await ControlClient.forDataDir(dir)
+      if (found === undefined) throw new ControlApiError(`no daemon is running on ${dir} (start one with 'atmirror daemon')`)
+      const status = await found.client.status({ signal: ctx.signal })
+      if (json) {
+        ctx.stdout.write(JSON.stringify({ ok: true, api: found.client.url, ...status }) + '\n')
+      } else {
+        ctx.stdout.write(formatStatus(status, found.client.url) + '\n')
+      }
+      return 0
+    } catch (err) {
+      return ctx.fail(err, { json })
+    }
+  }
+}
+
+function formatStatus (status: NodeStatus, api: string): string {
+  const lines = [
+    `daemon:    running (pid ${status.pid}, atmirror ${status.version}, since ${status.startedAt})`,
+    `data:      ${status.dataDir}`,
+    `api:       ${api}`,
+    `network:   ${status.network ?? 'offline'}${status.network === null ? '' : ` (${status.peers} peer${status.peers === 1 ? '' : 's'} connected)`}`,
+    `peer id:   ${status.peerId ?? '-'}`
+  ]
+  status.addresses.forEach((addr, i) => lines.push(`${i === 0 ? 'addresses:' : '          '} ${addr}`))
+  lines.push(`pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'}${status.intervalSeconds > 0 ? `, re-checked every ${status.intervalSeconds} s` : ''}`)
+  for (const repo of status.repos) lines.push(`  ${formatRepo(repo)}`)
+  return lines.join('\n')
+}
+
+/** `did handle rev=… state synced=… [error]` */
+export function formatRepo (repo: PinnedRepo): string {
+  const parts = [repo.did]
+  if (repo.handle !== undefined) parts.push(repo.handle)
+  parts.push(`rev=${repo.rev ?? '-'}`, `state=${repo.syncing ? `${repo.status}+syncing` : repo.status}`, `synced=${repo.syncedAt ?? 'never'}`)
+  if (repo.error !== undefined) parts.push(`error=${JSON.stringify(repo.error)}`)
+  return parts.join('  ')
+}

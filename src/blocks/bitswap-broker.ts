@@ -1,0 +1,263 @@
+/**
+ * The Bitswap source of the fetch chain: blocks from the peers that mirror the DID.
+ *
+ * Instead of letting Bitswap run a DHT provider query for every block, the broker
+ * finds the DID's mirrors once (rendezvous key + configured peers, cached for a
+ * while), connects to them, and opens a Helia session whose providers are exactly
+ * those peers: every want goes straight to them. A batch is fetched wide (many
+ * CIDs in flight at once) and every block is hash-checked here before it is
+ * yielded; the fetch chain checks again before storing. Bitswap itself matches a
+ * block to a want by hashing the bytes, so a peer sending bytes that do not match
+ * a CID never satisfies that want: the want times out and the next source (another
+ * peer, then the PDS) supplies the block.
+ *
+ * A Helia session drops a peer for good once it answers DONT_HAVE; so that one
+ * missing block does not starve the rest of the batch, a failure opens a fresh
+ * session for what is still to come (a bounded number of times per batch).
+ */
+import { logger } from '@libp2p/logger'
+import { verifyBlock, type CID } from '../repo/cid.ts'
+import type { Block } from '../repo/block-store.ts'
+import type { BlockBroker, BrokerOptions } from './broker.ts'
+import type { FindMirrorsOptions, MirrorPeer } from '../net/mirrors.ts'
+import type { Libp2p, PeerId } from '@libp2p/interface'
+
+const log = logger('atmirror:blocks:bitswap')
+
+/** A Helia session blockstore, as far as the broker uses it. */
+export interface BitswapSession {
+  get: (cid: CID, options?: { signal?: AbortSignal }) => AsyncIterable<Uint8Array>
+  close?: () => void
+}
+
+export interface BitswapBrokerComponents {
+  /** `helia.blockstore`: its `createSession` opens Bitswap sessions. */
+  blocks: {
+    createSession: (root: CID, options?: { providers?: CID[], minProviders?: number, maxProviders?: number, signal?: AbortSignal }) => BitswapSession
+  }
+  libp2p: Pick<Libp2p, 'dial' | 'getConnections'>
+  /** Where the peers come from (a MirrorFinder). */
+  mirrors: { findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer> }
+}
+
+export interface BitswapBrokerInit {
+  /** Blocks in flight at once. @default 256 */
+  concurrency?: number
+  /** How long one block may take before the broker gives up on it, in ms. @default 10000 */
+  blockTimeoutMs?: number
+  /** How long the mirrors found for a DID are reused, in ms. @default 60000 */
+  peerCacheMs?: number
+  /** Most mirror peers in a session. @default 5 */
+  maxPeers?: number
+  /** Time limit for connecting to one mirror, in ms. @default 5000 */
+  dialTimeoutMs?: number
+  /** Fresh sessions opened per batch after failures before giving up on Bitswap for it. @default 8 */
+  maxSessionResets?: number
+}
+
+export interface BitswapBrokerStats {
+  blocks: number
+  bytes: number
+  failed: number
+  sessions: number
+}
+
+/** {@link BlockBroker} fetching over Bitswap from the DID's mirrors. */
+export class BitswapBroker implements BlockBroker {
+  readonly name = 'bitswap'
+  readonly #blocks: BitswapBrokerComponents['blocks']
+  readonly #libp2p: BitswapBrokerComponents['libp2p']
+  readonly #mirrors: BitswapBrokerComponents['mirrors']
+  readonly #concurrency: number
+  readonly #blockTimeoutMs: number
+  readonly #peerCacheMs: number
+  readonly #maxPeers: number
+  readonly #dialTimeoutMs: number
+  readonly #maxSessionResets: number
+  readonly #peers = new Map<string, { peers: Promise<PeerId[]>, expires: number }>()
+  readonly #stats: BitswapBrokerStats = { blocks: 0, bytes: 0, failed: 0, sessions: 0 }
+
+  constructor (components: BitswapBrokerComponents, init: BitswapBrokerInit = {}) {
+    this.#blocks = components.blocks
+    this.#libp2p = components.libp2p
+    this.#mirrors = components.mirrors
+    this.#concurrency = Math.max(1, init.concurrency ?? 256)
+    this.#blockTimeoutMs = init.blockTimeoutMs ?? 10_000
+    this.#peerCacheMs = init.peerCacheMs ?? 60_000
+    this.#maxPeers = Math.max(1, init.maxPeers ?? 5)
+    this.#dialTimeoutMs = init.dialTimeoutMs ?? 5000
+    this.#maxSessionResets = init.maxSessionResets ?? 8
+  }
+
+  stats (): BitswapBrokerStats {
+    return { ...this.#stats }
+  }
+
+  /** Forgets the cached mirrors of `did` (or of every DID). */
+  forget (did?: string): void {
+    if (did === undefined) this.#peers.clear()
+    else this.#peers.delete(did)
+  }
+
+  /**
+   * The connected mirrors of `did` (found once per `peerCacheMs`), or none. A
+   * lookup that finds nobody is not cached, so a mirror that appears later counts.
+   */
+  async peersFor (did: string, options: { signal?: AbortSignal } = {}): Promise<PeerId[]> {
+    const now = Date.now()
+    let entry = this.#peers.get(did)
+    if (entry === undefined || entry.expires < now) {
+      const peers = this.#findAndConnect(did, options)
+      entry = { peers, expires: now + this.#peerCacheMs }
+      this.#peers.set(did, entry)
+      peers.then(found => { if (found.length === 0 && this.#peers.get(did) === entry) this.#peers.delete(did) }, () => { if (this.#peers.get(did) === entry) this.#peers.delete(did) })
+    }
+    const peers = await entry.peers
+    // a cached peer may have gone away: keep the ones still connected, look again if none are
+    const connected = peers.filter(peer => this.#libp2p.getConnections(peer).length > 0)
+    if (connected.length > 0 || peers.length === 0) return connected
+    this.#peers.delete(did)
+    return await this.peersFor(did, options)
+  }
+
+  async * getMany (cids: CID[], options: BrokerOptions): AsyncGenerator<Block> {
+    if (cids.length === 0 || options.did === undefined) return
+    const signal = options.signal
+    const peers = await this.peersFor(options.did, { signal })
+    if (peers.length === 0) {
+      log('no mirrors of %s to ask for %d blocks', options.did, cids.length)
+      return
+    }
+    const providers = peers.map(peer => peer.toCID())
+    let resets = 0
+    let generation = 0
+    let session = this.#open(cids[0] as CID, providers, signal)
+    const sessions = [session]
+    let corrupt: Error | undefined
+
+    // A bounded pool: up to `concurrency` wants in flight, results handed to the
+    // consumer as they land; workers pause while the consumer is behind.
+    const results: Block[] = []
+    const room: Array<() => void> = []
+    const retry: Array<{ cid: CID, attempts: number }> = []
+    let wake: (() => void) | undefined
+    let next = 0
+    let active = 0
+    let stop = false
+    const notify = (): void => { wake?.(); wake = undefined }
+    const take = (): { cid: CID, attempts: number } | undefined => retry.pop() ?? (next < cids.length ? { cid: cids[next++] as CID, attempts: 0 } : undefined)
+
+    const worker = async (): Promise<void> => {
+      while (!stop) {
+        while (results.length >= this.#concurrency && !stop) await new Promise<void>(resolve => { room.push(resolve) })
+        const item = stop ? undefined : take()
+        if (item === undefined) return
+        const mine = generation
+        try {
+          const bytes = await this.#getOne(session, item.cid, signal)
+          verifyBlock(item.cid, bytes)
+          this.#stats.blocks++
+          this.#stats.bytes += bytes.byteLength
+          results.push({ cid: item.cid, bytes })
+          notify()
+        } catch (err) {
+          if (signal?.aborted === true) { stop = true; return }
+          const error = err as Error
+          if (error.name === 'CidMismatchError' || error.name === 'UnsupportedCidError') corrupt ??= error
+          // A session drops the peers that failed a want. Open a fresh one for the rest
+          // (once per failure wave: wants already in flight keep their session) and
+          // give this block one more try there.
+          if (mine === generation) {
+            if (resets >= this.#maxSessionResets) {
+              log('giving up on bitswap for the rest of %d blocks after %d fresh sessions', cids.length, resets)
+              stop = true
+              this.#stats.failed++
+              return
+            }
+            resets++
+            generation++
+            session = this.#open(item.cid, providers, signal)
+            sessions.push(session)
+          }
+          if (item.attempts === 0) {
+            retry.push({ cid: item.cid, attempts: 1 })
+          } else {
+            this.#stats.failed++
+            log('no block %c over bitswap - %s', item.cid, error.message)
+          }
+        }
+      }
+    }
+
+    const workers = Array.from({ length: Math.min(this.#concurrency, cids.length) }, async () => {
+      active++
+      try {
+        await worker()
+      } finally {
+        active--
+        notify()
+      }
+    })
+    const all = Promise.all(workers)
+    try {
+      while (true) {
+        if (results.length > 0) {
+          const batch = results.splice(0)
+          for (const wakeOne of room.splice(0)) wakeOne()
+          for (const block of batch) yield block
+          continue
+        }
+        if (active === 0) break
+        await new Promise<void>(resolve => { wake = resolve })
+      }
+      await all
+    } finally {
+      stop = true
+      for (const wakeOne of room.splice(0)) wakeOne()
+      for (const open of sessions) open.close?.()
+    }
+    signal?.throwIfAborted()
+    if (corrupt !== undefined) throw corrupt
+  }
+
+  #open (root: CID, providers: CID[], signal: AbortSignal | undefined): BitswapSession {
+    this.#stats.sessions++
+    return this.#blocks.createSession(root, {
+      providers,
+      minProviders: 1,
+      // as many as we have: the session then never runs a DHT query for more
+      maxProviders: providers.length,
+      signal
+    })
+  }
+
+  async #getOne (session: BitswapSession, cid: CID, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const timeout = AbortSignal.timeout(this.#blockTimeoutMs)
+    const bounded = signal === undefined ? timeout : AbortSignal.any([signal, timeout])
+    const chunks: Uint8Array[] = []
+    for await (const chunk of session.get(cid, { signal: bounded })) chunks.push(chunk)
+    if (chunks.length === 1) return chunks[0] as Uint8Array
+    return Buffer.concat(chunks)
+  }
+
+  async #findAndConnect (did: string, options: { signal?: AbortSignal }): Promise<PeerId[]> {
+    const found: MirrorPeer[] = []
+    for await (const peer of this.#mirrors.findMirrors(did, { signal: options.signal, maxPeers: this.#maxPeers })) found.push(peer)
+    const connected = await Promise.all(found.map(async (peer) => {
+      if (this.#libp2p.getConnections(peer.id).length > 0) return peer.id
+      try {
+        const signal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(options.signal === undefined ? [] : [options.signal])])
+        // by id: findMirrors put the addresses in the peer store, and a dial by id checks who answers
+        await this.#libp2p.dial(peer.id, { signal })
+        return peer.id
+      } catch (err) {
+        options.signal?.throwIfAborted()
+        log('mirror %p of %s not reachable - %e', peer.id, did, err)
+        return undefined
+      }
+    }))
+    const peers = connected.filter(peer => peer !== undefined)
+    log('%d of %d mirrors of %s connected', peers.length, found.length, did)
+    return peers
+  }
+}

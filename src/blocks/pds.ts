@@ -1,0 +1,231 @@
+/**
+ * The last link of the fetch chain, and the source of full and incremental repo
+ * downloads: a DID's PDS over HTTP.
+ *
+ * - `com.atproto.sync.getRepo` (optionally `since` a rev) is streamed: the caller
+ *   reads the CAR as it arrives. The request is bounded twice: an overall deadline,
+ *   and an idle timeout that fires when the body stops moving (a PDS that stalls
+ *   mid-stream fails in seconds rather than holding the sync forever).
+ * - `com.atproto.sync.getBlocks` takes many CIDs per request (batched by count and
+ *   URL length), a few requests in flight. The reference PDS fails the whole request
+ *   when any CID is missing and names the missing ones in its message; the broker
+ *   then asks again for the rest, so one absent block does not hide its batch.
+ *   Without a list of names it bisects.
+ */
+import { logger } from '@libp2p/logger'
+import { PdsBlockNotFoundError, PdsResponseError, PdsUnavailableError } from '../errors.ts'
+import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../head/xrpc.ts'
+import type { Block } from '../repo/block-store.ts'
+import { readCar } from '../repo/car.ts'
+import type { CID } from '../repo/cid.ts'
+import { parallel } from './parallel.ts'
+import type { BlockBroker, BrokerOptions } from './broker.ts'
+
+const log = logger('atmirror:blocks:pds')
+
+/** Finds a DID's PDS (an IdentityResolver fits). */
+export interface PdsLocator {
+  resolve: (did: string, options?: { signal?: AbortSignal }) => Promise<{ did: string, pds: string }>
+}
+
+export interface PdsClientInit {
+  /**
+   * Overall deadline of one getBlocks request, or of one getRepo download.
+   *
+   * @default 30_000 for getBlocks; getRepo uses `repoTimeoutMs`
+   */
+  timeoutMs?: number
+  /** Overall deadline of one getRepo download. @default 1_800_000 (30 min) */
+  repoTimeoutMs?: number
+  /** A download fails when no byte arrives for this long. @default 30_000 */
+  idleTimeoutMs?: number
+  fetch?: FetchLike
+}
+
+/** Bounded XRPC calls to a PDS, with atproto's error names mapped to atmirror errors. */
+export class PdsClient {
+  readonly #timeoutMs: number
+  readonly #repoTimeoutMs: number
+  readonly #idleTimeoutMs: number
+  readonly #fetch: FetchLike
+
+  constructor (init: PdsClientInit = {}) {
+    this.#timeoutMs = init.timeoutMs ?? 30_000
+    this.#repoTimeoutMs = init.repoTimeoutMs ?? 1_800_000
+    this.#idleTimeoutMs = init.idleTimeoutMs ?? 30_000
+    this.#fetch = init.fetch ?? fetch
+  }
+
+  /**
+   * Streams `com.atproto.sync.getRepo` (the whole repo, or the blocks newer than
+   * `since`) as CAR bytes.
+   *
+   * @throws RepoNotFoundError, RepoTakendownError, RepoSuspendedError,
+   * RepoDeactivatedError, PdsUnavailableError (unreachable, 5xx, deadline, stalled),
+   * PdsResponseError
+   */
+  async * getRepo (pds: string, did: string, options: { since?: string, signal?: AbortSignal } = {}): AsyncGenerator<Uint8Array> {
+    yield * this.#stream('com.atproto.sync.getRepo', pds, { did, since: options.since }, did, this.#repoTimeoutMs, options.signal)
+  }
+
+  /**
+   * `com.atproto.sync.getBlocks` for one batch: yields the blocks of the response
+   * CAR (hash-checked by the CAR reader) that were asked for.
+   *
+   * @throws PdsBlockNotFoundError (with `missing` when the PDS names them), and the
+   * errors of {@link getRepo}
+   */
+  async * getBlocks (pds: string, did: string, cids: CID[], options: { signal?: AbortSignal } = {}): AsyncGenerator<Block> {
+    const strings = cids.map(cid => cid.toString())
+    const wanted = new Set(strings)
+    const car = await readCar(this.#stream('com.atproto.sync.getBlocks', pds, { did, cids: strings }, did, this.#timeoutMs, options.signal), { signal: options.signal, allowNoRoots: true })
+    for await (const block of car.blocks) {
+      if (wanted.delete(block.cid.toString())) yield block
+    }
+  }
+
+  async * #stream (nsid: string, pds: string, params: Record<string, string | string[] | undefined>, did: string, timeoutMs: number, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+    const idle = new AbortController()
+    const combined = signal === undefined ? idle.signal : AbortSignal.any([signal, idle.signal])
+    let timer: NodeJS.Timeout | undefined
+    const arm = (): void => {
+      clearTimeout(timer)
+      timer = setTimeout(() => { idle.abort(new DOMException('no data', 'TimeoutError')) }, this.#idleTimeoutMs)
+    }
+    const url = xrpcUrl(pds, nsid, params).href
+    const fail = (err: unknown): unknown => {
+      if (signal?.aborted === true) return signal.reason ?? err
+      if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms`, { did, url }, { cause: err })
+      return mapFetchError(err, nsid, url, { did })
+    }
+    arm()
+    try {
+      let res: Response
+      try {
+        res = await xrpcGet(pds, nsid, params, { signal: combined, timeoutMs, fetch: this.#fetch, did, accept: 'application/vnd.ipld.car' })
+      } catch (err) {
+        throw fail(err)
+      }
+      if (res.body === null) return
+      arm()
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          arm()
+          yield chunk
+        }
+      } catch (err) {
+        throw fail(err)
+      }
+    } finally {
+      clearTimeout(timer)
+      // a consumer that stops early must not leave the response streaming
+      if (!combined.aborted) idle.abort(new DOMException('done', 'AbortError'))
+    }
+  }
+}
+
+/** A getBlocks failure that means "some of these CIDs are not there", with the CIDs when the PDS names them. */
+export function blocksNotFound (err: unknown): { missing?: string[] } | undefined {
+  const notFound = err instanceof PdsBlockNotFoundError ||
+    (err instanceof PdsResponseError && err.status === 400 && /could not find cids?/i.test(err.message))
+  if (!notFound) return undefined
+  const list = /could not find cids?:\s*([^)]*)/i.exec((err as Error).message)?.[1]
+  const missing = list?.split(/[\s,]+/).filter(s => /^b[a-z2-7]+$/.test(s))
+  return missing !== undefined && missing.length > 0 ? { missing } : {}
+}
+
+export interface PdsBrokerInit extends PdsClientInit {
+  /** CIDs per getBlocks request (further bounded by `maxUrlLength`). @default 200 */
+  batchSize?: number
+  /**
+   * Longest request URL. Node's HTTP server refuses request heads over 16 KiB, so
+   * batches stay well under. @default 8000
+   */
+  maxUrlLength?: number
+  /** getBlocks requests in flight. @default 4 */
+  concurrency?: number
+  /** A client to share (otherwise one is made from this init). */
+  client?: PdsClient
+}
+
+/** Fetches blocks from the DID's PDS with batched `getBlocks`. */
+export class PdsBroker implements BlockBroker {
+  readonly name = 'pds'
+  readonly #identity: PdsLocator
+  readonly #client: PdsClient
+  readonly #batchSize: number
+  readonly #maxUrlLength: number
+  readonly #concurrency: number
+
+  constructor (components: { identity: PdsLocator }, init: PdsBrokerInit = {}) {
+    this.#identity = components.identity
+    this.#client = init.client ?? new PdsClient(init)
+    this.#batchSize = init.batchSize ?? 200
+    this.#maxUrlLength = init.maxUrlLength ?? 8000
+    this.#concurrency = init.concurrency ?? 4
+  }
+
+  async * getMany (cids: CID[], options: BrokerOptions): AsyncGenerator<Block> {
+    if (cids.length === 0) return
+    if (options.did === undefined) throw new PdsBlockNotFoundError('the PDS broker needs the DID whose repo the blocks belong to')
+    const did = options.did
+    const { pds } = await this.#identity.resolve(did, { signal: options.signal })
+    const batches = this.#batches(pds, did, cids)
+    let firstError: Error | undefined
+    const results = parallel(batches, async (batch) => {
+      try {
+        return await this.#fetchBatch(pds, did, batch, options.signal)
+      } catch (err) {
+        if (options.signal?.aborted === true) throw err
+        firstError ??= err as Error
+        log('getBlocks failed for %d CIDs of %s: %e', batch.length, did, err)
+        return []
+      }
+    }, this.#concurrency)
+    for await (const blocks of results) yield * blocks
+    if (firstError !== undefined) throw firstError
+  }
+
+  /** One batch; a "not found" narrows the batch and asks again, so only absent CIDs stay missing. */
+  async #fetchBatch (pds: string, did: string, batch: CID[], signal: AbortSignal | undefined): Promise<Block[]> {
+    const blocks: Block[] = []
+    try {
+      for await (const block of this.#client.getBlocks(pds, did, batch, { signal })) blocks.push(block)
+      return blocks
+    } catch (err) {
+      const notFound = blocksNotFound(err)
+      if (notFound === undefined) throw err
+      const missing = notFound.missing
+      if (missing !== undefined) {
+        const absent = new Set(missing)
+        const rest = batch.filter(cid => !absent.has(cid.toString()))
+        if (rest.length === batch.length) return [] // names nothing we asked for: give up on the batch
+        if (rest.length === 0) return []
+        return await this.#fetchBatch(pds, did, rest, signal)
+      }
+      if (batch.length === 1) return []
+      const half = Math.ceil(batch.length / 2)
+      return [
+        ...await this.#fetchBatch(pds, did, batch.slice(0, half), signal),
+        ...await this.#fetchBatch(pds, did, batch.slice(half), signal)
+      ]
+    }
+  }
+
+  * #batches (pds: string, did: string, cids: CID[]): Generator<CID[]> {
+    const baseLength = xrpcUrl(pds, 'com.atproto.sync.getBlocks', { did }).href.length
+    let batch: CID[] = []
+    let length = baseLength
+    for (const cid of cids) {
+      const add = 6 + cid.toString().length // '&cids=' + CID
+      if (batch.length > 0 && (batch.length >= this.#batchSize || length + add > this.#maxUrlLength)) {
+        yield batch
+        batch = []
+        length = baseLength
+      }
+      batch.push(cid)
+      length += add
+    }
+    if (batch.length > 0) yield batch
+  }
+}

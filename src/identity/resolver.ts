@@ -1,0 +1,214 @@
+/**
+ * DID or handle → {@link Identity}: the signing key, the PDS and the handle
+ * (checked both ways), from a DID document resolved through did-resolver with one
+ * method resolver per blessed method (did:plc, did:web). Identities are cached
+ * for `cacheTtlMs`; `refresh(did)` bypasses the cache, which head verification
+ * does once when a signature fails (keys rotate).
+ */
+import { logger } from '@libp2p/logger'
+import { Resolver, type DIDResolutionResult } from 'did-resolver'
+import {
+  DidNotFoundError,
+  DidResolutionError,
+  HandleResolutionError,
+  InvalidIdentifierError
+} from '../errors.ts'
+import type { PublicKey } from '../repo/keys.ts'
+import { isValidDid } from '../repo/syntax.ts'
+import { parseAtprotoDocument, type DidDocument } from './did-document.ts'
+import { DEFAULT_PLC_URL, getResolver, type DidResolutionOptions } from './did-resolvers.ts'
+import { normalizeHandle, resolveHandleDirect, resolveHandleXrpc } from './handle.ts'
+import type { FetchLike } from './http.ts'
+
+const log = logger('atmirror:identity')
+
+/** What a mirror needs to know about an account. */
+export interface Identity {
+  did: string
+  /** The handle: the one asked for, or the document's primary handle. */
+  handle?: string
+  /** True only when the handle resolves to this DID and the document claims it. */
+  handleVerified: boolean
+  /** The current `#atproto` key. */
+  signingKey: PublicKey
+  /** `signingKey` as `did:key:…`. */
+  didKey: string
+  /** The PDS origin URL, e.g. `https://pds.example.com`. */
+  pds: string
+  document: DidDocument
+}
+
+export interface ResolveIdentityOptions {
+  signal?: AbortSignal
+  /**
+   * When resolving a DID, also resolve its handle to check it points back (one
+   * more lookup). Without it `handleVerified` is false.
+   * @default true
+   */
+  verifyHandle?: boolean
+}
+
+/** Resolves DIDs and handles to identities. */
+export interface IdentityResolver {
+  /** A DID (`did:…`) or a handle (`alice.example.com`, `@alice.example.com`). */
+  resolve: (didOrHandle: string, options?: ResolveIdentityOptions) => Promise<Identity>
+  /** Resolves the DID again, ignoring and replacing any cached identity. */
+  refresh: (did: string, options?: ResolveIdentityOptions) => Promise<Identity>
+}
+
+export interface AtprotoIdentityResolverInit {
+  /** PLC directory. @default 'https://plc.directory' */
+  plcUrl?: string
+  /**
+   * A service answering `com.atproto.identity.resolveHandle` (a PDS, an AppView).
+   * When set, handles resolve through it instead of DNS and HTTPS.
+   */
+  handleResolverUrl?: string
+  /** How long a resolved identity (and a handle's DID) is reused. @default 600_000 */
+  cacheTtlMs?: number
+  /** Most identities kept; the oldest go first. @default 10_000 */
+  cacheSize?: number
+  /** Per-request time budget. @default 10_000 */
+  timeoutMs?: number
+  fetch?: FetchLike
+  /** Allow `did:web:localhost%3APORT` over plain http (tests only). @default false */
+  allowHttpLocalhost?: boolean
+  /** DNS servers for handle TXT lookups instead of the system's. */
+  dnsServers?: string[]
+}
+
+interface CacheEntry<T> {
+  value: T
+  expires: number
+}
+
+/** {@link IdentityResolver} for did:plc and did:web, with handles by DNS/HTTPS or a resolver service. */
+export class AtprotoIdentityResolver implements IdentityResolver {
+  readonly plcUrl: string
+  readonly handleResolverUrl?: string
+  private readonly didResolver: Resolver
+  private readonly ttl: number
+  private readonly maxEntries: number
+  private readonly timeoutMs?: number
+  private readonly fetchFn?: FetchLike
+  private readonly dnsServers?: string[]
+  // `checked`: whether the handle was looked up (or the identity came from one).
+  private readonly identities = new Map<string, CacheEntry<{ identity: Identity, checked: boolean }>>()
+  private readonly handles = new Map<string, CacheEntry<string>>()
+
+  constructor (init: AtprotoIdentityResolverInit = {}) {
+    this.plcUrl = init.plcUrl ?? DEFAULT_PLC_URL
+    this.handleResolverUrl = init.handleResolverUrl
+    this.ttl = init.cacheTtlMs ?? 600_000
+    this.maxEntries = init.cacheSize ?? 10_000
+    this.timeoutMs = init.timeoutMs
+    this.fetchFn = init.fetch
+    this.dnsServers = init.dnsServers
+    this.didResolver = new Resolver(getResolver({
+      plcUrl: this.plcUrl,
+      timeoutMs: init.timeoutMs,
+      fetch: init.fetch,
+      allowHttpLocalhost: init.allowHttpLocalhost
+    }))
+  }
+
+  async resolve (didOrHandle: string, options: ResolveIdentityOptions = {}): Promise<Identity> {
+    if (didOrHandle.startsWith('did:')) {
+      const cached = this.cached(this.identities, didOrHandle)
+      if (cached !== undefined && (cached.checked || options.verifyHandle === false)) return cached.identity
+      return await this.load(didOrHandle, options)
+    }
+    const handle = normalizeHandle(didOrHandle)
+    const did = await this.resolveHandle(handle, options)
+    let identity = this.cached(this.identities, did)?.identity ?? await this.load(did, { ...options, verifyHandle: false })
+    if (identity.handle !== handle) {
+      // The handle may have just moved to this DID: look again before refusing.
+      identity = await this.load(did, { ...options, verifyHandle: false })
+    }
+    if (identity.handle !== handle) {
+      throw new HandleResolutionError(handle, identity.handle === undefined
+        ? 'the DID document claims no handle'
+        : `the DID document claims ${identity.handle} instead`, { did })
+    }
+    const verified = { ...identity, handleVerified: true }
+    this.store(this.identities, did, { identity: verified, checked: true })
+    return verified
+  }
+
+  async refresh (did: string, options: ResolveIdentityOptions = {}): Promise<Identity> {
+    this.identities.delete(did)
+    return await this.load(did, options)
+  }
+
+  /** The DID a handle points to (not yet checked against the DID document). */
+  async resolveHandle (handle: string, options: { signal?: AbortSignal } = {}): Promise<string> {
+    const cached = this.cached(this.handles, handle)
+    if (cached !== undefined) return cached
+    const lookup = { signal: options.signal, timeoutMs: this.timeoutMs, fetch: this.fetchFn, dnsServers: this.dnsServers }
+    const did = this.handleResolverUrl !== undefined
+      ? await resolveHandleXrpc(this.handleResolverUrl, handle, lookup)
+      : await resolveHandleDirect(handle, lookup)
+    this.store(this.handles, handle, did)
+    return did
+  }
+
+  /** The raw DID document (uncached). Throws the identity error family. */
+  async resolveDidDocument (did: string, options: { signal?: AbortSignal } = {}): Promise<DidDocument> {
+    if (!isValidDid(did)) throw new InvalidIdentifierError(did, 'not a valid DID')
+    const resolutionOptions: DidResolutionOptions = { signal: options.signal }
+    const result: DIDResolutionResult = await this.didResolver.resolve(did, resolutionOptions)
+    const meta = result.didResolutionMetadata
+    if (meta.error === undefined && result.didDocument !== null) return result.didDocument
+    const url = typeof meta.url === 'string' ? meta.url : undefined
+    const message = typeof meta.message === 'string' ? meta.message : String(meta.error)
+    switch (meta.error) {
+      case 'invalidDid': throw new InvalidIdentifierError(did, message)
+      case 'unsupportedDidMethod': throw new InvalidIdentifierError(did, 'unsupported DID method (atproto uses did:plc and did:web)')
+      case 'notFound': throw new DidNotFoundError(did, { url })
+      default: throw new DidResolutionError(did, message, { url }, meta.cause === undefined ? undefined : { cause: meta.cause })
+    }
+  }
+
+  /** Forgets every cached identity and handle. */
+  clear (): void {
+    this.identities.clear()
+    this.handles.clear()
+  }
+
+  private async load (did: string, options: ResolveIdentityOptions): Promise<Identity> {
+    const document = await this.resolveDidDocument(did, options)
+    const parsed = parseAtprotoDocument(did, document)
+    let handleVerified = false
+    const checked = options.verifyHandle !== false
+    if (parsed.handle !== undefined && checked) {
+      try {
+        handleVerified = await this.resolveHandle(parsed.handle, options) === did
+      } catch (err) {
+        options.signal?.throwIfAborted()
+        log('handle %s of %s does not verify: %e', parsed.handle, did, err)
+      }
+    }
+    const identity: Identity = { ...parsed, handleVerified, document }
+    this.store(this.identities, did, { identity, checked })
+    return identity
+  }
+
+  private cached<T> (map: Map<string, CacheEntry<T>>, key: string): T | undefined {
+    const entry = map.get(key)
+    if (entry === undefined) return undefined
+    if (entry.expires <= Date.now()) {
+      map.delete(key)
+      return undefined
+    }
+    return entry.value
+  }
+
+  private store<T> (map: Map<string, CacheEntry<T>>, key: string, value: T): void {
+    map.delete(key)
+    map.set(key, { value, expires: Date.now() + this.ttl })
+    if (map.size > this.maxEntries) {
+      const oldest = map.keys().next().value
+      if (oldest !== undefined) map.delete(oldest)
+    }
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * @packageDocumentation
+ *
+ * atmirror keeps verified copies of AT Protocol (Bluesky) repositories and serves
+ * them peer to peer over libp2p/IPFS. A node pins repos by DID or handle, mirrors
+ * them from their PDS (or from other mirrors), verifies every commit signature and
+ * every block, keeps them current, and answers Bitswap for their blocks.
+ *
+ * @example Run a node, pin a repo, react to syncs
+ *
+ * ```ts
+ * import { createMirrorNode } from 'atmirror'
+ *
+ * const node = await createMirrorNode({
+ *   dataDir: '/var/lib/atmirror',
+ *   network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'] },
+ *   api: { port: 0 }
+ * })
+ * node.events.addEventListener('repo:synced', (evt) => {
+ *   console.info('%s is at rev %s', evt.detail.did, evt.detail.rev)
+ * })
+ * await node.start()
+ *
+ * const { did, sync } = await node.pinAndSync('alice.example.com')
+ * console.info('mirrored %s: %d records', did, sync.records)
+ *
+ * await node.stop()
+ * ```
+ */
+export { createMirrorNode, MirrorNode, VERSION, type MirrorNodeInit, type MirrorNodeEvents } from './node.ts'
+export type { NetworkInit } from './net/network.ts'
+export type { NetworkMode } from './net/addresses.ts'
+export type { NodeStatus, PinnedRepo, PinResult, UnpinResult, SyncResultJson } from './server/control-api.ts'
+export { ControlClient, type ControlClientInit } from './server/control-client.ts'
+export { DataDirLock, acquireDataDirLock } from './mirror/lock.ts'
+export * from './errors.ts'

@@ -1,0 +1,201 @@
+/**
+ * The on-disk blockstore: blockstore-fs's layout (one file per block, sharded by
+ * the next-to-last two base32 characters of the multihash) with a write path that
+ * the mirror can trust across crashes and a read path that is cheap per block.
+ *
+ * - Every `put` hash-checks the bytes against the CID first (verifyBlock), whoever
+ *   calls it: the syncer, the fetch chain, or Helia's bitswap.
+ * - A block is written to a unique temporary file in `<blocks>/.tmp` and renamed
+ *   into place, so a block file is either absent or complete, even when the process
+ *   is killed mid-write or two writers store the same block at once. (blockstore-fs
+ *   names its temp file after the block, so two concurrent puts of one CID can
+ *   leave a truncated file behind if the process dies at the wrong moment.)
+ *   Leftover temp files are removed when the store opens.
+ * - File operations are synchronous. Repo blocks are a few hundred bytes, and for
+ *   files that small the thread-pool round trips of the async API (open, write,
+ *   close, rename: four per block) cost several times the work itself. Bulk writes
+ *   go in slices with a turn of the event loop between them, so the loop is never
+ *   held for more than a few milliseconds.
+ * - Shard directories are created once per process, not once per put.
+ *
+ * Any FsBlockstore (and Helia) can open the same directory.
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs'
+import { join } from 'node:path'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { FsBlockstore } from 'blockstore-fs'
+import { NextToLast } from 'blockstore-fs/sharding'
+import { NotFoundError } from 'interface-store'
+import type { CID } from 'multiformats/cid'
+import type { AbortOptions } from '@libp2p/interface'
+import type { InputPair, Pair } from 'interface-blockstore'
+import type { Block } from '../repo/block-store.ts'
+import { verifyBlock } from '../repo/cid.ts'
+
+export interface MirrorBlockstoreInit {
+  /**
+   * Blocks written (or read) per slice before the event loop gets a turn.
+   *
+   * @default 64
+   */
+  slice?: number
+  /**
+   * fsync every block file before renaming it into place. Process crashes never
+   * need it (the page cache survives them); power loss does.
+   *
+   * @default false
+   */
+  fsync?: boolean
+}
+
+const TMP_DIR = '.tmp'
+
+export class MirrorBlockstore extends FsBlockstore {
+  readonly #sharding: NextToLast
+  readonly #slice: number
+  readonly #fsync: boolean
+  readonly #dirs = new Set<string>()
+  #tmpCounter = 0
+
+  constructor (location: string, init: MirrorBlockstoreInit = {}) {
+    const sharding = new NextToLast()
+    super(location, { shardingStrategy: sharding })
+    this.#sharding = sharding
+    this.#slice = Math.max(1, init.slice ?? 64)
+    this.#fsync = init.fsync ?? false
+  }
+
+  override async open (): Promise<void> {
+    await super.open()
+    // Temp files of a killed writer are garbage; the data directory lock (held by
+    // whoever opens the store) guarantees nobody is writing one right now.
+    rmSync(join(this.path, TMP_DIR), { recursive: true, force: true })
+    mkdirSync(join(this.path, TMP_DIR), { recursive: true })
+  }
+
+  /** The file a block lives in. */
+  pathOf (cid: CID): string {
+    const { dir, file } = this.#sharding.encode(cid)
+    return join(this.path, dir, file)
+  }
+
+  override async put (cid: CID, value: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>, options: AbortOptions = {}): Promise<CID> {
+    const bytes = value instanceof Uint8Array ? value : await concat(value)
+    options.signal?.throwIfAborted()
+    verifyBlock(cid, bytes)
+    this.#write(cid, bytes)
+    return cid
+  }
+
+  /**
+   * Writes blocks whose bytes the caller has just hash-checked (verifyBlock), in
+   * slices. Everything else goes through `put`.
+   */
+  async putVerified (blocks: readonly Block[], options: AbortOptions = {}): Promise<void> {
+    for (let i = 0; i < blocks.length; i++) {
+      if (i > 0 && i % this.#slice === 0) {
+        await nextTurn()
+        options.signal?.throwIfAborted()
+      }
+      this.#write(blocks[i].cid, blocks[i].bytes)
+    }
+  }
+
+  #write (cid: CID, bytes: Uint8Array): void {
+    const { dir, file } = this.#sharding.encode(cid)
+    if (!this.#dirs.has(dir)) {
+      mkdirSync(join(this.path, dir), { recursive: true })
+      this.#dirs.add(dir)
+    }
+    const tmp = join(this.path, TMP_DIR, `${process.pid}-${++this.#tmpCounter}.tmp`)
+    try {
+      const fd = openSync(tmp, 'w')
+      try {
+        let offset = 0
+        while (offset < bytes.byteLength) offset += writeSync(fd, bytes, offset)
+        if (this.#fsync) fsyncSync(fd)
+      } finally {
+        closeSync(fd)
+      }
+      renameSync(tmp, join(this.path, dir, file))
+    } catch (err) {
+      try { unlinkSync(tmp) } catch {}
+      throw err
+    }
+  }
+
+  override async * putMany (source: Iterable<InputPair> | AsyncIterable<InputPair>, options: AbortOptions = {}): AsyncGenerator<CID> {
+    let n = 0
+    for await (const { cid, bytes } of source) {
+      await this.put(cid, bytes, options)
+      if (++n % this.#slice === 0) await nextTurn()
+      yield cid
+    }
+  }
+
+  /** The block's bytes in one piece, or `undefined` when it is not stored. */
+  getBytesSync (cid: CID): Uint8Array | undefined {
+    try {
+      const buf = readFileSync(this.pathOf(cid))
+      return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+  }
+
+  /** The block's bytes in one piece, or `undefined` when it is not stored. */
+  async getBytes (cid: CID, options: AbortOptions = {}): Promise<Uint8Array | undefined> {
+    options.signal?.throwIfAborted()
+    return this.getBytesSync(cid)
+  }
+
+  hasSync (cid: CID): boolean {
+    return existsSync(this.pathOf(cid))
+  }
+
+  override async has (cid: CID, options: AbortOptions = {}): Promise<boolean> {
+    options.signal?.throwIfAborted()
+    return this.hasSync(cid)
+  }
+
+  override async * get (cid: CID, options: AbortOptions = {}): AsyncGenerator<Uint8Array> {
+    const bytes = await this.getBytes(cid, options)
+    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    yield bytes
+  }
+
+  override async * getMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<Pair> {
+    let n = 0
+    for await (const cid of source) {
+      const bytes = await this.getBytes(cid, options)
+      if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+      if (++n % this.#slice === 0) await nextTurn()
+      yield { cid, bytes: (function * () { yield bytes })() }
+    }
+  }
+
+  override async delete (cid: CID, options: AbortOptions = {}): Promise<void> {
+    options.signal?.throwIfAborted()
+    try {
+      unlinkSync(this.pathOf(cid))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+
+  override async * deleteMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<CID> {
+    let n = 0
+    for await (const cid of source) {
+      await this.delete(cid, options)
+      if (++n % this.#slice === 0) await nextTurn()
+      yield cid
+    }
+  }
+}
+
+async function concat (chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = []
+  for await (const chunk of chunks) parts.push(chunk)
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+}

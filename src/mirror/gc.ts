@@ -1,0 +1,388 @@
+/**
+ * Garbage collection by a holder index, so a one-record change never rescans a repo.
+ *
+ * For every stored repo the datastore says which blocks it consists of and how
+ * often each occurs in it (a record CID can sit under two record keys). Blocks are
+ * named by their multihash in hex, as blockstore-fs names its files by multihash:
+ *
+ *   /atmirror/holders/<multihash>/<did>   → occurrences in the DID's current repo (decimal)
+ *
+ * A sync that stores blocks first writes them to a staging list, ahead of the block
+ * files (write-ahead), so blocks of a sync that fails or is killed can be found
+ * again. One key per written batch keeps this cheap (a full sync of 25,000 blocks
+ * writes about a hundred keys):
+ *
+ *   /atmirror/staged/<did>/<seq>          → the batch's multihashes, concatenated
+ *
+ * When a repo advances from commit A to commit B, the syncer computes a
+ * {@link HoldDelta}: from the MST diff of A and B for an incremental sync (created
+ * and deleted nodes, old and new record CIDs, the two commits), or from the walk of
+ * B for a full one. One atomic batch applies the delta, drops the DID's staging
+ * list, writes the new repo state and records GC candidates:
+ *
+ *   /atmirror/gc/<multihash>              → '' (blocks that lost a holder, and staged
+ *                                              blocks the new repo does not use)
+ *
+ * Collection deletes each candidate that has no holder left (one short prefix seek
+ * per candidate) and drops its key. A crash anywhere leaves either the old state
+ * with its holds plus a staging list (the next advance, failure or unpin turns it
+ * into candidates), or the new state with candidates still listed (the next
+ * collection finishes them). Blocks shared by several repos survive while any
+ * holder remains.
+ *
+ * Releasing a whole repo (unpin, takedown) walks the stored repo to find its
+ * blocks: it is rare, and keeping a second key per block just for it would double
+ * the index writes of every full sync.
+ */
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { logger } from '@libp2p/logger'
+import type { LevelDatastore } from 'datastore-level'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
+import type { ReadonlyBlockStore } from '../repo/block-store.ts'
+import { DAG_CBOR, SHA2_256 } from '../repo/cid.ts'
+import { decodeCommit } from '../repo/commit.ts'
+import { diffMst } from '../repo/mst/diff.ts'
+import { decodeMstNode } from '../repo/mst/node.ts'
+import type { MirrorBlockstore } from './blockstore.ts'
+
+const log = logger('atmirror:mirror:gc')
+
+const PREFIX = '/atmirror'
+const EMPTY = new Uint8Array(0)
+const utf8 = new TextEncoder()
+const fromUtf8 = new TextDecoder()
+/** A sha2-256 multihash: code, length, 32-byte digest. */
+const MULTIHASH_BYTES = 34
+const CHUNK = 1000
+
+type Db = LevelDatastore['db']
+
+/** Batch operations for the level database. */
+export type LevelOp = { type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }
+
+/** A block's name in the index: its multihash in hex. */
+export function blockKey (cid: CID): string {
+  const mh = cid.multihash.bytes
+  return Buffer.from(mh.buffer, mh.byteOffset, mh.byteLength).toString('hex')
+}
+
+/** A CID for a block named by {@link blockKey} (the codec does not matter to the blockstore). */
+export function cidOfBlockKey (key: string): CID {
+  return CID.createV1(DAG_CBOR, Digest.decode(Uint8Array.from(Buffer.from(key, 'hex'))))
+}
+
+/** Datastore keys of the holder index. */
+export const holdKeys = {
+  holder: (block: string, did: string) => `${PREFIX}/holders/${block}/${did}`,
+  holderPrefix: (block: string) => `${PREFIX}/holders/${block}/`,
+  holdersPrefix: `${PREFIX}/holders/`,
+  staged: (did: string, seq: string) => `${PREFIX}/staged/${did}/${seq}`,
+  stagedPrefix: (did: string) => `${PREFIX}/staged/${did}/`,
+  candidate: (block: string) => `${PREFIX}/gc/${block}`,
+  candidatePrefix: `${PREFIX}/gc/`
+}
+
+/** How a repo's set of blocks changes: occurrences added (+) and removed (−) per block. */
+export class HoldDelta {
+  readonly #changes = new Map<string, number>()
+
+  /** `n` more occurrences of `cid`. */
+  add (cid: CID, n = 1): void {
+    const key = blockKey(cid)
+    this.#changes.set(key, (this.#changes.get(key) ?? 0) + n)
+  }
+
+  /** `n` fewer occurrences of `cid`. */
+  remove (cid: CID, n = 1): void {
+    this.add(cid, -n)
+  }
+
+  /** Net change for a block (0 when untouched). */
+  change (block: string): number {
+    return this.#changes.get(block) ?? 0
+  }
+
+  /** Blocks touched (including net-zero ones). */
+  get size (): number {
+    return this.#changes.size
+  }
+
+  /** `[block, change]` for every non-zero net change. */
+  * entries (): IterableIterator<[string, number]> {
+    for (const entry of this.#changes) {
+      if (entry[1] !== 0) yield entry
+    }
+  }
+}
+
+/** A repo version as the holder index sees it. */
+export interface RepoPointer {
+  commit: CID
+  /** MST root. */
+  data: CID
+}
+
+/**
+ * The hold changes of moving a repo from `before` (`null`: nothing held) to
+ * `after`: the two commits, the created and deleted MST nodes and the old and new
+ * record CIDs of every changed record, from the MST diff. Only changed nodes are
+ * read, so a one-record change costs a few blocks, not the repo.
+ */
+export async function repoHoldDelta (blocks: ReadonlyBlockStore, before: RepoPointer | null, after: RepoPointer, options: { signal?: AbortSignal } = {}): Promise<HoldDelta> {
+  const delta = new HoldDelta()
+  delta.add(after.commit)
+  if (before !== null) delta.remove(before.commit)
+  const diff = await diffMst(blocks, before?.data ?? null, after.data, { signal: options.signal })
+  for (const cid of diff.createdNodes) delta.add(cid)
+  for (const cid of diff.deletedNodes) delta.remove(cid)
+  for (const op of diff.recordOps) {
+    if (op.oldValue !== null) delta.remove(op.oldValue)
+    if (op.newValue !== null) delta.add(op.newValue)
+  }
+  return delta
+}
+
+/**
+ * Every block of the repo at `commit` with its occurrence count, as a delta (all
+ * positive). Reads the commit and MST nodes, never the records.
+ *
+ * @throws MissingBlockError (through the node decoder's caller) when a node is absent
+ */
+export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, options: { signal?: AbortSignal } = {}): Promise<HoldDelta> {
+  const delta = new HoldDelta()
+  const commitBytes = await blocks.get(commit)
+  if (commitBytes === undefined) throw new Error(`commit ${commit.toString()} not stored`)
+  delta.add(commit)
+  let frontier: CID[] = [decodeCommit(commitBytes, commit).data]
+  let visited = 0
+  while (frontier.length > 0) {
+    const next: CID[] = []
+    for (const cid of frontier) {
+      if (++visited % 256 === 0) {
+        options.signal?.throwIfAborted()
+        await nextTurn()
+      }
+      const bytes = await blocks.get(cid)
+      if (bytes === undefined) throw new Error(`MST node ${cid.toString()} not stored`)
+      delta.add(cid)
+      const node = decodeMstNode(bytes, cid)
+      if (node.left !== null) next.push(node.left)
+      for (const entry of node.entries) {
+        delta.add(entry.value)
+        if (entry.right !== null) next.push(entry.right)
+      }
+    }
+    frontier = next
+  }
+  return delta
+}
+
+/** What one application of a delta changes. */
+export interface HoldPlan {
+  ops: LevelOp[]
+  /** Blocks that became candidates for deletion. */
+  candidates: number
+}
+
+/**
+ * The holder index over the level database behind the datastore. Methods that
+ * plan return batch operations; the caller commits them with its own writes so the
+ * whole advance is one atomic batch.
+ */
+export class BlockHolds {
+  readonly #db: Db
+  readonly #blockstore: MirrorBlockstore
+  #stageSeq = 0
+
+  constructor (db: Db, blockstore: MirrorBlockstore) {
+    this.#db = db
+    this.#blockstore = blockstore
+  }
+
+  /** Records, before the blocks are written, that `did`'s running sync is storing them. */
+  async stage (did: string, cids: readonly CID[]): Promise<void> {
+    if (cids.length === 0) return
+    const value = new Uint8Array(cids.length * MULTIHASH_BYTES)
+    for (let i = 0; i < cids.length; i++) {
+      const mh = cids[i].multihash
+      // verifyBlock already refused anything but a 32-byte sha2-256 before this
+      if (mh.code !== SHA2_256 || mh.bytes.byteLength !== MULTIHASH_BYTES) throw new TypeError(`unsupported multihash in ${cids[i].toString()}`)
+      value.set(mh.bytes, i * MULTIHASH_BYTES)
+    }
+    // sortable and unique within the process; across processes the time part differs
+    const seq = `${Date.now().toString(36).padStart(9, '0')}-${(++this.#stageSeq).toString(36).padStart(6, '0')}`
+    await this.#db.put(holdKeys.staged(did, seq), value)
+  }
+
+  /** The staging keys of `did` with the blocks each lists. */
+  async * #staged (did: string): AsyncGenerator<{ key: string, blocks: string[] }> {
+    const prefix = holdKeys.stagedPrefix(did)
+    for await (const [key, value] of this.#db.iterator({ gte: prefix, lt: prefix + '\xff' })) {
+      const buf = Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+      const blocks: string[] = []
+      for (let offset = 0; offset + MULTIHASH_BYTES <= buf.byteLength; offset += MULTIHASH_BYTES) {
+        blocks.push(buf.toString('hex', offset, offset + MULTIHASH_BYTES))
+      }
+      yield { key, blocks }
+    }
+  }
+
+  /** Whether any repo holds the block. */
+  async isHeld (cid: CID | string): Promise<boolean> {
+    const prefix = holdKeys.holderPrefix(typeof cid === 'string' ? cid : blockKey(cid))
+    const keys = await this.#db.keys({ gte: prefix, lt: prefix + '\xff', limit: 1 }).all()
+    return keys.length > 0
+  }
+
+  /** Whether `did`'s stored repo holds each of `cids`. */
+  async heldBy (did: string, cids: readonly CID[]): Promise<boolean[]> {
+    return (await this.#counts(did, cids.map(blockKey))).map(n => n > 0)
+  }
+
+  /** Whether `did` holds anything at all. */
+  async holdsAny (did: string): Promise<boolean> {
+    // holder keys are grouped by block, so "anything of did" has no prefix; the
+    // state says whether the DID's blocks are held, this is for tests and repairs
+    for await (const key of this.#db.keys({ gte: holdKeys.holdersPrefix, lt: holdKeys.holdersPrefix + '\xff' })) {
+      if (key.endsWith(`/${did}`)) return true
+    }
+    return false
+  }
+
+  async #counts (did: string, blocks: readonly string[]): Promise<number[]> {
+    const out: number[] = []
+    for (let i = 0; i < blocks.length; i += CHUNK) {
+      const keys = blocks.slice(i, i + CHUNK).map(block => holdKeys.holder(block, did))
+      for (const value of await this.#db.getMany(keys)) out.push(value === undefined ? 0 : Number(fromUtf8.decode(value)))
+    }
+    return out
+  }
+
+  /**
+   * Operations that apply `delta` to `did`'s holds and turn its staging list into
+   * candidates (staged blocks the new repo does not hold). `fresh` says the DID
+   * holds nothing yet (first sync, or after a takedown released everything), which
+   * saves reading the current counts.
+   */
+  async planAdvance (did: string, delta: HoldDelta, options: { fresh?: boolean } = {}): Promise<HoldPlan> {
+    const ops: LevelOp[] = []
+    let candidates = 0
+    const entries = [...delta.entries()]
+    const current = options.fresh === true ? undefined : await this.#counts(did, entries.map(([block]) => block))
+    for (let i = 0; i < entries.length; i++) {
+      const [block, change] = entries[i]
+      const before = current?.[i] ?? 0
+      let after = before + change
+      if (after < 0) {
+        // the delta removes more than was held: the index is behind the repo it
+        // describes; clamp so the block becomes a candidate and collection decides
+        log.error('hold count below zero for %s in %s (%d%+d)', block, did, before, change)
+        after = 0
+      }
+      if (after > 0) {
+        ops.push({ type: 'put', key: holdKeys.holder(block, did), value: utf8.encode(String(after)) })
+      } else {
+        if (before > 0) ops.push({ type: 'del', key: holdKeys.holder(block, did) })
+        ops.push({ type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        candidates++
+      }
+    }
+    // staged blocks: drop the list; those the delta does not touch may or may not be
+    // held (unchanged blocks the download brought again): look them up
+    const untouched = new Set<string>()
+    for await (const { key, blocks } of this.#staged(did)) {
+      ops.push({ type: 'del', key })
+      for (const block of blocks) {
+        if (delta.change(block) === 0) untouched.add(block)
+      }
+    }
+    const list = [...untouched]
+    const counts = options.fresh === true ? list.map(() => 0) : await this.#counts(did, list)
+    for (let i = 0; i < list.length; i++) {
+      if (counts[i] > 0) continue
+      ops.push({ type: 'put', key: holdKeys.candidate(list[i]), value: EMPTY })
+      candidates++
+    }
+    return { ops, candidates }
+  }
+
+  /**
+   * Operations that drop every hold of `did` (its stored repo's blocks, as listed
+   * by `blocks`) and its staging list, making all of them candidates.
+   */
+  async planRelease (did: string, blocks: HoldDelta | undefined): Promise<HoldPlan> {
+    const ops: LevelOp[] = []
+    let candidates = 0
+    if (blocks !== undefined) {
+      for (const [block] of blocks.entries()) {
+        ops.push({ type: 'del', key: holdKeys.holder(block, did) }, { type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        candidates++
+      }
+    } else {
+      // the stored repo could not be walked: find the DID's holds the slow way
+      log.error('releasing %s by scanning the whole holder index', did)
+      const suffix = `/${did}`
+      for await (const key of this.#db.keys({ gte: holdKeys.holdersPrefix, lt: holdKeys.holdersPrefix + '\xff' })) {
+        if (!key.endsWith(suffix)) continue
+        const block = key.slice(holdKeys.holdersPrefix.length, key.length - suffix.length)
+        ops.push({ type: 'del', key }, { type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        candidates++
+      }
+    }
+    const staged = await this.planDiscardStaged(did)
+    return { ops: [...ops, ...staged.ops], candidates: candidates + staged.candidates }
+  }
+
+  /** Operations that turn `did`'s staging list into candidates (after a failed sync). */
+  async planDiscardStaged (did: string): Promise<HoldPlan> {
+    const ops: LevelOp[] = []
+    const seen = new Set<string>()
+    for await (const { key, blocks } of this.#staged(did)) {
+      ops.push({ type: 'del', key })
+      for (const block of blocks) {
+        if (seen.has(block)) continue
+        seen.add(block)
+        ops.push({ type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+      }
+    }
+    return { ops, candidates: seen.size }
+  }
+
+  /** Whether any collection work is waiting. */
+  async hasCandidates (): Promise<boolean> {
+    const prefix = holdKeys.candidatePrefix
+    const keys = await this.#db.keys({ gte: prefix, lt: prefix + '\xff', limit: 1 }).all()
+    return keys.length > 0
+  }
+
+  /**
+   * Deletes every candidate block that no repo holds, and forgets the candidates.
+   * Must not run while a sync is storing blocks (MirrorStore serialises the two).
+   */
+  async collect (options: { signal?: AbortSignal } = {}): Promise<{ checked: number, deleted: number }> {
+    let checked = 0
+    let deleted = 0
+    const prefix = holdKeys.candidatePrefix
+    while (true) {
+      options.signal?.throwIfAborted()
+      const keys = await this.#db.keys({ gte: prefix, lt: prefix + '\xff', limit: CHUNK }).all()
+      if (keys.length === 0) break
+      const doomed: CID[] = []
+      for (const key of keys) {
+        const block = key.slice(prefix.length)
+        if (await this.isHeld(block)) continue
+        try {
+          doomed.push(cidOfBlockKey(block))
+        } catch {
+          log.error('ignoring malformed GC candidate %s', key)
+        }
+      }
+      for await (const _ of this.#blockstore.deleteMany(doomed)) deleted++
+      await this.#db.batch(keys.map(key => ({ type: 'del' as const, key })))
+      checked += keys.length
+    }
+    if (checked > 0) log('collected: %d candidates checked, %d blocks deleted', checked, deleted)
+    return { checked, deleted }
+  }
+}

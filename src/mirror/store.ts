@@ -1,0 +1,307 @@
+/**
+ * What a mirror keeps on disk, under one data directory:
+ *
+ *   <dir>/blocks      blockstore-fs layout: one file per block (see blockstore.ts)
+ *   <dir>/datastore   datastore-level: pins, per-DID repo state, the GC holder index
+ *                     (gc.ts), and whatever else the node keeps (libp2p identity)
+ *
+ * The store does not lock the directory; the node (or a one-shot command) takes
+ * `<dir>/lock` before opening it. Within the process it serialises garbage
+ * collection against block writers: syncs enter as writers, and collection runs only
+ * when the last writer leaves, so it can never delete a block that a running sync
+ * has just found present and is about to hold.
+ */
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { logger } from '@libp2p/logger'
+import { LevelDatastore } from 'datastore-level'
+import { CID } from 'multiformats/cid'
+import { DataDirLockedError } from '../errors.ts'
+import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
+import { verifyBlock } from '../repo/cid.ts'
+import { MirrorBlockstore } from './blockstore.ts'
+import { BlockHolds, HoldDelta, repoBlocksDelta, type LevelOp } from './gc.ts'
+
+const log = logger('atmirror:mirror:store')
+
+/** Where a mirrored repo stands. */
+export type RepoStatus = 'active' | 'takendown' | 'suspended' | 'deactivated' | 'deleted' | 'error'
+
+/** The last verified state of a mirrored repo. */
+export interface RepoState {
+  did: string
+  /** CID of the signed commit. */
+  commit: string
+  rev: string
+  /** The MST root CID (the commit's `data`). */
+  data: string
+  /** The PDS the repo came from. */
+  pds?: string
+  handle?: string
+  /**
+   * `active`: the blocks are stored and current. `suspended`/`deactivated`: the host
+   * says so; the blocks of the last good commit are kept. `takendown`/`deleted`: the
+   * blocks were removed (commit/rev/data name the last commit that was held).
+   */
+  status: RepoStatus
+  /** ISO time of the last successful check. */
+  syncedAt: string
+  error?: string
+  /** Records in the stored repo (as of `commit`). */
+  records?: number
+}
+
+/** Statuses under which the repo's blocks are stored and held. */
+export function holdsBlocks (state: RepoState | undefined): state is RepoState {
+  return state !== undefined && state.status !== 'takendown' && state.status !== 'deleted'
+}
+
+export interface MirrorStoreInit {
+  /** fsync block files before they are renamed into place (power-loss safety). @default false */
+  fsync?: boolean
+}
+
+export interface StoreOptions {
+  signal?: AbortSignal
+}
+
+const KEYS = {
+  pin: (did: string) => `/atmirror/pins/${did}`,
+  pinPrefix: '/atmirror/pins/',
+  repo: (did: string) => `/atmirror/repos/${did}`,
+  repoPrefix: '/atmirror/repos/'
+}
+
+const utf8 = new TextEncoder()
+const fromUtf8 = new TextDecoder()
+
+/** The pinned DIDs: the repos this mirror keeps. */
+export interface PinSet {
+  add: (did: string) => Promise<void>
+  remove: (did: string) => Promise<void>
+  has: (did: string) => Promise<boolean>
+  list: () => Promise<string[]>
+}
+
+export class MirrorStore {
+  /** The data directory. */
+  readonly dir: string
+  readonly blockstore: MirrorBlockstore
+  readonly datastore: LevelDatastore
+  /** The holder index that drives garbage collection. */
+  readonly holds: BlockHolds
+  readonly pins: PinSet
+  /** The blockstore as the repo engine's small store interface (whole-block reads). */
+  readonly blocks: ReadonlyBlockStore
+  #writers = 0
+  #collecting: Promise<void> | undefined
+  #gcPending = false
+  #closed = false
+
+  private constructor (dir: string, blockstore: MirrorBlockstore, datastore: LevelDatastore) {
+    this.dir = dir
+    this.blockstore = blockstore
+    this.datastore = datastore
+    this.holds = new BlockHolds(datastore.db, blockstore)
+    const db = datastore.db
+    this.pins = {
+      add: async (did) => { if (await db.get(KEYS.pin(did)) === undefined) await db.put(KEYS.pin(did), pinRecord(did)) },
+      remove: async (did) => { await db.del(KEYS.pin(did)) },
+      has: async (did) => (await db.get(KEYS.pin(did))) !== undefined,
+      list: async () => (await db.keys({ gte: KEYS.pinPrefix, lt: KEYS.pinPrefix + '\xff' }).all()).map(key => key.slice(KEYS.pinPrefix.length))
+    }
+    // synchronous answers: the repo engine's walkers skip a microtask per block then
+    this.blocks = {
+      get: (cid) => blockstore.getBytesSync(cid),
+      has: (cid) => blockstore.hasSync(cid)
+    }
+  }
+
+  /**
+   * Opens (creating if needed) the stores under `dataDir`. Throws DataDirLockedError
+   * when another process has the datastore open.
+   */
+  static async open (dataDir: string, init: MirrorStoreInit = {}): Promise<MirrorStore> {
+    await mkdir(dataDir, { recursive: true, mode: 0o700 })
+    const datastore = new LevelDatastore(join(dataDir, 'datastore'))
+    try {
+      // opened here rather than by datastore.open(), which hides the reason
+      await datastore.db.open({ createIfMissing: true, compression: false })
+    } catch (err) {
+      // leveldb's own LOCK file: another process has this data directory open
+      if ((err as { cause?: { code?: string } }).cause?.code === 'LEVEL_LOCKED') throw new DataDirLockedError(dataDir)
+      throw err
+    }
+    await datastore.open()
+    const blockstore = new MirrorBlockstore(join(dataDir, 'blocks'), { fsync: init.fsync })
+    try {
+      await blockstore.open()
+    } catch (err) {
+      await datastore.close()
+      throw err
+    }
+    const store = new MirrorStore(dataDir, blockstore, datastore)
+    store.#gcPending = await store.holds.hasCandidates()
+    return store
+  }
+
+  /** The last verified state of `did`'s repo, if any. */
+  async getState (did: string): Promise<RepoState | undefined> {
+    const value = await this.datastore.db.get(KEYS.repo(did))
+    return value === undefined ? undefined : JSON.parse(fromUtf8.decode(value)) as RepoState
+  }
+
+  /** Writes a repo state as is (holds are not touched; see {@link commitRepo}). */
+  async putState (state: RepoState): Promise<void> {
+    await this.datastore.db.put(KEYS.repo(state.did), encodeState(state))
+  }
+
+  /** Every stored repo state. */
+  async listStates (): Promise<RepoState[]> {
+    const values = await this.datastore.db.values({ gte: KEYS.repoPrefix, lt: KEYS.repoPrefix + '\xff' }).all()
+    return values.map(value => JSON.parse(fromUtf8.decode(value)) as RepoState)
+  }
+
+  /** The block's bytes from local storage, or `undefined`. */
+  async getBlock (cid: CID, options: StoreOptions = {}): Promise<Uint8Array | undefined> {
+    return await this.blockstore.getBytes(cid, options)
+  }
+
+  async hasBlock (cid: CID, options: StoreOptions = {}): Promise<boolean> {
+    return await this.blockstore.has(cid, options)
+  }
+
+  /**
+   * Stores blocks for `did`'s running sync: hash-checks every block, records them in
+   * the DID's staging list (before any file is written, so a crash cannot leave an
+   * untracked block), then writes the files. Must be called between
+   * {@link beginWrite} and its release.
+   *
+   * @throws CidMismatchError / UnsupportedCidError before anything is written
+   */
+  async putBlocks (did: string, blocks: readonly Block[], options: StoreOptions = {}): Promise<void> {
+    if (blocks.length === 0) return
+    for (const { cid, bytes } of blocks) verifyBlock(cid, bytes)
+    await this.holds.stage(did, blocks.map(b => b.cid))
+    options.signal?.throwIfAborted()
+    await this.blockstore.putVerified(blocks, options)
+  }
+
+  /**
+   * Advances `did` to `state` in one atomic batch: the state itself, the hold changes
+   * of `delta` (old repo → new repo), the staging list turned into GC candidates, and
+   * the pin (`pin: true`). `fresh`: the DID held nothing before (its current counts
+   * need not be read).
+   */
+  async commitRepo (state: RepoState, delta: HoldDelta, options: { pin?: boolean, fresh?: boolean } = {}): Promise<{ candidates: number }> {
+    const plan = await this.holds.planAdvance(state.did, delta, { fresh: options.fresh })
+    const ops: LevelOp[] = [...plan.ops, { type: 'put', key: KEYS.repo(state.did), value: encodeState(state) }]
+    if (options.pin === true && !await this.pins.has(state.did)) ops.push({ type: 'put', key: KEYS.pin(state.did), value: pinRecord(state.did) })
+    await this.datastore.db.batch(ops)
+    if (plan.candidates > 0) this.#gcPending = true
+    return { candidates: plan.candidates }
+  }
+
+  /**
+   * Drops every hold of `did` (its blocks become GC candidates) and, in the same
+   * batch, either replaces its state (takedown, deletion) or removes state and pin
+   * (unpin).
+   */
+  async releaseRepo (did: string, next: { state: RepoState } | { unpin: true }): Promise<{ candidates: number }> {
+    const current = await this.getState(did)
+    let blocks: HoldDelta | undefined = new HoldDelta()
+    if (holdsBlocks(current)) {
+      try {
+        blocks = await repoBlocksDelta(this.blocks, CID.parse(current.commit))
+      } catch (err) {
+        log.error('%s: cannot walk the stored repo (%e); releasing by index scan', did, err)
+        blocks = undefined
+      }
+    }
+    const plan = await this.holds.planRelease(did, blocks)
+    const ops: LevelOp[] = [...plan.ops]
+    if ('state' in next) {
+      ops.push({ type: 'put', key: KEYS.repo(did), value: encodeState(next.state) })
+    } else {
+      ops.push({ type: 'del', key: KEYS.repo(did) }, { type: 'del', key: KEYS.pin(did) })
+    }
+    await this.datastore.db.batch(ops)
+    if (plan.candidates > 0) this.#gcPending = true
+    return { candidates: plan.candidates }
+  }
+
+  /** After a failed sync: its staged blocks become candidates (collected when writers leave). */
+  async discardStaged (did: string): Promise<{ candidates: number }> {
+    const plan = await this.holds.planDiscardStaged(did)
+    if (plan.ops.length > 0) await this.datastore.db.batch(plan.ops)
+    if (plan.candidates > 0) this.#gcPending = true
+    return { candidates: plan.candidates }
+  }
+
+  /**
+   * Enters as a block writer. Garbage collection waits until every writer has left;
+   * the returned release runs any pending collection when the last one leaves, and
+   * resolves after it.
+   */
+  async beginWrite (): Promise<() => Promise<void>> {
+    while (this.#collecting !== undefined) await this.#collecting
+    this.#writers++
+    let released = false
+    return async () => {
+      if (released) return
+      released = true
+      this.#writers--
+      if (this.#writers === 0 && this.#gcPending) await this.#collect()
+    }
+  }
+
+  /**
+   * Runs pending garbage collection now if no writer is active (otherwise the last
+   * writer will). `force` also scans for candidates left by an earlier process.
+   */
+  async collectGarbage (options: { force?: boolean } = {}): Promise<void> {
+    if (options.force === true) this.#gcPending = true
+    if (!this.#gcPending || this.#writers > 0) return
+    await this.#collect()
+  }
+
+  async #collect (): Promise<void> {
+    if (this.#collecting !== undefined) {
+      await this.#collecting
+      return
+    }
+    this.#gcPending = false
+    this.#collecting = (async () => {
+      try {
+        await this.holds.collect()
+      } catch (err) {
+        // background work: keep the candidates for the next run
+        this.#gcPending = true
+        log.error('garbage collection failed: %e', err)
+      } finally {
+        this.#collecting = undefined
+      }
+    })()
+    await this.#collecting
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    while (this.#collecting !== undefined) await this.#collecting
+    await this.blockstore.close()
+    await this.datastore.close()
+  }
+
+  async [Symbol.asyncDispose] (): Promise<void> {
+    await this.close()
+  }
+}
+
+function pinRecord (did: string): Uint8Array {
+  return utf8.encode(JSON.stringify({ did, addedAt: new Date().toISOString() }))
+}
+
+function encodeState (state: RepoState): Uint8Array {
+  return utf8.encode(JSON.stringify(state))
+}

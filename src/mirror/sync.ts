@@ -1,0 +1,503 @@
+/**
+ * Syncing one repo: head → blocks → verification → one atomic advance → GC.
+ *
+ * Full sync (nothing stored): `getRepo` is streamed through the CAR reader and
+ * stored in batches as it arrives; only MST nodes, the commit and a set of the
+ * CIDs seen stay in memory, never the records. Incremental sync: `getRepo?since=`
+ * the stored rev brings the blocks written since; then the tree is walked from the
+ * new root, skipping every subtree the stored repo already holds, and whatever is
+ * still missing goes through the fetch chain (local → bitswap → PDS getBlocks).
+ *
+ * Crash safety comes from the write order: every block is hash-checked, listed in
+ * the DID's staging list, then written; the whole new repo is verified (signature,
+ * MST structure, every record present); only then one atomic batch writes the new
+ * state together with the hold changes (see gc.ts). Until that batch the previous
+ * state and its blocks are untouched, so a crash at any point leaves the previous
+ * state intact, and the next run redoes the sync (its staged blocks are either
+ * used or collected).
+ */
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { logger } from '@libp2p/logger'
+import {
+  DidNotFoundError,
+  HeadUnavailableError,
+  NotPinnedError,
+  RepoDeactivatedError,
+  RepoNotFoundError,
+  RepoNotMirroredError,
+  RepoSuspendedError,
+  RepoTakendownError
+} from '../errors.ts'
+import { LocalBroker } from '../blocks/local.ts'
+import { BlockFetcher } from '../blocks/fetcher.ts'
+import { PdsBroker, PdsClient, type PdsClientInit } from '../blocks/pds.ts'
+import { completeMst } from '../blocks/walker.ts'
+import type { Head, HeadResolver } from '../head/head-resolver.ts'
+import { compareRevs } from '../head/head-resolver.ts'
+import type { Identity, IdentityResolver } from '../identity/resolver.ts'
+import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
+import { readCar } from '../repo/car.ts'
+import { CID, cidKey } from '../repo/cid.ts'
+import { decodeCommit } from '../repo/commit.ts'
+import { verifyRepo } from '../repo/verify.ts'
+import { exportRepoCar } from './export.ts'
+import { repoBlocksDelta, repoHoldDelta } from './gc.ts'
+import { holdsBlocks, type MirrorStore, type RepoState, type RepoStatus } from './store.ts'
+
+const log = logger('atmirror:mirror:sync')
+
+/** Blocks fetched for a sync, by source. */
+export interface FetchedCounts {
+  local: number
+  bitswap: number
+  pds: number
+}
+
+export interface SyncResult {
+  did: string
+  rev: string
+  commit: CID
+  /** Records in the repo now stored. */
+  records: number
+  /** Whether the stored repo moved to a new commit. */
+  changed: boolean
+  /** Whether everything was downloaded (nothing usable was stored before). */
+  full: boolean
+  /** Blocks that had to be obtained, by source (`local`: found already stored during the walk). */
+  fetched: FetchedCounts
+  /** Bytes downloaded. */
+  bytes: number
+  seconds: number
+}
+
+/** Progress of a sync, for a terminal display. */
+export interface SyncProgress {
+  did: string
+  phase: 'head' | 'download' | 'walk' | 'verify' | 'commit'
+  /** Blocks received so far. */
+  blocks: number
+  /** Bytes received so far. */
+  bytes: number
+}
+
+export interface SyncOptions {
+  signal?: AbortSignal
+  onProgress?: (progress: SyncProgress) => void
+  /**
+   * Pin the DID as part of the advance. With `false`, a DID that is not pinned
+   * (unpinned while a scheduled re-check was queued) fails with NotPinnedError
+   * before anything is fetched. @default true
+   */
+  pin?: boolean
+}
+
+export interface RepoSyncerComponents {
+  store: MirrorStore
+  identity: IdentityResolver
+  heads: HeadResolver
+  /**
+   * The fetch chain for blocks missing after the download. Default: local → PDS;
+   * the node passes one with its bitswap broker in between.
+   */
+  fetcher?: BlockFetcher
+}
+
+export interface RepoSyncerInit {
+  /** Timeouts and fetch for getRepo/getBlocks. */
+  pds?: PdsClientInit
+  /** Blocks written per batch while a CAR streams in. @default 256 */
+  writeBatch?: number
+  /** Verify record blocks by full DRISL decode instead of hash + map header. @default false */
+  decodeRecords?: boolean
+  /**
+   * Bytes of record blocks a sync keeps in memory after storing them, so that
+   * verification need not read them back from disk. MST nodes are always kept.
+   * @default 67108864 (64 MiB)
+   */
+  cacheBytes?: number
+}
+
+/** Serialises work per key: one writer per DID. */
+class KeyedMutex {
+  readonly #tails = new Map<string, Promise<void>>()
+
+  async run<T> (key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#tails.get(key) ?? Promise.resolve()
+    let release!: () => void
+    const mine = new Promise<void>(resolve => { release = resolve })
+    const tail = previous.then(async () => await mine)
+    this.#tails.set(key, tail)
+    try {
+      await previous
+      return await fn()
+    } finally {
+      release()
+      if (this.#tails.get(key) === tail) this.#tails.delete(key)
+    }
+  }
+}
+
+/**
+ * A view of the blocks a sync works with: what this sync received, then the
+ * blockstore. MST nodes and the commit are always kept in memory (the walk, the
+ * diff and verification all read them); other blocks only up to a byte budget,
+ * beyond which they are read back from disk. Answers are synchronous (the repo
+ * engine's walkers skip a microtask per block then), with a turn of the event loop
+ * every so often so a large repo does not hold it.
+ */
+class SyncView implements ReadonlyBlockStore {
+  readonly #store: MirrorStore
+  readonly #cached = new Map<string, Uint8Array>()
+  readonly #stored = new Set<string>()
+  readonly #budget: number
+  #cachedBytes = 0
+  #calls = 0
+  /** Blocks this sync needed and found already on disk. */
+  diskHits = 0
+
+  constructor (store: MirrorStore, budget: number) {
+    this.#store = store
+    this.#budget = budget
+  }
+
+  /** A block this sync stored; `structural` ones (nodes, commits) are kept whatever the budget. */
+  note (block: Block, structural: boolean): void {
+    const key = cidKey(block.cid)
+    this.#stored.add(key)
+    if (this.#cached.has(key)) return
+    if (structural || this.#cachedBytes + block.bytes.byteLength <= this.#budget) {
+      this.#cached.set(key, block.bytes)
+      this.#cachedBytes += block.bytes.byteLength
+    }
+  }
+
+  cached (cid: CID): Uint8Array | undefined {
+    return this.#cached.get(cidKey(cid))
+  }
+
+  get (cid: CID): Uint8Array | undefined | Promise<Uint8Array | undefined> {
+    return this.#turn(this.#cached.get(cidKey(cid)) ?? this.#store.blockstore.getBytesSync(cid))
+  }
+
+  has (cid: CID): boolean | Promise<boolean> {
+    const key = cidKey(cid)
+    if (this.#stored.has(key)) return this.#turn(true)
+    const found = this.#store.blockstore.hasSync(cid)
+    if (found) this.diskHits++
+    return this.#turn(found)
+  }
+
+  #turn<T> (value: T): T | Promise<T> {
+    if (++this.#calls % 1024 !== 0) return value
+    return nextTurn().then(() => value)
+  }
+}
+
+/**
+ * MST nodes are maps whose first key (canonical order) is `e`: `a2 61 65`. Keeping
+ * every block that starts so costs little memory (records rarely do) and saves
+ * reading the tree back from disk for the walk, the diff and verification.
+ */
+function looksLikeMstNode (bytes: Uint8Array): boolean {
+  return bytes[0] === 0xa2 && bytes[1] === 0x61 && bytes[2] === 0x65
+}
+
+export class RepoSyncer {
+  readonly #store: MirrorStore
+  readonly #identity: IdentityResolver
+  readonly #heads: HeadResolver
+  readonly #fetcher: BlockFetcher
+  readonly #client: PdsClient
+  readonly #writeBatch: number
+  readonly #decodeRecords: boolean
+  readonly #cacheBytes: number
+  readonly #mutex = new KeyedMutex()
+
+  constructor (components: RepoSyncerComponents, init: RepoSyncerInit = {}) {
+    this.#store = components.store
+    this.#identity = components.identity
+    this.#heads = components.heads
+    this.#client = new PdsClient(init.pds)
+    this.#fetcher = components.fetcher ?? new BlockFetcher({
+      store: components.store,
+      brokers: [
+        new LocalBroker({ store: components.store }),
+        new PdsBroker({ identity: components.identity }, { client: this.#client })
+      ]
+    })
+    this.#writeBatch = init.writeBatch ?? 256
+    this.#decodeRecords = init.decodeRecords ?? false
+    this.#cacheBytes = init.cacheBytes ?? 64 * 1024 * 1024
+  }
+
+  /** The fetch chain this syncer uses. */
+  get fetcher (): BlockFetcher {
+    return this.#fetcher
+  }
+
+  /**
+   * Brings the stored copy of a repo up to its head (full or incremental), verifies
+   * it whole, advances its state and collects garbage. A head resolution that says
+   * the repo is taken down, deleted, suspended or deactivated updates the stored
+   * status (see {@link RepoState}) and is thrown; transient failures leave the
+   * stored state exactly as it was.
+   */
+  async sync (didOrHandle: string, options: SyncOptions = {}): Promise<SyncResult> {
+    const started = performance.now()
+    let identity: Identity
+    try {
+      identity = await this.#identity.resolve(didOrHandle, { signal: options.signal, verifyHandle: false })
+    } catch (err) {
+      if (err instanceof DidNotFoundError && didOrHandle.startsWith('did:')) {
+        await this.#mutex.run(didOrHandle, async () => { await this.#applyStatus(didOrHandle, 'deleted', undefined, err) })
+      }
+      throw err
+    }
+    return await this.#mutex.run(identity.did, async () => await this.#sync(identity, started, options))
+  }
+
+  /** Removes the pin and the state of `did` and collects its blocks (shared blocks stay). */
+  async unpin (did: string): Promise<void> {
+    await this.#mutex.run(did, async () => {
+      const release = await this.#store.beginWrite()
+      try {
+        const { candidates } = await this.#store.releaseRepo(did, { unpin: true })
+        log('unpinned %s: %d blocks to check', did, candidates)
+      } finally {
+        await release()
+      }
+    })
+  }
+
+  /** The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is stored. */
+  async * exportCar (did: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Uint8Array> {
+    const state = await this.#store.getState(did)
+    if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+    yield * exportRepoCar(this.#store.blocks, CID.parse(state.commit), options)
+  }
+
+  async #sync (identity: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
+    const { signal } = options
+    const did = identity.did
+    const pin = options.pin ?? true
+    if (!pin && !await this.#store.pins.has(did)) throw new NotPinnedError(did)
+    const state = await this.#store.getState(did)
+    const progress: SyncProgress = { did, phase: 'head', blocks: 0, bytes: 0 }
+    options.onProgress?.({ ...progress })
+
+    let head: Head
+    try {
+      head = await this.#heads.resolveHead(did, { signal })
+    } catch (err) {
+      const status = statusOf(err)
+      if (status !== undefined && !(signal?.aborted ?? false)) await this.#applyStatus(did, status, identity, err as Error)
+      throw err
+    }
+
+    const now = new Date().toISOString()
+    const unchanged = (current: RepoState, records: number | undefined): SyncResult => ({
+      did,
+      rev: current.rev,
+      commit: CID.parse(current.commit),
+      records: records ?? 0,
+      changed: false,
+      full: false,
+      fetched: { local: 0, bitswap: 0, pds: 0 },
+      bytes: 0,
+      seconds: (performance.now() - started) / 1000
+    })
+    if (holdsBlocks(state)) {
+      const same = state.commit === head.cid.toString()
+      const older = compareRevs(head.rev, state.rev) < 0
+      if (same || older) {
+        if (older) log('%s: head rev %s is older than the stored rev %s; keeping the stored repo', did, head.rev, state.rev)
+        const next: RepoState = { ...state, status: 'active', syncedAt: now, pds: identity.pds, handle: identity.handle ?? state.handle }
+        delete next.error
+        await this.#store.putState(next)
+        if (pin && !await this.#store.pins.has(did)) await this.#store.pins.add(did)
+        await this.#store.collectGarbage()
+        return unchanged(next, state.records)
+      }
+    }
+
+    const full = !holdsBlocks(state)
+    const release = await this.#store.beginWrite()
+    const fetched: FetchedCounts = { local: 0, bitswap: 0, pds: 0 }
+    let committed = false
+    try {
+      const view = new SyncView(this.#store, this.#cacheBytes)
+      let bytesIn = 0
+
+      // 1. download: the whole repo, or what changed since the stored rev
+      progress.phase = 'download'
+      options.onProgress?.({ ...progress })
+      const download = this.#client.getRepo(identity.pds, did, { since: full ? undefined : state.rev, signal })
+      const counted = (async function * () {
+        for await (const chunk of download) {
+          bytesIn += chunk.byteLength
+          progress.bytes = bytesIn
+          yield chunk
+        }
+      })()
+      const car = await readCar(counted, { signal })
+      const root = car.roots[0]
+      let batch: Block[] = []
+      const flush = async (): Promise<void> => {
+        if (batch.length === 0) return
+        const blocks = batch
+        batch = []
+        await this.#store.putBlocks(did, blocks, { signal })
+        progress.blocks += blocks.length
+        options.onProgress?.({ ...progress })
+      }
+      for await (const block of car.blocks) {
+        view.note(block, looksLikeMstNode(block.bytes) || (root !== undefined && block.cid.equals(root)))
+        batch.push(block)
+        fetched.pds++
+        if (batch.length >= this.#writeBatch) await flush()
+      }
+      await flush()
+
+      // 2. the target: the head, or the CAR's commit when the PDS has moved on since
+      let target = { cid: head.cid, rev: head.rev, data: head.data }
+      if (root !== undefined && !root.equals(head.cid)) {
+        const rootBytes = view.cached(root)
+        if (rootBytes !== undefined) {
+          try {
+            const commit = decodeCommit(rootBytes, root)
+            if (commit.did === did && compareRevs(commit.rev, head.rev) > 0) target = { cid: root, rev: commit.rev, data: commit.data }
+          } catch (err) {
+            log('%s: CAR root %c is not a usable commit: %e', did, root, err)
+          }
+        }
+      }
+      if (target.cid.equals(head.cid) && !await view.has(head.cid)) {
+        await this.#store.putBlocks(did, [{ cid: head.cid, bytes: head.bytes }], { signal })
+        view.note({ cid: head.cid, bytes: head.bytes }, true)
+      }
+
+      // 3. whatever the download lacked, through the fetch chain; subtrees the stored
+      //    repo holds are complete and not entered
+      progress.phase = 'walk'
+      options.onProgress?.({ ...progress })
+      const walk = await completeMst(view, this.#fetcher, target.data, {
+        did,
+        signal,
+        known: full ? undefined : async (cids) => await this.#store.holds.heldBy(did, cids),
+        onBlock: (block) => {
+          progress.blocks++
+          progress.bytes += block.bytes.byteLength
+          bytesIn += block.bytes.byteLength
+          options.onProgress?.({ ...progress })
+        }
+      })
+      for (const [source, n] of Object.entries(walk.fetched)) {
+        if (source === 'local' || source === 'bitswap' || source === 'pds') fetched[source] += n
+      }
+      fetched.local += view.diskHits
+
+      // 4. the whole repo, as stored: signature, DID, MST structure, every record
+      progress.phase = 'verify'
+      options.onProgress?.({ ...progress })
+      const summary = await verifyRepo(view, target.cid, {
+        did,
+        key: identity.signingKey,
+        signal,
+        records: this.#decodeRecords ? 'decode' : 'hash',
+        // every block was hash-checked before it was stored, a moment ago
+        trusted: true
+      })
+
+      // 5. advance: holds from the MST diff, state, pin — one batch
+      progress.phase = 'commit'
+      options.onProgress?.({ ...progress })
+      // a full sync holds the whole new repo; an incremental one changes by the diff
+      const delta = full
+        ? await repoBlocksDelta(view, target.cid, { signal })
+        : await repoHoldDelta(view, { commit: CID.parse(state.commit), data: CID.parse(state.data) }, { commit: target.cid, data: target.data }, { signal })
+      const next: RepoState = {
+        did,
+        commit: target.cid.toString(),
+        rev: target.rev,
+        data: target.data.toString(),
+        pds: identity.pds,
+        handle: identity.handle ?? state?.handle,
+        status: 'active',
+        syncedAt: new Date().toISOString(),
+        records: summary.records
+      }
+      signal?.throwIfAborted()
+      const { candidates } = await this.#store.commitRepo(next, delta, { pin, fresh: full })
+      committed = true
+      log('%s: %s sync to rev %s (%d records): %d blocks from pds, %d from bitswap, %d found locally; %d GC candidates',
+        did, full ? 'full' : 'incremental', target.rev, summary.records, fetched.pds, fetched.bitswap, fetched.local, candidates)
+      return {
+        did,
+        rev: target.rev,
+        commit: target.cid,
+        records: summary.records,
+        changed: true,
+        full,
+        fetched,
+        bytes: bytesIn,
+        seconds: (performance.now() - started) / 1000
+      }
+    } catch (err) {
+      if (!committed) {
+        // blocks this attempt stored but no repo holds are collected when writers leave
+        await this.#store.discardStaged(did).catch(discardErr => { log.error('%s: discarding staged blocks failed: %e', did, discardErr) })
+      }
+      throw err
+    } finally {
+      await release()
+    }
+  }
+
+  /**
+   * Records what the host said about the repo. Suspended and deactivated keep the
+   * blocks (the account may come back and nothing was withdrawn); takedown and
+   * deletion are honoured by deleting the blocks, keeping the pin so the repo is
+   * mirrored again if it returns.
+   */
+  async #applyStatus (did: string, status: RepoStatus, identity: Identity | undefined, err: Error): Promise<void> {
+    const state = await this.#store.getState(did)
+    if (state === undefined) {
+      log('%s: %s before its first sync (%s); nothing stored', did, status, err.message)
+      return
+    }
+    const next: RepoState = {
+      ...state,
+      status,
+      syncedAt: new Date().toISOString(),
+      pds: identity?.pds ?? state.pds,
+      error: `${err.name}: ${err.message}`
+    }
+    if (status === 'takendown' || status === 'deleted') {
+      const release = await this.#store.beginWrite()
+      try {
+        const { candidates } = await this.#store.releaseRepo(did, { state: next })
+        log('%s: %s; dropped its blocks (%d to check)', did, status, candidates)
+      } finally {
+        await release()
+      }
+      return
+    }
+    await this.#store.putState(next)
+    log('%s: %s; keeping the blocks of rev %s', did, status, state.rev)
+  }
+}
+
+/** The repo status a head-resolution error stands for, or undefined for transient failures. */
+export function statusOf (err: unknown): RepoStatus | undefined {
+  if (err instanceof RepoTakendownError) return 'takendown'
+  if (err instanceof RepoSuspendedError) return 'suspended'
+  if (err instanceof RepoDeactivatedError) return 'deactivated'
+  if (err instanceof RepoNotFoundError || err instanceof DidNotFoundError) return 'deleted'
+  if (err instanceof HeadUnavailableError) {
+    // the PDS is the authority on its accounts; peers only know heads
+    const statuses = err.errors.map(({ error }) => statusOf(error)).filter(s => s !== undefined)
+    const order: RepoStatus[] = ['takendown', 'deleted', 'suspended', 'deactivated']
+    for (const status of order) if (statuses.includes(status)) return status
+  }
+  return undefined
+}

@@ -1,0 +1,289 @@
+/**
+ * The node's peer-to-peer side: libp2p (TCP + noise + yamux, identify, ping, kad-dht)
+ * and Helia with Bitswap over the mirror's own blockstore and datastore.
+ *
+ * libp2p is built here, not by `createHelia`, because Helia's defaults add services
+ * the private mode must not run (autoNAT, UPnP, mDNS, circuit relay, delegated HTTP
+ * routing, HTTP gateways). Helia is created "light" and given this libp2p, a DHT
+ * router and Bitswap, nothing else.
+ *
+ * Two modes:
+ * - `public`: the IPFS Amino DHT (`/ipfs/kad/1.0.0`) and its bootstrap peers; the DHT
+ *   switches itself to server mode once it has a public address; private and
+ *   loopback addresses are not put into the routing table.
+ * - `private`: only the given `bootstrap` peers, the DHT in server mode from the start
+ *   on whatever addresses we have (loopback included), queries allowed with zero
+ *   peers, and a connection gater that refuses to dial anything but loopback and the
+ *   hosts named in `listen`, `bootstrap` and `allowDial`.
+ */
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { withBitswap } from '@helia/bitswap'
+import * as dagCbor from '@ipld/dag-cbor'
+import { bootstrap } from '@libp2p/bootstrap'
+import { identify, type Identify } from '@libp2p/identify'
+import { kadDHT, passthroughMapper, type KadDHT, type SingleKadDHT } from '@libp2p/kad-dht'
+import { logger } from '@libp2p/logger'
+import { ping, type Ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { createHeliaLight, type Helia } from 'helia'
+import { createLibp2p, type Libp2pOptions } from 'libp2p'
+import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, type NetworkMode } from './addresses.ts'
+import { Libp2pRouter } from './routing.ts'
+import { ServingBlockstore } from './serving-blockstore.ts'
+import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import type { Blockstore } from 'interface-blockstore'
+import type { Datastore } from 'interface-datastore'
+
+const log = logger('atmirror:net')
+
+export interface NetworkServices extends Record<string, unknown> {
+  identify: Identify
+  ping: Ping
+  dht: KadDHT
+}
+
+/** Helia with the libp2p node it runs on. */
+export type MirrorHelia = Helia & { libp2p: Libp2p<NetworkServices> }
+
+export interface NetworkComponents {
+  /**
+   * The mirror's blockstore. Bitswap serves from it; Helia never writes to it (see
+   * ServingBlockstore): whoever fetches through `helia.blockstore.get` stores the
+   * bytes itself.
+   */
+  blockstore: Blockstore
+  /** libp2p's peer store, the DHT's records and Helia's bookkeeping live here. */
+  datastore: Datastore
+  /** The node's identity (see `loadOrCreatePeerKey`). */
+  privateKey: PrivateKey
+}
+
+export interface NetworkInit {
+  /**
+   * `public` joins the IPFS Amino DHT; `private` talks only to the given peers.
+   *
+   * @default 'public'
+   */
+  mode?: NetworkMode
+  /**
+   * TCP multiaddrs to listen on.
+   *
+   * @default ['/ip4/0.0.0.0/tcp/4001'] (public), ['/ip4/127.0.0.1/tcp/0'] (private)
+   */
+  listen?: string[]
+  /**
+   * Peers to connect to at start and to reconnect to when the connection drops,
+   * as `/ip4/…/tcp/…/p2p/<peer id>`. The public mode adds the IPFS bootstrap peers.
+   *
+   * @default []
+   */
+  bootstrap?: string[]
+  /**
+   * Addresses to announce instead of the listen addresses (e.g. a public IP behind
+   * port forwarding). Announced addresses count as verified.
+   *
+   * @default []
+   */
+  announce?: string[]
+  /**
+   * Private mode only: further IPs or CIDR ranges the node may dial (peers learned
+   * through the DHT on a LAN, say). Loopback and the hosts of `listen` and
+   * `bootstrap` are always allowed.
+   *
+   * @default []
+   */
+  allowDial?: string[]
+  /**
+   * The DHT protocol id.
+   *
+   * @default '/ipfs/kad/1.0.0'
+   */
+  dhtProtocol?: string
+  /**
+   * How long one dial to a bootstrap peer may take, in ms.
+   *
+   * @default 10000
+   */
+  dialTimeoutMs?: number
+  /**
+   * How often bootstrap peers that are not connected are dialled again, in ms.
+   *
+   * @default 30000
+   */
+  reconnectIntervalMs?: number
+  /** Version string announced through identify. @default '0.0.0' */
+  version?: string
+}
+
+/** Libp2p and Helia, started and stopped together. */
+export class MirrorNetwork {
+  readonly mode: NetworkMode
+  readonly libp2p: Libp2p<NetworkServices>
+  readonly helia: MirrorHelia
+  readonly #bootstrap: Multiaddr[]
+  readonly #dialTimeoutMs: number
+  readonly #reconnectIntervalMs: number
+  #timer: NodeJS.Timeout | undefined
+  #stopping: AbortController | undefined
+
+  constructor (init: { mode: NetworkMode, libp2p: Libp2p<NetworkServices>, helia: MirrorHelia, bootstrap: Multiaddr[], dialTimeoutMs: number, reconnectIntervalMs: number }) {
+    this.mode = init.mode
+    this.libp2p = init.libp2p
+    this.helia = init.helia
+    this.#bootstrap = init.bootstrap
+    this.#dialTimeoutMs = init.dialTimeoutMs
+    this.#reconnectIntervalMs = init.reconnectIntervalMs
+  }
+
+  get peerId (): PeerId {
+    return this.libp2p.peerId
+  }
+
+  /** The addresses other nodes can dial, each ending in /p2p/<our peer id>. */
+  getMultiaddrs (): Multiaddr[] {
+    return this.libp2p.getMultiaddrs()
+  }
+
+  /** How many peers the DHT routing table holds. */
+  dhtPeerCount (): number {
+    return (this.libp2p.services.dht as SingleKadDHT).routingTable?.size ?? 0
+  }
+
+  /** Peers we hold a connection to. */
+  getPeers (): PeerId[] {
+    return this.libp2p.getPeers()
+  }
+
+  /**
+   * Starts libp2p and Helia, then dials the configured bootstrap peers once and
+   * waits for those dials (each bounded by `dialTimeoutMs`), so a node is connected
+   * when `start()` returns if its peers are up. Failed dials are retried in the
+   * background.
+   */
+  async start (): Promise<void> {
+    this.#stopping = new AbortController()
+    await this.libp2p.start()
+    try {
+      await this.helia.start()
+    } catch (err) {
+      await this.libp2p.stop()
+      throw err
+    }
+    log('started %p in %s mode on %s', this.peerId, this.mode, this.getMultiaddrs().map(ma => ma.toString()).join(', '))
+    await this.#connectBootstrap()
+    if (this.#bootstrap.length > 0) {
+      this.#timer = setInterval(() => {
+        this.#connectBootstrap().catch(err => { log.error('bootstrap reconnect failed - %e', err) })
+      }, this.#reconnectIntervalMs)
+      this.#timer.unref()
+    }
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.#timer)
+    this.#timer = undefined
+    this.#stopping?.abort()
+    try {
+      await this.helia.stop()
+    } finally {
+      await this.libp2p.stop()
+    }
+    log('stopped %p', this.peerId)
+  }
+
+  /** Dials a peer by multiaddr (ending in /p2p/<peer id>). */
+  async dial (address: string | Multiaddr, options: { signal?: AbortSignal } = {}): Promise<PeerId> {
+    const ma = typeof address === 'string' ? parseMultiaddr(address) : address
+    const signal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(options.signal === undefined ? [] : [options.signal])])
+    const connection = await this.libp2p.dial(ma, { signal })
+    return connection.remotePeer
+  }
+
+  async #connectBootstrap (): Promise<void> {
+    const stopping = this.#stopping?.signal
+    await Promise.all(this.#bootstrap.map(async (ma) => {
+      const id = multiaddrPeerId(ma)
+      if (id !== undefined && this.libp2p.getPeers().some(peer => peer.toString() === id)) return
+      if (stopping?.aborted === true) return
+      try {
+        await this.dial(ma, { signal: stopping })
+        log('connected to bootstrap peer %s', ma.toString())
+      } catch (err) {
+        if (this.#stopping?.signal.aborted === true) return
+        log.error('could not dial bootstrap peer %s - %e', ma.toString(), err)
+      }
+    }))
+  }
+}
+
+/**
+ * Builds (but does not start) the network side of a node. Validates every address
+ * first: a bad `--listen` or `--bootstrap` is an InvalidMultiaddrError, not a log line.
+ */
+export async function createNetwork (components: NetworkComponents, init: NetworkInit = {}): Promise<MirrorNetwork> {
+  const mode = init.mode ?? 'public'
+  const listen = (init.listen !== undefined && init.listen.length > 0 ? init.listen : defaultListenAddresses(mode)).map(parseListenAddress)
+  const bootstrapPeers = (init.bootstrap ?? []).map(parseBootstrapAddress)
+  const announce = (init.announce ?? []).map(value => parseMultiaddr(value, 'announce address'))
+  const dhtProtocol = init.dhtProtocol ?? AMINO_DHT_PROTOCOL
+
+  const options: Libp2pOptions<NetworkServices> = {
+    start: false,
+    privateKey: components.privateKey,
+    datastore: components.datastore,
+    nodeInfo: { name: 'atmirror', version: init.version ?? '0.0.0', userAgent: `atmirror/${init.version ?? '0.0.0'}` },
+    addresses: {
+      listen: listen.map(ma => ma.toString()),
+      announce: announce.map(ma => ma.toString())
+    },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      ping: ping(),
+      dht: mode === 'private'
+        ? kadDHT({
+          protocol: dhtProtocol,
+          clientMode: false,
+          allowQueryWithZeroPeers: true,
+          // loopback and LAN addresses are the whole point of a private network
+          peerInfoMapper: passthroughMapper
+        })
+        : kadDHT({ protocol: dhtProtocol })
+    }
+  }
+  if (mode === 'private') {
+    const allowList = new DialAllowList({ addresses: [...listen, ...bootstrapPeers, ...announce], allow: init.allowDial })
+    options.connectionGater = {
+      denyDialMultiaddr: (ma) => {
+        const deny = !allowList.allows(ma)
+        if (deny) log('private mode: refusing to dial %s', ma.toString())
+        return deny
+      }
+    }
+  } else {
+    options.peerDiscovery = [bootstrap({ list: [...PUBLIC_BOOTSTRAP_PEERS] })]
+  }
+
+  const libp2p = await createLibp2p(options)
+  const light = createHeliaLight({
+    blockstore: new ServingBlockstore(components.blockstore),
+    datastore: components.datastore,
+    codecs: [dagCbor],
+    routers: [new Libp2pRouter(libp2p)]
+  })
+  // What withLibp2p would do, with our libp2p: Bitswap reads `helia.libp2p`.
+  const helia = Object.assign(light, { libp2p }) as unknown as MirrorHelia
+  withBitswap(helia)
+  return new MirrorNetwork({
+    mode,
+    libp2p,
+    helia,
+    bootstrap: bootstrapPeers,
+    dialTimeoutMs: init.dialTimeoutMs ?? 10_000,
+    reconnectIntervalMs: init.reconnectIntervalMs ?? 30_000
+  })
+}

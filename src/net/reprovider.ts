@@ -1,0 +1,406 @@
+/**
+ * DHT announcements for pinned repos. For every pinned DID whose repo is served
+ * here, the node provides
+ *
+ * - the DID's rendezvous key `rendezvousCid(did)`, so `findMirrors(did)` finds it;
+ * - the current commit CID, so a node holding a commit CID (from a firehose, say)
+ *   finds who serves that exact commit;
+ * - with `provide: 'all'`, every block of the repo (commit, MST nodes, records), so
+ *   plain IPFS nodes can route to any single block. Costly: see docs/PROTOCOL.md.
+ *
+ * When a repo advances the new commit is provided and the old one cancelled; on
+ * unpin (or a takedown, suspension, deactivation) every key of the DID is cancelled.
+ *
+ * "Cancel" is `contentRouting.cancelReprovide(cid)`: kad-dht deletes our own provider
+ * record from its datastore, so this node stops republishing the key and stops
+ * listing itself when asked for providers. The DHT has no message to retract a
+ * record other peers already store: those expire on their own (48 h in kad-dht 16,
+ * 24 h to 48 h elsewhere), and a peer that follows one meets a node that answers
+ * NotFound on the head exchange and DONT_HAVE on Bitswap.
+ *
+ * kad-dht republishes our records before they expire by itself; the periodic pass
+ * here also re-announces everything (peers that restarted have lost our records)
+ * and reconciles kad-dht's stored self-records with what is pinned, so keys of
+ * repos unpinned while the node was down, or of old commits, are cancelled too.
+ * All work goes through one bounded queue with bounded concurrency.
+ */
+import { logger } from '@libp2p/logger'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
+import { base32 } from 'multiformats/bases/base32'
+import { rendezvousCid } from '../identity/rendezvous.ts'
+import { RAW, cidKey, parseCid } from '../repo/cid.ts'
+import { isServable, type ServableState } from './head-exchange.ts'
+import type { PeerId } from '@libp2p/interface'
+
+const log = logger('atmirror:net:reprovider')
+
+/** What gets announced for a pinned repo. */
+export type ProvideMode = 'heads' | 'all'
+
+export interface ReproviderComponents {
+  /** libp2p's content routing (the DHT). */
+  routing: {
+    provide: (cid: CID, options?: { signal?: AbortSignal }) => Promise<void>
+    cancelReprovide: (cid: CID, options?: { signal?: AbortSignal }) => Promise<void>
+  }
+  store: {
+    pins: { list: () => Promise<string[]> }
+    getState: (did: string) => Promise<(ServableState & { commit: string }) | undefined>
+    /** Needed for `provide: 'all'`: every block CID of a DID's stored repo. */
+    holds?: { listHeld: (did: string) => AsyncIterable<string> }
+  }
+  /**
+   * kad-dht's datastore and our peer id: lets the periodic pass find self provider
+   * records that nothing pinned wants any more (left from before a restart).
+   */
+  providerRecords?: {
+    datastore: { queryKeys: (query: { prefix?: string }, options?: { signal?: AbortSignal }) => AsyncIterable<{ toString: () => string }> | Iterable<{ toString: () => string }> }
+    peerId: PeerId
+    /** kad-dht's `datastorePrefix`. @default '/dht' */
+    prefix?: string
+  }
+}
+
+export interface ReproviderInit {
+  /** `heads`: rendezvous key + commit per DID; `all`: also every block. @default 'heads' */
+  provide?: ProvideMode
+  /** Time between full re-announcement passes, in ms; 0 turns the periodic pass off. @default 43_200_000 (12 h) */
+  intervalMs?: number
+  /** Run a pass as soon as the reprovider starts. @default true */
+  passOnStart?: boolean
+  /** DHT provide/cancel operations at once. @default 8 */
+  concurrency?: number
+  /** Operations queued before `announce`/`withdraw` wait for room. @default 4096 */
+  maxQueue?: number
+  /** Time limit of one provide, in ms. @default 60_000 */
+  provideTimeoutMs?: number
+}
+
+export interface ReproviderStats {
+  provided: number
+  cancelled: number
+  failed: number
+  queued: number
+  running: number
+  /** Keys this node announces now (rendezvous + commits, + blocks in `all` mode). */
+  announced: number
+  /** When the last full pass ended (ISO), if any. */
+  lastPassAt?: string
+}
+
+interface Announced {
+  rendezvous: CID
+  commit: CID
+  /** `all` mode: the repo's blocks (cidKey → CID). */
+  blocks?: Map<string, CID>
+}
+
+type Op = { kind: 'provide' | 'cancel', cid: CID }
+
+/** Keeps the DHT told about the pinned repos. Register it in the node as a `Startable`. */
+export class Reprovider {
+  readonly mode: ProvideMode
+  readonly #routing: ReproviderComponents['routing']
+  readonly #store: ReproviderComponents['store']
+  readonly #records: ReproviderComponents['providerRecords']
+  readonly #intervalMs: number
+  readonly #passOnStart: boolean
+  readonly #concurrency: number
+  readonly #maxQueue: number
+  readonly #provideTimeoutMs: number
+  readonly #announced = new Map<string, Announced>()
+  /** `all` mode: how many announced DIDs hold each block (blocks can be shared). */
+  readonly #blockHolders = new Map<string, number>()
+  readonly #queue: Op[] = []
+  readonly #pending = new Map<string, Op>()
+  readonly #idle: Array<() => void> = []
+  readonly #room: Array<() => void> = []
+  /** One announce/withdraw per DID at a time, in call order. */
+  readonly #didLocks = new Map<string, Promise<void>>()
+  #running = 0
+  #stats = { provided: 0, cancelled: 0, failed: 0 }
+  #lastPassAt: string | undefined
+  #timer: NodeJS.Timeout | undefined
+  #pass: Promise<void> | undefined
+  #stopping = new AbortController()
+  #started = false
+
+  constructor (components: ReproviderComponents, init: ReproviderInit = {}) {
+    this.#routing = components.routing
+    this.#store = components.store
+    this.#records = components.providerRecords
+    this.mode = init.provide ?? 'heads'
+    this.#intervalMs = init.intervalMs ?? 43_200_000
+    this.#passOnStart = init.passOnStart ?? true
+    this.#concurrency = Math.max(1, init.concurrency ?? 8)
+    this.#maxQueue = Math.max(1, init.maxQueue ?? 4096)
+    this.#provideTimeoutMs = init.provideTimeoutMs ?? 60_000
+    if (this.mode === 'all' && this.#store.holds === undefined) throw new TypeError("provide: 'all' needs store.holds")
+  }
+
+  isStarted (): boolean {
+    return this.#started
+  }
+
+  start (): void {
+    if (this.#started) return
+    this.#started = true
+    this.#stopping = new AbortController()
+    if (this.#passOnStart) this.#runPass()
+    else this.#schedule()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    clearTimeout(this.#timer)
+    this.#stopping.abort(new DOMException('the reprovider is stopping', 'AbortError'))
+    this.#queue.length = 0
+    this.#pending.clear()
+    for (const wake of this.#room.splice(0)) wake()
+    await this.#pass?.catch(() => {})
+    await this.onIdle()
+  }
+
+  stats (): ReproviderStats {
+    const announced = this.#announced.size * 2 + this.#blockHolders.size
+    return { ...this.#stats, queued: this.#queue.length, running: this.#running, announced, lastPassAt: this.#lastPassAt }
+  }
+
+  /** The keys announced for `did` now, if any. */
+  announcedFor (did: string): { rendezvous: CID, commit: CID, blocks: number } | undefined {
+    const entry = this.#announced.get(did)
+    return entry === undefined ? undefined : { rendezvous: entry.rendezvous, commit: entry.commit, blocks: entry.blocks?.size ?? 0 }
+  }
+
+  /** Resolves when nothing is queued or running. */
+  async onIdle (): Promise<void> {
+    if (this.#queue.length === 0 && this.#running === 0) return
+    await new Promise<void>(resolve => { this.#idle.push(resolve) })
+  }
+
+  /**
+   * Announces `did`'s current state: its rendezvous key and commit (and in `all`
+   * mode its blocks), cancelling the previous commit (and blocks no longer in the
+   * repo). A DID that is not pinned or not servable here is withdrawn instead.
+   * Resolves once the operations are queued, not when the DHT has them.
+   */
+  async announce (did: string): Promise<void> {
+    await this.#serial(did, async () => {
+      const state = await this.#store.getState(did)
+      const pinned = (await this.#store.pins.list()).includes(did)
+      if (!pinned || state === undefined || !isServable(state)) {
+        await this.#withdraw(did)
+        return
+      }
+      await this.#announce(did, parseCid(state.commit))
+    })
+  }
+
+  /** Stops announcing every key of `did` (unpin). */
+  async withdraw (did: string): Promise<void> {
+    await this.#serial(did, async () => { await this.#withdraw(did) })
+  }
+
+  /**
+   * One full pass: announce every pinned, servable repo again and cancel self
+   * provider records nothing pinned wants any more. The periodic timer runs this.
+   */
+  async reprovideAll (options: { signal?: AbortSignal } = {}): Promise<void> {
+    const signal = options.signal === undefined ? this.#stopping.signal : AbortSignal.any([options.signal, this.#stopping.signal])
+    const started = Date.now()
+    const dids = await this.#store.pins.list()
+    const wanted = new Set<string>()
+    for (const did of dids) {
+      signal.throwIfAborted()
+      await this.#serial(did, async () => {
+        const state = await this.#store.getState(did)
+        if (state === undefined || !isServable(state)) {
+          await this.#withdraw(did)
+          return
+        }
+        await this.#announce(did, parseCid(state.commit), { again: true })
+      })
+    }
+    const pinned = new Set(dids)
+    for (const did of [...this.#announced.keys()]) {
+      if (!pinned.has(did)) await this.withdraw(did)
+    }
+    for (const entry of this.#announced.values()) {
+      wanted.add(cidKey(entry.rendezvous))
+      wanted.add(cidKey(entry.commit))
+      for (const key of entry.blocks?.keys() ?? []) wanted.add(key)
+    }
+    await this.#cancelStale(wanted, signal)
+    await this.onIdle()
+    this.#lastPassAt = new Date().toISOString()
+    log('reprovide pass: %d repos, %d keys, %d ms', dids.length, wanted.size, Date.now() - started)
+  }
+
+  async #announce (did: string, commit: CID, options: { again?: boolean } = {}): Promise<void> {
+    const previous = this.#announced.get(did)
+    const rendezvous = previous?.rendezvous ?? rendezvousCid(did)
+    const entry: Announced = { rendezvous, commit, blocks: previous?.blocks }
+    this.#announced.set(did, entry)
+    if (previous === undefined || options.again === true) await this.#enqueue({ kind: 'provide', cid: rendezvous })
+    if (previous === undefined || options.again === true || !previous.commit.equals(commit)) await this.#enqueue({ kind: 'provide', cid: commit })
+    if (previous !== undefined && !previous.commit.equals(commit)) await this.#enqueue({ kind: 'cancel', cid: previous.commit })
+    if (this.mode !== 'all') return
+
+    const before = previous?.blocks ?? new Map<string, CID>()
+    const after = new Map<string, CID>()
+    for await (const text of this.#store.holds?.listHeld(did) ?? []) {
+      const cid = CID.parse(text)
+      const key = cidKey(cid)
+      after.set(key, cid)
+      if (!before.has(key)) {
+        const holders = this.#blockHolders.get(key) ?? 0
+        this.#blockHolders.set(key, holders + 1)
+        if (holders === 0 || options.again === true) await this.#enqueue({ kind: 'provide', cid })
+      } else if (options.again === true) {
+        await this.#enqueue({ kind: 'provide', cid })
+      }
+    }
+    for (const [key, cid] of before) {
+      if (!after.has(key)) await this.#releaseBlock(key, cid)
+    }
+    entry.blocks = after
+  }
+
+  async #withdraw (did: string): Promise<void> {
+    const entry = this.#announced.get(did)
+    if (entry === undefined) return
+    this.#announced.delete(did)
+    await this.#enqueue({ kind: 'cancel', cid: entry.rendezvous })
+    await this.#enqueue({ kind: 'cancel', cid: entry.commit })
+    for (const [key, cid] of entry.blocks ?? []) await this.#releaseBlock(key, cid)
+    log('withdrew %s', did)
+  }
+
+  async #releaseBlock (key: string, cid: CID): Promise<void> {
+    const holders = (this.#blockHolders.get(key) ?? 1) - 1
+    if (holders > 0) {
+      this.#blockHolders.set(key, holders)
+      return
+    }
+    this.#blockHolders.delete(key)
+    await this.#enqueue({ kind: 'cancel', cid })
+  }
+
+  /** Cancels kad-dht self records (left from earlier runs) that nothing pinned wants. */
+  async #cancelStale (wanted: Set<string>, signal: AbortSignal): Promise<void> {
+    if (this.#records === undefined) return
+    const { datastore, peerId } = this.#records
+    const self = peerId.toString()
+    const prefix = `${this.#records.prefix ?? '/dht'}/provider/`
+    let stale = 0
+    for await (const key of datastore.queryKeys({ prefix }, { signal })) {
+      const parts = key.toString().split('/')
+      if (parts.at(-1) !== self) continue
+      const encoded = parts.at(-2)
+      if (encoded === undefined) continue
+      let cid: CID
+      try {
+        // kad-dht keys records by the multihash in base32 without the multibase prefix
+        cid = CID.createV1(RAW, Digest.decode(base32.baseDecode(encoded.toLowerCase())))
+      } catch {
+        continue
+      }
+      const k = cidKey(cid)
+      if (wanted.has(k)) continue
+      if (this.#pendingOp(k)?.kind === 'provide') continue
+      stale++
+      await this.#enqueue({ kind: 'cancel', cid })
+    }
+    if (stale > 0) log('cancelling %d stale self provider records', stale)
+  }
+
+  #pendingOp (key: string): Op | undefined {
+    return this.#pending.get(key)
+  }
+
+  /** Queues an operation, waiting for room when the queue is full; a later op on the same key replaces an earlier queued one. */
+  async #enqueue (op: Op): Promise<void> {
+    if (!this.#started) return
+    const key = cidKey(op.cid)
+    const queued = this.#pending.get(key)
+    if (queued !== undefined) {
+      queued.kind = op.kind
+      return
+    }
+    while (this.#queue.length >= this.#maxQueue && this.#started) {
+      await new Promise<void>(resolve => { this.#room.push(resolve) })
+    }
+    if (!this.#started) return
+    this.#pending.set(key, op)
+    this.#queue.push(op)
+    this.#drain()
+  }
+
+  #drain (): void {
+    while (this.#running < this.#concurrency && this.#queue.length > 0) {
+      const op = this.#queue.shift() as Op
+      this.#pending.delete(cidKey(op.cid))
+      this.#room.shift()?.()
+      this.#running++
+      void this.#run(op).finally(() => {
+        this.#running--
+        this.#drain()
+        if (this.#queue.length === 0 && this.#running === 0) {
+          for (const wake of this.#idle.splice(0)) wake()
+        }
+      })
+    }
+  }
+
+  async #run (op: Op): Promise<void> {
+    const signal = AbortSignal.any([this.#stopping.signal, AbortSignal.timeout(this.#provideTimeoutMs)])
+    try {
+      if (op.kind === 'provide') {
+        await this.#routing.provide(op.cid, { signal })
+        this.#stats.provided++
+        log.trace('provided %c', op.cid)
+      } else {
+        await this.#routing.cancelReprovide(op.cid, { signal })
+        this.#stats.cancelled++
+        log.trace('cancelled %c', op.cid)
+      }
+    } catch (err) {
+      if (this.#stopping.signal.aborted) return
+      this.#stats.failed++
+      log.error('%s of %c failed - %e', op.kind, op.cid, err)
+    }
+  }
+
+  async #serial (did: string, fn: () => Promise<void>): Promise<void> {
+    const previous = this.#didLocks.get(did) ?? Promise.resolve()
+    const next = previous.catch(() => {}).then(fn)
+    const tail = next.catch(() => {})
+    this.#didLocks.set(did, tail)
+    try {
+      await next
+    } finally {
+      if (this.#didLocks.get(did) === tail) this.#didLocks.delete(did)
+    }
+  }
+
+  #runPass (): void {
+    if (!this.#started) return
+    this.#pass = this.reprovideAll()
+      .catch(err => {
+        if (!this.#stopping.signal.aborted) log.error('reprovide pass failed - %e', err)
+      })
+      .finally(() => {
+        this.#pass = undefined
+        this.#schedule()
+      })
+  }
+
+  #schedule (): void {
+    if (!this.#started || this.#intervalMs <= 0) return
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => { this.#runPass() }, this.#intervalMs)
+    this.#timer.unref()
+  }
+}

@@ -1,0 +1,522 @@
+/**
+ * The mirror node: the one place that creates concrete classes and wires them.
+ *
+ * `createMirrorNode` takes the data-directory lock, opens the store, and builds the
+ * identity resolver, head resolver and syncer, plus (unless turned off) libp2p with
+ * Helia/Bitswap and the control API. `start()` brings up the network and the API and
+ * starts the scheduler: every pinned repo is re-checked at start and then every
+ * `intervalMs`, a few at a time; one repo failing is logged and the rest go on.
+ * `stop()` undoes it all in order and releases the lock.
+ *
+ * Background work logs and goes on; the request paths (`pinAndSync`, `syncRepo`, …)
+ * throw. Domain events (`repo:synced`, `repo:error`, `repo:pinned`, `repo:unpinned`)
+ * are typed events on `node.events`.
+ */
+import { logger } from '@libp2p/logger'
+import { TypedEventEmitter } from '@libp2p/interface'
+import { AtmirrorError, NotPinnedError, RepoNotMirroredError } from './errors.ts'
+import { AtprotoIdentityResolver, type IdentityResolver } from './identity/resolver.ts'
+import type { BlockBroker } from './blocks/broker.ts'
+import { BlockFetcher } from './blocks/fetcher.ts'
+import { LocalBroker } from './blocks/local.ts'
+import { PdsBroker, PdsClient } from './blocks/pds.ts'
+import type { HeadResolver } from './head/head-resolver.ts'
+import { PdsHeadResolver } from './head/pds-head-resolver.ts'
+import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
+import { MirrorStore, type RepoState } from './mirror/store.ts'
+import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
+import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
+import type { MirrorFinderInit } from './net/mirrors.ts'
+import type { MirrorNetwork, NetworkInit } from './net/network.ts'
+import { ControlApi, type ControlApiTarget, type NodeStatus, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './server/control-api.ts'
+import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
+import pkg from '../package.json' with { type: 'json' }
+
+const log = logger('atmirror:node')
+
+/** The atmirror version (from package.json). */
+export const VERSION: string = pkg.version
+
+export interface MirrorNodeInit {
+  /** The data directory (created if missing). */
+  dataDir: string
+  /**
+   * The PLC directory.
+   *
+   * @default 'https://plc.directory'
+   */
+  plcUrl?: string
+  /**
+   * An XRPC service that answers `com.atproto.identity.resolveHandle`, tried when
+   * DNS and HTTPS handle resolution find nothing (a PDS, say).
+   *
+   * @default undefined (DNS and HTTPS only)
+   */
+  handleResolverUrl?: string
+  /**
+   * Accept `http://localhost` PDS and did:web endpoints (test networks).
+   *
+   * @default false
+   */
+  allowHttpLocalhost?: boolean
+  /**
+   * The peer-to-peer network (libp2p + Helia + Bitswap), or `false` for none
+   * (one-shot CLI commands, `--offline`).
+   *
+   * @default {} (public mode)
+   */
+  network?: (NetworkInit & { bitswap?: BitswapBrokerInit, mirrors?: MirrorFinderInit }) | false
+  /**
+   * The control API, or `false` for none.
+   *
+   * @default { port: 5176, host: '127.0.0.1' }
+   */
+  api?: { port?: number, host?: string } | false
+  /**
+   * Milliseconds between re-checks of every pinned repo; 0 checks only at start.
+   *
+   * @default 60000
+   */
+  intervalMs?: number
+  /**
+   * Re-check every pinned repo when the node starts.
+   *
+   * @default true
+   */
+  checkOnStart?: boolean
+  /**
+   * Repos synced at once by the scheduler.
+   *
+   * @default 4
+   */
+  concurrency?: number
+  /** The fetch used for PLC, handles and PDS calls. @default globalThis.fetch */
+  fetch?: typeof globalThis.fetch
+}
+
+/** The events a node emits. */
+export interface MirrorNodeEvents {
+  /** A sync finished (changed or not). */
+  'repo:synced': CustomEvent<SyncResult>
+  /** A sync failed; the stored state is unchanged. */
+  'repo:error': CustomEvent<{ did: string, error: Error }>
+  'repo:pinned': CustomEvent<{ did: string }>
+  'repo:unpinned': CustomEvent<{ did: string }>
+}
+
+interface RepoRuntime {
+  lastCheckAt?: string
+  error?: string
+  syncing: number
+}
+
+/** A running (or runnable) mirror node. Create it with {@link createMirrorNode}. */
+export class MirrorNode implements ControlApiTarget {
+  readonly dataDir: string
+  readonly store: MirrorStore
+  readonly identity: IdentityResolver
+  readonly heads: HeadResolver
+  readonly syncer: RepoSyncer
+  /** Undefined when created with `network: false`. */
+  readonly network: MirrorNetwork | undefined
+  /** Undefined when created with `api: false`. */
+  readonly api: ControlApi | undefined
+  readonly events = new TypedEventEmitter<MirrorNodeEvents>()
+  readonly #lock: DataDirLock
+  readonly #intervalMs: number
+  readonly #checkOnStart: boolean
+  readonly #concurrency: number
+  readonly #repos = new Map<string, RepoRuntime>()
+  readonly #inflight = new Set<Promise<unknown>>()
+  #stopping = new AbortController()
+  #state: 'stopped' | 'starting' | 'running' | 'stopping' = 'stopped'
+  #startedAt: string | undefined
+  #timer: NodeJS.Timeout | undefined
+  #pass: Promise<void> | undefined
+  #closed = false
+
+  constructor (init: {
+    dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
+    network?: MirrorNetwork, api?: { port?: number, host?: string }, intervalMs: number, checkOnStart: boolean, concurrency: number
+  }) {
+    this.dataDir = init.dataDir
+    this.#lock = init.lock
+    this.store = init.store
+    this.identity = init.identity
+    this.heads = init.heads
+    this.syncer = init.syncer
+    this.network = init.network
+    this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
+    this.#intervalMs = init.intervalMs
+    this.#checkOnStart = init.checkOnStart
+    this.#concurrency = Math.max(1, init.concurrency)
+  }
+
+  /** `stopped`, `starting`, `running` or `stopping`. */
+  get state (): string {
+    return this.#state
+  }
+
+  /** Starts the network, the control API and the scheduler. */
+  async start (): Promise<void> {
+    if (this.#closed) throw new AtmirrorError('node was stopped; create a new one')
+    if (this.#state !== 'stopped') return
+    this.#state = 'starting'
+    this.#stopping = new AbortController()
+    try {
+      await this.network?.start()
+      await this.api?.start()
+      this.#startedAt = new Date().toISOString()
+      if (this.api !== undefined) await writeDaemonInfo(this.dataDir, this.#daemonInfo())
+    } catch (err) {
+      this.#state = 'running' // let stop() unwind whatever did start
+      await this.stop().catch(stopErr => { log.error('cleanup after failed start failed - %e', stopErr) })
+      throw err
+    }
+    this.#state = 'running'
+    log('node running: data=%s network=%s api=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off')
+    if (this.#checkOnStart) this.#runPass()
+    else this.#schedule()
+  }
+
+  /**
+   * Stops everything, in order: scheduler, in-flight syncs (aborted, then awaited),
+   * control API, Helia/libp2p, store, lock. Safe to call more than once and on a node
+   * that was never started (one-shot use).
+   */
+  async stop (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#state = 'stopping'
+    const errors: unknown[] = []
+    const step = async (what: string, fn: () => Promise<unknown> | undefined): Promise<void> => {
+      try {
+        await fn()
+      } catch (err) {
+        log.error('stopping %s failed - %e', what, err)
+        errors.push(err)
+      }
+    }
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
+    await step('syncs', async () => {
+      await Promise.allSettled([...this.#inflight])
+      await this.#pass
+    })
+    await step('control API', async () => await this.api?.stop())
+    await step('daemon.json', async () => { if (this.api !== undefined) await removeDaemonInfo(this.dataDir) })
+    await step('network', async () => await this.network?.stop())
+    await step('store', async () => { await this.store.close() })
+    await step('lock', async () => { await this.#lock.release() })
+    this.#state = 'stopped'
+    log('node stopped')
+    if (errors.length === 1) throw errors[0]
+    if (errors.length > 1) throw new AggregateError(errors, 'node did not stop cleanly')
+  }
+
+  async [Symbol.asyncDispose] (): Promise<void> {
+    await this.stop()
+  }
+
+  /**
+   * Pins a repo (DID or handle) and mirrors it once. The identity is resolved first,
+   * so a wrong handle pins nothing; if the first mirror fails the pin stays (the
+   * scheduler retries it) and the error is thrown.
+   */
+  async pinAndSync (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<PinResult> {
+    const signal = this.#signal(options.signal)
+    const identity = await this.identity.resolve(didOrHandle, { signal })
+    await this.store.pins.add(identity.did)
+    this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
+    const result = await this.#sync(identity.did, signal, true)
+    return { did: identity.did, handle: identity.handle, pinned: true, sync: syncResultJson(result) }
+  }
+
+  /** Pins a repo without mirroring it (the scheduler or `syncRepo` will). */
+  async pin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<string> {
+    const identity = await this.identity.resolve(didOrHandle, { signal: this.#signal(options.signal) })
+    await this.store.pins.add(identity.did)
+    this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
+    return identity.did
+  }
+
+  /** Unpins a repo (DID, or the handle it was stored under) and drops its blocks. */
+  async unpin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<UnpinResult> {
+    const did = await this.#pinnedDid(didOrHandle, this.#signal(options.signal))
+    await this.syncer.unpin(did)
+    this.#repos.delete(did)
+    this.events.safeDispatchEvent('repo:unpinned', { detail: { did } })
+    return { did, pinned: false }
+  }
+
+  /** Syncs one pinned repo now. */
+  async sync (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResult> {
+    const signal = this.#signal(options.signal)
+    const pinned = await this.#pinnedDid(did, signal)
+    return await this.#sync(pinned, signal, true, false)
+  }
+
+  async syncRepo (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResultJson> {
+    return syncResultJson(await this.sync(did, options))
+  }
+
+  async listPins (): Promise<PinnedRepo[]> {
+    const dids = await this.store.pins.list()
+    return await Promise.all(dids.map(async did => this.#report(did, await this.store.getState(did))))
+  }
+
+  async repoStatus (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<PinnedRepo> {
+    const did = await this.#pinnedDid(didOrHandle, this.#signal(options.signal))
+    return this.#report(did, await this.store.getState(did))
+  }
+
+  /** The stored state of a pinned repo; RepoNotMirroredError before its first sync. */
+  async getState (did: string): Promise<RepoState> {
+    const state = await this.store.getState(did)
+    if (state === undefined) throw new RepoNotMirroredError(did)
+    return state
+  }
+
+  async status (): Promise<NodeStatus> {
+    return {
+      state: this.#state,
+      pid: process.pid,
+      version: VERSION,
+      dataDir: this.dataDir,
+      startedAt: this.#startedAt ?? '',
+      intervalSeconds: this.#intervalMs / 1000,
+      peerId: this.network?.peerId.toString() ?? null,
+      network: this.network?.mode ?? null,
+      addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
+      peers: this.network?.getPeers().length ?? 0,
+      repos: await this.listPins()
+    }
+  }
+
+  /** Runs one re-check pass over every pinned repo now (what the scheduler does). */
+  async checkAll (): Promise<void> {
+    const dids = await this.store.pins.list()
+    const signal = this.#stopping.signal
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < dids.length && !signal.aborted) {
+        const did = dids[next++] as string
+        // an API-triggered sync of the same repo is already doing this pass's work
+        if ((this.#repos.get(did)?.syncing ?? 0) > 0) continue
+        try {
+          await this.#sync(did, signal, false, false)
+        } catch {
+          // logged and emitted by #sync; the other repos go on
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(this.#concurrency, dids.length) }, worker))
+  }
+
+  #runPass (): void {
+    if (this.#state !== 'running') return
+    this.#pass = this.checkAll()
+      .catch(err => { log.error('re-check pass failed - %e', err) })
+      .finally(() => {
+        this.#pass = undefined
+        this.#schedule()
+      })
+  }
+
+  #schedule (): void {
+    if (this.#state !== 'running' || this.#intervalMs <= 0) return
+    this.#timer = setTimeout(() => { this.#runPass() }, this.#intervalMs)
+  }
+
+  /** `pin: false` for re-checks: a repo unpinned meanwhile must not come back. */
+  async #sync (did: string, signal: AbortSignal, request: boolean, pin = true): Promise<SyncResult> {
+    const runtime = this.#runtime(did)
+    runtime.syncing++
+    const started = new Date().toISOString()
+    const work = this.syncer.sync(did, { signal, pin })
+    this.#inflight.add(work)
+    try {
+      const result = await work
+      runtime.lastCheckAt = started
+      runtime.error = undefined
+      this.events.safeDispatchEvent('repo:synced', { detail: result })
+      log('synced %s rev=%s changed=%s', did, result.rev, result.changed)
+      return result
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err))
+      if (error.name === 'AbortError' && this.#stopping.signal.aborted) throw error
+      if (!request && error.name === 'NotPinnedError') {
+        this.#repos.delete(did) // unpinned while its re-check was queued: nothing to report
+        throw error
+      }
+      runtime.lastCheckAt = started
+      runtime.error = `${error.name}: ${error.message}`
+      this.events.safeDispatchEvent('repo:error', { detail: { did, error } })
+      if (request) log('sync of %s failed - %e', did, error)
+      else log.error('re-check of %s failed - %e', did, error)
+      throw error
+    } finally {
+      runtime.syncing--
+      this.#inflight.delete(work)
+    }
+  }
+
+  #runtime (did: string): RepoRuntime {
+    let runtime = this.#repos.get(did)
+    if (runtime === undefined) {
+      runtime = { syncing: 0 }
+      this.#repos.set(did, runtime)
+    }
+    return runtime
+  }
+
+  /** The DID of a pinned repo named by DID or handle; NotPinnedError otherwise. */
+  async #pinnedDid (didOrHandle: string, signal: AbortSignal): Promise<string> {
+    if (didOrHandle.startsWith('did:')) {
+      if (!await this.store.pins.has(didOrHandle)) throw new NotPinnedError(didOrHandle)
+      return didOrHandle
+    }
+    const handle = didOrHandle.toLowerCase()
+    for (const did of await this.store.pins.list()) {
+      if ((await this.store.getState(did))?.handle?.toLowerCase() === handle) return did
+    }
+    const { did } = await this.identity.resolve(didOrHandle, { signal })
+    if (!await this.store.pins.has(did)) throw new NotPinnedError(did)
+    return did
+  }
+
+  #report (did: string, state: RepoState | undefined): PinnedRepo {
+    const runtime = this.#repos.get(did)
+    return {
+      did,
+      handle: state?.handle,
+      rev: state?.rev,
+      commit: state?.commit,
+      data: state?.data,
+      pds: state?.pds,
+      status: state?.status ?? 'pending',
+      syncedAt: state?.syncedAt,
+      lastCheckAt: runtime?.lastCheckAt,
+      error: runtime?.error ?? state?.error,
+      syncing: (runtime?.syncing ?? 0) > 0
+    }
+  }
+
+  #signal (signal: AbortSignal | undefined): AbortSignal {
+    return signal === undefined ? this.#stopping.signal : AbortSignal.any([signal, this.#stopping.signal])
+  }
+
+  #daemonInfo (): Parameters<typeof writeDaemonInfo>[1] {
+    return {
+      pid: process.pid,
+      api: this.api?.url ?? '',
+      peerId: this.network?.peerId.toString() ?? null,
+      addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
+      network: this.network?.mode ?? null,
+      dataDir: this.dataDir,
+      startedAt: this.#startedAt ?? new Date().toISOString(),
+      version: VERSION
+    }
+  }
+}
+
+function syncResultJson (result: SyncResult): SyncResultJson {
+  return {
+    did: result.did,
+    rev: result.rev,
+    commit: result.commit.toString(),
+    records: result.records,
+    changed: result.changed,
+    full: result.full,
+    fetched: { ...result.fetched },
+    bytes: result.bytes,
+    seconds: result.seconds
+  }
+}
+
+/**
+ * Creates a mirror node on a data directory: takes the lock (DataDirLockedError when
+ * another process holds it), opens the store and builds every part. Nothing runs
+ * until `start()`; one-shot users can call `pinAndSync`, `unpin`, `listPins` without
+ * starting, then `stop()` to close the store and release the lock.
+ *
+ * @example
+ * ```ts
+ * const node = await createMirrorNode({ dataDir: '/var/lib/atmirror', network: { mode: 'private' } })
+ * await node.start()
+ * node.events.addEventListener('repo:synced', (evt) => { console.info(evt.detail.did, evt.detail.rev) })
+ * await node.pinAndSync('alice.example.com')
+ * await node.stop()
+ * ```
+ */
+export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNode> {
+  const lock = await acquireDataDirLock(init.dataDir)
+  let store: MirrorStore | undefined
+  try {
+    store = await MirrorStore.open(init.dataDir)
+    const identity = new AtprotoIdentityResolver({
+      plcUrl: init.plcUrl,
+      handleResolverUrl: init.handleResolverUrl,
+      allowHttpLocalhost: init.allowHttpLocalhost,
+      fetch: init.fetch
+    })
+    const heads = new PdsHeadResolver({ identity }, { fetch: init.fetch })
+    let network: MirrorNetwork | undefined
+    let bitswap: BlockBroker | undefined
+    if (init.network !== false) {
+      // loaded only when needed: libp2p and Helia are most of a one-shot command's start-up time
+      const [{ createNetwork }, { loadOrCreatePeerKey }, { BitswapBroker }, { MirrorFinder }] = await Promise.all([
+        import('./net/network.ts'), import('./net/peer-key.ts'), import('./blocks/bitswap-broker.ts'), import('./net/mirrors.ts')
+      ])
+      network = await createNetwork({
+        blockstore: store.blockstore,
+        datastore: store.datastore,
+        privateKey: await loadOrCreatePeerKey(init.dataDir)
+      }, { version: VERSION, ...init.network })
+      const { helia, libp2p } = network
+      bitswap = new BitswapBroker({
+        // Helia's session blockstore, seen as the broker's small session interface
+        blocks: {
+          createSession: (root, options) => {
+            const session = helia.blockstore.createSession(root, options)
+            return {
+              get: async function * (cid, getOptions) { yield * session.get(cid, getOptions) },
+              close: () => { session.close() }
+            }
+          }
+        },
+        libp2p,
+        mirrors: new MirrorFinder({ libp2p }, init.network?.mirrors)
+      }, init.network?.bitswap)
+    }
+    const pdsClient = new PdsClient({ fetch: init.fetch })
+    // local → bitswap (when there is a network) → the DID's PDS
+    const fetcher = new BlockFetcher({
+      store,
+      brokers: [
+        new LocalBroker({ store }),
+        ...(bitswap === undefined ? [] : [bitswap]),
+        new PdsBroker({ identity }, { client: pdsClient })
+      ]
+    })
+    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: { fetch: init.fetch } })
+    return new MirrorNode({
+      dataDir: init.dataDir,
+      lock,
+      store,
+      identity,
+      heads,
+      syncer,
+      network,
+      api: init.api === false ? undefined : (init.api ?? {}),
+      intervalMs: init.intervalMs ?? 60_000,
+      checkOnStart: init.checkOnStart ?? true,
+      concurrency: init.concurrency ?? 4
+    })
+  } catch (err) {
+    await store?.close().catch(() => {})
+    await lock.release().catch(() => {})
+    throw err
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * atproto signing keys (atproto.com/specs/cryptography): secp256k1 ("k256") and
+ * NIST P-256 ("p256") public keys as `did:key` / Multikey strings, the legacy
+ * DID-document form, and ECDSA signature checks with atproto's rules (SHA-256
+ * of the message, 64-byte compact `r || s`, low-S only).
+ */
+import { p256 } from '@noble/curves/nist.js'
+import { secp256k1 } from '@noble/curves/secp256k1.js'
+import { base58btc } from 'multiformats/bases/base58'
+import { InvalidKeyError } from '../errors.ts'
+
+/** The two curves atproto signs with. */
+export type KeyType = 'k256' | 'p256'
+
+/** A public key on one of atproto's curves. */
+export interface PublicKey {
+  type: KeyType
+  /** 33-byte SEC1 compressed point, checked to be on the curve. */
+  compressed: Uint8Array
+}
+
+/** Verification method types of the legacy DID-document key form (raw key bytes). */
+export type LegacyKeySuite = 'EcdsaSecp256k1VerificationKey2019' | 'EcdsaSecp256r1VerificationKey2019'
+
+const DID_KEY_PREFIX = 'did:key:'
+
+// Multicodec varint prefixes: secp256k1-pub 0xe7, p256-pub 0x1200.
+const MULTICODEC: Record<KeyType, Uint8Array> = {
+  k256: new Uint8Array([0xe7, 0x01]),
+  p256: new Uint8Array([0x80, 0x24])
+}
+
+const CURVES = { k256: secp256k1, p256 }
+
+const LEGACY_SUITES: Record<LegacyKeySuite, KeyType> = {
+  EcdsaSecp256k1VerificationKey2019: 'k256',
+  EcdsaSecp256r1VerificationKey2019: 'p256'
+}
+
+const VERIFY_OPTIONS = { prehash: true, lowS: true, format: 'compact' } as const
+
+/**
+ * Makes a {@link PublicKey} from SEC1 point bytes, compressed (33) or
+ * uncompressed (65); throws {@link InvalidKeyError} unless the point is on `type`'s curve.
+ */
+export function publicKeyFromBytes (type: KeyType, bytes: Uint8Array): PublicKey {
+  const curve = CURVES[type]
+  if (curve === undefined) throw new InvalidKeyError(`unsupported key type ${String(type)}`)
+  if (bytes.length !== 33 && bytes.length !== 65) {
+    throw new InvalidKeyError(`${type} public key is ${bytes.length} bytes, want 33 (compressed) or 65 (uncompressed)`)
+  }
+  try {
+    return { type, compressed: curve.Point.fromBytes(bytes).toBytes(true) }
+  } catch (err) {
+    throw new InvalidKeyError(`not a point on the ${type} curve`, {}, { cause: err })
+  }
+}
+
+/**
+ * Parses a `did:key:z…` string (Multikey: multicodec-prefixed compressed key,
+ * base58btc) into a {@link PublicKey}. Throws {@link InvalidKeyError}.
+ */
+export function parseDidKey (didKey: string): PublicKey {
+  if (typeof didKey !== 'string' || !didKey.startsWith(DID_KEY_PREFIX)) {
+    throw new InvalidKeyError('not a did:key', { key: String(didKey).slice(0, 100) })
+  }
+  return parseMultikey(didKey.slice(DID_KEY_PREFIX.length), didKey)
+}
+
+/**
+ * Parses a DID document's `publicKeyMultibase`. Without `legacyType` it is the
+ * `Multikey` form (multicodec-prefixed compressed key, as in `did:key`). With a
+ * legacy suite name it is the older form: base58btc of the raw key bytes,
+ * compressed or uncompressed, with the curve given by the suite.
+ */
+export function parsePublicKeyMultibase (multibase: string, legacyType?: LegacyKeySuite): PublicKey {
+  if (legacyType === undefined) return parseMultikey(multibase, multibase)
+  const type = LEGACY_SUITES[legacyType]
+  if (type === undefined) throw new InvalidKeyError(`unsupported verification method type ${String(legacyType)}`)
+  return publicKeyFromBytes(type, decodeBase58btc(multibase, multibase))
+}
+
+/** The `did:key` of a public key (Multikey, compressed). */
+export function formatDidKey (key: PublicKey): string {
+  return DID_KEY_PREFIX + publicKeyMultibase(key)
+}
+
+/** The Multikey `publicKeyMultibase` of a public key (`z` + base58btc of multicodec + compressed key). */
+export function publicKeyMultibase (key: PublicKey): string {
+  const prefix = MULTICODEC[key.type]
+  if (prefix === undefined) throw new InvalidKeyError(`unsupported key type ${String(key.type)}`)
+  if (key.compressed.length !== 33) throw new InvalidKeyError(`compressed ${key.type} key is ${key.compressed.length} bytes, want 33`)
+  const bytes = new Uint8Array(prefix.length + 33)
+  bytes.set(prefix, 0)
+  bytes.set(key.compressed, prefix.length)
+  return base58btc.encode(bytes)
+}
+
+/** Whether two public keys are the same key. */
+export function publicKeyEquals (a: PublicKey, b: PublicKey): boolean {
+  return a.type === b.type && Buffer.from(a.compressed).equals(b.compressed)
+}
+
+/**
+ * Whether `sig` is a valid atproto signature of `data` by `key`: ECDSA over
+ * SHA-256(`data`), 64-byte compact `r || s` only (DER is not accepted), and
+ * low-S only on both curves (a high-S twin of a valid signature is rejected,
+ * so signatures are not malleable). A malformed signature is just invalid
+ * (`false`); a malformed key throws {@link InvalidKeyError}.
+ */
+export function verifySignature (key: PublicKey, data: Uint8Array, sig: Uint8Array): boolean {
+  const curve = CURVES[key.type]
+  if (curve === undefined) throw new InvalidKeyError(`unsupported key type ${String(key.type)}`)
+  if (!(key.compressed instanceof Uint8Array) || key.compressed.length !== 33) {
+    throw new InvalidKeyError(`compressed ${key.type} key must be 33 bytes`)
+  }
+  if (!(sig instanceof Uint8Array) || sig.length !== 64) return false
+  try {
+    return curve.verify(sig, data, key.compressed, VERIFY_OPTIONS)
+  } catch (err) {
+    // noble throws for inputs it cannot parse; a bad point is the key's fault.
+    if (!curve.utils.isValidPublicKey(key.compressed, true)) {
+      throw new InvalidKeyError(`not a point on the ${key.type} curve`, {}, { cause: err })
+    }
+    return false
+  }
+}
+
+function parseMultikey (multibase: string, original: string): PublicKey {
+  const bytes = decodeBase58btc(multibase, original)
+  for (const [type, prefix] of Object.entries(MULTICODEC) as Array<[KeyType, Uint8Array]>) {
+    if (bytes[0] === prefix[0] && bytes[1] === prefix[1]) {
+      const key = bytes.subarray(prefix.length)
+      if (key.length !== 33) {
+        throw new InvalidKeyError(`${type} Multikey must hold a 33-byte compressed key, got ${key.length} bytes`, { key: original.slice(0, 100) })
+      }
+      return publicKeyFromBytes(type, key)
+    }
+  }
+  throw new InvalidKeyError('unsupported multicodec (want secp256k1-pub 0xe7 or p256-pub 0x1200)', { key: original.slice(0, 100) })
+}
+
+function decodeBase58btc (multibase: string, original: string): Uint8Array {
+  if (typeof multibase !== 'string' || !multibase.startsWith('z')) {
+    throw new InvalidKeyError('not a base58btc multibase string (want a "z" prefix)', { key: String(original).slice(0, 100) })
+  }
+  if (multibase.length > 200) throw new InvalidKeyError('multibase key too long', { key: original.slice(0, 100) })
+  try {
+    return base58btc.decode(multibase)
+  } catch (err) {
+    throw new InvalidKeyError('invalid base58btc', { key: original.slice(0, 100) }, { cause: err })
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The Bitswap broker between real nodes on loopback (private mode, in-memory
+ * stores): it fetches a wide batch from the DID's mirror, yields only blocks that
+ * hash to their CID, and a peer that serves wrong bytes cannot get them in.
+ */
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+import { MemoryDatastore } from 'datastore-core/memory'
+import * as dagCbor from '@ipld/dag-cbor'
+import { BitswapBroker } from '../../src/blocks/bitswap-broker.ts'
+import { MirrorFinder } from '../../src/net/mirrors.ts'
+import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import { cidForBytes, cidKey, type CID } from '../../src/repo/cid.ts'
+import type { Block } from '../../src/repo/block-store.ts'
+import type { Blockstore } from 'interface-blockstore'
+
+const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
+
+function makeBlocks (n: number, seed: number): Block[] {
+  const blocks: Block[] = []
+  for (let i = 0; i < n; i++) {
+    const bytes = dagCbor.encode({ $type: 'app.bsky.feed.post', text: `post ${seed}/${i}`, createdAt: '2024-01-01T00:00:00.000Z' })
+    blocks.push({ cid: cidForBytes(bytes), bytes })
+  }
+  return blocks
+}
+
+/** A blockstore that has every block it is given but serves each with one byte flipped. */
+class CorruptingBlockstore extends MemoryBlockstore {
+  override async * get (cid: CID): AsyncGenerator<Uint8Array> {
+    for await (const chunk of super.get(cid)) {
+      const bad = Uint8Array.from(chunk)
+      bad[bad.length - 1] ^= 0xff
+      yield bad
+    }
+  }
+}
+
+async function startNode (blockstore: Blockstore): Promise<MirrorNetwork> {
+  const net = await createNetwork({
+    blockstore,
+    datastore: new MemoryDatastore(),
+    privateKey: await generateKeyPair('Ed25519')
+  }, { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'] })
+  await net.start()
+  return net
+}
+
+function brokerFor (node: MirrorNetwork, peers: MirrorNetwork[], init: { blockTimeoutMs?: number } = {}): BitswapBroker {
+  const mirrors = new MirrorFinder({ libp2p: node.libp2p }, { peers: peers.map(peer => peer.getMultiaddrs()[0]?.toString() as string), timeoutMs: 500 })
+  return new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: init.blockTimeoutMs ?? 2000 })
+}
+
+async function collect (source: AsyncGenerator<Block>): Promise<{ blocks: Block[], error?: Error }> {
+  const blocks: Block[] = []
+  try {
+    for await (const block of source) blocks.push(block)
+  } catch (err) {
+    return { blocks, error: err as Error }
+  }
+  return { blocks }
+}
+
+describe('bitswap broker', () => {
+  const held = makeBlocks(600, 1)
+  const absent = makeBlocks(3, 2)
+  let mirror: MirrorNetwork
+  let hostile: MirrorNetwork
+  let hostileStore: CorruptingBlockstore
+  const nodes: MirrorNetwork[] = []
+
+  before(async () => {
+    const store = new MemoryBlockstore()
+    for (const { cid, bytes } of held) await store.put(cid, bytes)
+    mirror = await startNode(store)
+    hostileStore = new CorruptingBlockstore()
+    for (const { cid, bytes } of held.slice(0, 20)) await hostileStore.put(cid, bytes)
+    hostile = await startNode(hostileStore)
+    nodes.push(mirror, hostile)
+  })
+
+  after(async () => {
+    await Promise.all(nodes.map(async node => { await node.stop() }))
+  })
+
+  it('fetches a wide batch from the mirror, every block verified', async () => {
+    const fetcherStore = new MemoryBlockstore()
+    const node = await startNode(fetcherStore)
+    nodes.push(node)
+    const broker = brokerFor(node, [mirror])
+    const { blocks, error } = await collect(broker.getMany(held.map(b => b.cid), { did: DID }))
+    assert.equal(error, undefined)
+    assert.equal(blocks.length, held.length)
+    const want = new Map(held.map(b => [cidKey(b.cid), b.bytes]))
+    for (const block of blocks) assert.ok(Buffer.from(block.bytes).equals(want.get(cidKey(block.cid)) as Uint8Array))
+    assert.equal(broker.stats().sessions, 1, 'one session for the batch: no per-block lookups')
+  })
+
+  it('yields nothing for blocks no mirror has, and the rest of the batch still arrives', async () => {
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const broker = brokerFor(node, [mirror])
+    const wanted = [...held.slice(0, 50), ...absent]
+    const { blocks } = await collect(broker.getMany(wanted.map(b => b.cid), { did: DID }))
+    const got = new Set(blocks.map(b => cidKey(b.cid)))
+    for (const b of held.slice(0, 50)) assert.ok(got.has(cidKey(b.cid)))
+    for (const b of absent) assert.ok(!got.has(cidKey(b.cid)))
+  })
+
+  it('yields nothing when the only mirror serves bytes that do not match their CIDs, and stores nothing', async () => {
+    const store = new MemoryBlockstore()
+    const node = await startNode(store)
+    nodes.push(node)
+    const broker = brokerFor(node, [hostile], { blockTimeoutMs: 1000 })
+    const wanted = held.slice(0, 5)
+    const { blocks } = await collect(broker.getMany(wanted.map(b => b.cid), { did: DID }))
+    assert.equal(blocks.length, 0)
+    for (const b of wanted) assert.equal(await store.has(b.cid), false)
+  })
+
+  it('gets the right bytes from the honest mirror when a hostile one is in the session too', async () => {
+    const store = new MemoryBlockstore()
+    const node = await startNode(store)
+    nodes.push(node)
+    const broker = brokerFor(node, [hostile, mirror])
+    const wanted = held.slice(0, 20)
+    const { blocks } = await collect(broker.getMany(wanted.map(b => b.cid), { did: DID }))
+    assert.equal(blocks.length, wanted.length)
+    const want = new Map(wanted.map(b => [cidKey(b.cid), b.bytes]))
+    for (const block of blocks) assert.ok(Buffer.from(block.bytes).equals(want.get(cidKey(block.cid)) as Uint8Array))
+  })
+
+  it('yields nothing without mirrors', async () => {
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const broker = brokerFor(node, [])
+    const { blocks, error } = await collect(broker.getMany(held.slice(0, 3).map(b => b.cid), { did: DID }))
+    assert.equal(blocks.length, 0)
+    assert.equal(error, undefined)
+  })
+})

@@ -1,0 +1,154 @@
+import { describe, it, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fixtureKeypair, flipByteInBlock, generateRepo, openRepo, type GeneratedRepo } from '../repo/fixtures.ts'
+
+const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
+
+interface Run { code: number, stdout: string, stderr: string }
+
+/** Runs `node bin/atmirror.ts …` as a child process, without network configuration. */
+async function atmirror (...args: string[]): Promise<Run> {
+  return await new Promise(resolve => {
+    execFile(process.execPath, [cli, ...args], { env: { ...process.env, ATMIRROR_PLC: 'http://127.0.0.1:9', DEBUG: '' }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof err.code === 'number' ? err.code : -1
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
+describe('atmirror car', () => {
+  let dir: string
+  let repo: GeneratedRepo
+  let good: string
+  let tampered: string
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-car-'))
+    repo = await generateRepo({ records: 120, seed: 5 })
+    good = join(dir, 'repo.car')
+    tampered = join(dir, 'tampered.car')
+    await writeFile(good, repo.car)
+    await writeFile(tampered, flipByteInBlock(repo.car, openRepo(repo.car).recordCids[17]))
+  })
+
+  after(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('verify --key: exit 0 with the summary', async () => {
+    const run = await atmirror('car', 'verify', good, '--key', repo.didKey)
+    assert.equal(run.code, 0, run.stderr)
+    assert.match(run.stdout, /^ok: .* holds a complete repository\n/)
+    assert.match(run.stdout, new RegExp(`did\\s+${repo.did}\\n`))
+    assert.match(run.stdout, new RegExp(`rev\\s+${repo.rev}\\n`))
+    assert.match(run.stdout, new RegExp(`commit\\s+${repo.commit}\\n`))
+    assert.match(run.stdout, new RegExp(`data\\s+${repo.data} \\(MST root\\)\\n`))
+    assert.match(run.stdout, /records\s+120\n/)
+    assert.match(run.stdout, /blocks\s+\d+\n/)
+    assert.match(run.stdout, new RegExp(`bytes\\s+\\d+ in repo blocks, ${repo.car.length} in the CAR\\n`))
+    assert.match(run.stdout, new RegExp(`signature\\s+verified with ${repo.didKey}`))
+    assert.equal(run.stderr, '')
+  })
+
+  it('verify without --key: exit 0 and says the signature is unchecked', async () => {
+    const run = await atmirror('car', 'verify', good)
+    assert.equal(run.code, 0, run.stderr)
+    assert.match(run.stdout, /\(signature unchecked\)/)
+    assert.match(run.stdout, /signature\s+UNCHECKED: .*not verified/)
+  })
+
+  it('verify --json: one JSON object', async () => {
+    const run = await atmirror('car', 'verify', good, '--key', repo.didKey, '--did', repo.did, '--json')
+    assert.equal(run.code, 0, run.stderr)
+    const summary = JSON.parse(run.stdout)
+    assert.equal(summary.ok, true)
+    assert.equal(summary.did, repo.did)
+    assert.equal(summary.rev, repo.rev)
+    assert.equal(summary.commit, repo.commit)
+    assert.equal(summary.data, repo.data)
+    assert.equal(summary.records, 120)
+    assert.equal(summary.carBytes, repo.car.length)
+    assert.equal(summary.unreachableBlocks, 0)
+    assert.equal(summary.signature, 'verified')
+    assert.equal(summary.key, repo.didKey)
+  })
+
+  it('verify a tampered CAR: exit 1 with the error name', async () => {
+    const run = await atmirror('car', 'verify', tampered, '--key', repo.didKey)
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: CidMismatchError: block bytes do not match CID; cid=/)
+    assert.equal(run.stdout, '')
+  })
+
+  it('verify a tampered CAR --json: the error as JSON', async () => {
+    const run = await atmirror('car', 'verify', tampered, '--json')
+    assert.equal(run.code, 1)
+    const result = JSON.parse(run.stdout)
+    assert.equal(result.ok, false)
+    assert.equal(result.error.name, 'CidMismatchError')
+  })
+
+  it('verify with another key: exit 1, CommitSignatureError', async () => {
+    const other = await fixtureKeypair('p256', 42)
+    const run = await atmirror('car', 'verify', good, '--key', other.did())
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: CommitSignatureError: /)
+  })
+
+  it('verify with the wrong --did: exit 1, CommitDidMismatchError', async () => {
+    const run = await atmirror('car', 'verify', good, '--key', repo.didKey, '--did', 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa')
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: CommitDidMismatchError: /)
+  })
+
+  it('verify a malformed --key: exit 1, InvalidKeyError', async () => {
+    const run = await atmirror('car', 'verify', good, '--key', 'did:key:zNope')
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: InvalidKeyError: /)
+  })
+
+  it('verify a file that does not exist: exit 1', async () => {
+    const run = await atmirror('car', 'verify', join(dir, 'absent.car'))
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: .*ENOENT/)
+  })
+
+  it('ls: one line per record in MST order', async () => {
+    const run = await atmirror('car', 'ls', good)
+    assert.equal(run.code, 0, run.stderr)
+    const lines = run.stdout.split('\n')
+    assert.equal(lines.pop(), '')
+    assert.deepEqual(lines, repo.records.map(record => `${record.rpath}\t${record.cid}`))
+  })
+
+  it('ls --json: one object per line', async () => {
+    const run = await atmirror('car', 'ls', good, '--json')
+    assert.equal(run.code, 0, run.stderr)
+    const lines = run.stdout.trimEnd().split('\n').map(line => JSON.parse(line))
+    assert.deepEqual(lines, repo.records.map(record => ({ path: record.rpath, cid: record.cid })))
+  })
+
+  it('ls a tampered CAR: exit 1', async () => {
+    const run = await atmirror('car', 'ls', tampered)
+    assert.equal(run.code, 1)
+    assert.match(run.stderr, /^error: CidMismatchError: /)
+  })
+
+  it('usage errors: exit 2', async () => {
+    assert.equal((await atmirror('car')).code, 2)
+    assert.equal((await atmirror('car', 'verify')).code, 2)
+    assert.equal((await atmirror('car', 'frobnicate', good)).code, 2)
+    assert.equal((await atmirror('car', 'verify', good, '--nope')).code, 2)
+  })
+
+  it('--help: exit 0 with usage', async () => {
+    const run = await atmirror('car', '--help')
+    assert.equal(run.code, 0)
+    assert.match(run.stdout, /atmirror car verify FILE\.car/)
+    assert.match(run.stdout, /atmirror car ls FILE\.car/)
+  })
+})

@@ -1,0 +1,387 @@
+/**
+ * A real atproto test network on 127.0.0.1: a PLC directory (`@did-plc/server` with
+ * its in-memory database) and a Bluesky PDS (`@atproto/pds`, configured the way
+ * `@atproto/dev-env` configures it). Every e2e test file starts one network and
+ * shares it across its tests.
+ *
+ * Pitfalls this works around:
+ * - the PDS only serves plain http when its hostname is `localhost`, so DID documents
+ *   carry `http://localhost:PORT`;
+ * - the PDS refuses an IP-literal PLC URL, so it is given `http://localhost:PLCPORT`;
+ * - both servers' own `start()` listen on every interface; here they listen on
+ *   127.0.0.1 only.
+ *
+ * @example
+ * ```ts
+ * const net = await startTestNetwork()
+ * const alice = await net.createAccount('alice')
+ * await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', value: { text: 'hi', createdAt: new Date().toISOString() } }])
+ * const { cid, rev } = await net.getLatestCommit(alice.did)
+ * await net.stop()
+ * ```
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Secp256k1Keypair } from '@atproto/crypto'
+import { PDS, envToCfg, envToSecrets, type ServerEnvironment } from '@atproto/pds'
+import { Database as PlcDatabase, PlcServer } from '@did-plc/server'
+
+/** An account created on the test PDS. */
+export interface TestAccount {
+  did: string
+  handle: string
+  email: string
+  password: string
+  /** Refreshed by `login()`; valid for a couple of hours, long enough for any test. */
+  accessJwt: string
+  refreshJwt: string
+}
+
+/** One record to create; `value.$type` defaults to `collection`. */
+export interface TestRecord {
+  collection: string
+  rkey?: string
+  value: Record<string, unknown>
+}
+
+export interface WrittenRecord {
+  uri: string
+  cid: string
+  collection: string
+  rkey: string
+}
+
+export interface WriteResult {
+  records: WrittenRecord[]
+  /** The repo's commit after the last batch. */
+  commit: { cid: string, rev: string }
+}
+
+export interface TestNetworkInit {
+  /** Handle suffix the PDS hands out. @default '.test' */
+  handleDomain?: string
+}
+
+export interface TestNetwork {
+  /** `http://localhost:PORT` of the PLC directory. */
+  readonly plcUrl: string
+  /** `http://localhost:PORT` of the PDS (as written in DID documents). */
+  readonly pdsUrl: string
+  readonly plcPort: number
+  readonly pdsPort: number
+  /** The PDS admin password (HTTP basic auth user `admin`). */
+  readonly adminPassword: string
+  /** The running PDS, for tests that need its internals (`pds.ctx`). Undefined while stopped. */
+  readonly pds: PDS | undefined
+  /** Creates an account with handle `<prefix><n>.test` (n counts accounts; the prefix is at most 15 characters). */
+  createAccount: (handlePrefix?: string) => Promise<TestAccount>
+  /** Logs in again (new tokens); updates `account` in place and returns it. */
+  login: (account: TestAccount) => Promise<TestAccount>
+  /** Creates records through applyWrites, 200 per commit. */
+  writeRecords: (account: TestAccount, records: TestRecord[]) => Promise<WriteResult>
+  updateRecord: (account: TestAccount, record: TestRecord & { rkey: string }) => Promise<WrittenRecord & { commit: { cid: string, rev: string } }>
+  deleteRecord: (account: TestAccount, collection: string, rkey: string) => Promise<{ commit: { cid: string, rev: string } }>
+  /** `com.atproto.sync.getLatestCommit`: `{ cid, rev }` of the repo's head commit. */
+  getLatestCommit: (did: string) => Promise<{ cid: string, rev: string }>
+  /** `com.atproto.sync.getRepo`: the whole repo as CAR bytes. */
+  getRepoCar: (did: string, since?: string) => Promise<Uint8Array>
+  deactivateAccount: (account: TestAccount) => Promise<void>
+  activateAccount: (account: TestAccount) => Promise<void>
+  /** Takes the repo down (admin); `applied: false` reverses it. */
+  takedownAccount: (did: string, applied?: boolean) => Promise<void>
+  /**
+   * Rotates the account's `#atproto` signing key: a fresh secp256k1 key replaces the
+   * PDS's key file, the PLC document is updated with the PDS's PLC rotation key, and
+   * (unless `commit: false`) an empty commit is written so the head is signed by the
+   * new key. Returns the new key as did:key.
+   */
+  rotateSigningKey: (account: TestAccount, options?: { commit?: boolean }) => Promise<{ didKey: string, commit?: { cid: string, rev: string } }>
+  /** Stops the PDS (PLC keeps running); data stays on disk. */
+  stopPds: () => Promise<void>
+  /** Starts the PDS again on the same port with the same data. */
+  startPds: () => Promise<void>
+  /** Stops everything and removes the temp directory. */
+  stop: () => Promise<void>
+}
+
+const ADMIN_PASSWORD = 'admin-pass'
+
+/** Starts PLC + PDS on 127.0.0.1. Call `stop()` when done (in an `after` hook). */
+export async function startTestNetwork (init: TestNetworkInit = {}): Promise<TestNetwork> {
+  const handleDomain = init.handleDomain ?? '.test'
+  const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+  const dataDirectory = join(dir, 'pds')
+  await mkdir(dataDirectory, { recursive: true })
+
+  const plc = PlcServer.create({ db: PlcDatabase.mock() })
+  const plcServer = await listenLocal(plc.app)
+  const plcPort = (plcServer.address() as AddressInfo).port
+  const plcUrl = `http://localhost:${plcPort}`
+
+  // The PDS writes its port into DID documents, so the port is chosen before it starts
+  // and kept across restarts.
+  const pdsPort = await freePort()
+  const pdsUrl = `http://localhost:${pdsPort}`
+
+  const env: ServerEnvironment = {
+    port: pdsPort,
+    hostname: 'localhost',
+    version: '0.0.0',
+    devMode: true,
+    dataDirectory,
+    blobstoreDiskLocation: join(dir, 'blobs'),
+    didPlcUrl: plcUrl,
+    recoveryDidKey: (await Secp256k1Keypair.create()).did(),
+    adminPassword: ADMIN_PASSWORD,
+    jwtSecret: randomBytes(16).toString('hex'),
+    serviceHandleDomains: [handleDomain],
+    plcRotationKeyK256PrivateKeyHex: randomBytes(32).toString('hex'),
+    inviteRequired: false,
+    disableSsrfProtection: true,
+    rateLimitsEnabled: false,
+    crawlers: []
+  }
+
+  let pds: PDS | undefined
+  let pdsServer: Server | undefined
+
+  async function startPds (): Promise<void> {
+    if (pds !== undefined) return
+    const created = await PDS.create(envToCfg(env), envToSecrets(env))
+    // What PDS.start() does, minus listening on every interface.
+    await created.ctx.sequencer.start()
+    try {
+      pdsServer = await listenLocal(created.app, pdsPort)
+    } catch (err) {
+      await created.destroy()
+      throw err
+    }
+    pdsServer.keepAliveTimeout = 90_000
+    pds = created
+  }
+
+  async function stopPds (): Promise<void> {
+    const running = pds
+    const server = pdsServer
+    pds = undefined
+    pdsServer = undefined
+    if (server !== undefined) await closeServer(server)
+    if (running !== undefined) await running.destroy()
+  }
+
+  try {
+    await startPds()
+  } catch (err) {
+    await closeServer(plcServer)
+    await rm(dir, { recursive: true, force: true })
+    throw err
+  }
+
+  let accounts = 0
+
+  async function xrpc<T> (method: 'GET' | 'POST', nsid: string, init: { params?: Record<string, string>, body?: unknown, auth?: string } = {}): Promise<T> {
+    const url = new URL(`/xrpc/${nsid}`, pdsUrl)
+    for (const [key, value] of Object.entries(init.params ?? {})) url.searchParams.set(key, value)
+    const headers: Record<string, string> = {}
+    if (init.auth !== undefined) headers.authorization = init.auth
+    if (init.body !== undefined) headers['content-type'] = 'application/json'
+    const res = await fetch(url, {
+      method,
+      headers,
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      signal: AbortSignal.timeout(60_000)
+    })
+    if (!res.ok) {
+      const text = await res.text()
+      throw new Error(`${nsid} failed: ${res.status} ${text}`)
+    }
+    const type = res.headers.get('content-type') ?? ''
+    if (type.includes('application/json')) return await res.json() as T
+    return new Uint8Array(await res.arrayBuffer()) as T
+  }
+
+  const bearer = (account: TestAccount): string => `Bearer ${account.accessJwt}`
+  const adminAuth = `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString('base64')}`
+
+  function toWrite (type: 'create' | 'update', record: TestRecord): Record<string, unknown> {
+    return {
+      $type: `com.atproto.repo.applyWrites#${type}`,
+      collection: record.collection,
+      ...(record.rkey === undefined ? {} : { rkey: record.rkey }),
+      value: { $type: record.collection, ...record.value }
+    }
+  }
+
+  interface ApplyWritesOutput {
+    commit: { cid: string, rev: string }
+    results: Array<{ uri?: string, cid?: string }>
+  }
+
+  return {
+    plcUrl,
+    pdsUrl,
+    plcPort,
+    pdsPort,
+    adminPassword: ADMIN_PASSWORD,
+    get pds () { return pds },
+
+    async createAccount (handlePrefix = 'user') {
+      const n = ++accounts
+      // The PDS wants at least 3 characters before the domain (and at most 18).
+      const name = `${handlePrefix}${String(n).padStart(Math.max(1, 3 - handlePrefix.length), '0')}`
+      const handle = `${name}${handleDomain}`
+      const email = `${name}@example.com`
+      const password = `password-${n}`
+      const out = await xrpc<{ did: string, handle: string, accessJwt: string, refreshJwt: string }>('POST', 'com.atproto.server.createAccount', {
+        body: { handle, email, password }
+      })
+      return { did: out.did, handle: out.handle, email, password, accessJwt: out.accessJwt, refreshJwt: out.refreshJwt }
+    },
+
+    async login (account) {
+      const out = await xrpc<{ accessJwt: string, refreshJwt: string }>('POST', 'com.atproto.server.createSession', {
+        body: { identifier: account.did, password: account.password }
+      })
+      account.accessJwt = out.accessJwt
+      account.refreshJwt = out.refreshJwt
+      return account
+    },
+
+    async writeRecords (account, records) {
+      const written: WrittenRecord[] = []
+      let commit: { cid: string, rev: string } | undefined
+      for (let i = 0; i < records.length; i += 200) {
+        const batch = records.slice(i, i + 200)
+        const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+          auth: bearer(account),
+          body: { repo: account.did, validate: false, writes: batch.map(record => toWrite('create', record)) }
+        })
+        commit = out.commit
+        for (const result of out.results) {
+          if (result.uri === undefined || result.cid === undefined) throw new Error('applyWrites returned a result without uri/cid')
+          const [collection, rkey] = result.uri.split('/').slice(-2) as [string, string]
+          written.push({ uri: result.uri, cid: result.cid, collection, rkey })
+        }
+      }
+      if (commit === undefined) throw new Error('writeRecords needs at least one record')
+      return { records: written, commit }
+    },
+
+    async updateRecord (account, record) {
+      const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+        auth: bearer(account),
+        body: { repo: account.did, validate: false, writes: [toWrite('update', record)] }
+      })
+      const result = out.results[0]
+      if (result?.uri === undefined || result.cid === undefined) throw new Error('applyWrites returned a result without uri/cid')
+      return { uri: result.uri, cid: result.cid, collection: record.collection, rkey: record.rkey, commit: out.commit }
+    },
+
+    async deleteRecord (account, collection, rkey) {
+      const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+        auth: bearer(account),
+        body: { repo: account.did, writes: [{ $type: 'com.atproto.repo.applyWrites#delete', collection, rkey }] }
+      })
+      return { commit: out.commit }
+    },
+
+    async getLatestCommit (did) {
+      return await xrpc<{ cid: string, rev: string }>('GET', 'com.atproto.sync.getLatestCommit', { params: { did } })
+    },
+
+    async getRepoCar (did, since) {
+      const params: Record<string, string> = { did }
+      if (since !== undefined) params.since = since
+      return await xrpc<Uint8Array>('GET', 'com.atproto.sync.getRepo', { params })
+    },
+
+    async deactivateAccount (account) {
+      await xrpc('POST', 'com.atproto.server.deactivateAccount', { auth: bearer(account), body: {} })
+    },
+
+    async activateAccount (account) {
+      await xrpc('POST', 'com.atproto.server.activateAccount', { auth: bearer(account) })
+    },
+
+    async takedownAccount (did, applied = true) {
+      await xrpc('POST', 'com.atproto.admin.updateSubjectStatus', {
+        auth: adminAuth,
+        body: {
+          subject: { $type: 'com.atproto.admin.defs#repoRef', did },
+          takedown: { applied, ref: applied ? 'atmirror-test' : undefined }
+        }
+      })
+    },
+
+    async rotateSigningKey (account, options = {}) {
+      const running = pds
+      if (running === undefined) throw new Error('rotateSigningKey needs the PDS running')
+      const { ctx } = running
+      const keypair = await Secp256k1Keypair.create({ exportable: true })
+      // The PDS reads the key file at every write, so replacing it is the rotation.
+      const { keyLocation } = await ctx.actorStore.getLocation(account.did)
+      await writeFile(keyLocation, await keypair.export())
+      await ctx.plcClient.updateAtprotoKey(account.did, ctx.plcRotationKey, keypair.did())
+      if (options.commit === false) return { didKey: keypair.did() }
+      // An empty commit, as the PDS's own rotate-keys script writes.
+      const did = account.did as `did:${string}:${string}`
+      const { commit, syncData } = await ctx.actorStore.transact(did, async (txn) => {
+        const data = await txn.repo.processWrites([])
+        return { commit: { cid: data.cid.toString(), rev: data.rev }, syncData: await txn.repo.getSyncEventData() }
+      })
+      await ctx.sequencer.sequenceIdentity(did)
+      await ctx.sequencer.sequenceSync(did, syncData)
+      return { didKey: keypair.did(), commit }
+    },
+
+    stopPds,
+    startPds,
+
+    async stop () {
+      try {
+        await stopPds()
+      } finally {
+        try {
+          await closeServer(plcServer)
+          await plc.ctx.db.close()
+        } finally {
+          await rm(dir, { recursive: true, force: true })
+        }
+      }
+    }
+  }
+}
+
+async function listenLocal (app: Parameters<typeof createServer>[1], port = 0): Promise<Server> {
+  const server = createServer(app)
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  return server
+}
+
+async function closeServer (server: Server): Promise<void> {
+  await new Promise<void>(resolve => {
+    server.close(() => { resolve() })
+    server.closeAllConnections()
+  })
+}
+
+async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => { resolve() })
+  })
+  const { port } = server.address() as AddressInfo
+  await closeServer(server)
+  return port
+}

@@ -1,0 +1,254 @@
+/**
+ * AtprotoIdentityResolver and handle lookups against hand-made servers on
+ * 127.0.0.1 (a PLC directory, did:web hosts, a resolveHandle service, a DNS
+ * server), for what the real PLC and PDS never do. The real cases are in
+ * test/e2e/identity-head.test.ts.
+ */
+import { after, before, beforeEach, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { resolveHandleDns } from '../../src/identity/handle.ts'
+import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
+import { didDocument, json, startServer, testDid, testKey, type Handler, type TestServer } from '../head/fixtures.ts'
+import { startDnsServer, type TestDnsServer } from './dns-server.ts'
+
+const DID = testDid('carol')
+const KEY = testKey('carol')
+const PDS = 'https://pds.example.com'
+
+describe('AtprotoIdentityResolver with hand-made servers', () => {
+  const docs = new Map<string, unknown>()
+  let plc: TestServer
+  let plcHandler: Handler | undefined
+  let handles: TestServer
+  const handleTable = new Map<string, string>()
+
+  const resolver = (init: { timeoutMs?: number, allowHttpLocalhost?: boolean } = {}): AtprotoIdentityResolver => new AtprotoIdentityResolver({
+    plcUrl: plc.url,
+    handleResolverUrl: handles.url,
+    timeoutMs: init.timeoutMs ?? 2000,
+    allowHttpLocalhost: init.allowHttpLocalhost
+  })
+
+  before(async () => {
+    plc = await startServer(async (req, res, url) => {
+      if (plcHandler !== undefined) return await plcHandler(req, res, url)
+      const doc = docs.get(decodeURIComponent(url.pathname.slice(1)))
+      if (doc === undefined) json(res, 404, { message: 'DID not registered' })
+      else json(res, 200, doc)
+    })
+    handles = await startServer((_req, res, url) => {
+      const did = handleTable.get(url.searchParams.get('handle') ?? '')
+      if (did === undefined) json(res, 400, { error: 'InvalidRequest', message: 'Unable to resolve handle' })
+      else json(res, 200, { did })
+    })
+  })
+
+  beforeEach(() => {
+    docs.clear()
+    handleTable.clear()
+    plcHandler = undefined
+    plc.requests.length = 0
+    docs.set(DID, didDocument(DID, KEY, PDS, 'carol.example.com'))
+    handleTable.set('carol.example.com', DID)
+  })
+
+  after(async () => {
+    await plc?.close()
+    await handles?.close()
+  })
+
+  it('resolves a DID with its handle verified through the resolveHandle service', async () => {
+    const identity = await resolver().resolve(DID)
+    assert.equal(identity.didKey, KEY.didKey)
+    assert.equal(identity.pds, PDS)
+    assert.equal(identity.handle, 'carol.example.com')
+    assert.equal(identity.handleVerified, true)
+  })
+
+  it('a handle that points to another DID leaves the handle unverified', async () => {
+    handleTable.set('carol.example.com', testDid('mallory'))
+    const identity = await resolver().resolve(DID)
+    assert.equal(identity.handle, 'carol.example.com')
+    assert.equal(identity.handleVerified, false)
+  })
+
+  it('resolving a handle whose DID document claims another handle is HandleResolutionError', async () => {
+    handleTable.set('impostor.example.com', DID)
+    await assert.rejects(resolver().resolve('impostor.example.com'), (err: Error & { handle?: string, did?: string }) => {
+      assert.equal(err.name, 'HandleResolutionError')
+      assert.equal(err.handle, 'impostor.example.com')
+      assert.equal(err.did, DID)
+      assert.match(err.message, /claims carol\.example\.com instead/)
+      return true
+    })
+  })
+
+  it('resolving a handle whose DID document claims no handle is HandleResolutionError', async () => {
+    docs.set(DID, didDocument(DID, KEY, PDS))
+    await assert.rejects(resolver().resolve('carol.example.com'), { name: 'HandleResolutionError', message: /claims no handle/ })
+  })
+
+  it('a DID document without #atproto is DidDocumentError', async () => {
+    docs.set(DID, didDocument(DID, undefined, PDS, 'carol.example.com'))
+    await assert.rejects(resolver().resolve(DID), (err: Error & { did?: string }) => {
+      assert.equal(err.name, 'DidDocumentError')
+      assert.equal(err.did, DID)
+      assert.match(err.message, /no #atproto verification method/)
+      return true
+    })
+  })
+
+  it('a DID document without #atproto_pds is DidDocumentError', async () => {
+    docs.set(DID, { ...didDocument(DID, KEY, PDS), service: [] })
+    await assert.rejects(resolver().resolve(DID), { name: 'DidDocumentError', message: /no #atproto_pds/ })
+  })
+
+  it('a directory answering 500 is DidResolutionError', async () => {
+    plcHandler = (_req, res) => json(res, 500, { message: 'boom' })
+    await assert.rejects(resolver().resolve(DID), (err: Error & { url?: string }) => {
+      assert.equal(err.name, 'DidResolutionError')
+      assert.match(err.message, /HTTP 500/)
+      assert.equal(err.url, `${plc.url}/${DID}`)
+      return true
+    })
+  })
+
+  it('a directory answering HTML is DidResolutionError', async () => {
+    plcHandler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html' })
+      res.end('<html>hello</html>')
+    }
+    await assert.rejects(resolver().resolve(DID), { name: 'DidResolutionError', message: /invalid JSON/ })
+  })
+
+  it('a directory answering the document of another DID is DidResolutionError', async () => {
+    plcHandler = (_req, res) => json(res, 200, didDocument(testDid('dave'), KEY, PDS))
+    await assert.rejects(resolver().resolve(DID), { name: 'DidResolutionError', message: /does not match/ })
+  })
+
+  it('a tombstoned DID (410) is DidNotFoundError', async () => {
+    plcHandler = (_req, res) => json(res, 410, { message: 'DID not available' })
+    await assert.rejects(resolver().resolve(DID), { name: 'DidNotFoundError' })
+  })
+
+  it('a directory that never answers is DidResolutionError after the timeout', async () => {
+    plcHandler = () => {}
+    await assert.rejects(resolver({ timeoutMs: 200 }).resolve(DID), { name: 'DidResolutionError', message: /timed out/ })
+  })
+
+  it("the caller's signal firing while the directory hangs is rethrown as it is", async () => {
+    plcHandler = () => {}
+    await assert.rejects(resolver({ timeoutMs: 10_000 }).resolve(DID, { signal: AbortSignal.timeout(100) }), { name: 'TimeoutError' })
+    const controller = new AbortController()
+    setTimeout(() => { controller.abort() }, 50)
+    await assert.rejects(resolver({ timeoutMs: 10_000 }).resolve(DID, { signal: controller.signal }), { name: 'AbortError' })
+  })
+
+  it('an oversized document is DidResolutionError', async () => {
+    plcHandler = (_req, res) => json(res, 200, { ...didDocument(DID, KEY, PDS), padding: 'x'.repeat(300 * 1024) })
+    await assert.rejects(resolver().resolve(DID), { name: 'DidResolutionError', message: /larger than/ })
+  })
+
+  it('refresh() fetches again; resolve() reuses the cache', async () => {
+    const r = resolver()
+    const fetches = (): number => plc.requests.filter(path => path === `/${DID}`).length
+    await r.resolve(DID)
+    await r.resolve(DID)
+    assert.equal(fetches(), 1)
+    const rotated = testKey('carol-rotated')
+    docs.set(DID, didDocument(DID, rotated, PDS, 'carol.example.com'))
+    assert.equal((await r.resolve(DID)).didKey, KEY.didKey)
+    assert.equal((await r.refresh(DID)).didKey, rotated.didKey)
+    assert.equal((await r.resolve(DID)).didKey, rotated.didKey)
+    assert.equal(fetches(), 2)
+  })
+
+  it('a cache entry expires after cacheTtlMs', async () => {
+    const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: handles.url, cacheTtlMs: 1 })
+    await r.resolve(DID, { verifyHandle: false })
+    await new Promise(resolve => setTimeout(resolve, 5))
+    const before = plc.requests.length
+    await r.resolve(DID, { verifyHandle: false })
+    assert.equal(plc.requests.length, before + 1)
+  })
+
+  describe('did:web', () => {
+    let host: TestServer
+    let webDid: string
+
+    before(async () => {
+      host = await startServer((_req, res, url) => {
+        if (url.pathname === '/.well-known/did.json') json(res, 200, didDocument(webDid, KEY, PDS, 'web.example.com'))
+        else json(res, 404, {})
+      })
+      webDid = `did:web:localhost%3A${host.port}`
+    })
+
+    after(async () => { await host?.close() })
+
+    it('resolves did:web:localhost over http when allowed', async () => {
+      const identity = await resolver({ allowHttpLocalhost: true }).resolve(webDid, { verifyHandle: false })
+      assert.equal(identity.did, webDid)
+      assert.equal(identity.didKey, KEY.didKey)
+      assert.deepEqual(host.requests, ['/.well-known/did.json'])
+    })
+
+    it('refuses did:web:localhost unless allowed', async () => {
+      await assert.rejects(resolver().resolve(webDid), { name: 'InvalidIdentifierError', message: /only allowed in tests/ })
+    })
+
+    it('a did:web host without a document is DidNotFoundError', async () => {
+      const missing = await startServer((_req, res) => json(res, 404, {}))
+      try {
+        await assert.rejects(resolver({ allowHttpLocalhost: true }).resolve(`did:web:localhost%3A${missing.port}`), { name: 'DidNotFoundError' })
+      } finally {
+        await missing.close()
+      }
+    })
+  })
+})
+
+describe('handle lookup by DNS TXT', () => {
+  let dns: TestDnsServer
+  const did = testDid('erin')
+
+  before(async () => {
+    dns = await startDnsServer(new Map([
+      ['_atproto.erin.example.com', [`did=${did}`]],
+      ['_atproto.noise.example.com', ['v=spf1 -all', `did=${did}`]],
+      ['_atproto.twice.example.com', [`did=${did}`, `did=${testDid('frank')}`]],
+      ['_atproto.junk.example.com', ['did=not a did']],
+      ['_atproto.empty.example.com', ['hello']]
+    ]))
+  })
+
+  after(async () => { await dns?.close() })
+
+  it('did= record', async () => {
+    assert.deepEqual(await resolveHandleDns('erin.example.com', { dnsServers: [dns.server], timeoutMs: 2000 }), { did })
+    assert.ok(dns.queries.includes('_atproto.erin.example.com'))
+  })
+
+  it('ignores TXT records that are not did=', async () => {
+    assert.deepEqual(await resolveHandleDns('noise.example.com', { dnsServers: [dns.server], timeoutMs: 2000 }), { did })
+  })
+
+  it('no such name is "not found", not a failure', async () => {
+    const result = await resolveHandleDns('nobody.example.com', { dnsServers: [dns.server], timeoutMs: 2000 })
+    assert.equal(result.did, undefined)
+    assert.equal((result as { failed: boolean }).failed, false)
+  })
+
+  it('TXT without did= is "not found"', async () => {
+    const result = await resolveHandleDns('empty.example.com', { dnsServers: [dns.server], timeoutMs: 2000 })
+    assert.equal(result.did, undefined)
+  })
+
+  it('two different DIDs is HandleResolutionError', async () => {
+    await assert.rejects(resolveHandleDns('twice.example.com', { dnsServers: [dns.server], timeoutMs: 2000 }), { name: 'HandleResolutionError', message: /2 different DIDs/ })
+  })
+
+  it('a did= value that is not a DID is HandleResolutionError', async () => {
+    await assert.rejects(resolveHandleDns('junk.example.com', { dnsServers: [dns.server], timeoutMs: 2000 }), { name: 'HandleResolutionError' })
+  })
+})

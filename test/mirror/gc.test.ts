@@ -1,0 +1,216 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, rm, unlink } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
+import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
+import { cidForBytes, encodeCbor, hexOf, storedBlocks } from './helpers.ts'
+import { EvolvingRepo, post, posts, type RepoVersion } from './repos.ts'
+
+/** What the syncer does around an advance, without the network: stage + write, delta, one batch, GC. */
+async function advance (store: MirrorStore, from: RepoVersion | undefined, to: RepoVersion, options: { collect?: boolean } = {}): Promise<{ candidates: number, holds: number }> {
+  const release = await store.beginWrite()
+  try {
+    await store.putBlocks(to.did, to.blocks)
+    const delta = from === undefined
+      ? await repoBlocksDelta(store.blocks, to.commit)
+      : await repoHoldDelta(store.blocks, from, to)
+    const { candidates } = await store.commitRepo(stateOf(to), delta, { pin: true, fresh: from === undefined })
+    return { candidates, holds: delta.size }
+  } finally {
+    // collect: false leaves the candidates for a later run, as a process killed here would
+    if (options.collect !== false) await release()
+  }
+}
+
+function stateOf (version: RepoVersion): RepoState {
+  return { did: version.did, commit: version.commit.toString(), rev: version.rev, data: version.data.toString(), status: 'active', syncedAt: new Date().toISOString() }
+}
+
+const hexes = (version: RepoVersion): string[] => version.blocks.map(b => hexOf(b.cid)).sort()
+const union = (...lists: string[][]): string[] => [...new Set(lists.flat())].sort()
+
+describe('garbage collection', () => {
+  let root: string
+  let n = 0
+  before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-gc-')) })
+  after(async () => { await rm(root, { recursive: true, force: true }) })
+  const open = async (): Promise<{ dir: string, store: MirrorStore }> => {
+    const dir = join(root, `store-${++n}`)
+    return { dir, store: await MirrorStore.open(dir) }
+  }
+
+  it('an advance deletes what only the old repo used', async () => {
+    const { dir, store } = await open()
+    try {
+      const records = posts(40)
+      const repo = await EvolvingRepo.create(1, records)
+      const v1 = await repo.version()
+      await advance(store, undefined, v1)
+      assert.deepEqual(await storedBlocks(dir), hexes(v1))
+      const v2 = await repo.write([
+        { action: 'update', value: post(records[3].rkey, 'edited') },
+        { action: 'delete', collection: 'app.bsky.feed.post', rkey: records[17].rkey },
+        { action: 'create', value: post('3zzzzzzzzzzzz', 'new') }
+      ])
+      await advance(store, v1, v2)
+      // exactly the new repo: the old commit, the old and deleted records and the
+      // replaced nodes are gone
+      assert.deepEqual(await storedBlocks(dir), hexes(v2))
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('a one-record change touches a handful of holds', async () => {
+    const { store } = await open()
+    try {
+      const records = posts(500)
+      const repo = await EvolvingRepo.create(2, records)
+      const v1 = await repo.version()
+      await advance(store, undefined, v1)
+      const v2 = await repo.write([{ action: 'update', value: post(records[250].rkey, 'edited') }])
+      const { holds, candidates } = await advance(store, v1, v2)
+      // two commits, two record versions, and the old and new node on each level
+      assert.ok(holds <= 4 + 2 * 6, `holds changed: ${holds}`)
+      assert.ok(candidates <= 2 + 6, `candidates: ${candidates}`)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('blocks shared between repos survive while any holder remains', async () => {
+    const { dir, store } = await open()
+    try {
+      // the same record (same bytes, same CID) in two repos
+      const shared = post('3kaaaaaaaaaaa', 'the same post in two repos')
+      const alice = await (await EvolvingRepo.create(3, [shared, ...posts(10, 'alice')])).version()
+      const bob = await (await EvolvingRepo.create(4, [shared, ...posts(10, 'bob')])).version()
+      const sharedHex = alice.blocks.map(b => hexOf(b.cid)).filter(h => hexes(bob).includes(h))
+      assert.ok(sharedHex.length >= 1)
+      await advance(store, undefined, alice)
+      await advance(store, undefined, bob)
+      assert.deepEqual(await storedBlocks(dir), union(hexes(alice), hexes(bob)))
+
+      await syncerlessUnpin(store, alice.did)
+      assert.deepEqual(await storedBlocks(dir), hexes(bob))
+      await syncerlessUnpin(store, bob.did)
+      assert.deepEqual(await storedBlocks(dir), [])
+      assert.deepEqual(await store.pins.list(), [])
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('a record under two keys stays until both are gone', async () => {
+    const { dir, store } = await open()
+    try {
+      const twin = { text: 'twin', createdAt: '2024-01-01T00:00:00.000Z', $type: 'app.bsky.feed.post' }
+      const a = { collection: 'app.bsky.feed.post' as const, rkey: '3kaaaaaaaaaaa', record: twin }
+      const b = { collection: 'app.bsky.feed.post' as const, rkey: '3kbbbbbbbbbbb', record: twin }
+      const repo = await EvolvingRepo.create(5, [a, b, ...posts(5)])
+      const v1 = await repo.version()
+      await advance(store, undefined, v1)
+      const twinHex = hexOf(cidForBytes(encodeCbor(twin)))
+      assert.ok(hexes(v1).includes(twinHex))
+      const v2 = await repo.write([{ action: 'delete', collection: a.collection, rkey: a.rkey }])
+      await advance(store, v1, v2)
+      assert.ok((await storedBlocks(dir)).includes(twinHex), 'still under the other key')
+      assert.deepEqual(await storedBlocks(dir), hexes(v2))
+      const v3 = await repo.write([{ action: 'delete', collection: b.collection, rkey: b.rkey }])
+      await advance(store, v2, v3)
+      assert.ok(!(await storedBlocks(dir)).includes(twinHex))
+      assert.deepEqual(await storedBlocks(dir), hexes(v3))
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('blocks of a failed sync are collected and the stored repo is untouched', async () => {
+    const { dir, store } = await open()
+    try {
+      const repo = await EvolvingRepo.create(6, posts(30))
+      const v1 = await repo.version()
+      await advance(store, undefined, v1)
+      const state = await store.getState(v1.did)
+      const v2 = await repo.write([{ action: 'create', value: post('3zzzzzzzzzzzz', 'never committed') }])
+      const release = await store.beginWrite()
+      // the attempt stores everything (including blocks v1 already holds), then fails
+      await store.putBlocks(v2.did, v2.blocks)
+      assert.deepEqual(await storedBlocks(dir), union(hexes(v1), hexes(v2)))
+      await store.discardStaged(v2.did)
+      await release()
+      assert.deepEqual(await storedBlocks(dir), hexes(v1))
+      assert.deepEqual(await store.getState(v1.did), state)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('blocks a killed sync left behind are collected by the next advance', async () => {
+    const { dir, store } = await open()
+    const repo = await EvolvingRepo.create(7, posts(30))
+    const v1 = await repo.version()
+    await advance(store, undefined, v1)
+    const v2 = await repo.write([{ action: 'create', value: post('3zzzzzzzzzzzz', 'stored, then the process died') }])
+    await store.beginWrite()
+    await store.putBlocks(v2.did, v2.blocks)
+    // killed here: no discard, no commit, no collection
+    await store.close()
+
+    const reopened = await MirrorStore.open(dir)
+    try {
+      assert.deepEqual(await reopened.getState(v1.did), { ...stateOf(v1), syncedAt: (await reopened.getState(v1.did))?.syncedAt })
+      const v3 = await repo.write([{ action: 'delete', collection: 'app.bsky.feed.post', rkey: '3zzzzzzzzzzzz' }, { action: 'create', value: post('3yyyyyyyyyyyy', 'what the PDS has now') }])
+      await advance(reopened, v1, v3)
+      assert.deepEqual(await storedBlocks(dir), hexes(v3))
+    } finally {
+      await reopened.close()
+    }
+  })
+
+  it('candidates of an interrupted collection are collected after reopening', async () => {
+    const { dir, store } = await open()
+    const repo = await EvolvingRepo.create(8, posts(30))
+    const v1 = await repo.version()
+    await advance(store, undefined, v1)
+    const v2 = await repo.write([{ action: 'update', value: post(posts(30)[0].rkey, 'edited') }])
+    const { candidates } = await advance(store, v1, v2, { collect: false })
+    assert.ok(candidates > 0)
+    await store.close()
+    const reopened = await MirrorStore.open(dir)
+    try {
+      assert.deepEqual(await storedBlocks(dir), union(hexes(v1), hexes(v2)))
+      await reopened.collectGarbage()
+      assert.deepEqual(await storedBlocks(dir), hexes(v2))
+    } finally {
+      await reopened.close()
+    }
+  })
+
+  it('releasing a repo whose tree is damaged still drops all its holds', async () => {
+    const { dir, store } = await open()
+    try {
+      const repo = await EvolvingRepo.create(9, posts(60))
+      const v1 = await repo.version()
+      await advance(store, undefined, v1)
+      // lose the MST root file: the repo cannot be walked any more
+      await unlink(store.blockstore.pathOf(v1.data))
+      await syncerlessUnpin(store, v1.did)
+      assert.equal(await store.holds.holdsAny(v1.did), false)
+      assert.deepEqual(await storedBlocks(dir), [])
+    } finally {
+      await store.close()
+    }
+  })
+})
+
+async function syncerlessUnpin (store: MirrorStore, did: string): Promise<void> {
+  const release = await store.beginWrite()
+  try {
+    await store.releaseRepo(did, { unpin: true })
+  } finally {
+    await release()
+  }
+}

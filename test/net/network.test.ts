@@ -1,0 +1,189 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { after, before, describe, it } from 'node:test'
+import { MirrorStore } from '../../src/mirror/store.ts'
+import { DialAllowList, parseBootstrapAddress, parseListenAddress } from '../../src/net/addresses.ts'
+import { createNetwork, type MirrorNetwork, type NetworkInit } from '../../src/net/network.ts'
+import { loadOrCreatePeerKey, peerKeyPath } from '../../src/net/peer-key.ts'
+import { cidForBytes, RAW } from '../../src/repo/cid.ts'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+
+interface TestNode {
+  dir: string
+  store: MirrorStore
+  net: MirrorNetwork
+}
+
+const dirs: string[] = []
+
+async function startNode (init: NetworkInit = {}, dir?: string): Promise<TestNode> {
+  if (dir === undefined) {
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+    dirs.push(dir)
+  }
+  const store = await MirrorStore.open(dir)
+  const net = await createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'private', ...init })
+  await net.start()
+  return { dir, store, net }
+}
+
+async function stopNode (node: TestNode): Promise<void> {
+  await node.net.stop()
+  await node.store.close()
+}
+
+async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`)
+    await sleep(20)
+  }
+}
+
+after(async () => {
+  await Promise.all(dirs.map(async dir => await rm(dir, { recursive: true, force: true })))
+})
+
+describe('private network', () => {
+  let a: TestNode
+  let b: TestNode
+
+  before(async () => {
+    a = await startNode()
+    b = await startNode({ bootstrap: [a.net.getMultiaddrs()[0]?.toString() ?? ''] })
+  })
+
+  after(async () => {
+    await stopNode(b)
+    await stopNode(a)
+  })
+
+  it('listens on loopback only, with our peer id in every address', () => {
+    const addrs = a.net.getMultiaddrs().map(String)
+    assert.ok(addrs.length > 0)
+    for (const addr of addrs) assert.match(addr, new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/\\d+/p2p/${a.net.peerId.toString()}$`))
+  })
+
+  it('connects to the bootstrap peer before start() returns', () => {
+    assert.deepEqual(b.net.getPeers().map(String), [a.net.peerId.toString()])
+  })
+
+  it('puts the peer into both DHT routing tables (loopback addresses kept)', async () => {
+    await until('routing tables', () => a.net.dhtPeerCount() === 1 && b.net.dhtPeerCount() === 1)
+    assert.equal(a.net.libp2p.services.dht.getMode(), 'server')
+    assert.equal(b.net.libp2p.services.dht.getMode(), 'server')
+  })
+
+  it('fetches a block held by the other node through Helia and Bitswap', async () => {
+    const bytes = new TextEncoder().encode(`bitswap test block ${Date.now()}`)
+    const cid = await cidForBytes(bytes, RAW)
+    await a.store.blockstore.put(cid, bytes)
+    const chunks: Uint8Array[] = []
+    for await (const chunk of b.net.helia.blockstore.get(cid, { signal: AbortSignal.timeout(10_000) })) chunks.push(chunk)
+    assert.deepEqual(Buffer.concat(chunks), Buffer.from(bytes))
+    // Helia never writes to the mirror's store: the syncer stores what it fetched.
+    assert.equal(await b.store.blockstore.has(cid), false)
+  })
+
+  it('finds a provider through the DHT', async () => {
+    const cid = await cidForBytes(new TextEncoder().encode(`provided ${Date.now()}`), RAW)
+    await a.net.libp2p.contentRouting.provide(cid, { signal: AbortSignal.timeout(10_000) })
+    const found: string[] = []
+    for await (const provider of b.net.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(10_000) })) {
+      found.push(provider.id.toString())
+      break
+    }
+    assert.deepEqual(found, [a.net.peerId.toString()])
+  })
+
+  it('refuses to dial an address outside loopback and the given peers', async () => {
+    // a peer we are not connected to (a connected one would reuse its connection)
+    const stranger = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
+    const outside = `/ip4/192.0.2.1/tcp/4001/p2p/${stranger.toString()}`
+    const started = Date.now()
+    await assert.rejects(b.net.dial(outside), { name: 'DialDeniedError' })
+    assert.ok(Date.now() - started < 2000, 'refused without trying to connect')
+    assert.equal(b.net.libp2p.getConnections(stranger).length, 0)
+  })
+})
+
+describe('peer identity', () => {
+  it('keeps its PeerID across restarts, in a key file only the owner can read', async () => {
+    const first = await startNode()
+    const peerId = first.net.peerId.toString()
+    await stopNode(first)
+    const info = await stat(peerKeyPath(first.dir))
+    assert.equal(info.mode & 0o777, 0o600)
+    const second = await startNode({}, first.dir)
+    try {
+      assert.equal(second.net.peerId.toString(), peerId)
+    } finally {
+      await stopNode(second)
+    }
+  })
+
+  it('a single node answers DHT queries with zero peers instead of waiting', async () => {
+    const node = await startNode()
+    try {
+      const cid = await cidForBytes(new TextEncoder().encode('lonely'), RAW)
+      const found: unknown[] = []
+      for await (const provider of node.net.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(5000) })) found.push(provider)
+      assert.deepEqual(found, [])
+    } finally {
+      await stopNode(node)
+    }
+  })
+})
+
+describe('network addresses', () => {
+  it('rejects a listen address that is not ip + tcp', () => {
+    assert.throws(() => parseListenAddress('/dns4/example.com/tcp/1'), { name: 'InvalidMultiaddrError' })
+    assert.throws(() => parseListenAddress('not a multiaddr'), { name: 'InvalidMultiaddrError' })
+  })
+
+  it('rejects a bootstrap address without a peer id', () => {
+    assert.throws(() => parseBootstrapAddress('/ip4/127.0.0.1/tcp/4001'), { name: 'InvalidMultiaddrError' })
+  })
+
+  it('createNetwork rejects a bad --listen before building anything', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+    dirs.push(dir)
+    const store = await MirrorStore.open(dir)
+    try {
+      await assert.rejects(createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'private', listen: ['/ip4/127.0.0.1/udp/1'] }), { name: 'InvalidMultiaddrError' })
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('public mode builds (not started, so nothing is dialled): Amino DHT in client mode until a public address is confirmed', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+    dirs.push(dir)
+    const store = await MirrorStore.open(dir)
+    try {
+      const net = await createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'public' })
+      assert.equal(net.mode, 'public')
+      assert.equal(net.libp2p.services.dht.getMode(), 'client')
+      assert.equal(net.libp2p.status, 'stopped')
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('the private allow-list admits loopback, given hosts and CIDRs only', () => {
+    const list = new DialAllowList({ addresses: [multiaddr('/ip4/10.1.2.3/tcp/4001/p2p/12D3KooWGr7LJjT9a9Ja32vPCYubjLt1CH9WLhA5rgxeCUeDfczG')], allow: ['192.168.7.0/24'] })
+    assert.equal(list.allows(multiaddr('/ip4/127.0.0.1/tcp/1')), true)
+    assert.equal(list.allows(multiaddr('/ip6/::1/tcp/1')), true)
+    assert.equal(list.allows(multiaddr('/ip4/10.1.2.3/tcp/9')), true)
+    assert.equal(list.allows(multiaddr('/ip4/10.1.2.4/tcp/9')), false)
+    assert.equal(list.allows(multiaddr('/ip4/192.168.7.42/tcp/9')), true)
+    assert.equal(list.allows(multiaddr('/ip4/8.8.8.8/tcp/9')), false)
+    assert.equal(list.allows(multiaddr('/dns4/example.com/tcp/9')), false)
+    assert.equal(list.allows(multiaddr('/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGr7LJjT9a9Ja32vPCYubjLt1CH9WLhA5rgxeCUeDfczG/p2p-circuit')), false)
+  })
+})

@@ -1,0 +1,212 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import * as dagCbor from '@ipld/dag-cbor'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
+import { decodeCbor, encodeCbor } from '../../src/repo/cbor.ts'
+import { cidForBytes, RAW } from '../../src/repo/cid.ts'
+
+const hex = (text: string): Uint8Array => new Uint8Array(Buffer.from(text.replace(/\s+/g, ''), 'hex'))
+const cid = cidForBytes(new Uint8Array([1, 2, 3]))
+const cidHex = Buffer.from(cid.bytes).toString('hex')
+
+describe('decodeCbor accepts DRISL', () => {
+  it('round-trips every data-model type', () => {
+    const value = {
+      null: null,
+      t: true,
+      f: false,
+      int: 23,
+      big: 2 ** 40,
+      neg: -500,
+      huge: 2n ** 63n - 1n,
+      text: 'a~öñ©⽘☎𓋓😀👨‍👩‍👧‍👧',
+      bytes: new Uint8Array([0, 1, 255]),
+      link: cid,
+      blob: cidForBytes(new Uint8Array([9]), RAW),
+      list: [1, 'two', [3], { four: 4 }],
+      map: { nested: { deeper: [] } }
+    }
+    assert.deepEqual(decodeCbor(encodeCbor(value)), value)
+  })
+
+  it('orders keys length-first then bytewise, including integer-like keys', () => {
+    const bytes = encodeCbor({ b: 1, 1: 2, aa: 3 })
+    assert.deepEqual(Object.keys(decodeCbor<Record<string, number>>(bytes)).sort(), ['1', 'aa', 'b'])
+  })
+
+  it('keeps a leading byte-order mark and a literal U+FFFD exactly', () => {
+    const value = { bom: '\uFEFFstarts with a BOM', replacement: 'keeps \uFFFD as is' }
+    assert.deepEqual(decodeCbor(encodeCbor(value)), value)
+  })
+
+  it('decodes atproto CIDs to working CID objects', () => {
+    const raw = cidForBytes(new Uint8Array([7]), RAW)
+    const decoded = decodeCbor<{ a: CID, b: CID }>(encodeCbor({ a: cid, b: raw }))
+    assert.ok(decoded.a.equals(cid))
+    assert.equal(decoded.a.toString(), cid.toString())
+    assert.ok(CID.parse(decoded.b.toString()).equals(raw))
+    assert.equal(decoded.b.code, RAW)
+  })
+
+  it('decodes CIDs that are not atproto-shaped through the general path', () => {
+    const identity = CID.createV1(0x71, Digest.create(0x00, new Uint8Array([1, 2, 3])))
+    const decoded = decodeCbor<{ a: CID }>(encodeCbor({ a: identity }))
+    assert.ok(decoded.a.equals(identity))
+  })
+
+  it('accepts 64-bit floats when floats are allowed', () => {
+    assert.deepEqual(decodeCbor(hex('a1 61 61 fb 3ff8000000000000'), { rejectFloats: false }), { a: 1.5 })
+  })
+
+  it('accepts unsorted keys when canonical checks are off', () => {
+    assert.deepEqual(decodeCbor(hex('a2 61 62 01 61 61 02'), { canonical: false }), { a: 2, b: 1 })
+  })
+})
+
+describe('decodeCbor rejects what DRISL forbids (CborDecodeError)', () => {
+  const cases: Array<[string, string, string?, Parameters<typeof decodeCbor>[1]?]> = [
+    ['map keys out of bytewise order', 'a2 61 62 01 61 61 02', 'canonical order'],
+    ['a longer key before a shorter one', 'a2 62 61 61 01 61 62 02', 'canonical order'],
+    ['out-of-order keys in a nested map', 'a1 61 6d a2 61 62 01 61 61 02', 'canonical order'],
+    ['duplicate map keys', 'a2 61 61 01 61 61 02', 'duplicate'],
+    ['a float', 'a1 61 61 fb 3ff8000000000000', 'float'],
+    ['a float inside an array', '82 01 fb 3ff8000000000000', 'float'],
+    ['a 32-bit float even when floats are allowed', 'fa 3fc00000', '64 bits', { rejectFloats: false }],
+    ['a 16-bit float even when floats are allowed', 'f9 3e00', '64 bits', { rejectFloats: false }],
+    ['NaN', 'fb 7ff8000000000000', undefined, { rejectFloats: false }],
+    ['Infinity', 'fb 7ff0000000000000', undefined, { rejectFloats: false }],
+    ['an unsigned integer in more bytes than needed', '18 01'],
+    ['a negative integer in more bytes than needed', '38 00'],
+    ['a 32-bit integer that fits in 16 bits', '1a 0000ffff'],
+    ['a string length in more bytes than needed', '78 01 61'],
+    ['a byte-string length in more bytes than needed', '58 01 00'],
+    ['an array length in more bytes than needed', '98 01 01'],
+    ['a map length in more bytes than needed', 'b8 01 61 61 01'],
+    ['an indefinite-length array', '9f 01 ff'],
+    ['an indefinite-length string', '7f 61 61 ff'],
+    ['undefined', 'f7'],
+    ['a simple value', 'f0'],
+    ['an unsupported tag', 'c1 01'],
+    ['tag 42 with a non-minimal tag number', `d9 002a 58 25 00 ${cidHex}`, 'more bytes than needed'],
+    ['tag 42 without the leading 0x00', `d8 2a 58 24 ${cidHex}`, '0x00'],
+    ['tag 42 around a string', 'd8 2a 61 61', 'byte string'],
+    ['tag 42 around garbage bytes', 'd8 2a 43 00 ff ff', 'invalid CID'],
+    ['a CID with a non-minimal version varint', `d8 2a 58 26 00 8100 ${cidHex.slice(2)}`],
+    ['invalid UTF-8', '62 c3 28', 'UTF-8'],
+    ['an overlong UTF-8 encoding', '62 c0 af', 'UTF-8'],
+    ['a UTF-16 surrogate in UTF-8', '63 eda080', 'UTF-8'],
+    ['invalid UTF-8 in a map key', 'a1 62 c328 01', 'UTF-8'],
+    ['a non-string map key', 'a1 01 01'],
+    ['trailing bytes', '01 01'],
+    ['empty input', ''],
+    ['a truncated string', '62 61'],
+    ['a truncated map', 'a2 61 61 01']
+  ]
+  for (const [name, bytes, fragment, options] of cases) {
+    it(name, () => {
+      assert.throws(() => decodeCbor(hex(bytes), { ...options, cid }), (err: Error) => {
+        assert.equal(err.name, 'CborDecodeError', err.message)
+        assert.ok(err.message.includes(`cid=${cid}`), err.message)
+        if (fragment !== undefined) assert.ok(err.message.includes(fragment), `"${err.message}" should mention ${fragment}`)
+        return true
+      })
+    })
+  }
+
+  it('very deep nesting fails cleanly instead of crashing', () => {
+    const bytes = new Uint8Array(200_001).fill(0x81)
+    bytes[200_000] = 0x01
+    assert.throws(() => decodeCbor(bytes), { name: 'CborDecodeError' })
+  })
+})
+
+describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
+  // xorshift32: deterministic, so a failure reproduces.
+  let seed = 0x9e3779b9
+  const rand = (n: number): number => {
+    seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
+    return (seed >>> 0) % n
+  }
+  const links = [cid, cidForBytes(new Uint8Array([4]), RAW)]
+  const strings = ['', 'a', 'e', 'k', 'p', 't', 'v', '$type', 'text', 'ü', '😀', 'x'.repeat(30), '\uFEFFbom', 'app.bsky.feed.post/3k2']
+  const value = (depth: number): unknown => {
+    switch (rand(depth > 3 ? 6 : 8)) {
+      case 0: return null
+      case 1: return rand(2) === 0
+      case 2: return [0, 23, 24, 255, 256, 65535, 65536, 2 ** 32, 2 ** 40, -1, -24, -25, -257, -(2 ** 33)][rand(14)]
+      case 3: return strings[rand(strings.length)]
+      case 4: return new Uint8Array(rand(40)).map(() => rand(256))
+      case 5: return links[rand(2)]
+      case 6: return Array.from({ length: rand(5) }, () => value(depth + 1))
+      default: {
+        const out: Record<string, unknown> = {}
+        for (let i = rand(6); i > 0; i--) out[strings[rand(strings.length)]] = value(depth + 1)
+        return out
+      }
+    }
+  }
+
+  it('decodes 2,000 random data-model values back to themselves', () => {
+    // (Compared with the original rather than with @ipld/dag-cbor's decoding,
+    // which strips a leading byte-order mark from strings.)
+    for (let i = 0; i < 2000; i++) {
+      const original = value(0)
+      const bytes = encodeCbor(original)
+      assert.deepEqual(decodeCbor(bytes), original, `value ${i}: ${Buffer.from(bytes).toString('hex')}`)
+    }
+  })
+
+  it('on 6,000 mutated encodings, accepts only canonical DRISL and rejects none of it', () => {
+    let accepted = 0
+    for (let i = 0; i < 6000; i++) {
+      const bytes = Uint8Array.from(encodeCbor(value(0)))
+      const mutated = mutate(bytes)
+      let ours: unknown
+      let ok = true
+      try {
+        ours = decodeCbor(mutated)
+      } catch (err) {
+        assert.equal((err as Error).name, 'CborDecodeError')
+        ok = false
+      }
+      const hexed = Buffer.from(mutated).toString('hex')
+      if (ok) {
+        accepted++
+        assert.ok(Buffer.from(encodeCbor(ours)).equals(mutated), `accepted non-canonical bytes ${hexed}`)
+      } else {
+        // If the reference decodes it, re-encodes it to the same bytes and it has
+        // no floats, it was valid DRISL and must not have been rejected.
+        let reference: unknown
+        try {
+          reference = dagCbor.decode(mutated)
+        } catch {
+          continue
+        }
+        const canonical = Buffer.from(dagCbor.encode(reference)).equals(mutated)
+        assert.ok(!canonical || hasFloat(reference), `rejected valid DRISL ${hexed}`)
+      }
+    }
+    assert.ok(accepted > 100, `some mutations stay valid (${accepted})`)
+  })
+
+  function mutate (bytes: Uint8Array): Uint8Array {
+    const copy = bytes.slice()
+    switch (rand(4)) {
+      case 0: if (copy.length > 0) copy[rand(copy.length)] ^= 1 << rand(8); return copy
+      case 1: if (copy.length > 0) copy[rand(copy.length)] = rand(256); return copy
+      case 2: return copy.subarray(0, rand(copy.length + 1))
+      default: {
+        const at = rand(copy.length + 1)
+        return Uint8Array.from([...copy.subarray(0, at), rand(256), ...copy.subarray(at)])
+      }
+    }
+  }
+
+  function hasFloat (v: unknown): boolean {
+    if (typeof v === 'number') return !Number.isInteger(v)
+    if (Array.isArray(v)) return v.some(hasFloat)
+    if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array) && CID.asCID(v) === null) return Object.values(v).some(hasFloat)
+    return false
+  }
+})

@@ -1,0 +1,229 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import { apiTokenPath } from '../../src/server/control-api.ts'
+import { ControlClient } from '../../src/server/control-client.ts'
+import { daemonInfoPath, readDaemonInfo } from '../../src/server/daemon-info.ts'
+
+// A real node without network; identities point at a closed port so nothing leaves
+// 127.0.0.1 and any resolution fails fast.
+const CLOSED = 'http://127.0.0.1:9'
+
+describe('control API', () => {
+  let dir: string
+  let node: MirrorNode
+  let url: string
+  let token: string
+
+  async function request (method: string, path: string, init: { token?: string | null, body?: string, headers?: Record<string, string> } = {}): Promise<{ status: number, body: any }> {
+    const headers: Record<string, string> = { ...init.headers }
+    const auth = init.token === undefined ? token : init.token
+    if (auth !== null) headers.authorization = `Bearer ${auth}`
+    const res = await fetch(url + path, { method, headers, body: init.body, signal: AbortSignal.timeout(10_000) })
+    return { status: res.status, body: await res.json() }
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-api-'))
+    node = await createMirrorNode({ dataDir: dir, plcUrl: CLOSED, handleResolverUrl: CLOSED, network: false, api: { port: 0 }, intervalMs: 0 })
+    await node.start()
+    url = node.api?.url ?? ''
+    token = (await readFile(apiTokenPath(dir), 'utf8')).trim()
+  })
+
+  after(async () => {
+    await node?.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('listens on 127.0.0.1 only', () => {
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/)
+  })
+
+  it('creates a 32-byte hex token readable by the owner only', async () => {
+    assert.match(token, /^[0-9a-f]{64}$/)
+    assert.equal((await stat(apiTokenPath(dir))).mode & 0o777, 0o600)
+  })
+
+  it('writes daemon.json with pid and API url', async () => {
+    const info = await readDaemonInfo(dir)
+    assert.equal(info?.pid, process.pid)
+    assert.equal(info?.api, url)
+    assert.equal(info?.peerId, null)
+  })
+
+  it('answers 401 without a token', async () => {
+    const res = await request('GET', '/v1/status', { token: null })
+    assert.equal(res.status, 401)
+    assert.equal(res.body.error, 'Unauthorized')
+  })
+
+  it('answers 401 with a wrong token', async () => {
+    const res = await request('GET', '/v1/status', { token: 'f'.repeat(64) })
+    assert.equal(res.status, 401)
+  })
+
+  it('answers 401 with a token of another length', async () => {
+    assert.equal((await request('GET', '/v1/status', { token: token.slice(1) })).status, 401)
+  })
+
+  it('answers 401 for the token in another auth scheme', async () => {
+    const res = await request('GET', '/v1/status', { token: null, headers: { authorization: `Basic ${token}` } })
+    assert.equal(res.status, 401)
+  })
+
+  it('answers 401 before routing (no route discovery without the token)', async () => {
+    assert.equal((await request('GET', '/nope', { token: null })).status, 401)
+  })
+
+  it('GET /v1/status with the token', async () => {
+    const res = await request('GET', '/v1/status')
+    assert.equal(res.status, 200)
+    assert.equal(res.body.state, 'running')
+    assert.equal(res.body.pid, process.pid)
+    assert.equal(res.body.peerId, null)
+    assert.equal(res.body.network, null)
+    assert.deepEqual(res.body.repos, [])
+  })
+
+  it('GET /v1/pins lists nothing on a fresh node', async () => {
+    const res = await request('GET', '/v1/pins')
+    assert.deepEqual(res, { status: 200, body: { pins: [] } })
+  })
+
+  it('POST /v1/pins with invalid JSON: 400, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: '{"did":' })
+    assert.equal(res.status, 400)
+    assert.equal(res.body.error, 'BadRequestError')
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with an empty body: 400, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: '' })
+    assert.equal(res.status, 400)
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with neither did nor handle: 400, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ repo: 'alice.test' }) })
+    assert.equal(res.status, 400)
+    assert.match(res.body.message, /did.*handle/)
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with both did and handle: 400, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ did: 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', handle: 'a.test' }) })
+    assert.equal(res.status, 400)
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with a "did" that is not a DID: 400, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ did: 'alice.test' }) })
+    assert.equal(res.status, 400)
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with a malformed DID: 400 InvalidIdentifierError, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ did: 'did:plc:UPPER' }) })
+    assert.equal(res.status, 400)
+    assert.equal(res.body.error, 'InvalidIdentifierError')
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with a malformed handle: 400 InvalidIdentifierError, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ handle: 'not a handle' }) })
+    assert.equal(res.status, 400)
+    assert.equal(res.body.error, 'InvalidIdentifierError')
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins when the DID cannot be resolved: 502, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ did: 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa' }) })
+    assert.equal(res.status, 502)
+    assert.equal(res.body.error, 'DidResolutionError')
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('POST /v1/pins with a body over 16 KiB: 413, nothing pinned', async () => {
+    const res = await request('POST', '/v1/pins', { body: JSON.stringify({ did: 'x'.repeat(20_000) }) })
+    assert.equal(res.status, 413)
+    assert.deepEqual(await node.store.pins.list(), [])
+  })
+
+  it('DELETE /v1/pins/:did of a repo not pinned: 404 NotPinnedError', async () => {
+    const res = await request('DELETE', '/v1/pins/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa')
+    assert.equal(res.status, 404)
+    assert.equal(res.body.error, 'NotPinnedError')
+  })
+
+  it('GET /v1/repos/:did of a repo not pinned: 404 NotPinnedError', async () => {
+    const res = await request('GET', `/v1/repos/${encodeURIComponent('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa')}`)
+    assert.equal(res.status, 404)
+    assert.equal(res.body.error, 'NotPinnedError')
+  })
+
+  it('POST /v1/repos/:did/sync of a repo not pinned: 404', async () => {
+    assert.equal((await request('POST', '/v1/repos/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/sync')).status, 404)
+  })
+
+  it('a malformed percent-encoding in the path: 400', async () => {
+    assert.equal((await request('GET', '/v1/repos/%E0%A4%A')).status, 400)
+  })
+
+  it('an unknown route: 404', async () => {
+    assert.equal((await request('GET', '/v1/nothing')).status, 404)
+  })
+
+  it('a wrong method: 405', async () => {
+    const res = await request('PUT', '/v1/status')
+    assert.equal(res.status, 405)
+    assert.equal(res.body.error, 'MethodNotAllowedError')
+  })
+
+  it('the client reads daemon.json and the token', async () => {
+    const found = await ControlClient.forDataDir(dir)
+    assert.equal(found?.client.url, url)
+    const status = await found?.client.status()
+    assert.equal(status?.pid, process.pid)
+  })
+
+  it('the client turns an error answer into ControlApiError with the server error', async () => {
+    const found = await ControlClient.forDataDir(dir)
+    await assert.rejects(found?.client.unpin('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa') ?? Promise.resolve(), (err: Error & { status?: number }) => {
+      assert.equal(err.name, 'ControlApiError')
+      assert.equal(err.status, 404)
+      assert.match(err.message, /NotPinnedError/)
+      return true
+    })
+  })
+
+  it('a second node on the same data directory is refused', async () => {
+    await assert.rejects(createMirrorNode({ dataDir: dir, network: false, api: false }), (err: Error) => {
+      assert.equal(err.name, 'DataDirLockedError')
+      assert.match(err.message, new RegExp(`pid=${process.pid}`))
+      return true
+    })
+  })
+})
+
+describe('control API shutdown', () => {
+  it('stop() closes the API, removes daemon.json and releases the lock', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'atmirror-api-'))
+    try {
+      const node = await createMirrorNode({ dataDir: dir, plcUrl: CLOSED, network: false, api: { port: 0 }, intervalMs: 0 })
+      await node.start()
+      const url = node.api?.url ?? ''
+      await node.stop()
+      await assert.rejects(stat(daemonInfoPath(dir)), { code: 'ENOENT' })
+      await assert.rejects(fetch(url + '/v1/status', { signal: AbortSignal.timeout(2000) }))
+      assert.equal(await ControlClient.forDataDir(dir), undefined)
+      const again = await createMirrorNode({ dataDir: dir, network: false, api: false })
+      await again.stop()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
