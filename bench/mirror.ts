@@ -62,11 +62,11 @@ try {
   const written = await net.writeRecords(account, records)
   process.stdout.write(`account ${account.did}: ${RECORDS} records written in ${fmt((performance.now() - t0) / 1000)}\n\n`)
 
-  // (a) baseline, median of RUNS
+  // (a) and (b) alternate, so both see the same machine (other load comes and goes)
   const baseline: number[] = []
   let carBlocks = 0
   let carBytes = 0
-  for (let i = 0; i < RUNS; i++) {
+  const runBaseline = async (i: number): Promise<void> => {
     const dir = join(work, `baseline-${i}`)
     const started = performance.now()
     const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.sync.getRepo?did=${account.did}`)
@@ -88,8 +88,6 @@ try {
     baseline.push((performance.now() - started) / 1000)
     await rm(dir, { recursive: true, force: true })
   }
-  const a = median(baseline)
-  process.stdout.write(`(a) baseline getRepo + blockstore-fs putMany: ${fmt(a)} median of ${RUNS} (${baseline.map(fmt).join(', ')}); ${carBlocks} blocks, ${(carBytes / 1024 / 1024).toFixed(1)} MiB\n`)
 
   // (b) atmirror mirror from empty, in a child process
   const cli = async (dir: string): Promise<{ result: Record<string, any>, wall: number, maxRssKb: number }> => {
@@ -105,6 +103,7 @@ try {
   const mirrorRuns: Array<{ seconds: number, wall: number, maxRssKb: number }> = []
   let mirrorDir = ''
   for (let i = 0; i < RUNS; i++) {
+    await runBaseline(i)
     const dir = join(work, `mirror-${i}`)
     const { result, wall, maxRssKb } = await cli(dir)
     if (result.ok !== true || result.records !== RECORDS) throw new Error(`mirror failed: ${JSON.stringify(result)}`)
@@ -112,6 +111,8 @@ try {
     if (i < RUNS - 1) await rm(dir, { recursive: true, force: true })
     else mirrorDir = dir
   }
+  const a = median(baseline)
+  process.stdout.write(`(a) baseline getRepo + blockstore-fs putMany: ${fmt(a)} median of ${RUNS} (${baseline.map(fmt).join(', ')}); ${carBlocks} blocks, ${(carBytes / 1024 / 1024).toFixed(1)} MiB\n`)
   const b = median(mirrorRuns.map(r => r.seconds))
   const bWall = median(mirrorRuns.map(r => r.wall))
   const rss = Math.max(...mirrorRuns.map(r => r.maxRssKb)) / 1024

@@ -147,7 +147,8 @@ export class MirrorNode implements ControlApiTarget {
     this.syncer = init.syncer
     this.network = init.network
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
-    this.#intervalMs = init.intervalMs
+    // setTimeout cannot wait longer than 2^31-1 ms; a larger value would fire at once
+    this.#intervalMs = Math.min(Math.max(0, init.intervalMs), 2 ** 31 - 1)
     this.#checkOnStart = init.checkOnStart
     this.#concurrency = Math.max(1, init.concurrency)
   }

@@ -72,7 +72,8 @@ export const command: Command = {
       dataDir: dataDir(values.data, ctx.env),
       ...identityConfig(values, ctx.env),
       api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
-      intervalMs: integerFlag('--interval', values.interval, 60) * 1000,
+      // setTimeout holds at most 2^31-1 ms (about 24.8 days)
+      intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
       network: values.offline
         ? false

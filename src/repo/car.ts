@@ -13,11 +13,11 @@
  * the header must be version 1 with at least one root.
  */
 import { readBlockHead, readHeader } from '@ipld/car/decoder'
+import { CarWriter } from '@ipld/car/writer'
 import type { BytesReader } from '@ipld/car/decoder'
 import { varint } from 'multiformats'
 import { CarParseError } from '../errors.ts'
 import type { Block } from './block-store.ts'
-import { encodeCbor } from './cbor.ts'
 import { assertSupportedCid, CID, verifyBlock } from './cid.ts'
 
 export type { Block }
@@ -85,39 +85,83 @@ export async function readCar (source: Uint8Array | AsyncIterable<Uint8Array>, o
 }
 
 /**
- * Writes a CAR v1: the header with `roots` (for a repo, the commit first),
- * then every block in the order given, as chunks of about 64 KiB. Blocks are
- * written as they are; checking them is the caller's job.
+ * Writes a CAR v1 with @ipld/car's `CarWriter`: the header with `roots` (for a
+ * repo, the commit first), then every block in the order given. The library's
+ * small writes (length, CID, bytes) are gathered into chunks of about 64 KiB;
+ * a block that big on its own goes out as it is, uncopied. Blocks are written
+ * as they are; checking them is the caller's job.
+ *
+ * Blocks are pulled from `blocks` only as fast as the output is consumed. When
+ * the consumer stops early (or `signal` aborts), the source is released
+ * (`return()`), and this generator finishes only once it has been.
  */
 export async function * writeCar (roots: CID[], blocks: AsyncIterable<Block> | Iterable<Block>, options: WriteCarOptions = {}): AsyncGenerator<Uint8Array, void, undefined> {
   for (const root of roots) {
     if (CID.asCID(root) === null) throw new TypeError('writeCar: every root must be a CID')
   }
-  const header = encodeCbor({ version: 1, roots })
-  let pending: Uint8Array[] = [lengthPrefix(header.length), header]
-  let pendingBytes = pending[0].length + header.length
+  const { signal } = options
+  signal?.throwIfAborted()
+  const { writer, out } = CarWriter.create(roots)
+  const output = out[Symbol.asyncIterator]()
+  let stop = false
+  let failure: { error: unknown } | undefined
+  // The pump feeds the library's channel; `put` resolves once the consumer has
+  // drained what the block produced, which is the backpressure. It never
+  // rejects: a failure is kept and thrown to the consumer after the channel ends.
+  const pump = (async () => {
+    try {
+      for await (const block of blocks) {
+        if (stop) break
+        signal?.throwIfAborted()
+        await writer.put(block)
+      }
+    } catch (err) {
+      failure = { error: err }
+    } finally {
+      try {
+        await writer.close()
+      } catch (err) {
+        failure ??= { error: err }
+      }
+    }
+  })()
+
+  let pending: Uint8Array[] = []
+  let pendingBytes = 0
   const flush = (): Uint8Array => {
-    const out = concat(pending, pendingBytes)
+    const chunk = concat(pending, pendingBytes)
     pending = []
     pendingBytes = 0
-    return out
+    return chunk
   }
-  for await (const { cid, bytes } of blocks) {
-    options.signal?.throwIfAborted()
-    const prefix = lengthPrefix(cid.bytes.length + bytes.length)
-    if (bytes.length >= WRITE_CHUNK_BYTES) {
-      // Big blocks go out as they are instead of being copied into a chunk.
-      pending.push(prefix, cid.bytes)
-      pendingBytes += prefix.length + cid.bytes.length
-      yield flush()
-      yield bytes
-      continue
+  let ended = false
+  try {
+    while (true) {
+      const next = await output.next()
+      if (next.done === true) break
+      const bytes = next.value
+      if (bytes.length >= WRITE_CHUNK_BYTES) {
+        if (pendingBytes > 0) yield flush()
+        yield bytes
+        continue
+      }
+      pending.push(bytes)
+      pendingBytes += bytes.length
+      if (pendingBytes >= WRITE_CHUNK_BYTES) yield flush()
     }
-    pending.push(prefix, cid.bytes, bytes)
-    pendingBytes += prefix.length + cid.bytes.length + bytes.length
-    if (pendingBytes >= WRITE_CHUNK_BYTES) yield flush()
+    ended = true
+    await pump
+    if (failure !== undefined) throw failure.error
+    if (pendingBytes > 0) yield flush()
+  } finally {
+    if (!ended) {
+      // Stopped early (return, throw or abort): tell the pump, and drain the
+      // channel so a pending `put` resolves and the pump can end the source.
+      stop = true
+      while ((await output.next()).done !== true) { /* discard */ }
+      await pump
+    }
   }
-  if (pendingBytes > 0) yield flush()
 }
 
 async function readRoots (reader: CarBytes, allowNoRoots: boolean): Promise<CID[]> {
@@ -294,20 +338,19 @@ class CarBytes {
   }
 
   #peekVarint (what: string): VarintPeek {
-    const buf = this.#buf
-    const end = Math.min(buf.length, this.#off + MAX_VARINT_BYTES, this.#off + this.#end - this.#pos)
-    if (end <= this.#off) return undefined
-    let value = 0
-    for (let i = this.#off, shift = 1; i < end; i++, shift *= 128) {
-      const byte = buf[i]
-      value += (byte & 0x7f) * shift
-      if ((byte & 0x80) === 0) {
-        if (byte === 0 && i > this.#off) throw new CarParseError(`${what} varint is not minimally encoded`, { offset: this.#pos })
-        return { value, size: i - this.#off + 1 }
-      }
+    const window = this.#buf.subarray(this.#off, Math.min(this.#buf.length, this.#off + MAX_VARINT_BYTES, this.#off + this.#end - this.#pos))
+    if (window.length === 0) return undefined
+    try {
+      // multiformats refuses non-minimal varints, and ones that run off the window
+      const [value, size] = varint.decode(window)
+      return { value, size }
+    } catch (err) {
+      const message = (err as Error).message
+      if (message.includes('not minimally encoded')) throw new CarParseError(`${what} varint is not minimally encoded`, { offset: this.#pos }, { cause: err })
+      // (the window is shorter than the maximum only where the input or the limit ends)
+      if (window.length < MAX_VARINT_BYTES) throw new CarParseError(`${what} varint is truncated`, { offset: this.#pos }, { cause: err })
+      throw new CarParseError(`${what} varint is longer than ${MAX_VARINT_BYTES} bytes`, { offset: this.#pos }, { cause: err })
     }
-    if (end - this.#off < MAX_VARINT_BYTES) throw new CarParseError(`${what} varint is truncated`, { offset: this.#pos })
-    throw new CarParseError(`${what} varint is longer than ${MAX_VARINT_BYTES} bytes`, { offset: this.#pos })
   }
 
   /** Buffers until `length` bytes are available from the current offset or the input ends. */
@@ -339,12 +382,6 @@ type VarintPeek = { value: number, size: number } | undefined
 /** A plain Uint8Array view: a Buffer's `subarray` is several times slower, and it runs twice per block. */
 function plain (bytes: Uint8Array): Uint8Array {
   return bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-}
-
-function lengthPrefix (length: number): Uint8Array {
-  const out = new Uint8Array(varint.encodingLength(length))
-  varint.encodeTo(length, out)
-  return out
 }
 
 function concat (parts: Uint8Array[], total: number): Uint8Array {

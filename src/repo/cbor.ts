@@ -5,15 +5,39 @@
  * undefined/NaN/Infinity/simple values, valid UTF-8, and floats only as 64-bit.
  * atproto's data model also has no floats, so a float is rejected unless asked.
  *
- * Decoding is a small strict decoder written for exactly this profile: one pass
- * over the bytes that checks every rule as it reads, instead of a general CBOR
- * decoder plus re-encoding to compare. Every block of a repo goes through it,
- * so it is on the hot path of verification. Encoding is @ipld/dag-cbor's, which
- * is canonical by construction.
+ * Decoding is cborg's, with @ipld/dag-cbor's decode options made strict
+ * (`strict`, `rejectDuplicateMapKeys`, no indefinite lengths, no undefined, no
+ * NaN/Infinity) and a tag 42 decoder that requires the 0x00 prefix and a byte
+ * string. Encoding is @ipld/dag-cbor's, which is canonical by construction.
+ *
+ * On top of the library, and without parsing any CBOR ourselves:
+ * - Strings: cborg decodes UTF-8 leniently (invalid sequences become U+FFFD) and
+ *   strips a leading U+FEFF (byte-order mark). A subclass of cborg's own
+ *   tokenizer asks it to keep each string's bytes (`retainStringBytes`) and,
+ *   when the decoded value could differ from them (a U+FFFD in it, or the bytes
+ *   start with a BOM), decodes them again strictly: invalid UTF-8 is rejected
+ *   and strings come back exactly as encoded. Without this, a valid record whose
+ *   text starts with a BOM would decode to a different value, and any byte
+ *   comparison against a re-encoding would falsely reject it.
+ * - Floats: rejected on cborg's float token, so a float that holds an integer
+ *   (1.0) is caught too, which a check on the decoded value could not see.
+ * - Canonical form (`canonical`, the default): the decoded value is re-encoded
+ *   with @ipld/dag-cbor and compared byte for byte. That is what catches map key
+ *   order, float width and anything else the decoder tolerates.
+ *
+ * Where each check is used: commits and MST nodes must be canonical (a commit's
+ * signature is over its re-encoding, and a node's bytes define the tree), so
+ * they pay for the re-encode. Record blocks can be checked more cheaply with
+ * `canonical: false`: they are already bound to their CID by the hash check, and
+ * the strict library decode still rejects everything but well-formed DRISL
+ * values; a non-canonical encoding of a record only gives it a different CID,
+ * which is what the MST commits to. The re-encode stays correct for records
+ * (strings are exact), it only costs about as much as the decode.
  */
 import * as dagCbor from '@ipld/dag-cbor'
+import { decode as cborgDecode, Token, Tokenizer, Type } from 'cborg'
+import type { DecodeOptions as CborgDecodeOptions, TagDecodeControl } from 'cborg'
 import { CID } from 'multiformats/cid'
-import { Digest } from 'multiformats/hashes/digest'
 import { CborDecodeError, type CidLike } from '../errors.ts'
 
 /** Options for {@link decodeCbor}. */
@@ -22,257 +46,158 @@ export interface DecodeOptions {
   cid?: CidLike
   /** Reject floats (atproto data model). @default true */
   rejectFloats?: boolean
-  /** Enforce canonical form (key order, 64-bit floats). @default true */
+  /**
+   * Require canonical form (key order, 64-bit floats, minimal everything): the
+   * value is re-encoded with @ipld/dag-cbor and must give the same bytes.
+   * @default true
+   */
   canonical?: boolean
 }
 
-/** Deepest nesting of arrays and maps accepted (far beyond any real record). */
-export const MAX_CBOR_DEPTH = 512
+const CID_TAG = 42
+
+/** Decodes the content of tag 42: a byte string of 0x00 and a binary CID. */
+function decodeCidTag (decode: TagDecodeControl): CID {
+  const bytes = decode()
+  if (!(bytes instanceof Uint8Array)) throw new Error('CID tag content is not a byte string')
+  if (bytes.length === 0 || bytes[0] !== 0) throw new Error('CID tag content lacks the leading 0x00')
+  try {
+    // multiformats rejects non-minimal varints and trailing bytes
+    return CID.decode(bytes.subarray(1))
+  } catch (err) {
+    throw new Error(`invalid CID in tag 42 (${(err as Error).message})`)
+  }
+}
+
+const libraryOptions: CborgDecodeOptions = {
+  ...dagCbor.decodeOptions,
+  strict: true,
+  rejectDuplicateMapKeys: true,
+  allowIndefinite: false,
+  allowUndefined: false,
+  coerceUndefinedToNull: false,
+  allowNaN: false,
+  allowInfinity: false,
+  allowBigInt: true,
+  useMaps: false,
+  retainStringBytes: true,
+  tags: { [CID_TAG]: decodeCidTag }
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+
+/**
+ * cborg's tokenizer with two checks on the tokens it makes: strings are made
+ * exact (see the module docs) and floats can be refused.
+ */
+class DrislTokenizer extends Tokenizer {
+  readonly rejectFloats: boolean
+  /** Saw a float in 16 or 32 bits. */
+  shortFloat = false
+
+  constructor (data: Uint8Array, options: CborgDecodeOptions, rejectFloats: boolean) {
+    super(data, options)
+    this.rejectFloats = rejectFloats
+  }
+
+  override next (): Token {
+    const start = this._pos
+    const token = super.next()
+    const type = token.type
+    if (type === Type.string) {
+      const bytes = token.byteValue
+      // (the shared empty-string token carries no bytes)
+      if (bytes !== undefined && ((bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) || (token.value as string).includes('\uFFFD'))) {
+        let exact: string
+        try {
+          exact = strictUtf8.decode(bytes)
+        } catch {
+          this._pos = start // errors name the token's offset
+          throw new Error('string is not valid UTF-8')
+        }
+        return new Token(Type.string, exact, token.encodedLength)
+      }
+    } else if (type === Type.float) {
+      if (this.rejectFloats) {
+        this._pos = start
+        throw new Error('float not allowed in atproto data')
+      }
+      // head byte + 8: a float64 (only read to explain a failed canonical check)
+      if (token.encodedLength !== 9) this.shortFloat = true
+    }
+    return token
+  }
+}
 
 /** Decodes one DRISL value; throws {@link CborDecodeError} naming `cid`. Byte strings in the result are copies. */
 export function decodeCbor<T = unknown> (bytes: Uint8Array, options: DecodeOptions = {}): T {
-  const decoder = new Decoder(bytes, options.rejectFloats !== false, options.canonical !== false)
+  // A plain view: cborg copies byte strings with `slice`, which on a Buffer would share memory.
+  const data = plain(bytes)
+  const tokenizer = new DrislTokenizer(data, libraryOptions, options.rejectFloats !== false)
   let value: unknown
   try {
-    value = decoder.item(0)
-    if (decoder.pos !== bytes.length) decoder.fail(`${bytes.length - decoder.pos} trailing bytes after the value`)
+    value = cborgDecode(data, { ...libraryOptions, tokenizer })
   } catch (err) {
-    if (err instanceof Violation) throw new CborDecodeError(`${err.message} (at byte ${err.offset})`, { cid: options.cid })
-    throw new CborDecodeError((err as Error).message, { cid: options.cid }, { cause: err })
+    // (a stack overflow on absurd nesting lands here too, as a clean error)
+    throw new CborDecodeError(`${(err as Error).message} (at byte ${tokenizer.pos()})`, { cid: options.cid }, { cause: err })
+  }
+  if (options.canonical !== false) {
+    let again: Uint8Array
+    try {
+      again = dagCbor.encode(value)
+    } catch (err) {
+      throw new CborDecodeError(`cannot re-encode to check canonical form (${(err as Error).message})`, { cid: options.cid }, { cause: err })
+    }
+    if (!sameBytes(again, data)) {
+      throw new CborDecodeError(`not in canonical form (${whyNotCanonical(data, again)})`, { cid: options.cid })
+    }
   }
   return value as T
 }
 
+/**
+ * Only on failure, to say more than "the bytes differ": decodes again into Maps,
+ * which keep the keys in the order the bytes have them (a plain object puts
+ * integer-like keys first), and looks for a pair out of canonical order.
+ */
+function whyNotCanonical (data: Uint8Array, again: Uint8Array): string {
+  let at = 0
+  while (at < again.length && at < data.length && again[at] === data[at]) at++
+  const where = `the re-encoding differs from byte ${at}`
+  try {
+    const options = { ...libraryOptions, useMaps: true }
+    const tokenizer = new DrislTokenizer(data, options, false)
+    if (hasMisorderedKeys(cborgDecode(data, { ...options, tokenizer }))) return `map keys not in canonical order; ${where}`
+    if (tokenizer.shortFloat) return `a float not encoded in 64 bits; ${where}`
+  } catch {}
+  return where
+}
+
+function hasMisorderedKeys (value: unknown): boolean {
+  if (Array.isArray(value)) return value.some(hasMisorderedKeys)
+  if (!(value instanceof Map)) return false
+  let previous: Buffer | undefined
+  for (const [key, item] of value) {
+    const bytes = Buffer.from(key as string)
+    // DAG-CBOR order: shorter keys first, then bytewise
+    if (previous !== undefined && (previous.length > bytes.length || (previous.length === bytes.length && Buffer.compare(previous, bytes) > 0))) return true
+    if (hasMisorderedKeys(item)) return true
+    previous = bytes
+  }
+  return false
+}
+
 /** Encodes a value as DRISL (canonical DAG-CBOR), as a plain Uint8Array. */
 export function encodeCbor (value: unknown): Uint8Array {
-  const bytes = dagCbor.encode(value)
-  // cborg may hand back a Buffer, whose `slice` shares memory instead of copying.
+  return plain(dagCbor.encode(value))
+}
+
+/** Byte equality through node's native compare. */
+export function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b)
+}
+
+/** A plain Uint8Array view of the same memory (a Buffer's `slice` shares memory instead of copying). */
+function plain (bytes: Uint8Array): Uint8Array {
   return bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-}
-
-class Violation extends Error {
-  readonly offset: number
-  constructor (message: string, offset: number) {
-    super(message)
-    this.offset = offset
-  }
-}
-
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
-const CID_TAG = 42
-const SHORT_STRING = 24
-
-class Decoder {
-  readonly data: Uint8Array
-  readonly rejectFloats: boolean
-  readonly canonical: boolean
-  pos = 0
-  #view: DataView | undefined
-
-  constructor (data: Uint8Array, rejectFloats: boolean, canonical: boolean) {
-    // A plain Uint8Array view: on a Buffer, `slice` would share memory instead of copying.
-    this.data = data.constructor === Uint8Array ? data : new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-    this.rejectFloats = rejectFloats
-    this.canonical = canonical
-  }
-
-  /** Made on first use: most blocks hold no integer of 256 or more. */
-  get view (): DataView {
-    this.#view ??= new DataView(this.data.buffer, this.data.byteOffset, this.data.byteLength)
-    return this.#view
-  }
-
-  fail (message: string, offset = this.pos): never {
-    throw new Violation(message, offset)
-  }
-
-  item (depth: number): unknown {
-    const start = this.pos
-    if (start >= this.data.length) this.fail('unexpected end of data')
-    const initial = this.data[this.pos++]
-    const major = initial >> 5
-    const minor = initial & 31
-    switch (major) {
-      case 0: return this.argument(minor, start)
-      case 1: {
-        const n = this.argument(minor, start)
-        return typeof n === 'number' && n < Number.MAX_SAFE_INTEGER ? -1 - n : -1n - BigInt(n)
-      }
-      case 2: {
-        const length = this.length(minor, start)
-        return this.data.slice(this.pos, this.advance(length))
-      }
-      case 3: return this.string(this.length(minor, start))
-      case 4: {
-        const count = this.count(minor, start, depth)
-        const out = new Array(count)
-        for (let i = 0; i < count; i++) out[i] = this.item(depth + 1)
-        return out
-      }
-      case 5: return this.map(this.count(minor, start, depth), depth)
-      case 6: return this.tag(minor, start)
-      default: return this.simple(minor, start)
-    }
-  }
-
-  /** The integer argument of an item header, minimally encoded; a bigint above 2^53 - 1. */
-  argument (minor: number, start: number): number | bigint {
-    if (minor < 24) return minor
-    const view = this.view
-    let value: number | bigint
-    let min: number
-    switch (minor) {
-      case 24: value = this.data[this.need(1)]; min = 24; break
-      case 25: value = view.getUint16(this.need(2)); min = 0x100; break
-      case 26: value = view.getUint32(this.need(4)); min = 0x10000; break
-      case 27: {
-        const at = this.need(8)
-        const high = view.getUint32(at)
-        if (high === 0) this.fail('integer encoded in more bytes than needed', start)
-        value = high < 0x200000 ? high * 0x100000000 + view.getUint32(at + 4) : view.getBigUint64(at)
-        return value
-      }
-      case 31: return this.fail('indefinite-length items are not allowed', start)
-      default: return this.fail(`reserved additional info ${minor}`, start)
-    }
-    if (value < min) this.fail('integer encoded in more bytes than needed', start)
-    return value
-  }
-
-  /** A byte or string length: a number that fits in the rest of the input. */
-  length (minor: number, start: number): number {
-    const n = this.argument(minor, start)
-    if (typeof n !== 'number' || n > this.data.length - this.pos) this.fail('length runs past the end of data', start)
-    return n as number
-  }
-
-  /** An array or map count, bounded by the remaining input (every item takes a byte) and the depth. */
-  count (minor: number, start: number, depth: number): number {
-    if (depth >= MAX_CBOR_DEPTH) this.fail(`nested deeper than ${MAX_CBOR_DEPTH}`, start)
-    return this.length(minor, start)
-  }
-
-  /** Checks `n` more bytes are there and returns the offset they start at. */
-  need (n: number): number {
-    const at = this.pos
-    if (at + n > this.data.length) this.fail('unexpected end of data')
-    this.pos = at + n
-    return at
-  }
-
-  advance (n: number): number {
-    this.pos += n
-    return this.pos
-  }
-
-  string (length: number): string {
-    const data = this.data
-    const start = this.pos
-    const end = start + length
-    this.pos = end
-    if (length < SHORT_STRING) {
-      // Short ASCII (keys, NSIDs, rkeys) is the common case and cheaper by hand.
-      let out = ''
-      for (let i = start; i < end; i++) {
-        const c = data[i]
-        if (c >= 0x80) return this.utf8(start, end)
-        out += String.fromCharCode(c)
-      }
-      return out
-    }
-    return this.utf8(start, end)
-  }
-
-  utf8 (start: number, end: number): string {
-    try {
-      return strictUtf8.decode(this.data.subarray(start, end))
-    } catch {
-      return this.fail('string is not valid UTF-8', start)
-    }
-  }
-
-  map (count: number, depth: number): Record<string, unknown> {
-    const data = this.data
-    const out: Record<string, unknown> = {}
-    let lastStart = -1
-    let lastLength = 0
-    for (let i = 0; i < count; i++) {
-      const keyAt = this.pos
-      if (keyAt >= data.length) this.fail('unexpected end of data')
-      const initial = data[this.pos++]
-      if (initial >> 5 !== 3) this.fail('map key is not a string', keyAt)
-      const length = this.length(initial & 31, keyAt)
-      const keyStart = this.pos
-      const key = this.string(length)
-      if (lastStart >= 0) {
-        // Canonical order: shorter keys first, then bytewise on the UTF-8.
-        let order = lastLength - length
-        for (let j = 0; order === 0 && j < length; j++) order = data[lastStart + j] - data[keyStart + j]
-        if (order === 0) this.fail(`duplicate map key ${JSON.stringify(key)}`, keyAt)
-        if (order > 0 && this.canonical) this.fail('map keys not in canonical order', keyAt)
-      }
-      // In canonical order keys are strictly increasing, hence unique; otherwise look.
-      if (!this.canonical && Object.hasOwn(out, key)) this.fail(`duplicate map key ${JSON.stringify(key)}`, keyAt)
-      lastStart = keyStart
-      lastLength = length
-      const value = this.item(depth + 1)
-      if (key === '__proto__') Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true })
-      else out[key] = value
-    }
-    return out
-  }
-
-  tag (minor: number, start: number): CID {
-    const number = this.argument(minor, start)
-    if (number !== CID_TAG) this.fail(`tag ${number} is not allowed (only 42)`, start)
-    const at = this.pos
-    if (at >= this.data.length) this.fail('unexpected end of data')
-    const initial = this.data[this.pos++]
-    if (initial >> 5 !== 2) this.fail('CID tag content is not a byte string', at)
-    const length = this.length(initial & 31, at)
-    const bytes = this.data.slice(this.pos, this.advance(length))
-    if (length === 0 || bytes[0] !== 0) this.fail('CID tag content lacks the leading 0x00', at)
-    // The CIDs atproto uses (v1, dag-cbor or raw, sha2-256) are canonical by
-    // construction in their 36-byte form: build them without re-parsing.
-    if (length === 37 && bytes[1] === 1 && (bytes[2] === 0x71 || bytes[2] === 0x55) && bytes[3] === 0x12 && bytes[4] === 0x20) {
-      return new CID(1, bytes[2], new Digest(0x12, 32, bytes.subarray(5), bytes.subarray(3)), bytes.subarray(1))
-    }
-    let cid: CID
-    try {
-      cid = CID.decode(bytes.subarray(1))
-    } catch (err) {
-      return this.fail(`invalid CID in tag 42 (${(err as Error).message})`, at)
-    }
-    if (cid.bytes.byteLength !== length - 1) this.fail('CID not canonically encoded', at)
-    return cid
-  }
-
-  simple (minor: number, start: number): unknown {
-    switch (minor) {
-      case 20: return false
-      case 21: return true
-      case 22: return null
-      case 23: return this.fail('undefined is not allowed', start)
-      case 25: case 26: case 27: {
-        if (this.rejectFloats) this.fail('float not allowed in atproto data', start)
-        if (this.canonical && minor !== 27) this.fail('float not encoded in 64 bits', start)
-        const value = minor === 27
-          ? this.view.getFloat64(this.need(8))
-          : minor === 26 ? this.view.getFloat32(this.need(4)) : halfFloat(this.view.getUint16(this.need(2)))
-        if (!Number.isFinite(value)) this.fail('NaN and Infinity are not allowed', start)
-        return value
-      }
-      case 31: return this.fail('indefinite-length items are not allowed', start)
-      default: return this.fail(`simple value ${minor} is not allowed`, start)
-    }
-  }
-}
-
-function halfFloat (bits: number): number {
-  const exponent = (bits >> 10) & 0x1f
-  const fraction = bits & 0x3ff
-  const sign = bits & 0x8000 ? -1 : 1
-  if (exponent === 0) return sign * fraction * 2 ** -24
-  if (exponent === 31) return fraction === 0 ? sign * Infinity : NaN
-  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15)
 }

@@ -66,11 +66,11 @@ describe('garbage collection', () => {
   it('a one-record change touches a handful of holds', async () => {
     const { store } = await open()
     try {
-      const records = posts(500)
+      const records = posts(300)
       const repo = await EvolvingRepo.create(2, records)
       const v1 = await repo.version()
       await advance(store, undefined, v1)
-      const v2 = await repo.write([{ action: 'update', value: post(records[250].rkey, 'edited') }])
+      const v2 = await repo.write([{ action: 'update', value: post(records[150].rkey, 'edited') }])
       const { holds, candidates } = await advance(store, v1, v2)
       // two commits, two record versions, and the old and new node on each level
       assert.ok(holds <= 4 + 2 * 6, `holds changed: ${holds}`)
@@ -114,11 +114,14 @@ describe('garbage collection', () => {
       await advance(store, undefined, v1)
       const twinHex = hexOf(cidForBytes(encodeCbor(twin)))
       assert.ok(hexes(v1).includes(twinHex))
-      const v2 = await repo.write([{ action: 'delete', collection: a.collection, rkey: a.rkey }])
+      // @atproto/repo drops a record block on delete even when another key still
+      // links it, so the later versions are built from scratch (same DID and key;
+      // the MST is the same for the same records)
+      const v2 = await (await EvolvingRepo.create(5, [b, ...posts(5)])).version()
       await advance(store, v1, v2)
       assert.ok((await storedBlocks(dir)).includes(twinHex), 'still under the other key')
       assert.deepEqual(await storedBlocks(dir), hexes(v2))
-      const v3 = await repo.write([{ action: 'delete', collection: b.collection, rkey: b.rkey }])
+      const v3 = await (await EvolvingRepo.create(5, posts(5))).version()
       await advance(store, v2, v3)
       assert.ok(!(await storedBlocks(dir)).includes(twinHex))
       assert.deepEqual(await storedBlocks(dir), hexes(v3))

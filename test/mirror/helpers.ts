@@ -27,7 +27,7 @@ export async function storedBlocks (dataDir: string): Promise<string[]> {
     if (shard.startsWith('.')) continue
     for (const file of await readdir(join(base, shard))) {
       if (!file.endsWith('.data')) continue
-      out.push(Buffer.from(base32upper.decode('B' + file.slice(0, -'.data'.length))).toString('hex'))
+      out.push(Buffer.from(base32upper.decode(file.slice(0, -'.data'.length))).toString('hex'))
     }
   }
   return out.sort()

@@ -58,9 +58,9 @@ export class EvolvingRepo {
     this.#repo = repo
   }
 
-  /** A new repo for `seed` holding `records`. */
-  static async create (seed: number, records: TestRecordValue[]): Promise<EvolvingRepo> {
-    const keypair = await fixtureKeypair('k256', seed)
+  /** A new repo for `seed` holding `records`; `keySeed` signs with another key than the seed's. */
+  static async create (seed: number, records: TestRecordValue[], init: { keySeed?: number } = {}): Promise<EvolvingRepo> {
+    const keypair = await fixtureKeypair('k256', init.keySeed ?? seed)
     const did = fixtureDid(seed)
     const storage = new MemoryBlockstore()
     const repo = await Repo.create(storage, did, keypair, records.map((r): RecordCreateOp => ({ action: WriteOpAction.Create, collection: r.collection, rkey: r.rkey, record: r.record as RecordCreateOp['record'] })))

@@ -1,0 +1,206 @@
+/**
+ * A hostile or broken PDS (a small fake on 127.0.0.1, also serving the DID
+ * document as a PLC directory would): every bad answer is rejected with the right
+ * error, and the mirror's stored state and blocks stay exactly as they were.
+ */
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, beforeEach, describe, it } from 'node:test'
+import { BlockFetcher } from '../../src/blocks/fetcher.ts'
+import { PdsBroker } from '../../src/blocks/pds.ts'
+import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
+import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
+import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
+import { RepoSyncer } from '../../src/mirror/sync.ts'
+import { cidKey } from '../../src/repo/cid.ts'
+import { dropBlock, flipByteInBlock, splitCar, joinCar } from '../repo/fixtures.ts'
+import { startFakePds, type FakePds } from '../mirror/fake-pds.ts'
+import { storedBlocks } from '../mirror/helpers.ts'
+import { EvolvingRepo, post, posts, type RepoVersion } from '../mirror/repos.ts'
+
+describe('mirroring from a hostile PDS', () => {
+  let pds: FakePds
+  let root: string
+  let store: MirrorStore
+  let syncer: RepoSyncer
+  let identity: AtprotoIdentityResolver
+  let repo: EvolvingRepo
+  let v1: RepoVersion
+  let v2: RepoVersion
+  let stateBefore: RepoState | undefined
+  let blocksBefore: string[]
+
+  before(async () => {
+    pds = await startFakePds()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-hostile-'))
+    store = await MirrorStore.open(join(root, 'data'))
+    identity = new AtprotoIdentityResolver({ plcUrl: pds.url, allowHttpLocalhost: true })
+    syncer = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }) }, { pds: { idleTimeoutMs: 500, timeoutMs: 5000 } })
+
+    repo = await EvolvingRepo.create(31, posts(60))
+    v1 = await repo.version()
+    pds.setRepo(v1.did, repo.keypair, v1)
+    const first = await syncer.sync(v1.did)
+    assert.equal(first.records, 60)
+    stateBefore = await store.getState(v1.did)
+    blocksBefore = await storedBlocks(store.dir)
+    assert.equal(blocksBefore.length, v1.blocks.length)
+
+    // the PDS moves on; every test serves this version badly
+    v2 = await repo.write([{ action: 'create', value: post('3zzzzzzzzzzzz', 'the new post') }])
+    pds.setRepo(v2.did, repo.keypair, v2)
+  })
+
+  after(async () => {
+    await store.close()
+    await pds.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  beforeEach(() => { pds.reset() })
+
+  const sinceCar = (): Uint8Array => {
+    const had = new Set(v1.blocks.map(b => cidKey(b.cid)))
+    const { roots, blocks } = splitCar(v2.car)
+    return joinCar(roots, blocks.filter(b => !had.has(cidKey(b.cid))))
+  }
+  const newRecord = (): string => {
+    const had = new Set(v1.blocks.map(b => cidKey(b.cid)))
+    const added = v2.blocks.filter(b => !had.has(cidKey(b.cid)) && !b.cid.equals(v2.commit) && b.bytes[0] !== 0xa2)
+    assert.equal(added.length, 1)
+    return added[0].cid.toString()
+  }
+  const assertUnchanged = async (): Promise<void> => {
+    assert.deepEqual(await store.getState(v1.did), stateBefore)
+    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+  }
+
+  it('rejects a block whose bytes do not match its CID (CidMismatchError)', async () => {
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(flipByteInBlock(sinceCar(), newRecord()))
+    })
+    await assert.rejects(syncer.sync(v1.did), { name: 'CidMismatchError' })
+    await assertUnchanged()
+  })
+
+  it('rejects a CAR whose commit is signed by another key (CommitSignatureError)', async () => {
+    // same DID, same records plus one, newer rev, but signed by a key the DID does not have
+    const forged = await (await EvolvingRepo.create(31, [...posts(60), post('3zzzzzzzzzzzz', 'forged')], { keySeed: 99 })).version()
+    assert.ok(forged.rev > v2.rev)
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(forged.car)
+    })
+    await assert.rejects(syncer.sync(v1.did), { name: 'CommitSignatureError' })
+    await assertUnchanged()
+  })
+
+  it('gives up on a getRepo that stalls mid-stream, in bounded time', async () => {
+    pds.handle('getRepo', (_req, res) => {
+      const car = sinceCar()
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.write(car.subarray(0, car.byteLength >> 1))
+      // and nothing more, ever
+    })
+    const started = performance.now()
+    await assert.rejects(syncer.sync(v1.did), (err: Error) => {
+      assert.equal(err.name, 'PdsUnavailableError')
+      assert.match(err.message, /stalled/)
+      return true
+    })
+    assert.ok(performance.now() - started < 5000, `took ${performance.now() - started} ms`)
+    await assertUnchanged()
+  })
+
+  it('fails with AllSourcesFailedError naming the PDS when getBlocks answers 500', async () => {
+    // getRepo leaves out the new record, so the walk must ask getBlocks for it
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(dropBlock(sinceCar(), newRecord()))
+    })
+    pds.handle('getBlocks', async (_req, res, url, fallback) => {
+      // the head resolver's request for the commit block still works
+      if (url.searchParams.getAll('cids').every(cid => cid === v2.commit.toString())) return await fallback()
+      res.writeHead(500, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ error: 'InternalServerError', message: 'database on fire' }))
+    })
+    await assert.rejects(syncer.sync(v1.did), (err: Error & { errors?: Array<{ source: string, error: Error }> }) => {
+      assert.equal(err.name, 'AllSourcesFailedError')
+      const pdsReason = err.errors?.find(e => e.source === 'pds')
+      assert.equal(pdsReason?.error.name, 'PdsUnavailableError')
+      return true
+    })
+    await assertUnchanged()
+  })
+
+  it('a good PDS afterwards brings the repo up to date', async () => {
+    const result = await syncer.sync(v1.did)
+    assert.equal(result.changed, true)
+    assert.equal(result.full, false)
+    assert.equal(result.rev, v2.rev)
+    assert.equal(result.records, 61)
+    assert.deepEqual(await storedBlocks(store.dir), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
+  })
+})
+
+describe('PdsBroker', () => {
+  let pds: FakePds
+  let version: RepoVersion
+  let repo: EvolvingRepo
+  let identity: AtprotoIdentityResolver
+
+  before(async () => {
+    pds = await startFakePds()
+    repo = await EvolvingRepo.create(41, posts(150))
+    version = await repo.version()
+    pds.setRepo(version.did, repo.keypair, version)
+    identity = new AtprotoIdentityResolver({ plcUrl: pds.url, allowHttpLocalhost: true })
+  })
+  after(async () => { await pds.stop() })
+  beforeEach(() => { pds.reset() })
+
+  it('asks for many CIDs per getBlocks request', async () => {
+    const broker = new PdsBroker({ identity }, { batchSize: 100 })
+    const cids = version.blocks.map(b => b.cid)
+    const got: string[] = []
+    for await (const block of broker.getMany(cids, { did: version.did })) got.push(block.cid.toString())
+    assert.deepEqual(got.sort(), cids.map(c => c.toString()).sort())
+    const requests = pds.requests.filter(r => r.route === 'getBlocks')
+    assert.equal(requests.length, Math.ceil(cids.length / 100))
+  })
+
+  it('keeps a request under the URL length limit', async () => {
+    const broker = new PdsBroker({ identity }, { batchSize: 500, maxUrlLength: 4000 })
+    for await (const _ of broker.getMany(version.blocks.map(b => b.cid), { did: version.did })) { /* drain */ }
+    for (const request of pds.requests.filter(r => r.route === 'getBlocks')) {
+      assert.ok(`${pds.url}${request.url}`.length <= 4000)
+    }
+  })
+
+  it('a CID the PDS lacks does not hide the rest of its batch', async () => {
+    const absent = (await (await EvolvingRepo.create(42, posts(1))).version()).commit
+    const fetcher = new BlockFetcher({ brokers: [new PdsBroker({ identity })] })
+    const wanted = [...version.blocks.slice(0, 20).map(b => b.cid), absent]
+    const err = await fetcher.fetchAll(wanted, { did: version.did, store: false }).then(() => undefined, (e: unknown) => e) as Error & { cid: string, errors: Array<{ source: string, error: Error }> }
+    assert.equal(err.name, 'AllSourcesFailedError')
+    assert.equal(err.cid, absent.toString())
+    assert.deepEqual(err.errors.map(e => [e.source, e.error.name]), [['pds', 'BlockNotFoundError']])
+  })
+
+  it('a block whose bytes do not match is not yielded and the PDS is named as failed', async () => {
+    const target = version.blocks[5]
+    pds.handle('getBlocks', (_req, res, url) => {
+      const wanted = new Set(url.searchParams.getAll('cids'))
+      const blocks = version.blocks.filter(b => wanted.has(b.cid.toString())).map(b => b.cid.equals(target.cid) ? { cid: b.cid, bytes: Uint8Array.from(version.blocks[6].bytes) } : b)
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(joinCar([], blocks))
+    })
+    const fetcher = new BlockFetcher({ brokers: [new PdsBroker({ identity })] })
+    const err = await fetcher.fetchAll([target.cid], { did: version.did, store: false }).then(() => undefined, (e: unknown) => e) as Error & { errors: Array<{ source: string, error: Error }> }
+    assert.equal(err.name, 'AllSourcesFailedError')
+    assert.equal(err.errors[0].error.name, 'CidMismatchError')
+  })
+})

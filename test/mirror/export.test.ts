@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, rm, unlink } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { readCarWithRoot, verifyRepo as atprotoVerifyRepo } from '@atproto/repo'
+import { exportRepoCar, repoBlocks } from '../../src/mirror/export.ts'
+import { MirrorStore } from '../../src/mirror/store.ts'
+import { verifyRepoCar } from '../../src/repo/verify.ts'
+import { EvolvingRepo, posts, type RepoVersion } from './repos.ts'
+
+async function collect (chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = []
+  for await (const chunk of chunks) parts.push(chunk)
+  return new Uint8Array(Buffer.concat(parts))
+}
+
+describe('export', () => {
+  let root: string
+  let store: MirrorStore
+  let repo: EvolvingRepo
+  let version: RepoVersion
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), 'atmirror-export-'))
+    store = await MirrorStore.open(join(root, 'data'))
+    repo = await EvolvingRepo.create(21, posts(120))
+    version = await repo.version()
+    const release = await store.beginWrite()
+    await store.putBlocks(version.did, version.blocks)
+    await release()
+  })
+  after(async () => {
+    await store.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('writes a CAR that atmirror and the reference implementation both verify', async () => {
+    const car = await collect(exportRepoCar(store.blocks, version.commit))
+    const ours = await verifyRepoCar(car, { did: version.did, key: repo.key })
+    assert.equal(ours.records, 120)
+    assert.equal(ours.unreachableBlocks, 0)
+    assert.equal(ours.commit.toString(), version.commit.toString())
+    const { root: carRoot, blocks } = await readCarWithRoot(car)
+    assert.equal(carRoot.toString(), version.commit.toString())
+    const verified = await atprotoVerifyRepo(blocks, carRoot, version.did, repo.keypair.did())
+    assert.equal(verified.creates.length, 120)
+  })
+
+  it('puts the commit first and every block once, the tree in pre-order', async () => {
+    const order: string[] = []
+    for await (const block of repoBlocks(store.blocks, version.commit)) order.push(block.cid.toString())
+    assert.equal(order[0], version.commit.toString())
+    assert.equal(order[1], version.data.toString())
+    assert.equal(new Set(order).size, order.length)
+    assert.deepEqual([...order].sort(), version.blocks.map(b => b.cid.toString()).sort())
+  })
+
+  it('fails with MissingBlockError when the store lacks a block', async () => {
+    const other = await (await EvolvingRepo.create(22, posts(10))).version()
+    const release = await store.beginWrite()
+    await store.putBlocks(other.did, other.blocks)
+    await release()
+    const record = other.blocks.find(b => b.bytes[0] !== 0xa2 && !b.cid.equals(other.commit))
+    assert.ok(record !== undefined)
+    await unlink(store.blockstore.pathOf(record.cid))
+    await assert.rejects(collect(exportRepoCar(store.blocks, other.commit)), { name: 'MissingBlockError' })
+  })
+})
