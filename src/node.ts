@@ -22,13 +22,15 @@ import { LocalBroker } from './blocks/local.ts'
 import { PdsBroker, PdsClient } from './blocks/pds.ts'
 import type { HeadResolver } from './head/head-resolver.ts'
 import { PdsHeadResolver } from './head/pds-head-resolver.ts'
+import { CompositeHeadResolver } from './head/composite-head-resolver.ts'
 import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
 import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
-import { ControlApi, type ControlApiTarget, type NodeStatus, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './server/control-api.ts'
+import type { PeerServices, PeerServicesInit } from './net/peer-services.ts'
+import { ControlApi, type ControlApiTarget, type MirrorsResult, type PeersResult, type NodeStatus, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './server/control-api.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
 
@@ -65,7 +67,7 @@ export interface MirrorNodeInit {
    *
    * @default {} (public mode)
    */
-  network?: (NetworkInit & { bitswap?: BitswapBrokerInit, mirrors?: MirrorFinderInit }) | false
+  network?: (NetworkInit & { bitswap?: BitswapBrokerInit, mirrors?: MirrorFinderInit, services?: PeerServicesInit }) | false
   /**
    * The control API, or `false` for none.
    *
@@ -121,6 +123,8 @@ export class MirrorNode implements ControlApiTarget {
   readonly network: MirrorNetwork | undefined
   /** Undefined when created with `api: false`. */
   readonly api: ControlApi | undefined
+  /** Head exchange, peer heads, DHT announcements; undefined without a network. */
+  readonly p2p: PeerServices | undefined
   readonly events = new TypedEventEmitter<MirrorNodeEvents>()
   readonly #lock: DataDirLock
   readonly #intervalMs: number
@@ -137,7 +141,8 @@ export class MirrorNode implements ControlApiTarget {
 
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
-    network?: MirrorNetwork, api?: { port?: number, host?: string }, intervalMs: number, checkOnStart: boolean, concurrency: number
+    network?: MirrorNetwork, api?: { port?: number, host?: string }, intervalMs: number, checkOnStart: boolean, concurrency: number,
+    p2p?: PeerServices
   }) {
     this.dataDir = init.dataDir
     this.#lock = init.lock
@@ -146,6 +151,14 @@ export class MirrorNode implements ControlApiTarget {
     this.heads = init.heads
     this.syncer = init.syncer
     this.network = init.network
+    this.p2p = init.p2p
+    if (this.p2p !== undefined) {
+      const p2p = this.p2p
+      // what the DHT is told follows the stored state: new commit, unpin, takedown
+      for (const name of ['repo:synced', 'repo:error', 'repo:unpinned'] as const) {
+        this.events.addEventListener(name, (evt) => { p2p.repoChanged(evt.detail.did) })
+      }
+    }
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
     // setTimeout cannot wait longer than 2^31-1 ms; a larger value would fire at once
     this.#intervalMs = Math.min(Math.max(0, init.intervalMs), 2 ** 31 - 1)
@@ -166,6 +179,7 @@ export class MirrorNode implements ControlApiTarget {
     this.#stopping = new AbortController()
     try {
       await this.network?.start()
+      await this.p2p?.start()
       await this.api?.start()
       this.#startedAt = new Date().toISOString()
       if (this.api !== undefined) await writeDaemonInfo(this.dataDir, this.#daemonInfo())
@@ -207,6 +221,7 @@ export class MirrorNode implements ControlApiTarget {
     })
     await step('control API', async () => await this.api?.stop())
     await step('daemon.json', async () => { if (this.api !== undefined) await removeDaemonInfo(this.dataDir) })
+    await step('peer services', async () => await this.p2p?.stop())
     await step('network', async () => await this.network?.stop())
     await step('store', async () => { await this.store.close() })
     await step('lock', async () => { await this.#lock.release() })
@@ -256,6 +271,19 @@ export class MirrorNode implements ControlApiTarget {
     const signal = this.#signal(options.signal)
     const pinned = await this.#pinnedDid(did, signal)
     return await this.#sync(pinned, signal, true, false)
+  }
+
+  /** The peers this node is connected to (none without a network). */
+  async peers (): Promise<PeersResult> {
+    return { peerId: this.network?.peerId.toString() ?? null, peers: this.p2p?.connectedPeers() ?? [] }
+  }
+
+  /** Who announces `did` on the DHT, plus the configured peers (none without a network). */
+  async mirrors (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<MirrorsResult> {
+    const signal = this.#signal(options.signal)
+    const did = didOrHandle.startsWith('did:') ? didOrHandle : (await this.identity.resolve(didOrHandle, { signal })).did
+    const found = await this.p2p?.findMirrors(did, { signal }) ?? []
+    return { did, mirrors: found.map(peer => ({ peerId: peer.id.toString(), addresses: peer.multiaddrs.map(ma => ma.toString()), source: peer.source })) }
   }
 
   async syncRepo (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResultJson> {
@@ -462,13 +490,15 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       allowHttpLocalhost: init.allowHttpLocalhost,
       fetch: init.fetch
     })
-    const heads = new PdsHeadResolver({ identity }, { fetch: init.fetch })
+    const pdsHeads = new PdsHeadResolver({ identity }, { fetch: init.fetch })
+    let heads: HeadResolver = pdsHeads
+    let p2p: PeerServices | undefined
     let network: MirrorNetwork | undefined
     let bitswap: BlockBroker | undefined
     if (init.network !== false) {
       // loaded only when needed: libp2p and Helia are most of a one-shot command's start-up time
-      const [{ createNetwork }, { loadOrCreatePeerKey }, { BitswapBroker }, { MirrorFinder }] = await Promise.all([
-        import('./net/network.ts'), import('./net/peer-key.ts'), import('./blocks/bitswap-broker.ts'), import('./net/mirrors.ts')
+      const [{ createNetwork }, { loadOrCreatePeerKey }, { BitswapBroker }, { MirrorFinder }, { PeerServices }] = await Promise.all([
+        import('./net/network.ts'), import('./net/peer-key.ts'), import('./blocks/bitswap-broker.ts'), import('./net/mirrors.ts'), import('./net/peer-services.ts')
       ])
       network = await createNetwork({
         blockstore: store.blockstore,
@@ -476,6 +506,11 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         privateKey: await loadOrCreatePeerKey(init.dataDir)
       }, { version: VERSION, ...init.network })
       const { helia, libp2p } = network
+      const net = network
+      const mirrors = new MirrorFinder({ libp2p }, init.network?.mirrors)
+      p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount() }, init.network?.services)
+      // the PDS and the other mirrors together: the highest verified rev wins, peers decide when the PDS is down
+      heads = new CompositeHeadResolver([pdsHeads, p2p.heads])
       bitswap = new BitswapBroker({
         // Helia's session blockstore, seen as the broker's small session interface
         blocks: {
@@ -488,7 +523,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
           }
         },
         libp2p,
-        mirrors: new MirrorFinder({ libp2p }, init.network?.mirrors)
+        mirrors
       }, init.network?.bitswap)
     }
     const pdsClient = new PdsClient({ fetch: init.fetch })
@@ -513,7 +548,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       api: init.api === false ? undefined : (init.api ?? {}),
       intervalMs: init.intervalMs ?? 60_000,
       checkOnStart: init.checkOnStart ?? true,
-      concurrency: init.concurrency ?? 4
+      concurrency: init.concurrency ?? 4,
+      p2p
     })
   } catch (err) {
     await store?.close().catch(() => {})

@@ -30,6 +30,10 @@ options:
                           (/ip4/…/tcp/…/p2p/<peer id>)
   --announce MULTIADDR    address to announce instead of the listen addresses, repeatable
   --allow-dial IP|CIDR    with --private: a further host or range the node may dial, repeatable
+  --peer MULTIADDR        a mirror asked for every pinned repo's head and blocks, besides
+                          those the DHT names (/ip4/…/tcp/…[/p2p/<peer id>]), repeatable
+  --provide heads|all     what to announce on the DHT per pinned repo: its rendezvous key
+                          and commit (heads, default), or also every block (all: costly)
   --offline               no peer-to-peer network at all (no libp2p); repos still sync from their PDS
   --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
   --handle-resolver URL   resolve handles through this XRPC service (ATMIRROR_HANDLE_RESOLVER)
@@ -47,6 +51,8 @@ const options = {
   bootstrap: { type: 'string', multiple: true },
   announce: { type: 'string', multiple: true },
   'allow-dial': { type: 'string', multiple: true },
+  peer: { type: 'string', multiple: true },
+  provide: { type: 'string' },
   offline: { type: 'boolean', default: false }
 } as const
 
@@ -59,7 +65,7 @@ export const command: Command = {
     }
     if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
     const json = values.json
-    const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial'] as const
+    const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial', 'peer', 'provide'] as const
     if (values.offline) {
       for (const flag of networkFlags) {
         if (values[flag] !== undefined) throw new CommandUsageError(`--${flag} makes no sense with --offline`)
@@ -67,6 +73,8 @@ export const command: Command = {
       if (values.private) throw new CommandUsageError('--private makes no sense with --offline')
     }
     if (!values.private && values['allow-dial'] !== undefined) throw new CommandUsageError('--allow-dial only applies with --private')
+    const provide = values.provide ?? 'heads'
+    if (provide !== 'heads' && provide !== 'all') throw new CommandUsageError(`--provide must be heads or all, got ${JSON.stringify(provide)}`)
 
     const init: MirrorNodeInit = {
       dataDir: dataDir(values.data, ctx.env),
@@ -82,7 +90,9 @@ export const command: Command = {
             listen: values.listen,
             bootstrap: values.bootstrap,
             announce: values.announce,
-            allowDial: values['allow-dial']
+            allowDial: values['allow-dial'],
+            mirrors: { peers: values.peer ?? [] },
+            services: { provide }
           }
     }
 

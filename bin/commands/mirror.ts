@@ -20,13 +20,19 @@ repo fetches nothing but the head.
 
 With a daemon running on the data directory, the daemon does the work.
 
+With --peer, a temporary private-mode node connects to those peers first: the head
+may come from them by head exchange (the highest verified rev among the PDS and the
+peers wins) and blocks by Bitswap, so the repo can be mirrored while its PDS is down.
+
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
   --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
+  --peer MULTIADDR        a mirror to ask (/ip4/…/tcp/…/p2p/<peer id>), repeatable;
+                          also the DHT entry point for finding other mirrors
   --json                  print the result as one JSON object`
 
-const options = { ...globalOptions, ...identityOptions } as const
+const options = { ...globalOptions, ...identityOptions, peer: { type: 'string', multiple: true } } as const
 
 export const command: Command = {
   async run (args, ctx) {
@@ -56,17 +62,21 @@ export const command: Command = {
   }
 }
 
-async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
+async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string, peer?: string[] }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
+  const peers = values.peer ?? []
   const node = await createMirrorNode({
     dataDir: dir,
     ...identityConfig(values, ctx.env),
-    network: false,
+    network: peers.length === 0
+      ? false
+      : { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: peers, mirrors: { peers }, services: { reprovide: false } },
     api: false,
     checkOnStart: false,
     intervalMs: 0
   })
   const progress = !json && ctx.stderr.isTTY === true ? new ProgressLine(ctx.stderr) : undefined
   try {
+    if (peers.length > 0) await node.start()
     const identity = await node.identity.resolve(id, { signal: ctx.signal })
     const result = await node.syncer.sync(identity.did, {
       signal: ctx.signal,

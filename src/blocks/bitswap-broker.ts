@@ -26,7 +26,7 @@ const log = logger('atmirror:blocks:bitswap')
 
 /** A Helia session blockstore, as far as the broker uses it. */
 export interface BitswapSession {
-  get: (cid: CID, options?: { signal?: AbortSignal }) => AsyncIterable<Uint8Array>
+  get: (cid: CID, options?: { signal?: AbortSignal }) => AsyncIterable<Uint8Array> | Iterable<Uint8Array>
   close?: () => void
 }
 
@@ -35,13 +35,19 @@ export interface BitswapBrokerComponents {
   blocks: {
     createSession: (root: CID, options?: { providers?: CID[], minProviders?: number, maxProviders?: number, signal?: AbortSignal }) => BitswapSession
   }
-  libp2p: Pick<Libp2p, 'dial' | 'getConnections'>
+  libp2p: Pick<Libp2p, 'dial' | 'getConnections' | 'addEventListener' | 'removeEventListener'>
   /** Where the peers come from (a MirrorFinder). */
   mirrors: { findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer> }
 }
 
 export interface BitswapBrokerInit {
-  /** Blocks in flight at once. @default 256 */
+  /**
+   * Blocks in flight at once. Wide batches are what make Bitswap fast (wants to a
+   * peer are merged into few messages); Helia keeps at most 1024 wants per peer
+   * and drops the rest, so stay below that.
+   *
+   * @default 768
+   */
   concurrency?: number
   /** How long one block may take before the broker gives up on it, in ms. @default 10000 */
   blockTimeoutMs?: number
@@ -51,6 +57,14 @@ export interface BitswapBrokerInit {
   maxPeers?: number
   /** Time limit for connecting to one mirror, in ms. @default 5000 */
   dialTimeoutMs?: number
+  /**
+   * After dialling a mirror, wait up to this long for identify to finish before
+   * sending wants. A burst of streams on a connection the remote has not finished
+   * setting up trips its muxer's early-stream limit (10) and kills the connection.
+   *
+   * @default 2000
+   */
+  settleTimeoutMs?: number
   /** Fresh sessions opened per batch after failures before giving up on Bitswap for it. @default 8 */
   maxSessionResets?: number
 }
@@ -74,6 +88,7 @@ export class BitswapBroker implements BlockBroker {
   readonly #maxPeers: number
   readonly #dialTimeoutMs: number
   readonly #maxSessionResets: number
+  readonly #settleTimeoutMs: number
   readonly #peers = new Map<string, { peers: Promise<PeerId[]>, expires: number }>()
   readonly #stats: BitswapBrokerStats = { blocks: 0, bytes: 0, failed: 0, sessions: 0 }
 
@@ -81,12 +96,13 @@ export class BitswapBroker implements BlockBroker {
     this.#blocks = components.blocks
     this.#libp2p = components.libp2p
     this.#mirrors = components.mirrors
-    this.#concurrency = Math.max(1, init.concurrency ?? 256)
+    this.#concurrency = Math.max(1, init.concurrency ?? 768)
     this.#blockTimeoutMs = init.blockTimeoutMs ?? 10_000
     this.#peerCacheMs = init.peerCacheMs ?? 60_000
     this.#maxPeers = Math.max(1, init.maxPeers ?? 5)
     this.#dialTimeoutMs = init.dialTimeoutMs ?? 5000
     this.#maxSessionResets = init.maxSessionResets ?? 8
+    this.#settleTimeoutMs = init.settleTimeoutMs ?? 2000
   }
 
   stats (): BitswapBrokerStats {
@@ -129,6 +145,7 @@ export class BitswapBroker implements BlockBroker {
       return
     }
     const providers = peers.map(peer => peer.toCID())
+    const failedBefore = this.#stats.failed
     let resets = 0
     let generation = 0
     let session = this.#open(cids[0] as CID, providers, signal)
@@ -144,6 +161,7 @@ export class BitswapBroker implements BlockBroker {
     let next = 0
     let active = 0
     let stop = false
+    let gaveUp = false
     const notify = (): void => { wake?.(); wake = undefined }
     const take = (): { cid: CID, attempts: number } | undefined => retry.pop() ?? (next < cids.length ? { cid: cids[next++] as CID, attempts: 0 } : undefined)
 
@@ -170,6 +188,7 @@ export class BitswapBroker implements BlockBroker {
           if (mine === generation) {
             if (resets >= this.#maxSessionResets) {
               log('giving up on bitswap for the rest of %d blocks after %d fresh sessions', cids.length, resets)
+              gaveUp = true
               stop = true
               this.#stats.failed++
               return
@@ -217,6 +236,8 @@ export class BitswapBroker implements BlockBroker {
       for (const open of sessions) open.close?.()
     }
     signal?.throwIfAborted()
+    // the mirrors we had did not have it all: look for mirrors again next time
+    if (gaveUp || this.#stats.failed > failedBefore) this.forget(options.did)
     if (corrupt !== undefined) throw corrupt
   }
 
@@ -240,6 +261,20 @@ export class BitswapBroker implements BlockBroker {
     return Buffer.concat(chunks)
   }
 
+  /** Resolves when identify finishes with `peer`, or after `settleTimeoutMs` (never rejects). */
+  async #identified (peer: PeerId): Promise<void> {
+    await new Promise<void>(resolve => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#libp2p.removeEventListener('peer:identify', onIdentify)
+        resolve()
+      }
+      const onIdentify = (evt: CustomEvent<{ peerId: PeerId }>): void => { if (evt.detail.peerId.equals(peer)) done() }
+      const timer = setTimeout(done, this.#settleTimeoutMs)
+      this.#libp2p.addEventListener('peer:identify', onIdentify)
+    })
+  }
+
   async #findAndConnect (did: string, options: { signal?: AbortSignal }): Promise<PeerId[]> {
     const found: MirrorPeer[] = []
     for await (const peer of this.#mirrors.findMirrors(did, { signal: options.signal, maxPeers: this.#maxPeers })) found.push(peer)
@@ -247,8 +282,10 @@ export class BitswapBroker implements BlockBroker {
       if (this.#libp2p.getConnections(peer.id).length > 0) return peer.id
       try {
         const signal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(options.signal === undefined ? [] : [options.signal])])
+        const identified = this.#identified(peer.id)
         // by id: findMirrors put the addresses in the peer store, and a dial by id checks who answers
         await this.#libp2p.dial(peer.id, { signal })
+        await identified
         return peer.id
       } catch (err) {
         options.signal?.throwIfAborted()

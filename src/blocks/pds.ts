@@ -29,11 +29,7 @@ export interface PdsLocator {
 }
 
 export interface PdsClientInit {
-  /**
-   * Overall deadline of one getBlocks request, or of one getRepo download.
-   *
-   * @default 30_000 for getBlocks; getRepo uses `repoTimeoutMs`
-   */
+  /** Overall deadline of one getBlocks request. @default 30_000 */
   timeoutMs?: number
   /** Overall deadline of one getRepo download. @default 1_800_000 (30 min) */
   repoTimeoutMs?: number
@@ -72,8 +68,8 @@ export class PdsClient {
    * `com.atproto.sync.getBlocks` for one batch: yields the blocks of the response
    * CAR (hash-checked by the CAR reader) that were asked for.
    *
-   * @throws PdsBlockNotFoundError (with `missing` when the PDS names them), and the
-   * errors of {@link getRepo}
+   * @throws PdsBlockNotFoundError, or PdsResponseError naming the missing CIDs (the
+   * reference PDS; see {@link blocksNotFound}), and the errors of {@link getRepo}
    */
   async * getBlocks (pds: string, did: string, cids: CID[], options: { signal?: AbortSignal } = {}): AsyncGenerator<Block> {
     const strings = cids.map(cid => cid.toString())

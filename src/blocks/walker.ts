@@ -14,7 +14,7 @@
  */
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { RAW, cidKey, type CID } from '../repo/cid.ts'
-import { decodeMstNode } from '../repo/mst/node.ts'
+import { decodeMstNode, type MstNode } from '../repo/mst/node.ts'
 import { getBlocks, hasBlocks, isPromise } from '../repo/mst/check.ts'
 import type { BlockFetcher, FetchOptions } from './fetcher.ts'
 
@@ -27,6 +27,8 @@ export interface CompleteMstOptions {
   chunk?: number
   /** Called for each block fetched from a source (local store reads are not reported). */
   onBlock?: FetchOptions['onBlock']
+  /** Called for every node visited (known subtrees are not visited), once each. */
+  onNode?: (cid: CID, node: MstNode) => void
 }
 
 export interface CompleteMstResult {
@@ -50,8 +52,10 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
   const { did, signal } = options
   const chunk = Math.max(1, options.chunk ?? 256)
   const result: CompleteMstResult = { nodes: 0, records: 0, fetched: {}, depth: 0 }
+  // nodes once each: a DAG that reuses subtrees would otherwise cost exponential work
+  // before verification gets to reject it; records are deduplicated per level only
+  // (a set over all of them would be as large as the repo)
   const seenNodes = new Set<string>()
-  const seenRecords = new Set<string>()
   const count = (source: string): void => { result.fetched[source] = (result.fetched[source] ?? 0) + 1 }
 
   let frontier: CID[] = [root]
@@ -86,8 +90,10 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
     // children and records of this level
     const next: CID[] = []
     let records: CID[] = []
+    const seenRecords = new Set<string>()
     for (const cid of frontier) {
       const node = decodeMstNode(bytesOf.get(cidKey(cid)) as Uint8Array, cid)
+      options.onNode?.(cid, node)
       if (node.left !== null) addOnce(next, seenNodes, node.left)
       for (const entry of node.entries) {
         if (entry.right !== null) addOnce(next, seenNodes, entry.right)

@@ -38,9 +38,10 @@ import { setImmediate as nextTurn } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
 import type { LevelDatastore } from 'datastore-level'
 import { CID } from 'multiformats/cid'
+import { MissingBlockError } from '../errors.ts'
 import * as Digest from 'multiformats/hashes/digest'
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
-import { DAG_CBOR, SHA2_256 } from '../repo/cid.ts'
+import { DAG_CBOR, SHA2_256, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { diffMst } from '../repo/mst/diff.ts'
 import { decodeMstNode } from '../repo/mst/node.ts'
@@ -58,8 +59,19 @@ const CHUNK = 1000
 
 type Db = LevelDatastore['db']
 
-/** Batch operations for the level database. */
-export type LevelOp = { type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }
+/**
+ * A batch being built: the caller's writes go in with the plan's, and it is written
+ * atomically. A chained batch copies each operation into native memory as it is
+ * added, so planning a 25,000-block advance leaves no large array on the JS heap.
+ */
+export interface PlanBatch {
+  put: (key: string, value: Uint8Array) => unknown
+  del: (key: string) => unknown
+}
+
+/** Pre-encoded small hold counts (most blocks occur once). */
+const COUNTS = Array.from({ length: 16 }, (_, n) => utf8.encode(String(n)))
+const encodeCount = (n: number): Uint8Array => COUNTS[n] ?? utf8.encode(String(n))
 
 /** A block's name in the index: its multihash in hex. */
 export function blockKey (cid: CID): string {
@@ -83,13 +95,17 @@ export const holdKeys = {
   candidatePrefix: `${PREFIX}/gc/`
 }
 
-/** How a repo's set of blocks changes: occurrences added (+) and removed (−) per block. */
+/**
+ * How a repo's set of blocks changes: occurrences added (+) and removed (−) per block.
+ * Kept by the multihash's raw bytes (a short one-byte string): a full sync holds one
+ * entry per block of the repo until the advance, and that set is the sync's largest.
+ */
 export class HoldDelta {
   readonly #changes = new Map<string, number>()
 
   /** `n` more occurrences of `cid`. */
   add (cid: CID, n = 1): void {
-    const key = blockKey(cid)
+    const key = cidKey(cid)
     this.#changes.set(key, (this.#changes.get(key) ?? 0) + n)
   }
 
@@ -98,9 +114,9 @@ export class HoldDelta {
     this.add(cid, -n)
   }
 
-  /** Net change for a block (0 when untouched). */
+  /** Net change for a block named by {@link blockKey} (0 when untouched). */
   change (block: string): number {
-    return this.#changes.get(block) ?? 0
+    return this.#changes.get(Buffer.from(block, 'hex').toString('latin1')) ?? 0
   }
 
   /** Blocks touched (including net-zero ones). */
@@ -108,10 +124,10 @@ export class HoldDelta {
     return this.#changes.size
   }
 
-  /** `[block, change]` for every non-zero net change. */
+  /** `[block, change]` for every non-zero net change, blocks named by {@link blockKey}. */
   * entries (): IterableIterator<[string, number]> {
-    for (const entry of this.#changes) {
-      if (entry[1] !== 0) yield entry
+    for (const [key, change] of this.#changes) {
+      if (change !== 0) yield [Buffer.from(key, 'latin1').toString('hex'), change]
     }
   }
 }
@@ -147,12 +163,12 @@ export async function repoHoldDelta (blocks: ReadonlyBlockStore, before: RepoPoi
  * Every block of the repo at `commit` with its occurrence count, as a delta (all
  * positive). Reads the commit and MST nodes, never the records.
  *
- * @throws MissingBlockError (through the node decoder's caller) when a node is absent
+ * @throws MissingBlockError when the commit or a node is not stored
  */
 export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, options: { signal?: AbortSignal } = {}): Promise<HoldDelta> {
   const delta = new HoldDelta()
   const commitBytes = await blocks.get(commit)
-  if (commitBytes === undefined) throw new Error(`commit ${commit.toString()} not stored`)
+  if (commitBytes === undefined) throw new MissingBlockError(commit, { what: 'commit' })
   delta.add(commit)
   let frontier: CID[] = [decodeCommit(commitBytes, commit).data]
   let visited = 0
@@ -164,7 +180,7 @@ export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, 
         await nextTurn()
       }
       const bytes = await blocks.get(cid)
-      if (bytes === undefined) throw new Error(`MST node ${cid.toString()} not stored`)
+      if (bytes === undefined) throw new MissingBlockError(cid, { what: 'MST node' })
       delta.add(cid)
       const node = decodeMstNode(bytes, cid)
       if (node.left !== null) next.push(node.left)
@@ -178,9 +194,8 @@ export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, 
   return delta
 }
 
-/** What one application of a delta changes. */
+/** What one application of a delta changed in the batch. */
 export interface HoldPlan {
-  ops: LevelOp[]
   /** Blocks that became candidates for deletion. */
   candidates: number
 }
@@ -260,19 +275,14 @@ export class BlockHolds {
   }
 
   /**
-   * Operations that apply `delta` to `did`'s holds and turn its staging list into
-   * candidates (staged blocks the new repo does not hold). `fresh` says the DID
+   * Adds to `batch` what applies `delta` to `did`'s holds and turns its staging list
+   * into candidates (staged blocks the new repo does not hold). `fresh` says the DID
    * holds nothing yet (first sync, or after a takedown released everything), which
    * saves reading the current counts.
    */
-  async planAdvance (did: string, delta: HoldDelta, options: { fresh?: boolean } = {}): Promise<HoldPlan> {
-    const ops: LevelOp[] = []
+  async planAdvance (did: string, delta: HoldDelta, batch: PlanBatch, options: { fresh?: boolean } = {}): Promise<HoldPlan> {
     let candidates = 0
-    const entries = [...delta.entries()]
-    const current = options.fresh === true ? undefined : await this.#counts(did, entries.map(([block]) => block))
-    for (let i = 0; i < entries.length; i++) {
-      const [block, change] = entries[i]
-      const before = current?.[i] ?? 0
+    const apply = (block: string, before: number, change: number): void => {
       let after = before + change
       if (after < 0) {
         // the delta removes more than was held: the index is behind the repo it
@@ -281,18 +291,33 @@ export class BlockHolds {
         after = 0
       }
       if (after > 0) {
-        ops.push({ type: 'put', key: holdKeys.holder(block, did), value: utf8.encode(String(after)) })
+        batch.put(holdKeys.holder(block, did), encodeCount(after))
       } else {
-        if (before > 0) ops.push({ type: 'del', key: holdKeys.holder(block, did) })
-        ops.push({ type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        if (before > 0) batch.del(holdKeys.holder(block, did))
+        batch.put(holdKeys.candidate(block), EMPTY)
         candidates++
       }
+    }
+    if (options.fresh === true) {
+      for (const [block, change] of delta.entries()) apply(block, 0, change)
+    } else {
+      let chunk: Array<[string, number]> = []
+      const flush = async (): Promise<void> => {
+        const current = await this.#counts(did, chunk.map(([block]) => block))
+        for (let i = 0; i < chunk.length; i++) apply(chunk[i][0], current[i], chunk[i][1])
+        chunk = []
+      }
+      for (const entry of delta.entries()) {
+        chunk.push(entry)
+        if (chunk.length >= CHUNK) await flush()
+      }
+      await flush()
     }
     // staged blocks: drop the list; those the delta does not touch may or may not be
     // held (unchanged blocks the download brought again): look them up
     const untouched = new Set<string>()
     for await (const { key, blocks } of this.#staged(did)) {
-      ops.push({ type: 'del', key })
+      batch.del(key)
       for (const block of blocks) {
         if (delta.change(block) === 0) untouched.add(block)
       }
@@ -301,22 +326,22 @@ export class BlockHolds {
     const counts = options.fresh === true ? list.map(() => 0) : await this.#counts(did, list)
     for (let i = 0; i < list.length; i++) {
       if (counts[i] > 0) continue
-      ops.push({ type: 'put', key: holdKeys.candidate(list[i]), value: EMPTY })
+      batch.put(holdKeys.candidate(list[i]), EMPTY)
       candidates++
     }
-    return { ops, candidates }
+    return { candidates }
   }
 
   /**
-   * Operations that drop every hold of `did` (its stored repo's blocks, as listed
-   * by `blocks`) and its staging list, making all of them candidates.
+   * Adds to `batch` what drops every hold of `did` (its stored repo's blocks, as
+   * listed by `blocks`) and its staging list, making all of them candidates.
    */
-  async planRelease (did: string, blocks: HoldDelta | undefined): Promise<HoldPlan> {
-    const ops: LevelOp[] = []
+  async planRelease (did: string, blocks: HoldDelta | undefined, batch: PlanBatch): Promise<HoldPlan> {
     let candidates = 0
     if (blocks !== undefined) {
       for (const [block] of blocks.entries()) {
-        ops.push({ type: 'del', key: holdKeys.holder(block, did) }, { type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        batch.del(holdKeys.holder(block, did))
+        batch.put(holdKeys.candidate(block), EMPTY)
         candidates++
       }
     } else {
@@ -326,27 +351,27 @@ export class BlockHolds {
       for await (const key of this.#db.keys({ gte: holdKeys.holdersPrefix, lt: holdKeys.holdersPrefix + '\xff' })) {
         if (!key.endsWith(suffix)) continue
         const block = key.slice(holdKeys.holdersPrefix.length, key.length - suffix.length)
-        ops.push({ type: 'del', key }, { type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        batch.del(key)
+        batch.put(holdKeys.candidate(block), EMPTY)
         candidates++
       }
     }
-    const staged = await this.planDiscardStaged(did)
-    return { ops: [...ops, ...staged.ops], candidates: candidates + staged.candidates }
+    const staged = await this.planDiscardStaged(did, batch)
+    return { candidates: candidates + staged.candidates }
   }
 
-  /** Operations that turn `did`'s staging list into candidates (after a failed sync). */
-  async planDiscardStaged (did: string): Promise<HoldPlan> {
-    const ops: LevelOp[] = []
+  /** Adds to `batch` what turns `did`'s staging list into candidates (after a failed sync). */
+  async planDiscardStaged (did: string, batch: PlanBatch): Promise<HoldPlan> {
     const seen = new Set<string>()
     for await (const { key, blocks } of this.#staged(did)) {
-      ops.push({ type: 'del', key })
+      batch.del(key)
       for (const block of blocks) {
         if (seen.has(block)) continue
         seen.add(block)
-        ops.push({ type: 'put', key: holdKeys.candidate(block), value: EMPTY })
+        batch.put(holdKeys.candidate(block), EMPTY)
       }
     }
-    return { ops, candidates: seen.size }
+    return { candidates: seen.size }
   }
 
   /** Whether any collection work is waiting. */
@@ -379,7 +404,9 @@ export class BlockHolds {
         }
       }
       for await (const _ of this.#blockstore.deleteMany(doomed)) deleted++
-      await this.#db.batch(keys.map(key => ({ type: 'del' as const, key })))
+      const done = this.#db.batch()
+      for (const key of keys) done.del(key)
+      await done.write()
       checked += keys.length
     }
     if (checked > 0) log('collected: %d candidates checked, %d blocks deleted', checked, deleted)

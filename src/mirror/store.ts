@@ -20,7 +20,7 @@ import { DataDirLockedError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { MirrorBlockstore } from './blockstore.ts'
-import { BlockHolds, HoldDelta, repoBlocksDelta, type LevelOp } from './gc.ts'
+import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
 
 const log = logger('atmirror:mirror:store')
 
@@ -57,7 +57,11 @@ export function holdsBlocks (state: RepoState | undefined): state is RepoState {
 }
 
 export interface MirrorStoreInit {
-  /** fsync block files before they are renamed into place (power-loss safety). @default false */
+  /**
+   * Power-loss safety: fsync every block file before it is renamed into place, and
+   * write the advance batch synchronously. Process crashes never need it (the page
+   * cache survives them). @default false
+   */
   fsync?: boolean
 }
 
@@ -93,15 +97,17 @@ export class MirrorStore {
   readonly pins: PinSet
   /** The blockstore as the repo engine's small store interface (whole-block reads). */
   readonly blocks: ReadonlyBlockStore
+  readonly #sync: boolean
   #writers = 0
   #collecting: Promise<void> | undefined
   #gcPending = false
   #closed = false
 
-  private constructor (dir: string, blockstore: MirrorBlockstore, datastore: LevelDatastore) {
+  private constructor (dir: string, blockstore: MirrorBlockstore, datastore: LevelDatastore, sync: boolean) {
     this.dir = dir
     this.blockstore = blockstore
     this.datastore = datastore
+    this.#sync = sync
     this.holds = new BlockHolds(datastore.db, blockstore)
     const db = datastore.db
     this.pins = {
@@ -140,7 +146,7 @@ export class MirrorStore {
       await datastore.close()
       throw err
     }
-    const store = new MirrorStore(dataDir, blockstore, datastore)
+    const store = new MirrorStore(dataDir, blockstore, datastore, init.fsync ?? false)
     store.#gcPending = await store.holds.hasCandidates()
     return store
   }
@@ -194,12 +200,17 @@ export class MirrorStore {
    * need not be read).
    */
   async commitRepo (state: RepoState, delta: HoldDelta, options: { pin?: boolean, fresh?: boolean } = {}): Promise<{ candidates: number }> {
-    const plan = await this.holds.planAdvance(state.did, delta, { fresh: options.fresh })
-    const ops: LevelOp[] = [...plan.ops, { type: 'put', key: KEYS.repo(state.did), value: encodeState(state) }]
-    if (options.pin === true && !await this.pins.has(state.did)) ops.push({ type: 'put', key: KEYS.pin(state.did), value: pinRecord(state.did) })
-    await this.datastore.db.batch(ops)
-    if (plan.candidates > 0) this.#gcPending = true
-    return { candidates: plan.candidates }
+    const batch = this.datastore.db.batch()
+    try {
+      const plan = await this.holds.planAdvance(state.did, delta, batch, { fresh: options.fresh })
+      batch.put(KEYS.repo(state.did), encodeState(state))
+      if (options.pin === true && !await this.pins.has(state.did)) batch.put(KEYS.pin(state.did), pinRecord(state.did))
+      await batch.write({ sync: this.#sync })
+      if (plan.candidates > 0) this.#gcPending = true
+      return { candidates: plan.candidates }
+    } finally {
+      await batch.close()
+    }
   }
 
   /**
@@ -218,30 +229,41 @@ export class MirrorStore {
         blocks = undefined
       }
     }
-    const plan = await this.holds.planRelease(did, blocks)
-    const ops: LevelOp[] = [...plan.ops]
-    if ('state' in next) {
-      ops.push({ type: 'put', key: KEYS.repo(did), value: encodeState(next.state) })
-    } else {
-      ops.push({ type: 'del', key: KEYS.repo(did) }, { type: 'del', key: KEYS.pin(did) })
+    const batch = this.datastore.db.batch()
+    try {
+      const plan = await this.holds.planRelease(did, blocks, batch)
+      if ('state' in next) {
+        batch.put(KEYS.repo(did), encodeState(next.state))
+      } else {
+        batch.del(KEYS.repo(did))
+        batch.del(KEYS.pin(did))
+      }
+      await batch.write({ sync: this.#sync })
+      if (plan.candidates > 0) this.#gcPending = true
+      return { candidates: plan.candidates }
+    } finally {
+      await batch.close()
     }
-    await this.datastore.db.batch(ops)
-    if (plan.candidates > 0) this.#gcPending = true
-    return { candidates: plan.candidates }
   }
 
   /** After a failed sync: its staged blocks become candidates (collected when writers leave). */
   async discardStaged (did: string): Promise<{ candidates: number }> {
-    const plan = await this.holds.planDiscardStaged(did)
-    if (plan.ops.length > 0) await this.datastore.db.batch(plan.ops)
-    if (plan.candidates > 0) this.#gcPending = true
-    return { candidates: plan.candidates }
+    const batch = this.datastore.db.batch()
+    try {
+      const plan = await this.holds.planDiscardStaged(did, batch)
+      if (batch.length > 0) await batch.write()
+      if (plan.candidates > 0) this.#gcPending = true
+      return { candidates: plan.candidates }
+    } finally {
+      await batch.close()
+    }
   }
 
   /**
-   * Enters as a block writer. Garbage collection waits until every writer has left;
-   * the returned release runs any pending collection when the last one leaves, and
-   * resolves after it.
+   * Enters as a block writer (or a reader that needs blocks to stay put, such as an
+   * export). Garbage collection waits until every writer has left; the returned
+   * release runs any pending collection when the last one leaves, and resolves after
+   * it.
    */
   async beginWrite (): Promise<() => Promise<void>> {
     while (this.#collecting !== undefined) await this.#collecting

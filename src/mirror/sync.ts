@@ -21,7 +21,10 @@ import { logger } from '@libp2p/logger'
 import {
   DidNotFoundError,
   HeadUnavailableError,
+  MethodNotImplementedError,
   NotPinnedError,
+  PdsResponseError,
+  PdsUnavailableError,
   RepoDeactivatedError,
   RepoNotFoundError,
   RepoNotMirroredError,
@@ -41,7 +44,7 @@ import { CID, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
 import { exportRepoCar } from './export.ts'
-import { repoBlocksDelta, repoHoldDelta } from './gc.ts'
+import { HoldDelta, repoHoldDelta } from './gc.ts'
 import { holdsBlocks, type MirrorStore, type RepoState, type RepoStatus } from './store.ts'
 
 const log = logger('atmirror:mirror:sync')
@@ -111,8 +114,9 @@ export interface RepoSyncerInit {
   decodeRecords?: boolean
   /**
    * Bytes of record blocks a sync keeps in memory after storing them, so that
-   * verification need not read them back from disk. MST nodes are always kept.
-   * @default 67108864 (64 MiB)
+   * verification need not read them back from disk (MST nodes are always kept).
+   * Reading them back from the page cache is cheap; holding them costs heap.
+   * @default 0
    */
   cacheBytes?: number
 }
@@ -138,35 +142,42 @@ class KeyedMutex {
 }
 
 /**
- * A view of the blocks a sync works with: what this sync received, then the
- * blockstore. MST nodes and the commit are always kept in memory (the walk, the
- * diff and verification all read them); other blocks only up to a byte budget,
- * beyond which they are read back from disk. Answers are synchronous (the repo
- * engine's walkers skip a microtask per block then), with a turn of the event loop
- * every so often so a large repo does not hold it.
+ * A view of the blocks a sync works with: MST nodes and commits this sync received
+ * stay in memory (the walk, the diff and verification all read them), other blocks
+ * only up to a byte budget (0 by default); the rest is read back from the
+ * blockstore, where it was just written (the page cache still has it). Keeping the
+ * view small matters more than it seems: every block retained across the sync is
+ * promoted by V8's scavenger, which then grows the young generation, and peak RSS
+ * with it. Answers are synchronous (the repo engine's walkers skip a microtask per
+ * block then), with a turn of the event loop every so often so a large repo does
+ * not hold it.
  */
 class SyncView implements ReadonlyBlockStore {
   readonly #store: MirrorStore
   readonly #cached = new Map<string, Uint8Array>()
-  readonly #stored = new Set<string>()
   readonly #budget: number
   #cachedBytes = 0
   #calls = 0
-  /** Blocks this sync needed and found already on disk. */
+  /** Blocks this sync needed and found already stored before it started. */
   diskHits = 0
+  /** Blocks this sync stored (not counted as disk hits). */
+  readonly #mine = new Set<string>()
+  readonly #countMine: boolean
 
-  constructor (store: MirrorStore, budget: number) {
+  constructor (store: MirrorStore, budget: number, countDiskHits: boolean) {
     this.#store = store
     this.#budget = budget
+    this.#countMine = countDiskHits
   }
 
   /** A block this sync stored; `structural` ones (nodes, commits) are kept whatever the budget. */
   note (block: Block, structural: boolean): void {
     const key = cidKey(block.cid)
-    this.#stored.add(key)
+    if (this.#countMine) this.#mine.add(key)
     if (this.#cached.has(key)) return
     if (structural || this.#cachedBytes + block.bytes.byteLength <= this.#budget) {
-      this.#cached.set(key, block.bytes)
+      // a copy: the block is a view into a network chunk, which it would keep alive
+      this.#cached.set(key, block.bytes.slice())
       this.#cachedBytes += block.bytes.byteLength
     }
   }
@@ -181,9 +192,9 @@ class SyncView implements ReadonlyBlockStore {
 
   has (cid: CID): boolean | Promise<boolean> {
     const key = cidKey(cid)
-    if (this.#stored.has(key)) return this.#turn(true)
+    if (this.#cached.has(key)) return this.#turn(true)
     const found = this.#store.blockstore.hasSync(cid)
-    if (found) this.diskHits++
+    if (found && this.#countMine && !this.#mine.has(key)) this.diskHits++
     return this.#turn(found)
   }
 
@@ -227,7 +238,7 @@ export class RepoSyncer {
     })
     this.#writeBatch = init.writeBatch ?? 256
     this.#decodeRecords = init.decodeRecords ?? false
-    this.#cacheBytes = init.cacheBytes ?? 64 * 1024 * 1024
+    this.#cacheBytes = init.cacheBytes ?? 0
   }
 
   /** The fetch chain this syncer uses. */
@@ -269,11 +280,20 @@ export class RepoSyncer {
     })
   }
 
-  /** The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is stored. */
+  /**
+   * The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is
+   * stored. Garbage collection waits while the CAR is read, so a sync that advances
+   * the repo meanwhile cannot pull blocks from under it.
+   */
   async * exportCar (did: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Uint8Array> {
-    const state = await this.#store.getState(did)
-    if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
-    yield * exportRepoCar(this.#store.blocks, CID.parse(state.commit), options)
+    const release = await this.#store.beginWrite()
+    try {
+      const state = await this.#store.getState(did)
+      if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+      yield * exportRepoCar(this.#store.blocks, CID.parse(state.commit), options)
+    } finally {
+      await release()
+    }
   }
 
   async #sync (identity: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
@@ -325,7 +345,8 @@ export class RepoSyncer {
     const fetched: FetchedCounts = { local: 0, bitswap: 0, pds: 0 }
     let committed = false
     try {
-      const view = new SyncView(this.#store, this.#cacheBytes)
+      // a full sync finds nothing it did not bring: counting disk hits would only cost memory
+      const view = new SyncView(this.#store, this.#cacheBytes, !full)
       let bytesIn = 0
 
       // 1. download: the whole repo, or what changed since the stored rev
@@ -339,8 +360,7 @@ export class RepoSyncer {
           yield chunk
         }
       })()
-      const car = await readCar(counted, { signal })
-      const root = car.roots[0]
+      let root: CID | undefined
       let batch: Block[] = []
       const flush = async (): Promise<void> => {
         if (batch.length === 0) return
@@ -350,13 +370,26 @@ export class RepoSyncer {
         progress.blocks += blocks.length
         options.onProgress?.({ ...progress })
       }
-      for await (const block of car.blocks) {
-        view.note(block, looksLikeMstNode(block.bytes) || (root !== undefined && block.cid.equals(root)))
-        batch.push(block)
-        fetched.pds++
-        if (batch.length >= this.#writeBatch) await flush()
+      try {
+        const car = await readCar(counted, { signal })
+        root = car.roots[0]
+        for await (const block of car.blocks) {
+          view.note(block, looksLikeMstNode(block.bytes) || (root !== undefined && block.cid.equals(root)))
+          batch.push(block)
+          fetched.pds++
+          if (batch.length >= this.#writeBatch) await flush()
+        }
+        await flush()
+      } catch (err) {
+        // a PDS without getRepo (or without `since`) can still serve getBlocks, and a
+        // PDS that cannot be reached at all (the head came from peers) leaves the other
+        // mirrors: the walk below fetches everything that is missing. Anything else (a
+        // download that broke off midway included) is a failure.
+        const unreachable = err instanceof PdsUnavailableError && bytesIn === 0
+        if (!(err instanceof MethodNotImplementedError || err instanceof PdsResponseError || unreachable)) throw err
+        await flush()
+        log('%s: getRepo%s refused (%s); fetching through the block chain instead', did, full ? '' : '?since', err.message)
       }
-      await flush()
 
       // 2. the target: the head, or the CAR's commit when the PDS has moved on since
       let target = { cid: head.cid, rev: head.rev, data: head.data }
@@ -380,9 +413,18 @@ export class RepoSyncer {
       //    repo holds are complete and not entered
       progress.phase = 'walk'
       options.onProgress?.({ ...progress })
+      // a full sync holds every block of the new tree: count them as the walk visits
+      // them, rather than walking the tree again afterwards
+      const fullDelta = full ? new HoldDelta() : undefined
       const walk = await completeMst(view, this.#fetcher, target.data, {
         did,
         signal,
+        onNode: fullDelta === undefined
+          ? undefined
+          : (cid, node) => {
+              fullDelta.add(cid)
+              for (const entry of node.entries) fullDelta.add(entry.value)
+            },
         known: full ? undefined : async (cids) => await this.#store.holds.heldBy(did, cids),
         onBlock: (block) => {
           progress.blocks++
@@ -411,10 +453,12 @@ export class RepoSyncer {
       // 5. advance: holds from the MST diff, state, pin — one batch
       progress.phase = 'commit'
       options.onProgress?.({ ...progress })
-      // a full sync holds the whole new repo; an incremental one changes by the diff
-      const delta = full
-        ? await repoBlocksDelta(view, target.cid, { signal })
-        : await repoHoldDelta(view, { commit: CID.parse(state.commit), data: CID.parse(state.data) }, { commit: target.cid, data: target.data }, { signal })
+      // a full sync holds the whole new repo (counted by the walk); an incremental one
+      // changes by the diff of the old and new trees
+      fullDelta?.add(target.cid)
+      const delta = !holdsBlocks(state) && fullDelta !== undefined
+        ? fullDelta
+        : await repoHoldDelta(view, { commit: CID.parse((state as RepoState).commit), data: CID.parse((state as RepoState).data) }, { commit: target.cid, data: target.data }, { signal })
       const next: RepoState = {
         did,
         commit: target.cid.toString(),

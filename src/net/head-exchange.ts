@@ -17,6 +17,7 @@
  * docs/PROTOCOL.md ("Head exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'
+import { varint } from 'multiformats'
 import { CommitDidMismatchError, PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
 import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
@@ -252,18 +253,15 @@ export class HeadExchange {
 
 /** A frame: unsigned LEB128 varint of the payload length, then the payload. */
 export function encodeFrame (payload: Uint8Array): Uint8Array {
-  const header: number[] = []
-  let n = payload.byteLength
-  while (n >= 0x80) {
-    header.push((n & 0x7f) | 0x80)
-    n >>>= 7
-  }
-  header.push(n)
-  const out = new Uint8Array(header.length + payload.byteLength)
-  out.set(header, 0)
-  out.set(payload, header.length)
+  const headerLength = varint.encodingLength(payload.byteLength)
+  const out = new Uint8Array(headerLength + payload.byteLength)
+  varint.encodeTo(payload.byteLength, out)
+  out.set(payload, headerLength)
   return out
 }
+
+/** A varint of more than 4 bytes cannot encode a length we accept (4 bytes = 2^28). */
+const MAX_FRAME_VARINT_BYTES = 4
 
 /**
  * Reads exactly one frame of at most `maxBytes` payload bytes. Throws
@@ -271,8 +269,8 @@ export function encodeFrame (payload: Uint8Array): Uint8Array {
  * caller bounds it in time by aborting the stream.
  */
 export async function readFrame (stream: AsyncIterable<Uint8Array | { subarray: () => Uint8Array }>, maxBytes: number, context: { peer?: string, did?: string } = {}): Promise<Uint8Array> {
-  // A varint of more than 4 bytes cannot encode a length we accept (4 bytes = 2^28).
-  const header: number[] = []
+  const header = new Uint8Array(MAX_FRAME_VARINT_BYTES)
+  let headerLength = 0
   let length = -1
   let payload: Uint8Array | undefined
   let filled = 0
@@ -280,14 +278,15 @@ export async function readFrame (stream: AsyncIterable<Uint8Array | { subarray: 
     const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
     let offset = 0
     while (length < 0 && offset < bytes.byteLength) {
-      const byte = bytes[offset++] as number
-      header.push(byte)
-      if ((byte & 0x80) !== 0) {
-        if (header.length >= 4) throw new PeerProtocolError('frame length varint too long', context)
+      // one byte at a time until multiformats can decode the header: the rest of the chunk is payload
+      header[headerLength++] = bytes[offset++] as number
+      try {
+        length = varint.decode(header.subarray(0, headerLength))[0]
+      } catch (err) {
+        if ((err as Error).message.includes('minimal')) throw new PeerProtocolError('frame length varint not minimal', context)
+        if (headerLength >= MAX_FRAME_VARINT_BYTES) throw new PeerProtocolError('frame length varint too long', context)
         continue
       }
-      if (byte === 0 && header.length > 1) throw new PeerProtocolError('frame length varint not minimal', context)
-      length = header.reduce((acc, b, i) => acc + (b & 0x7f) * 2 ** (7 * i), 0)
       if (length === 0) throw new PeerProtocolError('empty frame', context)
       if (length > maxBytes) throw new PeerProtocolError(`frame of ${length} bytes exceeds the ${maxBytes}-byte cap`, context)
       payload = new Uint8Array(length)

@@ -29,7 +29,10 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { base32 } from 'multiformats/bases/base32'
 import { rendezvousCid } from '../identity/rendezvous.ts'
+import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { RAW, cidKey, parseCid } from '../repo/cid.ts'
+import { decodeCommit } from '../repo/commit.ts'
+import { decodeMstNode } from '../repo/mst/node.ts'
 import { isServable, type ServableState } from './head-exchange.ts'
 import type { PeerId } from '@libp2p/interface'
 
@@ -47,9 +50,15 @@ export interface ReproviderComponents {
   store: {
     pins: { list: () => Promise<string[]> }
     getState: (did: string) => Promise<(ServableState & { commit: string }) | undefined>
-    /** Needed for `provide: 'all'`: every block CID of a DID's stored repo. */
-    holds?: { listHeld: (did: string) => AsyncIterable<string> }
+    /** Needed for `provide: 'all'`: the stored blocks, to list every block of a repo. */
+    blocks?: ReadonlyBlockStore
   }
+  /**
+   * How many peers the DHT routing table holds. A provide made while it is empty
+   * reaches nobody (the record stays local), so the reprovider runs another pass
+   * soon, backing off, until it has peers.
+   */
+  routingTableSize?: () => number
   /**
    * kad-dht's datastore and our peer id: lets the periodic pass find self provider
    * records that nothing pinned wants any more (left from before a restart).
@@ -75,6 +84,8 @@ export interface ReproviderInit {
   maxQueue?: number
   /** Time limit of one provide, in ms. @default 60_000 */
   provideTimeoutMs?: number
+  /** First delay before another pass when the DHT had no peers, in ms (doubles up to 10 min). @default 5000 */
+  retryMs?: number
 }
 
 export interface ReproviderStats {
@@ -109,6 +120,11 @@ export class Reprovider {
   readonly #concurrency: number
   readonly #maxQueue: number
   readonly #provideTimeoutMs: number
+  readonly #routingTableSize: (() => number) | undefined
+  readonly #retryMs: number
+  #retryDelay: number
+  /** Something was announced while the DHT had no peers: another pass is due soon. */
+  #unheard = false
   readonly #announced = new Map<string, Announced>()
   /** `all` mode: how many announced DIDs hold each block (blocks can be shared). */
   readonly #blockHolders = new Map<string, number>()
@@ -136,7 +152,10 @@ export class Reprovider {
     this.#concurrency = Math.max(1, init.concurrency ?? 8)
     this.#maxQueue = Math.max(1, init.maxQueue ?? 4096)
     this.#provideTimeoutMs = init.provideTimeoutMs ?? 60_000
-    if (this.mode === 'all' && this.#store.holds === undefined) throw new TypeError("provide: 'all' needs store.holds")
+    this.#routingTableSize = components.routingTableSize
+    this.#retryMs = init.retryMs ?? 5000
+    this.#retryDelay = this.#retryMs
+    if (this.mode === 'all' && this.#store.blocks === undefined) throw new TypeError("provide: 'all' needs store.blocks")
   }
 
   isStarted (): boolean {
@@ -195,6 +214,10 @@ export class Reprovider {
         return
       }
       await this.#announce(did, parseCid(state.commit))
+      if (this.#routingTableSize?.() === 0 && !this.#unheard) {
+        this.#unheard = true
+        if (this.#pass === undefined) this.#schedule(this.#retryDelay)
+      }
     })
   }
 
@@ -210,6 +233,7 @@ export class Reprovider {
   async reprovideAll (options: { signal?: AbortSignal } = {}): Promise<void> {
     const signal = options.signal === undefined ? this.#stopping.signal : AbortSignal.any([options.signal, this.#stopping.signal])
     const started = Date.now()
+    this.#unheard = this.#routingTableSize?.() === 0
     const dids = await this.#store.pins.list()
     const wanted = new Set<string>()
     for (const did of dids) {
@@ -250,8 +274,7 @@ export class Reprovider {
 
     const before = previous?.blocks ?? new Map<string, CID>()
     const after = new Map<string, CID>()
-    for await (const text of this.#store.holds?.listHeld(did) ?? []) {
-      const cid = CID.parse(text)
+    for await (const cid of repoCids(this.#store.blocks as ReadonlyBlockStore, commit, this.#stopping.signal)) {
       const key = cidKey(cid)
       after.set(key, cid)
       if (!before.has(key)) {
@@ -393,14 +416,58 @@ export class Reprovider {
       })
       .finally(() => {
         this.#pass = undefined
-        this.#schedule()
+        if (this.#unheard) {
+          log('the DHT had no peers: another pass in %d ms', this.#retryDelay)
+          this.#schedule(this.#retryDelay)
+          this.#retryDelay = Math.min(this.#retryDelay * 2, 600_000)
+        } else {
+          this.#retryDelay = this.#retryMs
+          this.#schedule()
+        }
       })
   }
 
-  #schedule (): void {
-    if (!this.#started || this.#intervalMs <= 0) return
+  #schedule (delay?: number): void {
+    if (!this.#started) return
+    const ms = delay ?? this.#intervalMs
+    if (ms <= 0) return
     clearTimeout(this.#timer)
-    this.#timer = setTimeout(() => { this.#runPass() }, this.#intervalMs)
+    this.#timer = setTimeout(() => { this.#runPass() }, ms)
     this.#timer.unref()
+  }
+}
+
+/**
+ * Every block CID of the stored repo at `commit`: the commit, each MST node and each
+ * record (once). Reads only the commit and the MST nodes; records are named, not read.
+ * A block missing from the store ends the listing early (a repo being replaced).
+ */
+async function * repoCids (store: ReadonlyBlockStore, commit: CID, signal: AbortSignal): AsyncGenerator<CID> {
+  const commitBytes = await store.get(commit, { signal })
+  if (commitBytes === undefined) return
+  yield commit
+  const seen = new Set<string>()
+  let level: CID[] = [decodeCommit(commitBytes, commit).data]
+  while (level.length > 0) {
+    signal.throwIfAborted()
+    const next: CID[] = []
+    for (const cid of level) {
+      const bytes = await store.get(cid, { signal })
+      if (bytes === undefined) {
+        log('%c missing while listing the blocks of %c', cid, commit)
+        return
+      }
+      yield cid
+      const node = decodeMstNode(bytes, cid)
+      if (node.left !== null) next.push(node.left)
+      for (const entry of node.entries) {
+        if (entry.right !== null) next.push(entry.right)
+        const key = cidKey(entry.value)
+        if (entry.value.code === RAW || seen.has(key)) continue
+        seen.add(key)
+        yield entry.value
+      }
+    }
+    level = next
   }
 }

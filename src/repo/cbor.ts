@@ -21,18 +21,24 @@
  *   comparison against a re-encoding would falsely reject it.
  * - Floats: rejected on cborg's float token, so a float that holds an integer
  *   (1.0) is caught too, which a check on the decoded value could not see.
+ * - CIDs: the tag 42 content must be a byte string of 0x00 and a CID in its one
+ *   canonical binary form (multiformats also reads a v0 CID with its version and
+ *   codec spelled out).
  * - Canonical form (`canonical`, the default): the decoded value is re-encoded
- *   with @ipld/dag-cbor and compared byte for byte. That is what catches map key
- *   order, float width and anything else the decoder tolerates.
+ *   with @ipld/dag-cbor and compared byte for byte. Of what the strict decode
+ *   lets through, that catches map key order and float width.
  *
  * Where each check is used: commits and MST nodes must be canonical (a commit's
- * signature is over its re-encoding, and a node's bytes define the tree), so
- * they pay for the re-encode. Record blocks can be checked more cheaply with
- * `canonical: false`: they are already bound to their CID by the hash check, and
- * the strict library decode still rejects everything but well-formed DRISL
- * values; a non-canonical encoding of a record only gives it a different CID,
- * which is what the MST commits to. The re-encode stays correct for records
- * (strings are exact), it only costs about as much as the decode.
+ * signature is over its re-encoding, and a node's bytes define the tree).
+ * Commits pay for the re-encode; MST nodes get the same guarantee more cheaply
+ * (see mst/node.ts: their fixed keys make the order checkable on the decoded
+ * maps). Record blocks are decoded with `canonical: false` by verify.ts: they
+ * are already bound to their CID by the hash check, and the strict decode still
+ * refuses everything but key order; a record with its keys out of order only
+ * has a different CID, which is what the MST commits to (the reference
+ * implementation does not check record encodings at all). The re-encode would
+ * be correct for records too, strings being exact, but it costs as much again
+ * as the decode.
  */
 import * as dagCbor from '@ipld/dag-cbor'
 import { decode as cborgDecode, Token, Tokenizer, Type } from 'cborg'
@@ -47,8 +53,10 @@ export interface DecodeOptions {
   /** Reject floats (atproto data model). @default true */
   rejectFloats?: boolean
   /**
-   * Require canonical form (key order, 64-bit floats, minimal everything): the
-   * value is re-encoded with @ipld/dag-cbor and must give the same bytes.
+   * Require canonical form: the value is re-encoded with @ipld/dag-cbor and must
+   * give the same bytes. Without it, the strict decode still refuses every
+   * non-canonical encoding but two: map keys out of order, and (when floats are
+   * allowed) floats narrower than 64 bits.
    * @default true
    */
   canonical?: boolean
@@ -61,12 +69,17 @@ function decodeCidTag (decode: TagDecodeControl): CID {
   const bytes = decode()
   if (!(bytes instanceof Uint8Array)) throw new Error('CID tag content is not a byte string')
   if (bytes.length === 0 || bytes[0] !== 0) throw new Error('CID tag content lacks the leading 0x00')
+  let cid: CID
   try {
     // multiformats rejects non-minimal varints and trailing bytes
-    return CID.decode(bytes.subarray(1))
+    cid = CID.decode(bytes.subarray(1))
   } catch (err) {
     throw new Error(`invalid CID in tag 42 (${(err as Error).message})`)
   }
+  // but it reads `00 70 12 20 …` (a v0 CID with its version and codec spelled
+  // out) as the 34-byte v0 form: one CID must have one encoding
+  if (cid.bytes.byteLength !== bytes.length - 1) throw new Error('CID in tag 42 is not canonically encoded')
+  return cid
 }
 
 const libraryOptions: CborgDecodeOptions = {
@@ -83,6 +96,8 @@ const libraryOptions: CborgDecodeOptions = {
   retainStringBytes: true,
   tags: { [CID_TAG]: decodeCidTag }
 }
+
+const decodeCallOptions: CborgDecodeOptions = { ...libraryOptions }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
@@ -136,10 +151,15 @@ export function decodeCbor<T = unknown> (bytes: Uint8Array, options: DecodeOptio
   const tokenizer = new DrislTokenizer(data, libraryOptions, options.rejectFloats !== false)
   let value: unknown
   try {
-    value = cborgDecode(data, { ...libraryOptions, tokenizer })
+    // One options object for every call (cborg copies it anyway): decoding is
+    // synchronous and nothing it calls decodes again, so the tokenizer slot is ours.
+    decodeCallOptions.tokenizer = tokenizer
+    value = cborgDecode(data, decodeCallOptions)
   } catch (err) {
     // (a stack overflow on absurd nesting lands here too, as a clean error)
     throw new CborDecodeError(`${(err as Error).message} (at byte ${tokenizer.pos()})`, { cid: options.cid }, { cause: err })
+  } finally {
+    decodeCallOptions.tokenizer = undefined
   }
   if (options.canonical !== false) {
     let again: Uint8Array
@@ -187,13 +207,26 @@ function hasMisorderedKeys (value: unknown): boolean {
   return false
 }
 
+/**
+ * Whether `bytes` start with the head of a definite-length map, as cborg's
+ * tokenizer reads it; nothing after the head is decoded (for blocks that are
+ * only hash-checked).
+ */
+export function startsWithMap (bytes: Uint8Array): boolean {
+  try {
+    return new Tokenizer(plain(bytes), libraryOptions).next().type === Type.map
+  } catch {
+    return false
+  }
+}
+
 /** Encodes a value as DRISL (canonical DAG-CBOR), as a plain Uint8Array. */
 export function encodeCbor (value: unknown): Uint8Array {
   return plain(dagCbor.encode(value))
 }
 
 /** Byte equality through node's native compare. */
-export function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b)
 }
 

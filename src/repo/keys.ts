@@ -6,6 +6,7 @@
  */
 import { p256 } from '@noble/curves/nist.js'
 import { secp256k1 } from '@noble/curves/secp256k1.js'
+import { varint } from 'multiformats'
 import { base58btc } from 'multiformats/bases/base58'
 import { InvalidKeyError } from '../errors.ts'
 
@@ -24,11 +25,9 @@ export type LegacyKeySuite = 'EcdsaSecp256k1VerificationKey2019' | 'EcdsaSecp256
 
 const DID_KEY_PREFIX = 'did:key:'
 
-// Multicodec varint prefixes: secp256k1-pub 0xe7, p256-pub 0x1200.
-const MULTICODEC: Record<KeyType, Uint8Array> = {
-  k256: new Uint8Array([0xe7, 0x01]),
-  p256: new Uint8Array([0x80, 0x24])
-}
+// Multicodec codes of the key types (secp256k1-pub, p256-pub), and back.
+const MULTICODEC: Record<KeyType, number> = { k256: 0xe7, p256: 0x1200 }
+const KEY_TYPES = new Map<number, KeyType>([[0xe7, 'k256'], [0x1200, 'p256']])
 
 const CURVES = { k256: secp256k1, p256 }
 
@@ -87,12 +86,13 @@ export function formatDidKey (key: PublicKey): string {
 
 /** The Multikey `publicKeyMultibase` of a public key (`z` + base58btc of multicodec + compressed key). */
 export function publicKeyMultibase (key: PublicKey): string {
-  const prefix = MULTICODEC[key.type]
-  if (prefix === undefined) throw new InvalidKeyError(`unsupported key type ${String(key.type)}`)
+  const code = MULTICODEC[key.type]
+  if (code === undefined) throw new InvalidKeyError(`unsupported key type ${String(key.type)}`)
   if (key.compressed.length !== 33) throw new InvalidKeyError(`compressed ${key.type} key is ${key.compressed.length} bytes, want 33`)
-  const bytes = new Uint8Array(prefix.length + 33)
-  bytes.set(prefix, 0)
-  bytes.set(key.compressed, prefix.length)
+  const prefixLength = varint.encodingLength(code)
+  const bytes = new Uint8Array(prefixLength + 33)
+  varint.encodeTo(code, bytes)
+  bytes.set(key.compressed, prefixLength)
   return base58btc.encode(bytes)
 }
 
@@ -128,16 +128,20 @@ export function verifySignature (key: PublicKey, data: Uint8Array, sig: Uint8Arr
 
 function parseMultikey (multibase: string, original: string): PublicKey {
   const bytes = decodeBase58btc(multibase, original)
-  for (const [type, prefix] of Object.entries(MULTICODEC) as Array<[KeyType, Uint8Array]>) {
-    if (bytes[0] === prefix[0] && bytes[1] === prefix[1]) {
-      const key = bytes.subarray(prefix.length)
-      if (key.length !== 33) {
-        throw new InvalidKeyError(`${type} Multikey must hold a 33-byte compressed key, got ${key.length} bytes`, { key: original.slice(0, 100) })
-      }
-      return publicKeyFromBytes(type, key)
-    }
+  let code: number | undefined
+  let prefixLength = 0
+  try {
+    [code, prefixLength] = varint.decode(bytes)
+  } catch {}
+  const type = code === undefined ? undefined : KEY_TYPES.get(code)
+  if (type === undefined) {
+    throw new InvalidKeyError('unsupported multicodec (want secp256k1-pub 0xe7 or p256-pub 0x1200)', { key: original.slice(0, 100) })
   }
-  throw new InvalidKeyError('unsupported multicodec (want secp256k1-pub 0xe7 or p256-pub 0x1200)', { key: original.slice(0, 100) })
+  const key = bytes.subarray(prefixLength)
+  if (key.length !== 33) {
+    throw new InvalidKeyError(`${type} Multikey must hold a 33-byte compressed key, got ${key.length} bytes`, { key: original.slice(0, 100) })
+  }
+  return publicKeyFromBytes(type, key)
 }
 
 function decodeBase58btc (multibase: string, original: string): Uint8Array {

@@ -11,7 +11,7 @@ import { logger } from '@libp2p/logger'
 import { CommitDidMismatchError, CarParseError, CborDecodeError, MissingBlockError, UnsupportedCidError } from '../errors.ts'
 import type { ReadonlyBlockStore, BlockStoreOptions } from './block-store.ts'
 import { readCar } from './car.ts'
-import { decodeCbor } from './cbor.ts'
+import { decodeCbor, startsWithMap } from './cbor.ts'
 import { DAG_CBOR, SHA2_256, cidKey, verifyBlock, type CID } from './cid.ts'
 import { decodeCommit, verifyCommitSignature } from './commit.ts'
 import type { PublicKey } from './keys.ts'
@@ -56,7 +56,10 @@ export type VerifyProgressEvent =
 /**
  * How record blocks are checked. Every record block is always present, DAG-CBOR
  * by CID codec and hash-checked (by the CAR reader, or here for stores);
- * - `'decode'`: also decoded as strict DRISL and required to be a map;
+ * - `'decode'`: also decoded as strict DRISL (the library's strict decode, exact
+ *   UTF-8, no floats) and required to be a map. Not re-encoded to check canonical
+ *   form: the hash check already binds the bytes to the CID the MST commits to
+ *   (see ./cbor.ts);
  * - `'hash'`: only required to start with a CBOR map header.
  */
 export type RecordCheck = 'decode' | 'hash'
@@ -323,13 +326,11 @@ async function verifyWith (store: TouchingStore, commitCid: CID, options: Verify
 function checkRecord (cid: CID, bytes: Uint8Array, rpath: string, mode: RecordCheck): void {
   if (cid.code !== DAG_CBOR) throw new UnsupportedCidError(cid, `record ${rpath} has codec 0x${cid.code.toString(16)}, want DAG-CBOR`)
   if (mode === 'decode') {
-    const value = decodeCbor(bytes, { cid })
+    const value = decodeCbor(bytes, { cid, canonical: false })
     if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array || (value as { asCID?: unknown }).asCID === value) {
       throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
     }
-  } else {
-    // major type 5 (map) with a definite length
-    const head = bytes[0]
-    if (head === undefined || head < 0xa0 || head > 0xbb) throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
+  } else if (!startsWithMap(bytes)) {
+    throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
   }
 }

@@ -17,6 +17,8 @@
  * | DELETE | /v1/pins/:did          | UnpinResult                                    |
  * | GET    | /v1/repos/:did         | PinnedRepo                                     |
  * | POST   | /v1/repos/:did/sync    | SyncResultJson                                 |
+ * | GET    | /v1/peers              | PeersResult (connected peers)                  |
+ * | GET    | /v1/mirrors/:did       | MirrorsResult (who announces the DID)          |
  *
  * Errors are `{ error: <error name>, message }` with 400 (bad input), 401 (token),
  * 404 (not pinned / not mirrored / unknown DID or route), 405, 413, 502 (the PDS or
@@ -109,6 +111,19 @@ export interface UnpinResult {
   pinned: false
 }
 
+/** GET /v1/peers: the peers the node holds connections to. */
+export interface PeersResult {
+  /** Null without the peer-to-peer network. */
+  peerId: string | null
+  peers: Array<{ peerId: string, addresses: string[], directions: string[] }>
+}
+
+/** GET /v1/mirrors/:did: the peers that announce the DID (DHT rendezvous key) or are configured. */
+export interface MirrorsResult {
+  did: string
+  mirrors: Array<{ peerId: string, addresses: string[], source: string }>
+}
+
 /** What the control API drives; MirrorNode implements it. */
 export interface ControlApiTarget {
   status: (options?: { signal?: AbortSignal }) => Promise<NodeStatus>
@@ -117,6 +132,8 @@ export interface ControlApiTarget {
   unpin: (didOrHandle: string, options?: { signal?: AbortSignal }) => Promise<UnpinResult>
   repoStatus: (did: string, options?: { signal?: AbortSignal }) => Promise<PinnedRepo>
   syncRepo: (did: string, options?: { signal?: AbortSignal }) => Promise<SyncResultJson>
+  peers?: (options?: { signal?: AbortSignal }) => Promise<PeersResult>
+  mirrors?: (did: string, options?: { signal?: AbortSignal }) => Promise<MirrorsResult>
 }
 
 export interface ControlApiComponents {
@@ -332,6 +349,14 @@ export class ControlApi {
     if (resource === 'repos' && id !== undefined && action === 'sync' && parts.length === 4) {
       allow(method, ['POST'])
       return await this.#target.syncRepo(id, { signal })
+    }
+    if (resource === 'peers' && id === undefined && this.#target.peers !== undefined) {
+      allow(method, ['GET'])
+      return await this.#target.peers({ signal })
+    }
+    if (resource === 'mirrors' && id !== undefined && action === undefined && this.#target.mirrors !== undefined) {
+      allow(method, ['GET'])
+      return await this.#target.mirrors(id, { signal })
     }
     throw new RouteNotFoundError('no such route', { path: url.pathname })
   }

@@ -5,7 +5,7 @@
  */
 import { request as httpRequest } from 'node:http'
 import { ControlApiError } from '../errors.ts'
-import { readApiToken, type NodeStatus, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './control-api.ts'
+import { readApiToken, type MirrorsResult, type NodeStatus, type PeersResult, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './control-api.ts'
 import { findRunningDaemon, type DaemonInfo } from './daemon-info.ts'
 
 export interface ControlClientInit {
@@ -72,6 +72,16 @@ export class ControlClient {
 
   async sync (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResultJson> {
     return await this.#request<SyncResultJson>('POST', `/v1/repos/${encodeURIComponent(did)}/sync`, options)
+  }
+
+  /** The daemon's connected peers. */
+  async peers (options: { signal?: AbortSignal } = {}): Promise<PeersResult> {
+    return await this.#request<PeersResult>('GET', '/v1/peers', { ...options, bounded: true })
+  }
+
+  /** Who announces `did` on the DHT (a lookup: up to the daemon's mirror-finding time budget). */
+  async mirrors (did: string, options: { signal?: AbortSignal } = {}): Promise<MirrorsResult> {
+    return await this.#request<MirrorsResult>('GET', `/v1/mirrors/${encodeURIComponent(did)}`, options)
   }
 
   async #request<T> (method: string, path: string, options: { signal?: AbortSignal, body?: unknown, bounded?: boolean }): Promise<T> {

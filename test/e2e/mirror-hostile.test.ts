@@ -136,12 +136,19 @@ describe('mirroring from a hostile PDS', () => {
     await assertUnchanged()
   })
 
-  it('a good PDS afterwards brings the repo up to date', async () => {
+  it('a PDS without getRepo is still mirrored, through getBlocks', async () => {
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(501, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ error: 'MethodNotImplemented', message: 'no getRepo here' }))
+    })
     const result = await syncer.sync(v1.did)
     assert.equal(result.changed, true)
     assert.equal(result.full, false)
     assert.equal(result.rev, v2.rev)
     assert.equal(result.records, 61)
+    // only the changed path and the new record: the walk does not enter what v1 held
+    assert.ok(result.fetched.pds <= 8, `fetched ${result.fetched.pds}`)
+    assert.ok(pds.requests.some(r => r.route === 'getBlocks'))
     assert.deepEqual(await storedBlocks(store.dir), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
   })
 })

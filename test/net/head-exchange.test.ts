@@ -16,6 +16,10 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { createHash } from 'node:crypto'
 import { HEAD_PROTOCOL, HeadExchange, encodeFrame, readFrame, type LocalHead } from '../../src/net/head-exchange.ts'
+import { MirrorFinder } from '../../src/net/mirrors.ts'
+import { PeerHeadResolver } from '../../src/head/peer.ts'
+import { parseDidKey } from '../../src/repo/keys.ts'
+import type { Identity, IdentityResolver } from '../../src/identity/resolver.ts'
 import type { Libp2p, Stream } from '@libp2p/interface'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
@@ -292,6 +296,102 @@ describe('head exchange', () => {
     it('rejects a stream that ends before a frame', async () => {
       async function * chunks (): AsyncGenerator<Uint8Array> {}
       await assert.rejects(readFrame(chunks(), 1000), (err: Error) => err.name === 'PeerProtocolError' && /before a frame/.test(err.message))
+    })
+  })
+
+  describe('peer head resolver', () => {
+    const responders: Array<{ node: Libp2p, exchange: HeadExchange }> = []
+    let asker: Libp2p
+    let askExchange: HeadExchange
+    let identity: IdentityResolver & { refreshes: number }
+    let older: LocalHead
+    let newer: LocalHead
+    let forged: LocalHead
+
+    /** Starts a node serving `head` for DID (or nothing). */
+    async function responder (head: LocalHead | undefined): Promise<string> {
+      const node = await bareNode()
+      const exchange = new HeadExchange({ libp2p: node, heads: { getLocalHead: async (did) => did === DID ? head : undefined } })
+      await exchange.start()
+      responders.push({ node, exchange })
+      return node.getMultiaddrs()[0]?.toString() as string
+    }
+
+    function resolver (peers: string[], store?: { getState: (did: string) => Promise<{ rev: string } | undefined> }): PeerHeadResolver {
+      const mirrors = new MirrorFinder({ libp2p: asker }, { peers, timeoutMs: 1000 })
+      return new PeerHeadResolver({ headExchange: askExchange, identity, mirrors, store }, { timeoutMs: 5000 })
+    }
+
+    before(async () => {
+      older = await signedCommit(keypair, { rev: '3l3qo2vutsw2b' })
+      newer = await signedCommit(keypair, { rev: '3l3qo2vutsw3z' })
+      // valid commit for the DID, signed by a key that is not the DID's
+      forged = await signedCommit(await Secp256k1Keypair.create(), { rev: '3l3qo2vutsx2z' })
+      const signingKey = parseDidKey(keypair.did())
+      const record: Identity = { did: DID, handleVerified: false, signingKey, didKey: keypair.did(), pds: 'http://localhost:1', document: { id: DID } as Identity['document'] }
+      identity = {
+        refreshes: 0,
+        resolve: async () => record,
+        refresh: async () => { identity.refreshes++; return record }
+      }
+      asker = await bareNode()
+      askExchange = new HeadExchange({ libp2p: asker }, { timeoutMs: 1000 })
+    })
+
+    after(async () => {
+      await Promise.all(responders.map(async ({ node, exchange }) => { await exchange.stop(); await node.stop() }))
+      await asker.stop()
+    })
+
+    it('returns the highest verified rev among the peers', async () => {
+      const peers = [await responder(older), await responder(newer)]
+      const head = await resolver(peers).resolveHead(DID)
+      assert.equal(head.rev, '3l3qo2vutsw3z')
+      assert.equal(head.cid.toString(), newer.cid.toString())
+      assert.equal(head.source, `peer:${peers[1]?.split('/p2p/')[1]}`)
+    })
+
+    it('ignores a higher rev signed by another key', async () => {
+      identity.refreshes = 0
+      const peers = [await responder(forged), await responder(older)]
+      const head = await resolver(peers).resolveHead(DID)
+      assert.equal(head.rev, '3l3qo2vutsw2b')
+      assert.equal(identity.refreshes, 1, 'the key is looked up again once before the answer is refused')
+    })
+
+    it('fails with every reason when the only answer is mis-signed', async () => {
+      const peers = [await responder(forged)]
+      await assert.rejects(resolver(peers).resolveHead(DID), (err: Error & { errors?: Array<{ error: Error }> }) => {
+        assert.equal(err.name, 'HeadUnavailableError')
+        assert.deepEqual(err.errors?.map(e => e.error.name), ['CommitSignatureError'])
+        return true
+      })
+    })
+
+    it('refuses a head older than the stored one', async () => {
+      const peers = [await responder(older)]
+      const store = { getState: async () => ({ rev: '3l3qo2vutsw3z' }) }
+      await assert.rejects(resolver(peers, store).resolveHead(DID), (err: Error & { errors?: Array<{ error: Error }> }) => {
+        assert.equal(err.name, 'HeadUnavailableError')
+        assert.deepEqual(err.errors?.map(e => e.error.name), ['HeadStaleError'])
+        return true
+      })
+    })
+
+    it('lists a peer that holds nothing as NotFound', async () => {
+      const peers = [await responder(undefined)]
+      await assert.rejects(resolver(peers).resolveHead(DID), (err: Error & { errors?: Array<{ error: Error }> }) => {
+        assert.deepEqual(err.errors?.map(e => e.error.name), ['PeerHeadNotFoundError'])
+        return true
+      })
+    })
+
+    it('fails when no mirror is found', async () => {
+      await assert.rejects(resolver([]).resolveHead(DID), (err: Error & { errors?: Array<{ source: string }> }) => {
+        assert.equal(err.name, 'HeadUnavailableError')
+        assert.deepEqual(err.errors?.map(e => e.source), ['peers'])
+        return true
+      })
     })
   })
 })

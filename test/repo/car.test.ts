@@ -190,6 +190,77 @@ describe('readCar / writeCar', () => {
   })
 })
 
+describe('writeCar streams from its block source', () => {
+  /** Blocks of 70 KB: each one is a chunk of its own. */
+  const bigBlocks = Array.from({ length: 40 }, (_, i) => {
+    const bytes = new Uint8Array(70_000).fill(i)
+    return { cid: cidForBytes(bytes, RAW), bytes }
+  })
+
+  it('pulls blocks only as the output is consumed and releases the source when the consumer stops early', async () => {
+    let pulled = 0
+    let released = false
+    async function * source (): AsyncGenerator<Block> {
+      try {
+        for (const b of bigBlocks) {
+          pulled++
+          yield b
+        }
+      } finally {
+        released = true
+      }
+    }
+    let chunks = 0
+    for await (const _ of writeCar([b0.cid], source())) {
+      if (++chunks === 3) break
+    }
+    assert.equal(released, true, 'the source was returned before writeCar finished')
+    assert.ok(pulled < 10, `only a few blocks were pulled (${pulled})`)
+  })
+
+  it('passes on an error of the block source after what was written before it', async () => {
+    const failure = new Error('source failed')
+    async function * source (): AsyncGenerator<Block> {
+      yield b0
+      yield b1
+      throw failure
+    }
+    const chunks: Uint8Array[] = []
+    await assert.rejects(async () => {
+      for await (const chunk of writeCar([b0.cid], source())) chunks.push(chunk)
+    }, (err: unknown) => err === failure)
+  })
+
+  it('stops with the AbortError when the signal aborts, releasing the source', async () => {
+    const controller = new AbortController()
+    let released = false
+    function * source (): Generator<Block> {
+      try {
+        yield * bigBlocks
+      } finally {
+        released = true
+      }
+    }
+    let chunks = 0
+    await assert.rejects(async () => {
+      for await (const _ of writeCar([b0.cid], source(), { signal: controller.signal })) {
+        if (++chunks === 2) controller.abort()
+      }
+    }, { name: 'AbortError' })
+    assert.equal(released, true)
+  })
+
+  it('rejects a root that is not a CID (TypeError) without touching the source', async () => {
+    let pulled = false
+    function * source (): Generator<Block> {
+      pulled = true
+      yield b0
+    }
+    await assert.rejects(collect(writeCar(['bafy' as unknown as CID], source())), { name: 'TypeError' })
+    assert.equal(pulled, false)
+  })
+})
+
 describe('readCar rejects bad blocks', () => {
   it('a block whose bytes do not match its CID (CidMismatchError), after the good ones', async () => {
     const bad = section(b1.cid, b2.bytes)

@@ -93,6 +93,7 @@ describe('decodeCbor rejects what DRISL forbids (CborDecodeError)', () => {
     ['tag 42 around a string', 'd8 2a 61 61', 'byte string'],
     ['tag 42 around garbage bytes', 'd8 2a 43 00 ff ff', 'invalid CID'],
     ['a CID with a non-minimal version varint', `d8 2a 58 26 00 8100 ${cidHex.slice(2)}`],
+    ['a CIDv0 written with its version and codec (not canonical), even with canonical checks off', `d8 2a 58 25 00 00 70 ${cidHex.slice(4)}`, 'not canonically encoded', { canonical: false }],
     ['invalid UTF-8', '62 c3 28', 'UTF-8'],
     ['an overlong UTF-8 encoding', '62 c0 af', 'UTF-8'],
     ['a UTF-16 surrogate in UTF-8', '63 eda080', 'UTF-8'],

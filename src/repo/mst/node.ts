@@ -2,17 +2,23 @@
  * MST node blocks: `{ l: CID | null, e: [{ p, k, v, t }] }` in DRISL CBOR, keys
  * prefix-compressed against the previous key of the same node.
  *
- * Decoding is the strict library decode of ../cbor.ts with its canonical check
- * (the block must be exactly the @ipld/dag-cbor encoding of what it decodes to),
- * then a check of the decoded value against the node schema: exact fields and
- * types, `p` no longer than the previous key and exactly the shared prefix, keys
- * valid and strictly increasing, subtree links dag-cbor sha2-256 CIDv1. A
- * canonical block with those properties is byte for byte what
- * {@link encodeMstNode} writes for the decoded node, so the tree has one
- * encoding. Encoding is @ipld/dag-cbor's.
+ * Decoding is the strict library decode of ../cbor.ts, then a check of the
+ * decoded value against the node schema: exact fields and types, `p` no longer
+ * than the previous key and exactly the shared prefix, keys valid and strictly
+ * increasing, subtree links dag-cbor sha2-256 CIDv1. Encoding is @ipld/dag-cbor's.
+ *
+ * Canonical form is required (a node's bytes define the tree), but checked
+ * without re-encoding every node: the strict decode already refuses every
+ * non-canonical encoding (non-minimal heads, indefinite lengths, floats,
+ * duplicate keys, non-minimal CIDs, inexact strings) except map keys out of
+ * order, and a schema-valid node has only the fixed one-letter keys, so their
+ * order is checked on the decoded maps (which keep the order the bytes have).
+ * A node that passes is therefore byte for byte what {@link encodeMstNode}
+ * writes for it; test/repo/mst/node.test.ts checks that equivalence on mutated
+ * encodings.
  */
 import { CID } from 'multiformats/cid'
-import { InvalidRecordPathError, MstInvalidError } from '../../errors.ts'
+import { CborDecodeError, InvalidRecordPathError, MstInvalidError } from '../../errors.ts'
 import { decodeCbor, encodeCbor } from '../cbor.ts'
 import { DAG_CBOR, SHA2_256 } from '../cid.ts'
 import { mstKeyProblem } from './key.ts'
@@ -47,13 +53,11 @@ interface NodeData {
  * CborDecodeError (not canonical DRISL), naming `cid` when given.
  */
 export function decodeMstNode (bytes: Uint8Array, cid?: CID): MstNode {
-  const data = decodeCbor<unknown>(bytes, { cid })
+  const data = decodeCbor<unknown>(bytes, { cid, canonical: false })
   const fail = (reason: string, rpath?: string): never => {
     throw new MstInvalidError(`node ${reason}`, { cid, rpath })
   }
-  if (!isMap(data) || !hasExactly(data, 2) || !Object.hasOwn(data, 'e') || !Object.hasOwn(data, 'l')) {
-    return fail('must be a map of exactly "e" and "l"')
-  }
+  if (!isMap(data) || !hasFields(data, NODE_FIELDS, cid)) return fail('must be a map of exactly "e" and "l"')
   const left = subtreeLink(data.l, 'l', fail)
   const list = data.e
   if (!Array.isArray(list)) return fail('field "e" must be an array')
@@ -61,9 +65,7 @@ export function decodeMstNode (bytes: Uint8Array, cid?: CID): MstNode {
   let previous = ''
   for (let i = 0; i < list.length; i++) {
     const entry: unknown = list[i]
-    if (!isMap(entry) || !hasExactly(entry, 4) || !Object.hasOwn(entry, 'k') || !Object.hasOwn(entry, 'p') || !Object.hasOwn(entry, 't') || !Object.hasOwn(entry, 'v')) {
-      return fail(`entry ${i} must be a map of exactly "k", "p", "t" and "v"`)
-    }
+    if (!isMap(entry) || !hasFields(entry, ENTRY_FIELDS, cid)) return fail(`entry ${i} must be a map of exactly "k", "p", "t" and "v"`)
     const { k: suffixBytes, p: prefix } = entry
     if (!(suffixBytes instanceof Uint8Array)) return fail(`entry ${i} key suffix "k" must be bytes`)
     if (typeof prefix !== 'number' || !Number.isInteger(prefix) || prefix < 0) return fail(`entry ${i} prefix length "p" must be a non-negative integer`)
@@ -130,12 +132,28 @@ function isMap (value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array) && CID.asCID(value) === null
 }
 
-function hasExactly (map: Record<string, unknown>, count: number): boolean {
-  let n = 0
+/** The fields of a node and of an entry, in canonical order (one letter each, so bytewise). */
+const NODE_FIELDS = ['e', 'l']
+const ENTRY_FIELDS = ['k', 'p', 't', 'v']
+
+/**
+ * Whether `map` has exactly `fields`. In another order it is not canonical
+ * DRISL: CborDecodeError, as for any other non-canonical encoding. (The keys of
+ * a decoded map come in the order of the bytes: cborg inserts them as it reads,
+ * and none of these is an integer-like key, which JavaScript would move first.)
+ */
+function hasFields (map: Record<string, unknown>, fields: string[], cid: CID | undefined): boolean {
+  let i = 0
+  let ordered = true
   for (const key in map) {
-    if (Object.hasOwn(map, key)) n++
+    if (i === fields.length || !fields.includes(key)) return false
+    if (key !== fields[i]) ordered = false
+    i++
   }
-  return n === count
+  if (i !== fields.length) return false
+  // (duplicates were refused by the decoder, so these are all the fields)
+  if (!ordered) throw new CborDecodeError('map keys not in canonical order', { cid })
+  return true
 }
 
 /** A subtree link: null, or a dag-cbor sha2-256 CIDv1. */

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
+import { encode as cborgEncode } from 'cborg'
 import { CID } from 'multiformats/cid'
 import { RAW, cidForBytes } from '../../../src/repo/cid.ts'
 import { decodeMstNode, encodeMstNode, type MstNode } from '../../../src/repo/mst/node.ts'
@@ -94,6 +95,11 @@ describe('mst node codec', () => {
     ['an invalid record path', () => rawNode([{ p: 0, k: bytes('nocollection'), v: record(1), t: null }]), 'InvalidRecordPathError'],
     ['a non-ASCII key byte', () => rawNode([{ p: 0, k: bytes('a/é'), v: record(1), t: null }]), 'InvalidRecordPathError'],
     ['map keys in non-canonical order', () => Uint8Array.from([0xa2, 0x61, 0x6c, 0xf6, 0x61, 0x65, 0x80]), 'CborDecodeError'],
+    ['entry fields in non-canonical order', () => cborgEncode({ e: [{ p: 0, k: bytes('a/b'), v: record(1), t: null }], l: null }, {
+      ...dagCbor.encodeOptions,
+      // reversed order inside entries only
+      mapSorter: (a: any, b: any) => (a[0].value.length === 1 && 'kptv'.includes(a[0].value) ? (a[0].value < b[0].value ? 1 : -1) : (a[0].value < b[0].value ? -1 : 1))
+    }), 'CborDecodeError'],
     ['a non-minimal length header', () => Uint8Array.from([0xa2, 0x61, 0x65, 0x98, 0x00, 0x61, 0x6c, 0xf6]), 'CborDecodeError'],
     ['an indefinite-length array', () => Uint8Array.from([0xa2, 0x61, 0x65, 0x9f, 0xff, 0x61, 0x6c, 0xf6]), 'CborDecodeError'],
     ['trailing bytes', () => Uint8Array.from([...rawNode([]), 0x00]), 'CborDecodeError'],
@@ -111,6 +117,43 @@ describe('mst node codec', () => {
       })
     })
   }
+
+  it('accepts only the canonical encoding: on 4,000 mutated nodes, whatever decodes re-encodes to the same bytes (seeded)', () => {
+    // xorshift32: deterministic, so a failure reproduces.
+    let seed = 0x2545f491
+    const rand = (n: number): number => {
+      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
+      return (seed >>> 0) % n
+    }
+    const words = ['app.bsky.feed.post', 'app.bsky.feed.like', 'app.bsky.graph.follow', 'com.example.x']
+    let accepted = 0
+    for (let i = 0; i < 4000; i++) {
+      const keys = new Set<string>()
+      for (let j = rand(6); j > 0; j--) keys.add(`${words[rand(words.length)]}/3k${rand(40).toString(36)}${rand(40).toString(36)}`)
+      const node: MstNode = {
+        left: rand(2) === 0 ? null : subtree(rand(5)),
+        entries: [...keys].sort().map((key, j) => ({ key, value: record(j), right: rand(3) === 0 ? subtree(j) : null }))
+      }
+      const original = encodeMstNode(node)
+      const mutated = original.slice()
+      const at = rand(mutated.length)
+      switch (rand(3)) {
+        case 0: mutated[at] ^= 1 << rand(8); break
+        case 1: mutated[at] = rand(256); break
+        default: mutated[at] = mutated[at] + 1
+      }
+      let decoded: MstNode
+      try {
+        decoded = decodeMstNode(mutated)
+      } catch (err) {
+        assert.ok(['CborDecodeError', 'MstInvalidError', 'InvalidRecordPathError'].includes((err as Error).name), (err as Error).stack)
+        continue
+      }
+      accepted++
+      assert.deepEqual(encodeMstNode(decoded), mutated, `accepted non-canonical bytes ${Buffer.from(mutated).toString('hex')}`)
+    }
+    assert.ok(accepted > 50, `some mutations stay valid (${accepted})`)
+  })
 
   it('refuses to encode unsorted or invalid keys', () => {
     assert.throws(() => encodeMstNode({ left: null, entries: [{ key: 'a/c', value: record(1), right: null }, { key: 'a/b', value: record(2), right: null }] }), { name: 'MstInvalidError' })

@@ -1,0 +1,99 @@
+/**
+ * `atmirror mirrors <did|handle>`: who announces the DID on the DHT (the providers
+ * of its rendezvous key), plus configured peers. Asks the running daemon when there
+ * is one; otherwise starts a short-lived node on the data directory (no control API,
+ * no announcements), looks the DID up and stops.
+ */
+import { createMirrorNode } from '../../src/node.ts'
+import { ControlClient } from '../../src/server/control-client.ts'
+import type { MirrorsResult } from '../../src/server/control-api.ts'
+import { CommandUsageError, dataDir, globalOptions, parse, type Command, type CommandContext } from './context.ts'
+import { identityConfig, identityOptions, integerFlag } from './node-options.ts'
+
+const USAGE = `usage: atmirror mirrors DID-or-HANDLE [options]
+
+Lists the peers that announce the DID on the DHT (its rendezvous key), with the
+addresses the DHT gave for them, plus any --peer. A provider record only says a
+peer claims to mirror the repo: whatever is fetched from it is verified.
+
+With a daemon running on the data directory, the daemon looks it up. Otherwise a
+temporary node joins the network for the lookup:
+
+options:
+  --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --private               private network (see 'atmirror daemon --help')
+  --bootstrap MULTIADDR   peer to join the DHT through, repeatable
+  --listen MULTIADDR      TCP address for the temporary node (default: any free loopback port with --private)
+  --peer MULTIADDR        a peer to list as a mirror whatever the DHT says, repeatable
+  --timeout SECONDS       time budget of the DHT lookup (default 10)
+  --plc URL               PLC directory, to resolve a handle (ATMIRROR_PLC)
+  --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
+  --json                  print the result as one JSON object`
+
+const options = {
+  ...globalOptions,
+  ...identityOptions,
+  private: { type: 'boolean', default: false },
+  bootstrap: { type: 'string', multiple: true },
+  listen: { type: 'string', multiple: true },
+  peer: { type: 'string', multiple: true },
+  timeout: { type: 'string' }
+} as const
+
+export const command: Command = {
+  async run (args, ctx) {
+    const { values, positionals } = parse(args, options)
+    if (values.help) {
+      ctx.stdout.write(USAGE + '\n')
+      return 0
+    }
+    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
+    const id = positionals[0] as string
+    const json = values.json
+    const timeoutMs = integerFlag('--timeout', values.timeout, 10, { min: 1, max: 600 }) * 1000
+    try {
+      const dir = dataDir(values.data, ctx.env)
+      const daemon = await ControlClient.forDataDir(dir)
+      const result = daemon !== undefined
+        ? await daemon.client.mirrors(id, { signal: ctx.signal })
+        : await lookupHere(dir, id, { ...values, timeoutMs }, ctx)
+      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatMirrors(result)) + '\n')
+      return 0
+    } catch (err) {
+      return ctx.fail(err, { json })
+    }
+  }
+}
+
+async function lookupHere (dir: string, id: string, values: { private: boolean, bootstrap?: string[], listen?: string[], peer?: string[], plc?: string, 'handle-resolver'?: string, timeoutMs: number }, ctx: CommandContext): Promise<MirrorsResult> {
+  const node = await createMirrorNode({
+    dataDir: dir,
+    ...identityConfig(values, ctx.env),
+    network: {
+      mode: values.private ? 'private' : 'public',
+      listen: values.listen ?? (values.private ? undefined : ['/ip4/127.0.0.1/tcp/0']),
+      bootstrap: values.bootstrap ?? [],
+      mirrors: { peers: values.peer ?? [], timeoutMs: values.timeoutMs },
+      services: { reprovide: false }
+    },
+    api: false,
+    checkOnStart: false,
+    intervalMs: 0
+  })
+  try {
+    await node.start()
+    return await node.mirrors(id, { signal: ctx.signal })
+  } finally {
+    await node.stop()
+  }
+}
+
+function formatMirrors (result: MirrorsResult): string {
+  if (result.mirrors.length === 0) return `no mirrors of ${result.did} found`
+  const lines = [`${result.mirrors.length} mirror${result.mirrors.length === 1 ? '' : 's'} of ${result.did}:`]
+  for (const mirror of result.mirrors) {
+    lines.push(`  ${mirror.peerId}  (${mirror.source})`)
+    for (const address of mirror.addresses) lines.push(`      ${address}`)
+  }
+  return lines.join('\n')
+}

@@ -1,0 +1,143 @@
+/**
+ * The peer-to-peer services a networked node runs on top of libp2p and its store:
+ *
+ * - the head-exchange responder and asker (`/atmirror/head/1.0.0`), serving the
+ *   stored commit of every pinned, servable repo;
+ * - a {@link PeerHeadResolver} over the DID's mirrors, which the node combines with
+ *   the PDS in a CompositeHeadResolver;
+ * - the {@link Reprovider}, told about every repo change (`repoChanged(did)`).
+ *
+ * The node composition creates one, starts it after the network and stops it before.
+ */
+import { logger } from '@libp2p/logger'
+import { PeerHeadResolver, type PeerHeadResolverInit } from '../head/peer.ts'
+import { HeadExchange, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
+import { Reprovider, type ProvideMode, type ReproviderComponents, type ReproviderInit } from './reprovider.ts'
+import type { FindMirrorsOptions, MirrorFinder, MirrorPeer } from './mirrors.ts'
+import type { IdentityResolver } from '../identity/resolver.ts'
+import type { ReadonlyBlockStore } from '../repo/block-store.ts'
+import type { Libp2p, PeerId } from '@libp2p/interface'
+
+const log = logger('atmirror:net:peers')
+
+/** What the services need of the node's store (MirrorStore fits). */
+export interface PeerServicesStore extends HeadStore {
+  pins: HeadStore['pins'] & { list: () => Promise<string[]> }
+  getState: (did: string) => Promise<({ status: string, commit: string, rev: string }) | undefined>
+  blocks: ReadonlyBlockStore
+}
+
+export interface PeerServicesComponents {
+  libp2p: Libp2p
+  store: PeerServicesStore
+  identity: IdentityResolver
+  /** The node's mirror finder (shared with the Bitswap broker, so configured peers agree). */
+  mirrors: MirrorFinder
+  /** How many peers the DHT routing table holds (MirrorNetwork.dhtPeerCount). */
+  routingTableSize?: () => number
+  /** kad-dht's datastore (the node's), so stale self provider records can be found. */
+  datastore?: NonNullable<ReproviderComponents['providerRecords']>['datastore']
+}
+
+export interface PeerServicesInit {
+  /** What to announce for pinned repos. @default 'heads' */
+  provide?: ProvideMode
+  /** Run the reprovider (a one-shot command does not: it leaves right after). @default true */
+  reprovide?: boolean
+  reprovider?: Omit<ReproviderInit, 'provide'>
+  headExchange?: HeadExchangeInit
+  peerHeads?: PeerHeadResolverInit
+}
+
+/** A connected peer as the control API reports it. */
+export interface ConnectedPeer {
+  peerId: string
+  addresses: string[]
+  /** `inbound` or `outbound` for each open connection. */
+  directions: string[]
+}
+
+export class PeerServices {
+  readonly headExchange: HeadExchange
+  readonly heads: PeerHeadResolver
+  readonly mirrors: MirrorFinder
+  readonly reprovider: Reprovider | undefined
+  readonly #libp2p: Libp2p
+  readonly #announcing = new Set<Promise<void>>()
+
+  constructor (components: PeerServicesComponents, init: PeerServicesInit = {}) {
+    this.#libp2p = components.libp2p
+    this.mirrors = components.mirrors
+    this.headExchange = new HeadExchange({ libp2p: components.libp2p, heads: storeHeadSource(components.store) }, init.headExchange)
+    this.heads = new PeerHeadResolver({
+      headExchange: this.headExchange,
+      identity: components.identity,
+      mirrors: components.mirrors,
+      store: components.store
+    }, init.peerHeads)
+    this.reprovider = init.reprovide === false
+      ? undefined
+      : new Reprovider({
+        routing: components.libp2p.contentRouting,
+        store: components.store,
+        routingTableSize: components.routingTableSize,
+        providerRecords: components.datastore === undefined ? undefined : { datastore: components.datastore, peerId: components.libp2p.peerId }
+      }, { ...init.reprovider, provide: init.provide })
+  }
+
+  async start (): Promise<void> {
+    await this.headExchange.start()
+    this.reprovider?.start()
+  }
+
+  async stop (): Promise<void> {
+    await this.reprovider?.stop()
+    await this.headExchange.stop()
+  }
+
+  /**
+   * A repo was synced, unpinned or changed status: announce its new state, or
+   * withdraw it (unpinned, taken down…). Never throws: announcing is background work.
+   */
+  repoChanged (did: string): void {
+    if (this.reprovider === undefined) return
+    const work = this.reprovider.announce(did)
+      .catch(err => { log.error('announcing %s failed - %e', did, err) })
+      .finally(() => { this.#announcing.delete(work) })
+    this.#announcing.add(work)
+  }
+
+  /** Resolves when every announcement asked for so far has reached the DHT (or failed). */
+  async idle (): Promise<void> {
+    await Promise.all([...this.#announcing])
+    await this.reprovider?.onIdle()
+  }
+
+  /** Peers with an open connection. */
+  connectedPeers (): ConnectedPeer[] {
+    const byPeer = new Map<string, ConnectedPeer>()
+    for (const connection of this.#libp2p.getConnections()) {
+      const id = connection.remotePeer.toString()
+      let entry = byPeer.get(id)
+      if (entry === undefined) {
+        entry = { peerId: id, addresses: [], directions: [] }
+        byPeer.set(id, entry)
+      }
+      entry.addresses.push(connection.remoteAddr.toString())
+      entry.directions.push(connection.direction)
+    }
+    return [...byPeer.values()]
+  }
+
+  /** Who announces `did` (DHT rendezvous providers and configured peers). */
+  async findMirrors (did: string, options: FindMirrorsOptions = {}): Promise<MirrorPeer[]> {
+    const found: MirrorPeer[] = []
+    for await (const peer of this.mirrors.findMirrors(did, options)) found.push(peer)
+    return found
+  }
+
+  /** This node's peer id. */
+  get peerId (): PeerId {
+    return this.#libp2p.peerId
+  }
+}

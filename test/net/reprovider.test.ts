@@ -1,0 +1,209 @@
+/**
+ * DHT announcements between three real nodes on loopback (private mode, kad-dht in
+ * server mode): a pinned DID's rendezvous key and commit become findable, a new
+ * commit replaces the old one, unpinning and takedowns withdraw, stale self records
+ * from earlier runs are cancelled, and the work stays within its concurrency.
+ *
+ * "Withdrawn" is checked where it is true: our own provider record (kad-dht's
+ * datastore) is gone, so this node neither lists itself nor republishes. Records
+ * other peers already hold expire on their own (the DHT has no retraction).
+ */
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { MemoryDatastore } from 'datastore-core/memory'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+import * as dagCbor from '@ipld/dag-cbor'
+import { base32 } from 'multiformats/bases/base32'
+import { rendezvousCid } from '../../src/identity/rendezvous.ts'
+import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
+import { MirrorFinder } from '../../src/net/mirrors.ts'
+import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import { Reprovider } from '../../src/net/reprovider.ts'
+import { MemoryBlockStore } from '../../src/repo/block-store.ts'
+import { cidForBytes, parseCid, type CID } from '../../src/repo/cid.ts'
+import { generateRepo, splitCar } from '../repo/fixtures.ts'
+
+const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
+const OTHER = 'did:plc:44ybard66vv44zksje25o7dz'
+
+function block (label: string): { cid: CID, bytes: Uint8Array } {
+  const bytes = dagCbor.encode({ label })
+  return { cid: cidForBytes(bytes), bytes }
+}
+
+function state (did: string, commit: CID, status: RepoState['status'] = 'active'): RepoState {
+  return { did, commit: commit.toString(), rev: '3l3qo2vutsw2b', data: block('data').cid.toString(), status, syncedAt: new Date().toISOString() }
+}
+
+async function startNode (init: { bootstrap?: string[], datastore?: MemoryDatastore } = {}): Promise<MirrorNetwork> {
+  const net = await createNetwork({
+    blockstore: new MemoryBlockstore(),
+    datastore: init.datastore ?? new MemoryDatastore(),
+    privateKey: await generateKeyPair('Ed25519')
+  }, { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: init.bootstrap ?? [] })
+  await net.start()
+  return net
+}
+
+/** Whether `node` holds its own provider record for `cid` (what cancelReprovide deletes). */
+async function hasSelfRecord (datastore: MemoryDatastore, node: MirrorNetwork, cid: CID): Promise<boolean> {
+  const key = `/dht/provider/${base32.baseEncode(cid.multihash.bytes).toUpperCase()}/${node.peerId.toString()}`
+  for await (const found of datastore.queryKeys({ prefix: '/dht/provider/' })) {
+    if (found.toString().toUpperCase() === key.toUpperCase()) return true
+  }
+  return false
+}
+
+async function providersOf (node: MirrorNetwork, cid: CID): Promise<string[]> {
+  const found: string[] = []
+  for await (const provider of node.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(5000) })) found.push(provider.id.toString())
+  return found
+}
+
+async function until (what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!await check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+describe('reprovider', () => {
+  let dir: string
+  let store: MirrorStore
+  let aData: MemoryDatastore
+  let a: MirrorNetwork
+  let b: MirrorNetwork
+  let c: MirrorNetwork
+  let reprovider: Reprovider
+  const commit1 = block('commit 1').cid
+  const commit2 = block('commit 2').cid
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-reprovider-'))
+    store = await MirrorStore.open(dir)
+    aData = new MemoryDatastore()
+    a = await startNode({ datastore: aData })
+    const bootstrap = [a.getMultiaddrs()[0]?.toString() as string]
+    b = await startNode({ bootstrap })
+    c = await startNode({ bootstrap: [b.getMultiaddrs()[0]?.toString() as string] })
+    // every DHT knows at least one other server before anything is provided
+    await until('routing tables', async () => a.getPeers().length >= 1 && c.getPeers().length >= 1)
+    reprovider = new Reprovider({
+      routing: a.libp2p.contentRouting,
+      store,
+      providerRecords: { datastore: aData, peerId: a.peerId }
+    }, { passOnStart: false, intervalMs: 0 })
+    reprovider.start()
+  })
+
+  after(async () => {
+    await reprovider.stop()
+    await Promise.all([a.stop(), b.stop(), c.stop()])
+    await store.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('announces the rendezvous key and the commit of a pinned repo', async () => {
+    await store.pins.add(DID)
+    await store.putState(state(DID, commit1))
+    await reprovider.announce(DID)
+    await reprovider.onIdle()
+    assert.ok(await hasSelfRecord(aData, a, rendezvousCid(DID)))
+    assert.ok(await hasSelfRecord(aData, a, commit1))
+    // C knows only B, and finds A through the DHT
+    const mirrors = new MirrorFinder({ libp2p: c.libp2p }, { timeoutMs: 5000 })
+    const found: string[] = []
+    for await (const peer of mirrors.findMirrors(DID)) found.push(peer.id.toString())
+    assert.deepEqual(found, [a.peerId.toString()])
+    assert.ok((await providersOf(c, commit1)).includes(a.peerId.toString()))
+  })
+
+  it('announces the new commit and cancels the old one when the repo advances', async () => {
+    await store.putState(state(DID, commit2))
+    await reprovider.announce(DID)
+    await reprovider.onIdle()
+    assert.ok(await hasSelfRecord(aData, a, commit2))
+    assert.equal(await hasSelfRecord(aData, a, commit1), false)
+    assert.ok(await hasSelfRecord(aData, a, rendezvousCid(DID)))
+    assert.ok((await providersOf(c, commit2)).includes(a.peerId.toString()))
+    assert.equal(reprovider.announcedFor(DID)?.commit.toString(), commit2.toString())
+  })
+
+  it('withdraws a repo that is taken down', async () => {
+    await store.pins.add(OTHER)
+    const commit = block('other commit').cid
+    await store.putState(state(OTHER, commit))
+    await reprovider.announce(OTHER)
+    await reprovider.onIdle()
+    assert.ok(await hasSelfRecord(aData, a, rendezvousCid(OTHER)))
+    await store.putState(state(OTHER, commit, 'takendown'))
+    await reprovider.announce(OTHER)
+    await reprovider.onIdle()
+    assert.equal(await hasSelfRecord(aData, a, rendezvousCid(OTHER)), false)
+    assert.equal(await hasSelfRecord(aData, a, commit), false)
+    assert.equal(reprovider.announcedFor(OTHER), undefined)
+    await store.pins.remove(OTHER)
+  })
+
+  it('withdraws every key on unpin', async () => {
+    await store.pins.remove(DID)
+    await reprovider.withdraw(DID)
+    await reprovider.onIdle()
+    assert.equal(await hasSelfRecord(aData, a, rendezvousCid(DID)), false)
+    assert.equal(await hasSelfRecord(aData, a, commit2), false)
+    assert.equal(reprovider.announcedFor(DID), undefined)
+  })
+
+  it('a full pass re-announces pinned repos and cancels stale self records', async () => {
+    const stale = block('left over from an earlier run').cid
+    await a.libp2p.contentRouting.provide(stale)
+    assert.ok(await hasSelfRecord(aData, a, stale))
+    await store.pins.add(DID)
+    await store.putState(state(DID, commit2))
+    await reprovider.reprovideAll()
+    assert.equal(await hasSelfRecord(aData, a, stale), false)
+    assert.ok(await hasSelfRecord(aData, a, rendezvousCid(DID)))
+    assert.ok(await hasSelfRecord(aData, a, commit2))
+    assert.ok(reprovider.stats().lastPassAt !== undefined)
+  })
+
+  it("provide 'all' announces every block of the repo within its concurrency", async () => {
+    const repo = await generateRepo({ records: 30, seed: 7 })
+    const blocks = new MemoryBlockStore()
+    const { blocks: raw } = splitCar(repo.car)
+    for (const { cid, bytes } of raw) blocks.put(cid, bytes)
+    await store.pins.add(repo.did)
+    await store.putState(state(repo.did, parseCid(repo.commit)))
+    let inFlight = 0
+    let maxInFlight = 0
+    const counting = {
+      provide: async (cid: CID, options?: { signal?: AbortSignal }) => {
+        maxInFlight = Math.max(maxInFlight, ++inFlight)
+        try { await a.libp2p.contentRouting.provide(cid, options) } finally { inFlight-- }
+      },
+      cancelReprovide: async (cid: CID, options?: { signal?: AbortSignal }) => { await a.libp2p.contentRouting.cancelReprovide(cid, options) }
+    }
+    const all = new Reprovider({ routing: counting, store: { pins: store.pins, getState: async (did) => await store.getState(did), blocks } }, { provide: 'all', passOnStart: false, intervalMs: 0, concurrency: 3, maxQueue: 5 })
+    all.start()
+    try {
+      await all.announce(repo.did)
+      await all.onIdle()
+      // every block of the CAR: commit, MST nodes, records
+      for (const { cid } of raw) assert.ok(await hasSelfRecord(aData, a, cid), `block ${cid.toString()} provided`)
+      assert.ok(await hasSelfRecord(aData, a, rendezvousCid(repo.did)))
+      assert.ok(maxInFlight <= 3, `at most 3 provides at once (saw ${maxInFlight})`)
+      assert.equal(all.announcedFor(repo.did)?.blocks, raw.length)
+      await store.pins.remove(repo.did)
+      await all.withdraw(repo.did)
+      await all.onIdle()
+      for (const { cid } of raw) assert.equal(await hasSelfRecord(aData, a, cid), false)
+    } finally {
+      await all.stop()
+    }
+  })
+})
