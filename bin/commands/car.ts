@@ -12,7 +12,7 @@ import { decodeCommit } from '../../src/repo/commit.ts'
 import { parseDidKey, formatDidKey, type PublicKey } from '../../src/repo/keys.ts'
 import { walkMstBatches } from '../../src/repo/mst/walk.ts'
 import { CarParseError, MissingBlockError } from '../../src/errors.ts'
-import { CommandUsageError, globalOptions, parse, plcUrl, type Command, type CommandContext } from './context.ts'
+import { type CommandContext, CommandUsageError, defineCommand, globalOptions, plcUrl } from './context.ts'
 
 const USAGE = `usage:
   atmirror car verify FILE.car [--did DID] [--key did:key:...] [--plc URL] [--json]
@@ -34,30 +34,23 @@ const options = {
 /** Read the CAR in large chunks: fewer, bigger slices for the parser. */
 const READ_CHUNK = 1 << 20
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: options,
+  async run ({ values, positionals }, ctx) {
     const [verb, file, ...extra] = positionals
     if (verb === undefined) throw new CommandUsageError(`missing subcommand (verify or ls)\n${USAGE}`)
     if (file === undefined) throw new CommandUsageError(`missing FILE.car\n${USAGE}`)
     if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
     const json = values.json
-    try {
-      if (verb === 'verify') return await verify(file, { did: values.did, key: values.key, plc: values.plc, json }, ctx)
-      if (verb === 'ls') {
-        if (values.did !== undefined || values.key !== undefined) throw new CommandUsageError('car ls takes no --did or --key (use car verify)')
-        return await list(file, { json }, ctx)
-      }
-    } catch (err) {
-      return ctx.fail(err, { json })
+    if (verb === 'verify') return await verify(file, { did: values.did, key: values.key, plc: values.plc, json }, ctx)
+    if (verb === 'ls') {
+      if (values.did !== undefined || values.key !== undefined) throw new CommandUsageError('car ls takes no --did or --key (use car verify)')
+      return await list(file, { json }, ctx)
     }
     throw new CommandUsageError(`unknown subcommand ${JSON.stringify(verb)} (verify or ls)\n${USAGE}`)
   }
-}
+})
 
 function readFileChunks (file: string): AsyncIterable<Uint8Array> {
   return createReadStream(file, { highWaterMark: READ_CHUNK })

@@ -58,8 +58,40 @@ export const globalOptions = {
   help: { type: 'boolean', short: 'h', default: false }
 } as const satisfies NonNullable<ParseArgsConfig['options']>
 
+type Options = NonNullable<ParseArgsConfig['options']>
+
+/** What {@link parse} returns for a set of options. */
+export type Parsed<O extends Options> = ReturnType<typeof parse<O>>
+
+/**
+ * A command from its usage text, its options and a body: parses the arguments
+ * (usage errors exit 2), answers --help, and turns a thrown error into
+ * `ctx.fail` (JSON with --json).
+ */
+export function defineCommand<O extends Options & typeof globalOptions> (spec: {
+  usage: string
+  options: O
+  run: (parsed: Parsed<O>, ctx: CommandContext) => Promise<number>
+}): Command {
+  return {
+    async run (args, ctx) {
+      const parsed = parse(args, spec.options)
+      const values = parsed.values as { help?: boolean, json?: boolean }
+      if (values.help === true) {
+        ctx.stdout.write(spec.usage + '\n')
+        return 0
+      }
+      try {
+        return await spec.run(parsed, ctx)
+      } catch (err) {
+        return ctx.fail(err, { json: values.json === true })
+      }
+    }
+  }
+}
+
 /** node:util parseArgs with our usage error. */
-export function parse<O extends NonNullable<ParseArgsConfig['options']>> (args: string[], options: O, init: { allowPositionals?: boolean } = {}) {
+export function parse<O extends Options> (args: string[], options: O, init: { allowPositionals?: boolean } = {}) {
   try {
     return parseArgs({ args, options, allowPositionals: init.allowPositionals ?? true, strict: true })
   } catch (err) {

@@ -4,7 +4,7 @@
 import { once } from 'node:events'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 import { formatSync, identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
@@ -56,13 +56,10 @@ const options = {
   offline: { type: 'boolean', default: false }
 } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options, { allowPositionals: false })
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: options,
+  async run ({ values, positionals }, ctx) {
     if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
     const json = values.json
     const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial', 'peer', 'provide'] as const
@@ -96,46 +93,42 @@ export const command: Command = {
           }
     }
 
-    try {
-      if (ctx.signal.aborted) return 130
-      const node = await createMirrorNode(init)
-      const print = (line: unknown): void => {
-        ctx.stdout.write((json ? JSON.stringify(line) : String(line)) + '\n')
-      }
-      node.events.addEventListener('repo:synced', (evt) => {
-        if (json) print({ event: 'repo:synced', ...evt.detail, commit: evt.detail.commit.toString() })
-        else if (evt.detail.changed) print(`synced ${formatSync({ ...evt.detail, commit: evt.detail.commit.toString() })}`)
-      })
-      node.events.addEventListener('repo:error', (evt) => {
-        const { did, error } = evt.detail
-        if (json) print({ event: 'repo:error', did, error: { name: error.name, message: error.message } })
-        else ctx.stderr.write(`sync failed: ${did}: ${error.name}: ${error.message}\n`)
-      })
-      try {
-        await node.start()
-        const status = await node.status()
-        if (json) {
-          print({ event: 'started', pid: status.pid, dataDir: status.dataDir, api: node.api?.url, peerId: status.peerId, network: status.network, addresses: status.addresses, pins: status.repos.length })
-        } else {
-          print([
-            `atmirror ${status.version} daemon running (pid ${status.pid})`,
-            `  data:      ${status.dataDir}`,
-            `  api:       ${node.api?.url ?? 'off'}`,
-            `  network:   ${status.network ?? 'offline'}`,
-            `  peer id:   ${status.peerId ?? '-'}`,
-            ...status.addresses.map((addr, i) => `  ${i === 0 ? 'addresses:' : '          '} ${addr}`),
-            `  pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'} (re-checked every ${status.intervalSeconds > 0 ? `${status.intervalSeconds} s` : 'start only'})`
-          ].join('\n'))
-        }
-        if (!ctx.signal.aborted) await once(ctx.signal, 'abort')
-      } finally {
-        await node.stop()
-      }
-      if (json) print({ event: 'stopped' })
-      else print('stopped')
-      return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
+    if (ctx.signal.aborted) return 130
+    const node = await createMirrorNode(init)
+    const print = (line: unknown): void => {
+      ctx.stdout.write((json ? JSON.stringify(line) : String(line)) + '\n')
     }
+    node.events.addEventListener('repo:synced', (evt) => {
+      if (json) print({ event: 'repo:synced', ...evt.detail, commit: evt.detail.commit.toString() })
+      else if (evt.detail.changed) print(`synced ${formatSync({ ...evt.detail, commit: evt.detail.commit.toString() })}`)
+    })
+    node.events.addEventListener('repo:error', (evt) => {
+      const { did, error } = evt.detail
+      if (json) print({ event: 'repo:error', did, error: { name: error.name, message: error.message } })
+      else ctx.stderr.write(`sync failed: ${did}: ${error.name}: ${error.message}\n`)
+    })
+    try {
+      await node.start()
+      const status = await node.status()
+      if (json) {
+        print({ event: 'started', pid: status.pid, dataDir: status.dataDir, api: node.api?.url, peerId: status.peerId, network: status.network, addresses: status.addresses, pins: status.repos.length })
+      } else {
+        print([
+          `atmirror ${status.version} daemon running (pid ${status.pid})`,
+          `  data:      ${status.dataDir}`,
+          `  api:       ${node.api?.url ?? 'off'}`,
+          `  network:   ${status.network ?? 'offline'}`,
+          `  peer id:   ${status.peerId ?? '-'}`,
+          ...status.addresses.map((addr, i) => `  ${i === 0 ? 'addresses:' : '          '} ${addr}`),
+          `  pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'} (re-checked every ${status.intervalSeconds > 0 ? `${status.intervalSeconds} s` : 'start only'})`
+        ].join('\n'))
+      }
+      if (!ctx.signal.aborted) await once(ctx.signal, 'abort')
+    } finally {
+      await node.stop()
+    }
+    if (json) print({ event: 'stopped' })
+    else print('stopped')
+    return 0
   }
-}
+})

@@ -6,7 +6,7 @@
  */
 import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
-import { CommandUsageError, globalOptions, parse, type Command } from './context.ts'
+import { CommandUsageError, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror head <did|handle> [--plc URL] [--handle-resolver URL] [--timeout MS] [--json]
@@ -18,38 +18,31 @@ const USAGE = `usage: atmirror head <did|handle> [--plc URL] [--handle-resolver 
 
 const options = { ...globalOptions, ...identityOptions, timeout: { type: 'string' } } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: options,
+  async run ({ values, positionals }, ctx) {
     const json = values.json
-    try {
-      const [input, ...extra] = positionals
-      if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
-      if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
-      const timeoutMs = integerFlag('--timeout', values.timeout, 10_000, { min: 1 })
-      const identity = new AtprotoIdentityResolver({ ...identityConfig(values, ctx.env), timeoutMs })
-      const did = input.startsWith('did:') ? input : (await identity.resolve(input, { signal: ctx.signal })).did
-      const head = await new PdsHeadResolver({ identity }, { timeoutMs }).resolveHead(did, { signal: ctx.signal })
-      if (json) {
-        ctx.stdout.write(JSON.stringify({ ok: true, did: head.did, cid: head.cid.toString(), rev: head.rev, data: head.data.toString(), source: head.source }) + '\n')
-        return 0
-      }
-      const rows: Array<[string, string]> = [
-        ['did', head.did],
-        ['commit', head.cid.toString()],
-        ['rev', head.rev],
-        ['data', `${head.data.toString()} (MST root)`],
-        ['source', `${head.source} (signature verified)`]
-      ]
-      const width = Math.max(...rows.map(([name]) => name.length))
-      ctx.stdout.write(rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n') + '\n')
+    const [input, ...extra] = positionals
+    if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
+    if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
+    const timeoutMs = integerFlag('--timeout', values.timeout, 10_000, { min: 1 })
+    const identity = new AtprotoIdentityResolver({ ...identityConfig(values, ctx.env), timeoutMs })
+    const did = input.startsWith('did:') ? input : (await identity.resolve(input, { signal: ctx.signal })).did
+    const head = await new PdsHeadResolver({ identity }, { timeoutMs }).resolveHead(did, { signal: ctx.signal })
+    if (json) {
+      ctx.stdout.write(JSON.stringify({ ok: true, did: head.did, cid: head.cid.toString(), rev: head.rev, data: head.data.toString(), source: head.source }) + '\n')
       return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
     }
+    const rows: Array<[string, string]> = [
+      ['did', head.did],
+      ['commit', head.cid.toString()],
+      ['rev', head.rev],
+      ['data', `${head.data.toString()} (MST root)`],
+      ['source', `${head.source} (signature verified)`]
+    ]
+    const width = Math.max(...rows.map(([name]) => name.length))
+    ctx.stdout.write(rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n') + '\n')
+    return 0
   }
-}
+})

@@ -5,7 +5,7 @@
 import type { MirrorNode } from '../../src/node.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { PinResult, PinnedRepo, UnpinResult } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command, type CommandContext } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
 import { formatSync, identityConfig, identityOptions } from './node-options.ts'
 import { formatRepo } from './status.ts'
 
@@ -34,13 +34,10 @@ interface PinBackend {
   close: () => Promise<void>
 }
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options,
+  async run ({ values, positionals }, ctx) {
     const [verb, ...ids] = positionals
     if (verb === undefined) throw new CommandUsageError(`missing subcommand (add, rm or ls)\n${USAGE}`)
     if (verb !== 'add' && verb !== 'rm' && verb !== 'ls') throw new CommandUsageError(`unknown subcommand ${JSON.stringify(verb)} (add, rm or ls)\n${USAGE}`)
@@ -73,13 +70,11 @@ export const command: Command = {
         }
       }
       return failed === 0 ? 0 : 1
-    } catch (err) {
-      return ctx.fail(err, { json })
     } finally {
       await backend?.close()
     }
   }
-}
+})
 
 async function openBackend (values: { data?: string, plc?: string, 'handle-resolver'?: string }, ctx: CommandContext): Promise<PinBackend> {
   const dir = dataDir(values.data, ctx.env)

@@ -8,7 +8,7 @@
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { peerIdForKey } from '../../src/identity/peer-id.ts'
 import { rendezvousCid } from '../../src/identity/rendezvous.ts'
-import { CommandUsageError, globalOptions, parse, type Command } from './context.ts'
+import { CommandUsageError, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror resolve <did|handle> [--plc URL] [--handle-resolver URL] [--json]
@@ -20,52 +20,45 @@ const USAGE = `usage: atmirror resolve <did|handle> [--plc URL] [--handle-resolv
 
 const options = { ...globalOptions, ...identityOptions } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: options,
+  async run ({ values, positionals }, ctx) {
     const json = values.json
-    try {
-      const [input, ...extra] = positionals
-      if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
-      if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
-      const resolver = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
-      const identity = await resolver.resolve(input, { signal: ctx.signal })
-      const peerId = peerIdForKey(identity.signingKey).toString()
-      const rendezvous = rendezvousCid(identity.did).toString()
-      if (json) {
-        ctx.stdout.write(JSON.stringify({
-          ok: true,
-          did: identity.did,
-          handle: identity.handle ?? null,
-          handleVerified: identity.handleVerified,
-          pds: identity.pds,
-          signingKey: identity.didKey,
-          keyType: identity.signingKey.type,
-          peerId,
-          rendezvousCid: rendezvous
-        }) + '\n')
-        return 0
-      }
-      const handle = identity.handle === undefined
-        ? '(none)'
-        : `${identity.handle} (${identity.handleVerified ? 'verified' : 'NOT verified: it does not resolve back to this DID'})`
-      const rows: Array<[string, string]> = [
-        ['did', identity.did],
-        ['handle', handle],
-        ['pds', identity.pds],
-        ['signing key', `${identity.didKey} (${identity.signingKey.type})`],
-        ['peer id', `${peerId} (of the signing key; no node holds it)`],
-        ['rendezvous', `${rendezvous} (mirrors announce this CID)`]
-      ]
-      const width = Math.max(...rows.map(([name]) => name.length))
-      ctx.stdout.write(rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n') + '\n')
+    const [input, ...extra] = positionals
+    if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
+    if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
+    const resolver = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
+    const identity = await resolver.resolve(input, { signal: ctx.signal })
+    const peerId = peerIdForKey(identity.signingKey).toString()
+    const rendezvous = rendezvousCid(identity.did).toString()
+    if (json) {
+      ctx.stdout.write(JSON.stringify({
+        ok: true,
+        did: identity.did,
+        handle: identity.handle ?? null,
+        handleVerified: identity.handleVerified,
+        pds: identity.pds,
+        signingKey: identity.didKey,
+        keyType: identity.signingKey.type,
+        peerId,
+        rendezvousCid: rendezvous
+      }) + '\n')
       return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
     }
+    const handle = identity.handle === undefined
+      ? '(none)'
+      : `${identity.handle} (${identity.handleVerified ? 'verified' : 'NOT verified: it does not resolve back to this DID'})`
+    const rows: Array<[string, string]> = [
+      ['did', identity.did],
+      ['handle', handle],
+      ['pds', identity.pds],
+      ['signing key', `${identity.didKey} (${identity.signingKey.type})`],
+      ['peer id', `${peerId} (of the signing key; no node holds it)`],
+      ['rendezvous', `${rendezvous} (mirrors announce this CID)`]
+    ]
+    const width = Math.max(...rows.map(([name]) => name.length))
+    ctx.stdout.write(rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n') + '\n')
+    return 0
   }
-}
+})

@@ -5,38 +5,31 @@
 import { ControlApiError } from '../../src/errors.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { NodeStatus, PinnedRepo } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 
 const USAGE = `usage: atmirror status [--data DIR] [--json]
 
 Shows the running daemon's peer id, network addresses and every pinned repo with
 its rev, last sync and state. Needs a daemon on the data directory ('atmirror daemon').`
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, globalOptions, { allowPositionals: false })
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: globalOptions,
+  async run ({ values, positionals }, ctx) {
     if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
     const json = values.json
-    try {
-      const dir = dataDir(values.data, ctx.env)
-      const found = await ControlClient.forDataDir(dir)
-      if (found === undefined) throw new ControlApiError(`no daemon is running on ${dir} (start one with 'atmirror daemon')`)
-      const status = await found.client.status({ signal: ctx.signal })
-      if (json) {
-        ctx.stdout.write(JSON.stringify({ ok: true, api: found.client.url, ...status }) + '\n')
-      } else {
-        ctx.stdout.write(formatStatus(status, found.client.url) + '\n')
-      }
-      return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
+    const dir = dataDir(values.data, ctx.env)
+    const found = await ControlClient.forDataDir(dir)
+    if (found === undefined) throw new ControlApiError(`no daemon is running on ${dir} (start one with 'atmirror daemon')`)
+    const status = await found.client.status({ signal: ctx.signal })
+    if (json) {
+      ctx.stdout.write(JSON.stringify({ ok: true, api: found.client.url, ...status }) + '\n')
+    } else {
+      ctx.stdout.write(formatStatus(status, found.client.url) + '\n')
     }
+    return 0
   }
-}
+})
 
 function formatStatus (status: NodeStatus, api: string): string {
   const lines = [
