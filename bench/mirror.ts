@@ -146,7 +146,7 @@ try {
       await rm(dir, { recursive: true, force: true })
     }
   }
-  process.stdout.write(`storage floor, ${blocks.length} blocks from memory: blockstore-fs putMany ${fmt(median(fsTimes))}, MirrorBlockstore putMany (verified, unique temp + rename) ${fmt(median(mirrorTimes))}\n\n`)
+  process.stdout.write(`storage floor, ${blocks.length} blocks from memory: blockstore-fs putMany ${fmt(median(fsTimes))}, MirrorBlockstore putMany (hash-checked, unique temp file + rename) ${fmt(median(mirrorTimes))}\n\n`)
 
   const ratio = b / a
   const bound = 2 * depth + 2

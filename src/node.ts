@@ -507,7 +507,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       }, { version: VERSION, ...init.network })
       const { helia, libp2p } = network
       const net = network
-      const mirrors = new MirrorFinder({ libp2p }, init.network?.mirrors)
+      const mirrors = new MirrorFinder({ libp2p, routingTableSize: () => net.dhtPeerCount() }, init.network?.mirrors)
       p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount() }, init.network?.services)
       // the PDS and the other mirrors together: the highest verified rev wins, peers decide when the PDS is down
       heads = new CompositeHeadResolver([pdsHeads, p2p.heads])

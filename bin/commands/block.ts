@@ -17,7 +17,7 @@ import type { BlockBroker } from '../../src/blocks/broker.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { parseCid, verifyBlock } from '../../src/repo/cid.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror block get CID [--offline] [--did DID] [options]
@@ -44,47 +44,39 @@ const options = {
   did: { type: 'string' }
 } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options,
+  async run ({ values, positionals }, ctx) {
     const [verb, text, ...rest] = positionals
     if (verb !== 'get') throw new CommandUsageError(`${verb === undefined ? 'missing subcommand' : `unknown subcommand ${JSON.stringify(verb)}`} (get)\n${USAGE}`)
     if (text === undefined || rest.length > 0) throw new CommandUsageError(`block get takes one CID\n${USAGE}`)
     if (values.offline && values.did !== undefined) throw new CommandUsageError('--did asks the PDS, --offline forbids it: pick one')
-    const json = values.json
-    try {
-      const cid = parseCid(text)
-      const blockstore = new MirrorBlockstore(join(dataDir(values.data, ctx.env), 'blocks')) // read only: never opened
-      const local = await blockstore.getBytes(cid)
-      if (local !== undefined) {
-        verifyBlock(cid, local)
-        ctx.stdout.write(local)
-        return 0
-      }
-      if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
+    const cid = parseCid(text)
+    const blockstore = new MirrorBlockstore(join(dataDir(values.data, ctx.env), 'blocks')) // read only: never opened
+    const local = blockstore.getBytesSync(cid)
+    if (local !== undefined) {
+      verifyBlock(cid, local)
+      ctx.stdout.write(local)
+      return 0
+    }
+    if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
 
-      const brokers: BlockBroker[] = [new LocalBroker({ store: { getBlock: async (c) => await blockstore.getBytes(c) } })]
-      if (values.did !== undefined) {
-        const identity = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
-        brokers.push(new PdsBroker({ identity }))
-      } else {
-        ctx.stderr.write('note: not stored here; without --did only the local store can be asked (bitswap needs a running node)\n')
-      }
-      const fetcher = new BlockFetcher({ brokers })
-      try {
-        const [block] = await fetcher.fetchAll([cid], { did: values.did, store: false, signal: ctx.signal })
-        ctx.stdout.write(block.bytes)
-        return 0
-      } catch (err) {
-        if (err instanceof AllSourcesFailedError && values.did === undefined) throw new BlockNotFoundError(cid, { source: 'local' })
-        throw err
-      }
+    const brokers: BlockBroker[] = [new LocalBroker({ store: { getBlock: async (c) => await blockstore.getBytes(c) } })]
+    if (values.did !== undefined) {
+      const identity = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
+      brokers.push(new PdsBroker({ identity }))
+    } else {
+      ctx.stderr.write('note: not stored here; without --did only the local store can be asked (bitswap needs a running node)\n')
+    }
+    const fetcher = new BlockFetcher({ brokers })
+    try {
+      const [block] = await fetcher.fetchAll([cid], { did: values.did, store: false, signal: ctx.signal })
+      ctx.stdout.write(block.bytes)
+      return 0
     } catch (err) {
-      return ctx.fail(err, { json })
+      if (err instanceof AllSourcesFailedError && values.did === undefined) throw new BlockNotFoundError(cid, { source: 'local' })
+      throw err
     }
   }
-}
+})

@@ -19,8 +19,8 @@ import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { exportRepoCar } from '../../src/mirror/export.ts'
 import { holdsBlocks } from '../../src/mirror/store.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
-import { parseCid } from '../../src/repo/cid.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command } from './context.ts'
+import { parseCid, type CID } from '../../src/repo/cid.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror export DID-or-HANDLE -o FILE.car [options]
@@ -38,63 +38,56 @@ options:
 
 const options = { ...globalOptions, ...identityOptions, output: { type: 'string', short: 'o' } } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options,
+  async run ({ values, positionals }, ctx) {
     if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
     if (values.output === undefined || values.output === '') throw new CommandUsageError(`missing -o FILE.car\n${USAGE}`)
     const id = positionals[0] as string
     const output = values.output
     const json = values.json
     if (output === '-' && json) throw new CommandUsageError('--json cannot be combined with -o - (the CAR goes to stdout)')
-    try {
-      const dir = dataDir(values.data, ctx.env)
-      const daemon = await ControlClient.forDataDir(dir)
-      let written: { did: string, commit: string, rev: string, bytes: number }
-      if (daemon !== undefined) {
-        const blockstore = new MirrorBlockstore(join(dir, 'blocks')) // read only: never opened (open clears temp files)
-        const attempt = async (): Promise<typeof written> => {
-          const repo = await daemon.client.repo(id, { signal: ctx.signal })
-          if (repo.commit === undefined || repo.rev === undefined || (repo.status !== 'active' && repo.status !== 'suspended' && repo.status !== 'deactivated')) {
-            throw new RepoNotMirroredError(repo.did)
-          }
-          const store = { get: async (cid: Parameters<typeof blockstore.getBytes>[0]) => await blockstore.getBytes(cid), has: async (cid: Parameters<typeof blockstore.has>[0]) => await blockstore.has(cid) }
-          const bytes = await writeOutput(output, exportRepoCar(store, parseCid(repo.commit), { signal: ctx.signal }), ctx.stdout)
-          return { did: repo.did, commit: repo.commit, rev: repo.rev, bytes }
+    const dir = dataDir(values.data, ctx.env)
+    const daemon = await ControlClient.forDataDir(dir)
+    let written: { did: string, commit: string, rev: string, bytes: number }
+    if (daemon !== undefined) {
+      const blockstore = new MirrorBlockstore(join(dir, 'blocks')) // read only: never opened (open sweeps temp files)
+      const store = { get: (cid: CID) => blockstore.getBytesSync(cid), has: (cid: CID) => blockstore.hasSync(cid) }
+      const attempt = async (): Promise<typeof written> => {
+        const repo = await daemon.client.repo(id, { signal: ctx.signal })
+        if (repo.commit === undefined || repo.rev === undefined || (repo.status !== 'active' && repo.status !== 'suspended' && repo.status !== 'deactivated')) {
+          throw new RepoNotMirroredError(repo.did)
         }
-        try {
-          written = await attempt()
-        } catch (err) {
-          if (!(err instanceof MissingBlockError)) throw err
-          written = await attempt() // the repo advanced under us; its new state is complete
-        }
-      } else {
-        const node: MirrorNode = await createMirrorNode({ dataDir: dir, ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
-        try {
-          const did = await storedDid(node, id, ctx.signal)
-          const state = await node.store.getState(did)
-          if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
-          const bytes = await writeOutput(output, node.syncer.exportCar(did, { signal: ctx.signal }), ctx.stdout)
-          written = { did, commit: state.commit, rev: state.rev, bytes }
-        } finally {
-          await node.stop()
-        }
+        const bytes = await writeOutput(output, exportRepoCar(store, parseCid(repo.commit), { signal: ctx.signal }), ctx.stdout)
+        return { did: repo.did, commit: repo.commit, rev: repo.rev, bytes }
       }
-      if (output !== '-') {
-        ctx.stdout.write((json
-          ? JSON.stringify({ ok: true, ...written, file: output })
-          : `wrote ${output}: ${written.did} rev=${written.rev} commit=${written.commit} (${formatBytes(written.bytes)})`) + '\n')
+      try {
+        written = await attempt()
+      } catch (err) {
+        if (!(err instanceof MissingBlockError)) throw err
+        written = await attempt() // the repo advanced under us; its new state is complete
       }
-      return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
+    } else {
+      const node: MirrorNode = await createMirrorNode({ dataDir: dir, ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
+      try {
+        const did = await storedDid(node, id, ctx.signal)
+        const state = await node.store.getState(did)
+        if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+        const bytes = await writeOutput(output, node.syncer.exportCar(did, { signal: ctx.signal }), ctx.stdout)
+        written = { did, commit: state.commit, rev: state.rev, bytes }
+      } finally {
+        await node.stop()
+      }
     }
+    if (output !== '-') {
+      ctx.stdout.write((json
+        ? JSON.stringify({ ok: true, ...written, file: output })
+        : `wrote ${output}: ${written.did} rev=${written.rev} commit=${written.commit} (${formatBytes(written.bytes)})`) + '\n')
+    }
+    return 0
   }
-}
+})
 
 /** The DID for a DID or handle: a handle is looked up among stored repos first, then resolved. */
 async function storedDid (node: MirrorNode, id: string, signal: AbortSignal): Promise<string> {

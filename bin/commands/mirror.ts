@@ -8,7 +8,7 @@ import { createMirrorNode } from '../../src/node.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { SyncResultJson } from '../../src/server/control-api.ts'
 import type { SyncProgress, SyncResult } from '../../src/mirror/sync.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command, type CommandContext } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
 import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
@@ -34,33 +34,26 @@ options:
 
 const options = { ...globalOptions, ...identityOptions, peer: { type: 'string', multiple: true } } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options,
+  async run ({ values, positionals }, ctx) {
     if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
     const id = positionals[0] as string
     const json = values.json
-    try {
-      const dir = dataDir(values.data, ctx.env)
-      const daemon = await ControlClient.forDataDir(dir)
-      let result: SyncResultJson
-      if (daemon !== undefined) {
-        if (!json) ctx.stderr.write(`a daemon runs on ${dir} (pid ${daemon.daemon.pid}); asking it to mirror ${id}\n`)
-        result = (await daemon.client.pin(id, { signal: ctx.signal })).sync
-      } else {
-        result = await mirrorHere(dir, id, values, ctx, json)
-      }
-      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatSummary(result)) + '\n')
-      return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
+    const dir = dataDir(values.data, ctx.env)
+    const daemon = await ControlClient.forDataDir(dir)
+    let result: SyncResultJson
+    if (daemon !== undefined) {
+      if (!json) ctx.stderr.write(`a daemon runs on ${dir} (pid ${daemon.daemon.pid}); asking it to mirror ${id}\n`)
+      result = (await daemon.client.pin(id, { signal: ctx.signal })).sync
+    } else {
+      result = await mirrorHere(dir, id, values, ctx, json)
     }
+    ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatSummary(result)) + '\n')
+    return 0
   }
-}
+})
 
 async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string, peer?: string[] }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
   const peers = values.peer ?? []

@@ -33,9 +33,9 @@ export interface BitswapSession {
 export interface BitswapBrokerComponents {
   /** `helia.blockstore`: its `createSession` opens Bitswap sessions. */
   blocks: {
-    createSession: (root: CID, options?: { providers?: CID[], minProviders?: number, maxProviders?: number, signal?: AbortSignal }) => BitswapSession
+    createSession: (root: CID, options?: { providers?: CID[], minProviders?: number, maxProviders?: number, cidPeerFilterSize?: number, signal?: AbortSignal }) => BitswapSession
   }
-  libp2p: Pick<Libp2p, 'dial' | 'getConnections' | 'addEventListener' | 'removeEventListener'>
+  libp2p: Pick<Libp2p, 'dial' | 'getConnections' | 'addEventListener' | 'removeEventListener' | 'peerStore'>
   /** Where the peers come from (a MirrorFinder). */
   mirrors: { findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer> }
 }
@@ -146,6 +146,8 @@ export class BitswapBroker implements BlockBroker {
     }
     const providers = peers.map(peer => peer.toCID())
     const failedBefore = this.#stats.failed
+    const started = performance.now()
+    let yielded = 0
     let resets = 0
     let generation = 0
     let session = this.#open(cids[0] as CID, providers, signal)
@@ -223,6 +225,7 @@ export class BitswapBroker implements BlockBroker {
         if (results.length > 0) {
           const batch = results.splice(0)
           for (const wakeOne of room.splice(0)) wakeOne()
+          yielded += batch.length
           for (const block of batch) yield block
           continue
         }
@@ -235,6 +238,7 @@ export class BitswapBroker implements BlockBroker {
       for (const wakeOne of room.splice(0)) wakeOne()
       for (const open of sessions) open.close?.()
     }
+    log('%d of %d blocks of %s from %d mirrors in %d ms', yielded, cids.length, options.did, peers.length, Math.round(performance.now() - started))
     signal?.throwIfAborted()
     // the mirrors we had did not have it all: look for mirrors again next time
     if (gaveUp || this.#stats.failed > failedBefore) this.forget(options.did)
@@ -248,6 +252,9 @@ export class BitswapBroker implements BlockBroker {
       minProviders: 1,
       // as many as we have: the session then never runs a DHT query for more
       maxProviders: providers.length,
+      // each want gets a filter of the peers asked for it; sized for a handful of
+      // mirrors rather than Helia's 100, it costs far less per block
+      cidPeerFilterSize: Math.max(8, providers.length * 2),
       signal
     })
   }
@@ -261,8 +268,16 @@ export class BitswapBroker implements BlockBroker {
     return Buffer.concat(chunks)
   }
 
+  async #isIdentified (peer: PeerId): Promise<boolean> {
+    try {
+      return (await this.#libp2p.peerStore.get(peer)).protocols.length > 0
+    } catch {
+      return false
+    }
+  }
+
   /** Resolves when identify finishes with `peer`, or after `settleTimeoutMs` (never rejects). */
-  async #identified (peer: PeerId): Promise<void> {
+  async #identified (peer: PeerId, init: { checkStore?: boolean } = {}): Promise<void> {
     await new Promise<void>(resolve => {
       const done = (): void => {
         clearTimeout(timer)
@@ -272,6 +287,8 @@ export class BitswapBroker implements BlockBroker {
       const onIdentify = (evt: CustomEvent<{ peerId: PeerId }>): void => { if (evt.detail.peerId.equals(peer)) done() }
       const timer = setTimeout(done, this.#settleTimeoutMs)
       this.#libp2p.addEventListener('peer:identify', onIdentify)
+      // listening first, then looking: an identify that ends in between is not missed
+      if (init.checkStore === true) void this.#isIdentified(peer).then(yes => { if (yes) done() })
     })
   }
 
@@ -279,7 +296,11 @@ export class BitswapBroker implements BlockBroker {
     const found: MirrorPeer[] = []
     for await (const peer of this.#mirrors.findMirrors(did, { signal: options.signal, maxPeers: this.#maxPeers })) found.push(peer)
     const connected = await Promise.all(found.map(async (peer) => {
-      if (this.#libp2p.getConnections(peer.id).length > 0) return peer.id
+      if (this.#libp2p.getConnections(peer.id).length > 0) {
+        // connected, but maybe only just (a bootstrap dial): wait for identify too
+        await this.#identified(peer.id, { checkStore: true })
+        return peer.id
+      }
       try {
         const signal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(options.signal === undefined ? [] : [options.signal])])
         const identified = this.#identified(peer.id)

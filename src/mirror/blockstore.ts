@@ -5,12 +5,17 @@
  *
  * - Every `put` hash-checks the bytes against the CID first (verifyBlock), whoever
  *   calls it: the syncer, the fetch chain, or Helia's bitswap.
- * - A block is written to a unique temporary file in `<blocks>/.tmp` and renamed
- *   into place, so a block file is either absent or complete, even when the process
- *   is killed mid-write or two writers store the same block at once. (blockstore-fs
- *   names its temp file after the block, so two concurrent puts of one CID can
- *   leave a truncated file behind if the process dies at the wrong moment.)
- *   Leftover temp files are removed when the store opens.
+ * - A block is written to a temporary file with a unique name (`.<pid>-<n>.tmp`,
+ *   next to where the block goes) and renamed into place, so a block file is either
+ *   absent or complete, even when the process is killed mid-write or two writers
+ *   store the same block at once. (blockstore-fs names its temp file after the
+ *   block, so two concurrent puts of one CID can leave a truncated file behind if
+ *   the process dies at the wrong moment.) Temp files go in the shard directory, not
+ *   one shared directory: every create and rename in one directory serialises on
+ *   that directory, which measured 2× slower.
+ * - `<blocks>/.open` marks a store in use; when `open` finds it, the last process
+ *   did not close the store (it was killed), and the shard directories are swept
+ *   for its temp files. A clean start costs nothing.
  * - File operations are synchronous. Repo blocks are a few hundred bytes, and for
  *   files that small the thread-pool round trips of the async API (open, write,
  *   close, rename: four per block) cost several times the work itself. Bulk writes
@@ -20,7 +25,7 @@
  *
  * Any FsBlockstore (and Helia) can open the same directory.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { FsBlockstore } from 'blockstore-fs'
@@ -48,7 +53,9 @@ export interface MirrorBlockstoreInit {
   fsync?: boolean
 }
 
-const TMP_DIR = '.tmp'
+const OPEN_MARKER = '.open'
+/** Temp files: `.<pid>-<n>.tmp` in a shard directory. */
+const TMP_FILE = /^\.\d+-\d+\.tmp$/
 
 export class MirrorBlockstore extends FsBlockstore {
   readonly #sharding: NextToLast
@@ -67,10 +74,37 @@ export class MirrorBlockstore extends FsBlockstore {
 
   override async open (): Promise<void> {
     await super.open()
+    const marker = join(this.path, OPEN_MARKER)
     // Temp files of a killed writer are garbage; the data directory lock (held by
-    // whoever opens the store) guarantees nobody is writing one right now.
-    rmSync(join(this.path, TMP_DIR), { recursive: true, force: true })
-    mkdirSync(join(this.path, TMP_DIR), { recursive: true })
+    // whoever opens the store) guarantees nobody else is writing one right now, and
+    // this process's writes are synchronous, so none of its own is ever pending.
+    if (existsSync(marker)) await this.#sweepTempFiles()
+    writeFileSync(marker, `${process.pid}\n`)
+  }
+
+  override async close (): Promise<void> {
+    rmSync(join(this.path, OPEN_MARKER), { force: true })
+    await super.close()
+  }
+
+  async #sweepTempFiles (): Promise<number> {
+    let removed = 0
+    for (const shard of readdirSync(this.path)) {
+      if (shard.startsWith('.')) continue
+      let names: string[]
+      try {
+        names = readdirSync(join(this.path, shard))
+      } catch {
+        continue // not a directory
+      }
+      for (const name of names) {
+        if (!TMP_FILE.test(name)) continue
+        rmSync(join(this.path, shard, name), { force: true })
+        removed++
+      }
+      await nextTurn()
+    }
+    return removed
   }
 
   /** The file a block lives in. */
@@ -107,7 +141,7 @@ export class MirrorBlockstore extends FsBlockstore {
       mkdirSync(join(this.path, dir), { recursive: true })
       this.#dirs.add(dir)
     }
-    const tmp = join(this.path, TMP_DIR, `${process.pid}-${++this.#tmpCounter}.tmp`)
+    const tmp = join(this.path, dir, `.${process.pid}-${++this.#tmpCounter}.tmp`)
     try {
       const fd = openSync(tmp, 'w')
       try {

@@ -29,10 +29,16 @@ export interface FindMirrorsOptions {
 }
 
 /** What `findMirrors` needs of libp2p. */
-export type MirrorFinderLibp2p = Pick<Libp2p, 'peerId' | 'contentRouting' | 'dial' | 'peerStore'>
+export type MirrorFinderLibp2p = Pick<Libp2p, 'peerId' | 'contentRouting' | 'dial' | 'peerStore' | 'getConnections'>
 
 export interface MirrorFinderComponents {
   libp2p: MirrorFinderLibp2p
+  /**
+   * How many peers the DHT routing table holds. Right after connecting, the table is
+   * still empty until identify finishes; a lookup then waits a moment for it rather
+   * than asking nobody.
+   */
+  routingTableSize?: () => number
 }
 
 export interface MirrorFinderInit {
@@ -49,6 +55,8 @@ export interface MirrorFinderInit {
   maxPeers?: number
   /** Time limit for dialling a configured peer without a peer id, in ms. @default 5000 */
   dialTimeoutMs?: number
+  /** Longest wait for an empty DHT routing table to fill while connected, in ms. @default 3000 */
+  settleMs?: number
 }
 
 /** Finds the mirrors of a DID. */
@@ -58,9 +66,13 @@ export class MirrorFinder {
   readonly #timeoutMs: number
   readonly #maxPeers: number
   readonly #dialTimeoutMs: number
+  readonly #settleMs: number
+  readonly #routingTableSize: (() => number) | undefined
 
   constructor (components: MirrorFinderComponents, init: MirrorFinderInit = {}) {
     this.#libp2p = components.libp2p
+    this.#routingTableSize = components.routingTableSize
+    this.#settleMs = init.settleMs ?? 3000
     this.#peers = (init.peers ?? []).map(value => multiaddr(value))
     this.#timeoutMs = init.timeoutMs ?? 10_000
     this.#maxPeers = init.maxPeers ?? 20
@@ -98,6 +110,7 @@ export class MirrorFinder {
     }
     options.signal?.throwIfAborted()
     if (timeout.aborted) return
+    await this.#settle(signal)
 
     try {
       for await (const provider of this.#libp2p.contentRouting.findProviders(key, { signal })) {
@@ -121,6 +134,15 @@ export class MirrorFinder {
       }
       // A lookup with no DHT peers at all fails; that is "no mirrors found", not a crash.
       log('DHT lookup of %c for %s failed - %e', key, did, err)
+    }
+  }
+
+  async #settle (signal: AbortSignal): Promise<void> {
+    const size = this.#routingTableSize
+    if (size === undefined) return
+    const deadline = Date.now() + this.#settleMs
+    while (size() === 0 && this.#libp2p.getConnections().length > 0 && Date.now() < deadline && !signal.aborted) {
+      await new Promise(resolve => setTimeout(resolve, 50))
     }
   }
 

@@ -87,12 +87,30 @@ export class PeerServices {
 
   async start (): Promise<void> {
     await this.headExchange.start()
+    await this.#publishSelf()
+    this.#libp2p.addEventListener('transport:listening', this.#onListening)
     this.reprovider?.start()
   }
 
   async stop (): Promise<void> {
+    this.#libp2p.removeEventListener('transport:listening', this.#onListening)
     await this.reprovider?.stop()
     await this.headExchange.stop()
+  }
+
+  readonly #onListening = (): void => {
+    this.#publishSelf().catch(err => { log.error('could not record our addresses - %e', err) })
+  }
+
+  /**
+   * kad-dht answers GET_PROVIDERS from the peer store, and libp2p does not keep our
+   * own addresses there: without them a node never lists itself as a provider, so a
+   * peer that asks the provider directly (a two-node network, or the provider being
+   * the closest peer to the key) would not find it.
+   */
+  async #publishSelf (): Promise<void> {
+    const multiaddrs = this.#libp2p.getMultiaddrs().map(ma => ma.decapsulateCode(421))
+    if (multiaddrs.length > 0) await this.#libp2p.peerStore.merge(this.#libp2p.peerId, { multiaddrs })
   }
 
   /**

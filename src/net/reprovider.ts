@@ -48,7 +48,7 @@ export interface ReproviderComponents {
     cancelReprovide: (cid: CID, options?: { signal?: AbortSignal }) => Promise<void>
   }
   store: {
-    pins: { list: () => Promise<string[]> }
+    pins: { list: () => Promise<string[]>, has: (did: string) => Promise<boolean> }
     getState: (did: string) => Promise<(ServableState & { commit: string }) | undefined>
     /** Needed for `provide: 'all'`: the stored blocks, to list every block of a repo. */
     blocks?: ReadonlyBlockStore
@@ -208,7 +208,7 @@ export class Reprovider {
   async announce (did: string): Promise<void> {
     await this.#serial(did, async () => {
       const state = await this.#store.getState(did)
-      const pinned = (await this.#store.pins.list()).includes(did)
+      const pinned = await this.#store.pins.has(did)
       if (!pinned || state === undefined || !isServable(state)) {
         await this.#withdraw(did)
         return

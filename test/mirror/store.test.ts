@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { FsBlockstore } from 'blockstore-fs'
 import { CID } from 'multiformats/cid'
@@ -136,14 +136,24 @@ describe('MirrorStore', () => {
 
   it('removes temp files a killed writer left behind when it opens', async () => {
     const dir = join(root, 'tmpfiles')
-    await mkdir(join(dir, 'blocks', '.tmp'), { recursive: true })
-    await writeFile(join(dir, 'blocks', '.tmp', '1234-1.tmp'), 'half a block')
-    const store = await MirrorStore.open(dir)
+    const first = await MirrorStore.open(dir)
+    const { cid, bytes } = { bytes: encodeCbor({ t: 1 }), cid: cidForBytes(encodeCbor({ t: 1 })) }
+    const release = await first.beginWrite()
+    await first.putBlocks('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', [{ cid, bytes }])
+    await release()
+    // killed mid-write: a temp file next to the block, and the store never closed
+    const shard = dirname(first.blockstore.pathOf(cid))
+    await writeFile(join(shard, '.4242-7.tmp'), 'half a block')
+    await first.datastore.close()
+    const second = await MirrorStore.open(dir)
     try {
-      assert.deepEqual(await readdir(join(dir, 'blocks', '.tmp')), [])
+      assert.deepEqual((await readdir(shard)).filter(name => name.endsWith('.tmp')), [])
+      assert.deepEqual(await second.getBlock(cid), bytes)
     } finally {
-      await store.close()
+      await second.close()
     }
+    // a clean close leaves nothing to sweep
+    assert.equal(existsSync(join(dir, 'blocks', '.open')), false)
   })
 })
 
