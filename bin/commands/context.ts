@@ -90,6 +90,16 @@ export function defineCommand<O extends Options & typeof globalOptions> (spec: {
   }
 }
 
+/**
+ * Exactly one positional argument per entry of `names` (e.g. `['DID or handle']`,
+ * or `[]` for none); anything else is a usage error naming what is wrong.
+ */
+export function expectPositionals (positionals: string[], names: string[], usage: string): string[] {
+  if (positionals.length < names.length) throw new CommandUsageError(`missing ${names[positionals.length]}\n${usage}`)
+  if (positionals.length > names.length) throw new CommandUsageError(`unexpected arguments: ${positionals.slice(names.length).join(' ')}\n${usage}`)
+  return positionals
+}
+
 /** node:util parseArgs with our usage error. */
 export function parse<O extends Options> (args: string[], options: O, init: { allowPositionals?: boolean } = {}) {
   try {

@@ -4,7 +4,7 @@
 import { once } from 'node:events'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
+import { CommandUsageError, dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
 import { formatSync, identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
@@ -60,7 +60,7 @@ export const command = defineCommand({
   usage: USAGE,
   options: options,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
+    expectPositionals(positionals, [], USAGE)
     const json = values.json
     const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial', 'peer', 'provide'] as const
     if (values.offline) {

@@ -6,7 +6,7 @@
  */
 import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
-import { CommandUsageError, defineCommand, globalOptions } from './context.ts'
+import { defineCommand, expectPositionals, globalOptions } from './context.ts'
 import { identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror head <did|handle> [--plc URL] [--handle-resolver URL] [--timeout MS] [--json]
@@ -23,9 +23,7 @@ export const command = defineCommand({
   options: options,
   async run ({ values, positionals }, ctx) {
     const json = values.json
-    const [input, ...extra] = positionals
-    if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
-    if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
+    const [input] = expectPositionals(positionals, ['DID or handle'], USAGE) as [string]
     const timeoutMs = integerFlag('--timeout', values.timeout, 10_000, { min: 1 })
     const identity = new AtprotoIdentityResolver({ ...identityConfig(values, ctx.env), timeoutMs })
     const did = input.startsWith('did:') ? input : (await identity.resolve(input, { signal: ctx.signal })).did

@@ -7,7 +7,7 @@
 import { createMirrorNode } from '../../src/node.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { MirrorsResult } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, globalOptions, parse, type Command, type CommandContext } from './context.ts'
+import { type CommandContext, CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror mirrors DID-or-HANDLE [options]
@@ -40,30 +40,23 @@ const options = {
   timeout: { type: 'string' }
 } as const
 
-export const command: Command = {
-  async run (args, ctx) {
-    const { values, positionals } = parse(args, options)
-    if (values.help) {
-      ctx.stdout.write(USAGE + '\n')
-      return 0
-    }
+export const command = defineCommand({
+  usage: USAGE,
+  options: options,
+  async run ({ values, positionals }, ctx) {
     if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
     const id = positionals[0] as string
     const json = values.json
     const timeoutMs = integerFlag('--timeout', values.timeout, 10, { min: 1, max: 600 }) * 1000
-    try {
-      const dir = dataDir(values.data, ctx.env)
-      const daemon = await ControlClient.forDataDir(dir)
-      const result = daemon !== undefined
-        ? await daemon.client.mirrors(id, { signal: ctx.signal })
-        : await lookupHere(dir, id, { ...values, timeoutMs }, ctx)
-      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatMirrors(result)) + '\n')
-      return 0
-    } catch (err) {
-      return ctx.fail(err, { json })
-    }
+    const dir = dataDir(values.data, ctx.env)
+    const daemon = await ControlClient.forDataDir(dir)
+    const result = daemon !== undefined
+      ? await daemon.client.mirrors(id, { signal: ctx.signal })
+      : await lookupHere(dir, id, { ...values, timeoutMs }, ctx)
+    ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatMirrors(result)) + '\n')
+    return 0
   }
-}
+})
 
 async function lookupHere (dir: string, id: string, values: { private: boolean, bootstrap?: string[], listen?: string[], peer?: string[], plc?: string, 'handle-resolver'?: string, timeoutMs: number }, ctx: CommandContext): Promise<MirrorsResult> {
   const node = await createMirrorNode({

@@ -8,7 +8,7 @@
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { peerIdForKey } from '../../src/identity/peer-id.ts'
 import { rendezvousCid } from '../../src/identity/rendezvous.ts'
-import { CommandUsageError, defineCommand, globalOptions } from './context.ts'
+import { defineCommand, expectPositionals, globalOptions } from './context.ts'
 import { identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror resolve <did|handle> [--plc URL] [--handle-resolver URL] [--json]
@@ -25,9 +25,7 @@ export const command = defineCommand({
   options: options,
   async run ({ values, positionals }, ctx) {
     const json = values.json
-    const [input, ...extra] = positionals
-    if (input === undefined) throw new CommandUsageError(`missing DID or handle\n${USAGE}`)
-    if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
+    const [input] = expectPositionals(positionals, ['DID or handle'], USAGE) as [string]
     const resolver = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
     const identity = await resolver.resolve(input, { signal: ctx.signal })
     const peerId = peerIdForKey(identity.signingKey).toString()

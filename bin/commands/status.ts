@@ -2,10 +2,9 @@
  * `atmirror status [--json]`: asks the running daemon (through its control API) for
  * its peer id, addresses and pinned repos.
  */
-import { ControlApiError } from '../../src/errors.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { NodeStatus, PinnedRepo } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
+import { dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
 
 const USAGE = `usage: atmirror status [--data DIR] [--json]
 
@@ -16,16 +15,15 @@ export const command = defineCommand({
   usage: USAGE,
   options: globalOptions,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length > 0) throw new CommandUsageError(`unexpected arguments: ${positionals.join(' ')}\n${USAGE}`)
+    expectPositionals(positionals, [], USAGE)
     const json = values.json
     const dir = dataDir(values.data, ctx.env)
-    const found = await ControlClient.forDataDir(dir)
-    if (found === undefined) throw new ControlApiError(`no daemon is running on ${dir} (start one with 'atmirror daemon')`)
-    const status = await found.client.status({ signal: ctx.signal })
+    const client = await ControlClient.requireForDataDir(dir)
+    const status = await client.status({ signal: ctx.signal })
     if (json) {
-      ctx.stdout.write(JSON.stringify({ ok: true, api: found.client.url, ...status }) + '\n')
+      ctx.stdout.write(JSON.stringify({ ok: true, api: client.url, ...status }) + '\n')
     } else {
-      ctx.stdout.write(formatStatus(status, found.client.url) + '\n')
+      ctx.stdout.write(formatStatus(status, client.url) + '\n')
     }
     return 0
   }

@@ -48,6 +48,13 @@ export class ControlClient {
     return { client: new ControlClient({ ...init, url: daemon.api, token }), daemon }
   }
 
+  /** Like {@link forDataDir}, but a missing daemon is a {@link ControlApiError}. */
+  static async requireForDataDir (dataDir: string, init: Omit<ControlClientInit, 'url' | 'token'> = {}): Promise<ControlClient> {
+    const found = await ControlClient.forDataDir(dataDir, init)
+    if (found === undefined) throw new ControlApiError(`no daemon is running on ${dataDir} (start one with 'atmirror daemon')`)
+    return found.client
+  }
+
   async status (options: { signal?: AbortSignal } = {}): Promise<NodeStatus> {
     return await this.#request<NodeStatus>('GET', '/v1/status', { ...options, bounded: true })
   }

@@ -22,7 +22,7 @@ function doc (overrides: Record<string, unknown> = {}): Record<string, unknown> 
     id: DID,
     alsoKnownAs: ['at://alice.example.com'],
     verificationMethod: [{ id: `${DID}#atproto`, type: 'Multikey', controller: DID, publicKeyMultibase: K256_MULTIKEY }],
-    service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'https://pds.example.com' }],
+    service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'https://pds.example.test' }],
     ...overrides
   }
 }
@@ -43,7 +43,7 @@ describe('parseAtprotoDocument', () => {
     assert.equal(parsed.handle, 'alice.example.com')
     assert.equal(parsed.signingKey.type, 'k256')
     assert.equal(parsed.didKey, K256_DID_KEY)
-    assert.equal(parsed.pds, 'https://pds.example.com')
+    assert.equal(parsed.pds, 'https://pds.example.test')
   })
 
   it('legacy k256 key with a relative #atproto id (uncompressed, as the PLC server writes it)', () => {
@@ -82,9 +82,9 @@ describe('parseAtprotoDocument', () => {
 
   it('accepts an absolute #atproto_pds id and keeps only the origin of a trailing-slash URL', () => {
     const parsed = parseAtprotoDocument(DID, doc({
-      service: [{ id: `${DID}#atproto_pds`, type: 'AtprotoPersonalDataServer', serviceEndpoint: 'https://pds.example.com:8443/' }]
+      service: [{ id: `${DID}#atproto_pds`, type: 'AtprotoPersonalDataServer', serviceEndpoint: 'https://pds.example.test:8443/' }]
     }))
-    assert.equal(parsed.pds, 'https://pds.example.com:8443')
+    assert.equal(parsed.pds, 'https://pds.example.test:8443')
   })
 
   it('accepts a plain http PDS (local development)', () => {
@@ -133,23 +133,23 @@ describe('parseAtprotoDocument', () => {
 
   it('rejects a document without #atproto_pds', () => {
     assertDocError(doc({ service: [] }), /no #atproto_pds/)
-    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'SomethingElse', serviceEndpoint: 'https://pds.example.com' }] }), /no #atproto_pds/)
+    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'SomethingElse', serviceEndpoint: 'https://pds.example.test' }] }), /no #atproto_pds/)
   })
 
   it('rejects a #atproto_pds endpoint that is not a string', () => {
-    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: { uri: 'https://pds.example.com' } }] }), /not a string/)
+    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: { uri: 'https://pds.example.test' } }] }), /not a string/)
   })
 
   it('rejects a #atproto_pds endpoint that is not a URL', () => {
-    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'pds.example.com' }] }), /not a URL/)
+    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'pds.example.test' }] }), /not a URL/)
   })
 
   it('rejects a #atproto_pds endpoint that is not http(s)', () => {
-    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'ftp://pds.example.com' }] }), /not http\(s\)/)
+    assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'ftp://pds.example.test' }] }), /not http\(s\)/)
   })
 
   it('rejects a #atproto_pds endpoint with a path, query or credentials', () => {
-    for (const endpoint of ['https://pds.example.com/prefix', 'https://pds.example.com/?x=1', 'https://user:pw@pds.example.com']) {
+    for (const endpoint of ['https://pds.example.test/prefix', 'https://pds.example.test/?x=1', 'https://user:pw@pds.example.test']) {
       assertDocError(doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: endpoint }] }), /only scheme, host and port/)
     }
   })

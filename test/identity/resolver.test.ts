@@ -13,7 +13,7 @@ import { startDnsServer, type TestDnsServer } from './dns-server.ts'
 
 const DID = testDid('carol')
 const KEY = testKey('carol')
-const PDS = 'https://pds.example.com'
+const PDS = 'https://pds.example.test'
 
 describe('AtprotoIdentityResolver with hand-made servers', () => {
   const docs = new Map<string, unknown>()
