@@ -34,3 +34,21 @@ export type { NodeStatus, PinnedRepo, PinResult, UnpinResult, SyncResultJson } f
 export { ControlClient, type ControlClientInit } from './server/control-client.ts'
 export { DataDirLock, acquireDataDirLock } from './mirror/lock.ts'
 export * from './errors.ts'
+
+// The repo engine (pure: bytes in, verdicts out)
+export { verifyRepoCar, verifyRepo, type RepoSummary, type RepoCarSummary } from './repo/verify.ts'
+export { readCar, writeCar, type CarReader } from './repo/car.ts'
+export { decodeCommit, verifyCommitSignature, type Commit } from './repo/commit.ts'
+export { parseDidKey, parsePublicKeyMultibase, formatDidKey, verifySignature, type PublicKey, type KeyType } from './repo/keys.ts'
+export { walkMst, diffMst, buildMst, verifyCommitProof, keyHeight } from './repo/mst/index.ts'
+export { MemoryBlockStore, type ReadonlyBlockStore, type BlockStore, type Block } from './repo/block-store.ts'
+
+// Identity and heads
+export { AtprotoIdentityResolver, type Identity, type IdentityResolver } from './identity/index.ts'
+export { peerIdForKey, peerIdForDid } from './identity/peer-id.ts'
+export { rendezvousCid } from './identity/rendezvous.ts'
+export { PdsHeadResolver, CompositeHeadResolver, type Head, type HeadResolver } from './head/index.ts'
+
+// Storage and sync
+export { MirrorStore, type RepoState } from './mirror/store.ts'
+export { RepoSyncer, type SyncResult } from './mirror/sync.ts'
