@@ -189,14 +189,20 @@ export class InvalidIdentifierError extends IdentityError {
   }
 }
 
-/** The DID does not exist (the directory or host says so). */
+/**
+ * The DID does not resolve (the directory or host says so). `tombstoned` is set only
+ * when the answer says the DID was deactivated for good (410 Gone, as PLC answers for
+ * a tombstoned DID); a plain 404 may be a misconfigured directory and proves nothing.
+ */
 export class DidNotFoundError extends IdentityError {
   readonly did: string
   readonly url?: string
-  constructor (did: string, init: { url?: string } = {}) {
-    super('DID not found', { did, url: init.url })
+  readonly tombstoned: boolean
+  constructor (did: string, init: { url?: string, tombstoned?: boolean } = {}) {
+    super(init.tombstoned === true ? 'DID tombstoned (410 Gone)' : 'DID not found', { did, url: init.url })
     this.did = did
     this.url = init.url
+    this.tombstoned = init.tombstoned === true
   }
 }
 

@@ -164,7 +164,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
     switch (meta.error) {
       case 'invalidDid': throw new InvalidIdentifierError(did, message)
       case 'unsupportedDidMethod': throw new InvalidIdentifierError(did, 'unsupported DID method (atproto uses did:plc and did:web)')
-      case 'notFound': throw new DidNotFoundError(did, { url })
+      case 'notFound': throw new DidNotFoundError(did, { url, tombstoned: result.didDocumentMetadata?.deactivated === true })
       default: throw new DidResolutionError(did, message, { url }, meta.cause === undefined ? undefined : { cause: meta.cause })
     }
   }

@@ -259,7 +259,7 @@ export class RepoSyncer {
     try {
       identity = await this.#identity.resolve(didOrHandle, { signal: options.signal, verifyHandle: false })
     } catch (err) {
-      if (err instanceof DidNotFoundError && didOrHandle.startsWith('did:')) {
+      if (err instanceof DidNotFoundError && err.tombstoned && didOrHandle.startsWith('did:')) {
         await this.#mutex.run(didOrHandle, async () => { await this.#applyStatus(didOrHandle, 'deleted', undefined, err) })
       }
       throw err
@@ -536,7 +536,9 @@ export function statusOf (err: unknown): RepoStatus | undefined {
   if (err instanceof RepoTakendownError) return 'takendown'
   if (err instanceof RepoSuspendedError) return 'suspended'
   if (err instanceof RepoDeactivatedError) return 'deactivated'
-  if (err instanceof RepoNotFoundError || err instanceof DidNotFoundError) return 'deleted'
+  if (err instanceof RepoNotFoundError) return 'deleted'
+  // only a tombstone deletes: a 404 from a wrong or broken directory must not wipe the mirror
+  if (err instanceof DidNotFoundError) return err.tombstoned ? 'deleted' : undefined
   if (err instanceof HeadUnavailableError) {
     // the PDS is the authority on its accounts; peers only know heads
     const statuses = err.errors.map(({ error }) => statusOf(error)).filter(s => s !== undefined)

@@ -95,7 +95,7 @@ describe('identity and heads against a real PDS and PLC', () => {
     })
 
     it('an unknown did:plc is DidNotFoundError', async () => {
-      await assert.rejects(resolverFor().resolve('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa'), { name: 'DidNotFoundError' })
+      await assert.rejects(resolverFor().resolve('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa'), { name: 'DidNotFoundError', tombstoned: false })
     })
 
     it('a malformed DID or an unsupported method is InvalidIdentifierError', async () => {

@@ -128,7 +128,7 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
 
   it('a tombstoned DID (410) is DidNotFoundError', async () => {
     plcHandler = (_req, res) => json(res, 410, { message: 'DID not available' })
-    await assert.rejects(resolver().resolve(DID), { name: 'DidNotFoundError' })
+    await assert.rejects(resolver().resolve(DID), { name: 'DidNotFoundError', tombstoned: true })
   })
 
   it('a directory that never answers is DidResolutionError after the timeout', async () => {

@@ -28,7 +28,9 @@ describe('statusOf', () => {
 
   it('RepoNotFound and an unknown DID mean deleted', () => {
     assert.equal(statusOf(new RepoNotFoundError('not found', { did })), 'deleted')
-    assert.equal(statusOf(new DidNotFoundError(did)), 'deleted')
+    assert.equal(statusOf(new DidNotFoundError(did, { tombstoned: true })), 'deleted')
+    // a 404 proves nothing (a wrong --plc would answer it for every DID): the last good state stays
+    assert.equal(statusOf(new DidNotFoundError(did)), undefined)
   })
 
   it('a composite failure takes the status the PDS gave', () => {
