@@ -1,8 +1,13 @@
 /**
- * Makes a repo's MST complete in the local store, fetching only what is missing:
- * a breadth-first walk that handles one tree level at a time, so each level's
- * missing nodes and records go out as one wide request through the fetch chain
- * rather than one block at a time.
+ * Makes a repo's MST complete in the local store, fetching only what is missing.
+ *
+ * The walk is pipelined rather than level by level: a node's children and records
+ * are asked for as soon as the node itself is at hand, so a slow block holds up only
+ * its own subtree, never a whole level. Missing blocks are gathered into requests
+ * through the fetch chain (nodes first: they are on the critical path, records are
+ * leaves) with at most `inFlight` blocks asked at once, which keeps a Bitswap peer
+ * below its per-peer want limit however wide the tree is. The order blocks arrive in
+ * does not matter.
  *
  * Subtrees (and records) the caller already knows to be complete (`known`: blocks
  * held by the repo's previous verified state) are not descended, which is what
@@ -25,6 +30,15 @@ export interface CompleteMstOptions {
   known?: (cids: CID[]) => Promise<boolean[]>
   /** Blocks asked of the store at once (an async store sees them all together). @default 256 */
   chunk?: number
+  /**
+   * Most blocks asked of the fetch chain at once, over all requests in flight.
+   * Bitswap peers drop wants beyond about 1,024 per peer: stay well below.
+   *
+   * @default 512
+   */
+  inFlight?: number
+  /** Most blocks in one request to the fetch chain. @default 256 */
+  batch?: number
   /** Called for each block fetched from a source (local store reads are not reported). */
   onBlock?: FetchOptions['onBlock']
   /** Called for every node visited (known subtrees are not visited), once each. */
@@ -38,86 +52,181 @@ export interface CompleteMstResult {
   records: number
   /** Blocks that were missing and came from a source, by source name. */
   fetched: Record<string, number>
-  /** Tree levels walked. */
+  /** Tree levels walked (the deepest node's level, the root being 1). */
   depth: number
+}
+
+interface Pending {
+  cid: CID
+  level: number
+}
+
+interface Ready extends Pending {
+  bytes: Uint8Array
 }
 
 /**
  * Walks the MST under `root` and fetches every missing node and record block.
+ * Returns once every request it made has settled, failed or not.
  *
  * @throws AllSourcesFailedError when some block cannot be found anywhere;
  * MstInvalidError / CborDecodeError for a malformed node
  */
 export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetcher, root: CID, options: CompleteMstOptions): Promise<CompleteMstResult> {
-  const { did, signal } = options
+  const { did } = options
   const chunk = Math.max(1, options.chunk ?? 256)
+  const maxInFlight = Math.max(1, options.inFlight ?? 768)
+  const maxBatch = Math.max(1, options.batch ?? 64)
+  // records may not take the last quarter: a node that arrives finds room for its
+  // children at once rather than behind a wave of leaves
+  const recordRoom = Math.max(1, Math.floor(maxInFlight * 3 / 4))
   const result: CompleteMstResult = { nodes: 0, records: 0, fetched: {}, depth: 0 }
   // nodes once each: a DAG that reuses subtrees would otherwise cost exponential work
-  // before verification gets to reject it; records are deduplicated per level only
-  // (a set over all of them would be as large as the repo)
+  // before verification gets to reject it. Records are deduplicated while waiting or
+  // in flight only (a set over all of them would be as large as the repo).
   const seenNodes = new Set<string>()
+  const outstandingRecords = new Set<string>()
   const count = (source: string): void => { result.fetched[source] = (result.fetched[source] ?? 0) + 1 }
 
-  let frontier: CID[] = [root]
-  seenNodes.add(cidKey(root))
-  while (frontier.length > 0) {
-    signal?.throwIfAborted()
-    if (options.known !== undefined) frontier = await dropKnown(frontier, options.known)
-    if (frontier.length === 0) break
-    result.depth++
-    result.nodes += frontier.length
+  // one failure stops every other request: the caller discards the sync
+  const stop = new AbortController()
+  const signal = options.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal])
 
-    // this level's nodes: from the store, the rest in one request
-    const bytesOf = new Map<string, Uint8Array>()
-    const absent: CID[] = []
-    for (let start = 0; start < frontier.length; start += chunk) {
-      const cids = frontier.slice(start, start + chunk)
-      let answers = getBlocks(store, cids, { signal })
-      if (isPromise(answers)) answers = await answers
-      for (let i = 0; i < cids.length; i++) {
-        const bytes = answers[i]
-        if (bytes === undefined) absent.push(cids[i])
-        else bytesOf.set(cidKey(cids[i]), bytes)
-      }
-    }
-    if (absent.length > 0) {
-      for await (const block of fetcher.getMany(absent, { did, signal, onBlock: options.onBlock })) {
-        bytesOf.set(cidKey(block.cid), block.bytes)
-        count(block.source)
-      }
-    }
+  const ready: Ready[] = []
+  const wantNodes: Pending[] = []
+  const wantRecords: CID[] = []
+  const requests = new Set<Promise<void>>()
+  let nodesInFlight = 0
+  let recordsInFlight = 0
+  let failure: { error: unknown } | undefined
+  let wake: (() => void) | undefined
+  const notify = (): void => { wake?.(); wake = undefined }
 
-    // children and records of this level
-    const next: CID[] = []
-    let records: CID[] = []
-    const seenRecords = new Set<string>()
-    for (const cid of frontier) {
-      const node = decodeMstNode(bytesOf.get(cidKey(cid)) as Uint8Array, cid)
-      options.onNode?.(cid, node)
-      if (node.left !== null) addOnce(next, seenNodes, node.left)
-      for (const entry of node.entries) {
-        if (entry.right !== null) addOnce(next, seenNodes, entry.right)
-        // a raw CID would be a blob, which the walk does not fetch (verification
-        // rejects it as a record)
-        if (entry.value.code !== RAW) addOnce(records, seenRecords, entry.value)
-      }
-    }
-    bytesOf.clear()
-
-    if (options.known !== undefined) records = await dropKnown(records, options.known)
-    result.records += records.length
-    const missingRecords: CID[] = []
-    for (let start = 0; start < records.length; start += chunk) {
-      const cids = records.slice(start, start + chunk)
-      let present = hasBlocks(store, cids, { signal })
-      if (isPromise(present)) present = await present
-      for (let i = 0; i < cids.length; i++) if (!present[i]) missingRecords.push(cids[i])
-    }
-    if (missingRecords.length > 0) {
-      for await (const block of fetcher.getMany(missingRecords, { did, signal, onBlock: options.onBlock })) count(block.source)
-    }
-    frontier = next
+  const fail = (err: unknown): void => {
+    failure ??= { error: err }
+    stop.abort()
+    notify()
   }
+
+  const request = (cids: CID[], nodes: Map<string, number> | undefined): void => {
+    const size = cids.length
+    if (nodes !== undefined) nodesInFlight += size
+    else recordsInFlight += size
+    const run: Promise<void> = (async (): Promise<void> => {
+      for await (const block of fetcher.getMany(cids, { did, signal, onBlock: options.onBlock })) {
+        count(block.source)
+        const key = cidKey(block.cid)
+        const level = nodes?.get(key)
+        if (level !== undefined) ready.push({ cid: block.cid, bytes: block.bytes, level })
+        else outstandingRecords.delete(key)
+      }
+    })().catch(fail).finally(() => {
+      if (nodes !== undefined) nodesInFlight -= size
+      else recordsInFlight -= size
+      requests.delete(run)
+      notify()
+    })
+    requests.add(run)
+  }
+
+  const dispatch = (): void => {
+    while (wantNodes.length > 0 && nodesInFlight + recordsInFlight < maxInFlight) {
+      const batch = wantNodes.splice(-Math.min(wantNodes.length, maxInFlight - nodesInFlight - recordsInFlight, maxBatch))
+      request(batch.map(p => p.cid), new Map(batch.map(p => [cidKey(p.cid), p.level])))
+    }
+    // records go in full batches while nodes may still bring more; the rest at the end
+    const more = nodesInFlight > 0 || wantNodes.length > 0 || ready.length > 0
+    while (wantRecords.length > 0 && (!more || wantRecords.length >= maxBatch)) {
+      const room = Math.min(recordRoom - recordsInFlight, maxInFlight - nodesInFlight - recordsInFlight)
+      if (room <= 0) break
+      request(wantRecords.splice(-Math.min(wantRecords.length, room, maxBatch)), undefined)
+    }
+  }
+
+  /** Known-filtered nodes: the ones stored go to `ready`, the rest are wanted. */
+  const admitNodes = async (cids: CID[], level: number): Promise<void> => {
+    for (let start = 0; start < cids.length; start += chunk) {
+      const part = cids.slice(start, start + chunk)
+      let answers = getBlocks(store, part, { signal })
+      if (isPromise(answers)) answers = await answers
+      for (let i = 0; i < part.length; i++) {
+        const bytes = answers[i]
+        if (bytes === undefined) wantNodes.push({ cid: part[i], level })
+        else ready.push({ cid: part[i], bytes, level })
+      }
+    }
+  }
+
+  /** Known-filtered records: the ones not stored are wanted. */
+  const admitRecords = async (cids: CID[]): Promise<void> => {
+    result.records += cids.length
+    for (let start = 0; start < cids.length; start += chunk) {
+      const part = cids.slice(start, start + chunk)
+      let present = hasBlocks(store, part, { signal })
+      if (isPromise(present)) present = await present
+      for (let i = 0; i < part.length; i++) {
+        if (present[i]) continue
+        const key = cidKey(part[i])
+        if (outstandingRecords.has(key)) continue
+        outstandingRecords.add(key)
+        wantRecords.push(part[i])
+      }
+    }
+  }
+
+  const expand = async ({ cid, bytes, level }: Ready): Promise<void> => {
+    const node = decodeMstNode(bytes, cid)
+    options.onNode?.(cid, node)
+    result.nodes++
+    if (level > result.depth) result.depth = level
+    let children: CID[] = []
+    let records: CID[] = []
+    if (node.left !== null) addOnce(children, seenNodes, node.left)
+    for (const entry of node.entries) {
+      if (entry.right !== null) addOnce(children, seenNodes, entry.right)
+      // a raw CID would be a blob, which the walk does not fetch (verification
+      // rejects it as a record)
+      if (entry.value.code !== RAW) records.push(entry.value)
+    }
+    if (options.known !== undefined && children.length + records.length > 0) {
+      const flags = await options.known([...children, ...records])
+      const n = children.length
+      children = children.filter((_, i) => !flags[i])
+      records = records.filter((_, i) => !flags[n + i])
+    }
+    if (children.length > 0) await admitNodes(children, level + 1)
+    if (records.length > 0) await admitRecords(records)
+  }
+
+  try {
+    seenNodes.add(cidKey(root))
+    let roots = [root]
+    if (options.known !== undefined) roots = await dropKnown(roots, options.known)
+    await admitNodes(roots, 1)
+    while (failure === undefined) {
+      options.signal?.throwIfAborted()
+      // stored nodes are expanded here and now; each arrival widens the frontier
+      let expanded = 0
+      while (ready.length > 0 && failure === undefined) {
+        await expand(ready.pop() as Ready)
+        // let requests go out while a large stored part of the tree is read
+        if (++expanded % 64 === 0) dispatch()
+      }
+      if (failure !== undefined) break
+      dispatch()
+      if (ready.length > 0) continue
+      if (requests.size === 0) {
+        if (wantNodes.length === 0 && wantRecords.length === 0) break
+        continue
+      }
+      await new Promise<void>(resolve => { wake = resolve })
+    }
+  } catch (err) {
+    fail(err)
+  }
+  // nothing keeps writing once the walk is over
+  while (requests.size > 0) await Promise.allSettled([...requests])
+  if (failure !== undefined) throw failure.error
   return result
 }
 

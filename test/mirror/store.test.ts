@@ -69,7 +69,7 @@ describe('MirrorStore', () => {
       commit: cidForBytes(encodeCbor({ c: 1 })).toString(),
       rev: '3l2zrtpbsjc2a',
       data: cidForBytes(encodeCbor({ d: 1 })).toString(),
-      pds: 'https://pds.example.com',
+      pds: 'https://pds.example.test',
       status: 'active',
       syncedAt: new Date(0).toISOString(),
       records: 3
