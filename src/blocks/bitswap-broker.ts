@@ -14,13 +14,19 @@
  * A Helia session drops a peer for good once it answers DONT_HAVE; so that one
  * missing block does not starve the rest of the batch, a failure opens a fresh
  * session for what is still to come (a bounded number of times per batch).
+ *
+ * Wants travel on a connection: when a connection to one of the session's mirrors
+ * closes mid-batch (the peer restarted, its connection monitor gave up on us), the
+ * wants sent on it are gone and would only fail after `blockTimeoutMs`. The broker
+ * watches for that, cancels what was in flight and asks again at once on a fresh
+ * session, which dials the mirror anew. That counts as one of the batch's resets.
  */
 import { logger } from '@libp2p/logger'
 import { verifyBlock, type CID } from '../repo/cid.ts'
 import type { Block } from '../repo/block-store.ts'
 import type { BlockBroker, BrokerOptions } from './broker.ts'
 import type { FindMirrorsOptions, MirrorPeer } from '../net/mirrors.ts'
-import type { Libp2p, PeerId } from '@libp2p/interface'
+import type { Connection, Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:blocks:bitswap')
 
@@ -70,10 +76,17 @@ export interface BitswapBrokerInit {
 }
 
 export interface BitswapBrokerStats {
+  /** Blocks fetched and verified. */
   blocks: number
   bytes: number
+  /** Blocks given up on (not found, or corrupt, after a retry). */
   failed: number
+  /** Wants that ran into `blockTimeoutMs`. */
+  timeouts: number
+  /** Sessions opened. */
   sessions: number
+  /** Wants asked again because the connection they were sent on closed. */
+  requeued: number
 }
 
 /** {@link BlockBroker} fetching over Bitswap from the DID's mirrors. */
@@ -90,7 +103,7 @@ export class BitswapBroker implements BlockBroker {
   readonly #maxSessionResets: number
   readonly #settleTimeoutMs: number
   readonly #peers = new Map<string, { peers: Promise<PeerId[]>, expires: number }>()
-  readonly #stats: BitswapBrokerStats = { blocks: 0, bytes: 0, failed: 0, sessions: 0 }
+  readonly #stats: BitswapBrokerStats = { blocks: 0, bytes: 0, failed: 0, timeouts: 0, sessions: 0, requeued: 0 }
 
   constructor (components: BitswapBrokerComponents, init: BitswapBrokerInit = {}) {
     this.#blocks = components.blocks
@@ -145,6 +158,7 @@ export class BitswapBroker implements BlockBroker {
       return
     }
     const providers = peers.map(peer => peer.toCID())
+    const peerKeys = new Set(peers.map(peer => peer.toString()))
     const failedBefore = this.#stats.failed
     const started = performance.now()
     let yielded = 0
@@ -167,14 +181,51 @@ export class BitswapBroker implements BlockBroker {
     const notify = (): void => { wake?.(); wake = undefined }
     const take = (): { cid: CID, attempts: number } | undefined => retry.pop() ?? (next < cids.length ? { cid: cids[next++] as CID, attempts: 0 } : undefined)
 
+    // Which connection the wants in flight went out on is Helia's business; when
+    // any connection to a mirror of the session closes, all of them are cancelled,
+    // the workers wait for the mirrors to be connected again, and a fresh session
+    // asks for them anew. A mirror that cannot be reached again ends the batch here
+    // (the next source takes over).
+    let inFlight = new AbortController()
+    let reconnecting: Promise<void> | undefined
+    const onClose = (evt: CustomEvent<Connection>): void => {
+      if (stop || !peerKeys.has(evt.detail.remotePeer.toString())) return
+      const lost = inFlight
+      inFlight = new AbortController()
+      lost.abort()
+      if (reconnecting !== undefined) return
+      log('connection to mirror %p of %s closed mid-batch; asking again for the blocks in flight', evt.detail.remotePeer, options.did)
+      if (resets >= this.#maxSessionResets) {
+        gaveUp = true
+        stop = true
+        return
+      }
+      resets++
+      reconnecting = this.#reconnect(peers, signal).then(connected => {
+        reconnecting = undefined
+        if (!connected) {
+          log('no mirror of %s reachable again; leaving the rest of the batch to the next source', options.did)
+          gaveUp = true
+          stop = true
+          return
+        }
+        generation++
+        session = this.#open(cids[0] as CID, providers, signal)
+        sessions.push(session)
+      })
+    }
+    this.#libp2p.addEventListener('connection:close', onClose)
+
     const worker = async (): Promise<void> => {
       while (!stop) {
         while (results.length >= this.#concurrency && !stop) await new Promise<void>(resolve => { room.push(resolve) })
+        while (reconnecting !== undefined && !stop) await reconnecting
         const item = stop ? undefined : take()
         if (item === undefined) return
         const mine = generation
+        const lost = inFlight.signal
         try {
-          const bytes = await this.#getOne(session, item.cid, signal)
+          const bytes = await this.#getOne(session, item.cid, signal, lost)
           verifyBlock(item.cid, bytes)
           this.#stats.blocks++
           this.#stats.bytes += bytes.byteLength
@@ -182,6 +233,13 @@ export class BitswapBroker implements BlockBroker {
           notify()
         } catch (err) {
           if (signal?.aborted === true) { stop = true; return }
+          if (lost.aborted) {
+            // the connection went away under this want: not the block's fault
+            if (stop) { this.#stats.failed++; return }
+            this.#stats.requeued++
+            retry.push(item)
+            continue
+          }
           const error = err as Error
           if (error.name === 'CidMismatchError' || error.name === 'UnsupportedCidError') corrupt ??= error
           // A session drops the peers that failed a want. Open a fresh one for the rest
@@ -235,6 +293,7 @@ export class BitswapBroker implements BlockBroker {
       await all
     } finally {
       stop = true
+      this.#libp2p.removeEventListener('connection:close', onClose)
       for (const wakeOne of room.splice(0)) wakeOne()
       for (const open of sessions) open.close?.()
     }
@@ -259,13 +318,42 @@ export class BitswapBroker implements BlockBroker {
     })
   }
 
-  async #getOne (session: BitswapSession, cid: CID, signal: AbortSignal | undefined): Promise<Uint8Array> {
+  async #getOne (session: BitswapSession, cid: CID, signal: AbortSignal | undefined, lost: AbortSignal): Promise<Uint8Array> {
     const timeout = AbortSignal.timeout(this.#blockTimeoutMs)
-    const bounded = signal === undefined ? timeout : AbortSignal.any([signal, timeout])
+    const bounded = AbortSignal.any(signal === undefined ? [lost, timeout] : [signal, lost, timeout])
     const chunks: Uint8Array[] = []
-    for await (const chunk of session.get(cid, { signal: bounded })) chunks.push(chunk)
+    try {
+      for await (const chunk of session.get(cid, { signal: bounded })) chunks.push(chunk)
+    } catch (err) {
+      if (timeout.aborted && !lost.aborted) this.#stats.timeouts++
+      throw err
+    }
     if (chunks.length === 1) return chunks[0] as Uint8Array
     return Buffer.concat(chunks)
+  }
+
+  /**
+   * Connects to the mirrors again after a connection closed; true when at least
+   * one is connected. A new connection gets time to settle (identify) before wants
+   * go out on it, as on the first dial.
+   */
+  async #reconnect (peers: PeerId[], signal: AbortSignal | undefined): Promise<boolean> {
+    // let libp2p drop the closed connection before asking for one
+    await new Promise(resolve => setImmediate(resolve))
+    const connected = await Promise.all(peers.map(async (peer) => {
+      const before = new Set(this.#libp2p.getConnections(peer).map(conn => conn.id))
+      const identified = this.#identified(peer)
+      try {
+        const dialSignal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(signal === undefined ? [] : [signal])])
+        const connection = await this.#libp2p.dial(peer, { signal: dialSignal })
+        if (!before.has(connection.id)) await identified
+        return true
+      } catch (err) {
+        log('mirror %p not reachable again - %e', peer, err)
+        return false
+      }
+    }))
+    return connected.some(Boolean)
   }
 
   async #isIdentified (peer: PeerId): Promise<boolean> {

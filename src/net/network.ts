@@ -243,7 +243,13 @@ export async function createNetwork (components: NetworkComponents, init: Networ
     streamMuxers: [yamux()],
     services: {
       identify: identify(),
-      ping: ping(),
+      // libp2p's connection monitor pings every peer every 10 s over this protocol
+      // and drops the connection when a ping fails. With the default of one
+      // outbound ping stream, a heartbeat that fires while the last one is still
+      // closing (a busy peer, a long Bitswap transfer on the same connection)
+      // fails at once and kills a healthy connection together with every want
+      // sent on it. Room for a few overlapping pings keeps that to real failures.
+      ping: ping({ maxOutboundStreams: 4, maxInboundStreams: 8 }),
       dht: mode === 'private'
         ? kadDHT({
           protocol: dhtProtocol,

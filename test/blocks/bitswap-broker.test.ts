@@ -38,6 +38,33 @@ class CorruptingBlockstore extends MemoryBlockstore {
   }
 }
 
+/**
+ * A blockstore that holds back one block until released, telling when it was
+ * first asked for it: a want is then surely in flight on the connection.
+ */
+class GatedBlockstore extends MemoryBlockstore {
+  readonly #gated: string
+  readonly asked: Promise<void>
+  readonly #open: Promise<void>
+  #onAsked: () => void = () => {}
+  release: () => void = () => {}
+
+  constructor (gated: CID) {
+    super()
+    this.#gated = cidKey(gated)
+    this.asked = new Promise(resolve => { this.#onAsked = resolve })
+    this.#open = new Promise(resolve => { this.release = resolve })
+  }
+
+  override async * get (cid: CID): AsyncGenerator<Uint8Array> {
+    if (cidKey(cid) === this.#gated) {
+      this.#onAsked()
+      await this.#open
+    }
+    yield * super.get(cid)
+  }
+}
+
 async function startNode (blockstore: Blockstore): Promise<MirrorNetwork> {
   const net = await createNetwork({
     blockstore,
@@ -48,9 +75,9 @@ async function startNode (blockstore: Blockstore): Promise<MirrorNetwork> {
   return net
 }
 
-function brokerFor (node: MirrorNetwork, peers: MirrorNetwork[], init: { blockTimeoutMs?: number } = {}): BitswapBroker {
+function brokerFor (node: MirrorNetwork, peers: MirrorNetwork[], init: { blockTimeoutMs?: number, maxSessionResets?: number } = {}): BitswapBroker {
   const mirrors = new MirrorFinder({ libp2p: node.libp2p }, { peers: peers.map(peer => peer.getMultiaddrs()[0]?.toString() as string), timeoutMs: 500 })
-  return new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: init.blockTimeoutMs ?? 2000 })
+  return new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: init.blockTimeoutMs ?? 2000, maxSessionResets: init.maxSessionResets })
 }
 
 async function collect (source: AsyncGenerator<Block>): Promise<{ blocks: Block[], error?: Error }> {
@@ -139,5 +166,69 @@ describe('bitswap broker', () => {
     const { blocks, error } = await collect(broker.getMany(held.slice(0, 3).map(b => b.cid), { did: DID }))
     assert.equal(blocks.length, 0)
     assert.equal(error, undefined)
+  })
+
+  it('asks again at once when the connection to the mirror closes with wants in flight', async () => {
+    const blocks = makeBlocks(40, 3)
+    const gated = blocks[20] as Block
+    const slowStore = new GatedBlockstore(gated.cid)
+    for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
+    const slow = await startNode(slowStore)
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(slow, node)
+    // a timeout far longer than the test: had the broker waited for it, a want would have timed out
+    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000 })
+    const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
+    await slowStore.asked
+    // the mirror is serving the batch: drop the connection under it, then let the block go
+    await node.libp2p.hangUp(slow.libp2p.peerId)
+    slowStore.release()
+    const { blocks: got, error } = await fetching
+    assert.equal(error, undefined)
+    assert.deepEqual(new Set(got.map(b => cidKey(b.cid))), new Set(blocks.map(b => cidKey(b.cid))))
+    const stats = broker.stats()
+    assert.ok(stats.requeued > 0, `wants in flight were asked again (requeued ${stats.requeued})`)
+    assert.equal(stats.timeouts, 0)
+    assert.equal(stats.failed, 0)
+    assert.equal(stats.sessions, 2, 'one fresh session after the connection closed')
+  })
+
+  it('gives up on the batch when connections keep closing past maxSessionResets, so the next source takes over', async () => {
+    const blocks = makeBlocks(10, 4)
+    const slowStore = new GatedBlockstore((blocks[5] as Block).cid)
+    for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
+    const slow = await startNode(slowStore)
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(slow, node)
+    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000, maxSessionResets: 0 })
+    const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
+    await slowStore.asked
+    await node.libp2p.hangUp(slow.libp2p.peerId)
+    const { blocks: got, error } = await fetching
+    slowStore.release()
+    assert.equal(error, undefined)
+    assert.ok(got.length < blocks.length, `the broker stopped instead of waiting (${got.length} of ${blocks.length})`)
+    assert.equal(broker.stats().timeouts, 0)
+    assert.ok(broker.stats().failed > 0)
+  })
+
+  it('ends the batch without waiting for timeouts when the mirror goes away mid-batch', async () => {
+    const blocks = makeBlocks(10, 5)
+    const slowStore = new GatedBlockstore((blocks[5] as Block).cid)
+    for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
+    const slow = await startNode(slowStore)
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000 })
+    const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
+    await slowStore.asked
+    // the mirror shuts down while it is serving the batch
+    const stopping = slow.stop()
+    slowStore.release()
+    await stopping
+    const { blocks: got, error } = await fetching
+    assert.equal(error, undefined)
+    assert.ok(got.length < blocks.length, `the broker stopped instead of waiting (${got.length} of ${blocks.length})`)
+    assert.equal(broker.stats().timeouts, 0)
   })
 })

@@ -101,6 +101,15 @@ describe('private network', () => {
     assert.deepEqual(found, [a.net.peerId.toString()])
   })
 
+  it('answers overlapping pings, so a late heartbeat does not cost the connection', async () => {
+    // libp2p's connection monitor drops a connection whose ping fails; with one
+    // outbound ping stream allowed, a ping started while another is open failed
+    const rtts = await Promise.all([1, 2, 3].map(async () => await a.net.libp2p.services.ping.ping(b.net.peerId, { signal: AbortSignal.timeout(5000) })))
+    assert.equal(rtts.length, 3)
+    for (const rtt of rtts) assert.ok(rtt >= 0)
+    assert.equal(a.net.libp2p.getConnections(b.net.peerId).length > 0, true)
+  })
+
   it('refuses to dial an address outside loopback and the given peers', async () => {
     // a peer we are not connected to (a connected one would reuse its connection)
     const stranger = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
