@@ -13,7 +13,7 @@
  *     against the target 2 × MST depth + 2.
  *
  * Plus the storage floor on its own: the same blocks from memory into a fresh
- * blockstore-fs (putMany) and into atmirror's MirrorBlockstore, to show whether the
+ * blockstore-fs (putMany) and into atmirror's MirrorBlockstore (putMany, and putVerified as a sync writes), to show whether the
  * filesystem store is the bottleneck.
  *
  * The account is created fresh each run (applyWrites, 200 per commit); nothing is
@@ -134,19 +134,25 @@ try {
   }
   const fsTimes: number[] = []
   const mirrorTimes: number[] = []
+  const verifiedTimes: number[] = []
   for (let i = 0; i < RUNS; i++) {
-    for (const [kind, times] of [['fs', fsTimes], ['mirror', mirrorTimes]] as const) {
+    for (const [kind, times] of [['fs', fsTimes], ['mirror', mirrorTimes], ['verified', verifiedTimes]] as const) {
       const dir = join(work, `floor-${kind}-${i}`)
       const store = kind === 'fs' ? new FsBlockstore(dir) : new MirrorBlockstore(dir)
       await store.open()
       const started = performance.now()
-      for await (const _ of store.putMany(blocks as unknown as Parameters<FsBlockstore['putMany']>[0])) { /* drain */ }
+      if (store instanceof MirrorBlockstore && kind === 'verified') {
+        // what a sync does: blocks already hash-checked, written 16 at once on the thread pool
+        for (let at = 0; at < blocks.length; at += 1000) await store.putVerified(blocks.slice(at, at + 1000))
+      } else {
+        for await (const _ of store.putMany(blocks as unknown as Parameters<FsBlockstore['putMany']>[0])) { /* drain */ }
+      }
       times.push((performance.now() - started) / 1000)
       await store.close()
       await rm(dir, { recursive: true, force: true })
     }
   }
-  process.stdout.write(`storage floor, ${blocks.length} blocks from memory: blockstore-fs putMany ${fmt(median(fsTimes))}, MirrorBlockstore putMany (hash-checked, unique temp file + rename) ${fmt(median(mirrorTimes))}\n\n`)
+  process.stdout.write(`storage floor, ${blocks.length} blocks from memory: blockstore-fs putMany ${fmt(median(fsTimes))}, MirrorBlockstore putMany (hash-checked, sync writes, temp file + rename) ${fmt(median(mirrorTimes))}, MirrorBlockstore putVerified (the sync's path: 16 async writes at once) ${fmt(median(verifiedTimes))}\n\n`)
 
   const ratio = b / a
   const bound = 2 * depth + 2

@@ -168,19 +168,28 @@ describe('bitswap broker', () => {
     assert.equal(error, undefined)
   })
 
-  it('asks again at once when the connection to the mirror closes with wants in flight', async () => {
-    const blocks = makeBlocks(40, 3)
-    const gated = blocks[20] as Block
-    const slowStore = new GatedBlockstore(gated.cid)
+  /**
+   * A mirror holding `n` blocks that holds back the middle one, and a fetcher
+   * asking it for all of them with a block timeout far longer than any test: had
+   * the broker waited for it, a want would have timed out. Resolves once the
+   * mirror is serving the batch.
+   */
+  async function midBatch (n: number, seed: number, init: { maxSessionResets?: number } = {}) {
+    const blocks = makeBlocks(n, seed)
+    const slowStore = new GatedBlockstore((blocks[n >> 1] as Block).cid)
     for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
     const slow = await startNode(slowStore)
     const node = await startNode(new MemoryBlockstore())
     nodes.push(slow, node)
-    // a timeout far longer than the test: had the broker waited for it, a want would have timed out
-    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000 })
+    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000, ...init })
     const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
     await slowStore.asked
-    // the mirror is serving the batch: drop the connection under it, then let the block go
+    return { blocks, slow, slowStore, node, broker, fetching }
+  }
+
+  it('asks again at once when the connection to the mirror closes with wants in flight', async () => {
+    const { blocks, slow, slowStore, node, broker, fetching } = await midBatch(40, 3)
+    // drop the connection under the batch, then let the block go
     await node.libp2p.hangUp(slow.libp2p.peerId)
     slowStore.release()
     const { blocks: got, error } = await fetching
@@ -194,15 +203,7 @@ describe('bitswap broker', () => {
   })
 
   it('gives up on the batch when connections keep closing past maxSessionResets, so the next source takes over', async () => {
-    const blocks = makeBlocks(10, 4)
-    const slowStore = new GatedBlockstore((blocks[5] as Block).cid)
-    for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
-    const slow = await startNode(slowStore)
-    const node = await startNode(new MemoryBlockstore())
-    nodes.push(slow, node)
-    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000, maxSessionResets: 0 })
-    const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
-    await slowStore.asked
+    const { blocks, slow, slowStore, node, broker, fetching } = await midBatch(10, 4, { maxSessionResets: 0 })
     await node.libp2p.hangUp(slow.libp2p.peerId)
     const { blocks: got, error } = await fetching
     slowStore.release()
@@ -213,15 +214,7 @@ describe('bitswap broker', () => {
   })
 
   it('ends the batch without waiting for timeouts when the mirror goes away mid-batch', async () => {
-    const blocks = makeBlocks(10, 5)
-    const slowStore = new GatedBlockstore((blocks[5] as Block).cid)
-    for (const { cid, bytes } of blocks) await slowStore.put(cid, bytes)
-    const slow = await startNode(slowStore)
-    const node = await startNode(new MemoryBlockstore())
-    nodes.push(node)
-    const broker = brokerFor(node, [slow], { blockTimeoutMs: 120_000 })
-    const fetching = collect(broker.getMany(blocks.map(b => b.cid), { did: DID }))
-    await slowStore.asked
+    const { blocks, slow, slowStore, broker, fetching } = await midBatch(10, 5)
     // the mirror shuts down while it is serving the batch
     const stopping = slow.stop()
     slowStore.release()
