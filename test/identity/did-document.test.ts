@@ -20,7 +20,7 @@ function doc (overrides: Record<string, unknown> = {}): Record<string, unknown> 
   return {
     '@context': ['https://www.w3.org/ns/did/v1', 'https://w3id.org/security/multikey/v1'],
     id: DID,
-    alsoKnownAs: ['at://alice.example.com'],
+    alsoKnownAs: ['at://alice.example.test'],
     verificationMethod: [{ id: `${DID}#atproto`, type: 'Multikey', controller: DID, publicKeyMultibase: K256_MULTIKEY }],
     service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'https://pds.example.test' }],
     ...overrides
@@ -40,7 +40,7 @@ describe('parseAtprotoDocument', () => {
   it('Multikey with an absolute #atproto id', () => {
     const parsed = parseAtprotoDocument(DID, doc())
     assert.equal(parsed.did, DID)
-    assert.equal(parsed.handle, 'alice.example.com')
+    assert.equal(parsed.handle, 'alice.example.test')
     assert.equal(parsed.signingKey.type, 'k256')
     assert.equal(parsed.didKey, K256_DID_KEY)
     assert.equal(parsed.pds, 'https://pds.example.test')
@@ -111,7 +111,7 @@ describe('parseAtprotoDocument', () => {
   })
 
   it('rejects #atproto controlled by another DID', () => {
-    assertDocError(doc({ verificationMethod: [{ id: '#atproto', type: 'Multikey', controller: 'did:web:example.com', publicKeyMultibase: K256_MULTIKEY }] }), /controller/)
+    assertDocError(doc({ verificationMethod: [{ id: '#atproto', type: 'Multikey', controller: 'did:web:example.test', publicKeyMultibase: K256_MULTIKEY }] }), /controller/)
   })
 
   it('rejects an unsupported #atproto type', () => {
@@ -157,16 +157,16 @@ describe('parseAtprotoDocument', () => {
 
 describe('handles in alsoKnownAs', () => {
   it('the primary handle is the first valid at:// entry, lowercased', () => {
-    assert.equal(atprotoHandle({ alsoKnownAs: ['https://example.com', 'at://not a handle', 'at://Alice.Example.COM', 'at://bob.example.com'] }), 'alice.example.com')
+    assert.equal(atprotoHandle({ alsoKnownAs: ['https://example.test', 'at://not a handle', 'at://Alice.Example.TEST', 'at://bob.example.test'] }), 'alice.example.test')
   })
 
   it('no handle without a valid at:// entry', () => {
-    assert.equal(atprotoHandle({ alsoKnownAs: ['https://alice.example.com', 'at://-bad-.com'] }), undefined)
+    assert.equal(atprotoHandle({ alsoKnownAs: ['https://alice.example.test', 'at://-bad-.com'] }), undefined)
     assert.equal(atprotoHandle({}), undefined)
   })
 
   it('claimsHandle compares case-insensitively', () => {
-    assert.equal(claimsHandle({ alsoKnownAs: ['at://Alice.Example.com'] }, 'alice.example.COM'), true)
-    assert.equal(claimsHandle({ alsoKnownAs: ['at://alice.example.com'] }, 'bob.example.com'), false)
+    assert.equal(claimsHandle({ alsoKnownAs: ['at://Alice.Example.test'] }, 'alice.example.TEST'), true)
+    assert.equal(claimsHandle({ alsoKnownAs: ['at://alice.example.test'] }, 'bob.example.test'), false)
   })
 })
