@@ -203,6 +203,8 @@ export class BitswapBroker implements BlockBroker {
       resets++
       reconnecting = this.#reconnect(peers, signal).then(connected => {
         reconnecting = undefined
+        // the consumer may have stopped meanwhile: its sessions are closed, open none
+        if (stop) return
         if (!connected) {
           log('no mirror of %s reachable again; leaving the rest of the batch to the next source', options.did)
           gaveUp = true
