@@ -12,9 +12,10 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { BitswapBroker } from '../../src/blocks/bitswap-broker.ts'
 import { MirrorFinder } from '../../src/net/mirrors.ts'
 import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
-import { cidForBytes, cidKey, type CID } from '../../src/repo/cid.ts'
+import { cidForBytes, cidKey } from '../../src/repo/cid.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import type { Blockstore } from 'interface-blockstore'
+import { CorruptingBlockstore, GatedBlockstore } from './test-blockstores.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
 
@@ -25,44 +26,6 @@ function makeBlocks (n: number, seed: number): Block[] {
     blocks.push({ cid: cidForBytes(bytes), bytes })
   }
   return blocks
-}
-
-/** A blockstore that has every block it is given but serves each with one byte flipped. */
-class CorruptingBlockstore extends MemoryBlockstore {
-  override async * get (cid: CID): AsyncGenerator<Uint8Array> {
-    for await (const chunk of super.get(cid)) {
-      const bad = Uint8Array.from(chunk)
-      bad[bad.length - 1] ^= 0xff
-      yield bad
-    }
-  }
-}
-
-/**
- * A blockstore that holds back one block until released, telling when it was
- * first asked for it: a want is then surely in flight on the connection.
- */
-class GatedBlockstore extends MemoryBlockstore {
-  readonly #gated: string
-  readonly asked: Promise<void>
-  readonly #open: Promise<void>
-  #onAsked: () => void = () => {}
-  release: () => void = () => {}
-
-  constructor (gated: CID) {
-    super()
-    this.#gated = cidKey(gated)
-    this.asked = new Promise(resolve => { this.#onAsked = resolve })
-    this.#open = new Promise(resolve => { this.release = resolve })
-  }
-
-  override async * get (cid: CID): AsyncGenerator<Uint8Array> {
-    if (cidKey(cid) === this.#gated) {
-      this.#onAsked()
-      await this.#open
-    }
-    yield * super.get(cid)
-  }
 }
 
 async function startNode (blockstore: Blockstore): Promise<MirrorNetwork> {

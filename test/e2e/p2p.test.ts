@@ -29,6 +29,7 @@ import { readCar } from '../../src/repo/car.ts'
 import { cidForBytes, parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
+import { CorruptingBlockstore } from '../blocks/test-blockstores.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from './network.ts'
 
 const pexec = promisify(execFile)
@@ -60,17 +61,6 @@ async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, st
   const records = new Map<string, string>()
   for await (const { rpath, cid } of walkMst(node.store.blocks, parseCid(state.data))) records.set(rpath, cid.toString())
   return records
-}
-
-/** A blockstore that has blocks but serves each with one byte flipped. */
-class CorruptingBlockstore extends MemoryBlockstore {
-  override async * get (cid: CID): AsyncGenerator<Uint8Array> {
-    for await (const chunk of super.get(cid)) {
-      const bad = Uint8Array.from(chunk)
-      bad[bad.length - 1] ^= 0xff
-      yield bad
-    }
-  }
 }
 
 /** A bare peer: libp2p + Helia/Bitswap over `blockstore`, and a head-exchange responder serving `head()`. */
