@@ -37,9 +37,9 @@ async function stopNode (node: TestNode): Promise<void> {
   await node.store.close()
 }
 
-async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
+async function until (what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
   const end = Date.now() + ms
-  while (!check()) {
+  while (!await check()) {
     if (Date.now() > end) assert.fail(`timed out waiting for ${what}`)
     await sleep(20)
   }
@@ -93,11 +93,14 @@ describe('private network', () => {
   it('finds a provider through the DHT', async () => {
     const cid = await cidForBytes(new TextEncoder().encode(`provided ${Date.now()}`), RAW)
     await a.net.libp2p.contentRouting.provide(cid, { signal: AbortSignal.timeout(10_000) })
-    const found: string[] = []
-    for await (const provider of b.net.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(10_000) })) {
-      found.push(provider.id.toString())
-      break
-    }
+    // ADD_PROVIDER has no answer: provide() returns once the record is sent, and B
+    // stores it a moment later (on a loaded machine, after B's first lookup)
+    let found: string[] = []
+    await until('B to find A as the provider', async () => {
+      found = []
+      for await (const provider of b.net.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(5000) })) found.push(provider.id.toString())
+      return found.length > 0
+    })
     assert.deepEqual(found, [a.net.peerId.toString()])
   })
 

@@ -115,12 +115,17 @@ describe('reprovider', () => {
     await reprovider.onIdle()
     assert.ok(await hasSelfRecord(aData, a, rendezvousCid(DID)))
     assert.ok(await hasSelfRecord(aData, a, commit1))
-    // C knows only B, and finds A through the DHT
+    // C knows only B, and finds A through the DHT (B stores A's records a moment
+    // after A sent them: ADD_PROVIDER has no answer to wait for)
     const mirrors = new MirrorFinder({ libp2p: c.libp2p }, { timeoutMs: 5000 })
-    const found: string[] = []
-    for await (const peer of mirrors.findMirrors(DID)) found.push(peer.id.toString())
+    let found: string[] = []
+    await until('C to find A', async () => {
+      found = []
+      for await (const peer of mirrors.findMirrors(DID)) found.push(peer.id.toString())
+      return found.length > 0
+    })
     assert.deepEqual(found, [a.peerId.toString()])
-    assert.ok((await providersOf(c, commit1)).includes(a.peerId.toString()))
+    await until('C to find A for the commit', async () => (await providersOf(c, commit1)).includes(a.peerId.toString()))
   })
 
   it('announces the new commit and cancels the old one when the repo advances', async () => {
@@ -130,7 +135,7 @@ describe('reprovider', () => {
     assert.ok(await hasSelfRecord(aData, a, commit2))
     assert.equal(await hasSelfRecord(aData, a, commit1), false)
     assert.ok(await hasSelfRecord(aData, a, rendezvousCid(DID)))
-    assert.ok((await providersOf(c, commit2)).includes(a.peerId.toString()))
+    await until('C to find A for the new commit', async () => (await providersOf(c, commit2)).includes(a.peerId.toString()))
     assert.equal(reprovider.announcedFor(DID)?.commit.toString(), commit2.toString())
   })
 
