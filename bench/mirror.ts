@@ -5,10 +5,13 @@
  *
  * (a) baseline: download getRepo and putMany every block into a fresh blockstore-fs
  *     (@ipld/car's iterator, no verification): the floor for "download and store".
+ *     Timed from the request to the last block stored; the store's open and close
+ *     are outside the timing, as they are outside (b)'s.
  * (b) `atmirror mirror DID` from an empty data directory, in a child process (its
  *     own peak RSS); time is the sync as the CLI reports it (resolve → head →
- *     download → store → verify → advance), plus the child's wall time with Node
- *     start-up for reference.
+ *     download → store → verify → advance; opening and closing the data directory
+ *     are not in it), plus the child's wall time with Node start-up for reference,
+ *     and the store's open + close time measured on its own.
  * (c) one record updated at the PDS, then `atmirror mirror` again: blocks fetched,
  *     against the target 2 × MST depth + 2.
  *
@@ -68,11 +71,13 @@ try {
   let carBytes = 0
   const runBaseline = async (i: number): Promise<void> => {
     const dir = join(work, `baseline-${i}`)
+    // timed like (b): from the request to the last block stored, the store's open and
+    // close outside (the sync's own `seconds` excludes opening and closing the data dir)
+    const store = new FsBlockstore(dir)
+    await store.open()
     const started = performance.now()
     const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.sync.getRepo?did=${account.did}`)
     if (!res.ok || res.body === null) throw new Error(`getRepo: HTTP ${res.status}`)
-    const store = new FsBlockstore(dir)
-    await store.open()
     carBlocks = 0
     carBytes = 0
     const blocks = await CarBlockIterator.fromIterable(res.body as unknown as AsyncIterable<Uint8Array>)
@@ -84,8 +89,8 @@ try {
       }
     })()
     for await (const _ of store.putMany(pairs as unknown as Parameters<FsBlockstore['putMany']>[0])) { /* drain */ }
-    await store.close()
     baseline.push((performance.now() - started) / 1000)
+    await store.close()
     await rm(dir, { recursive: true, force: true })
   }
 
@@ -117,6 +122,10 @@ try {
   const bWall = median(mirrorRuns.map(r => r.wall))
   const rss = Math.max(...mirrorRuns.map(r => r.maxRssKb)) / 1024
   process.stdout.write(`(b) atmirror mirror from empty: ${fmt(b)} sync median (${mirrorRuns.map(r => fmt(r.seconds)).join(', ')}); child wall time with Node start-up ${fmt(bWall)}\n`)
+  // what (a) and (b) both leave out, for scale: opening and closing atmirror's store
+  // (LevelDB, the blockstore, the leftover-staging check) on the mirrored directory
+  const openClose = await timeOpenClose(mirrorDir)
+  process.stdout.write(`    not in (a) or (b): MirrorStore open + close of the mirrored data directory ${(openClose * 1000).toFixed(0)} ms (blockstore-fs open + close in (a): a mkdir)\n`)
 
   // (c) one record changed
   const target = written.records[Math.floor(RECORDS / 2)]
@@ -164,6 +173,14 @@ try {
 } finally {
   await net.stop()
   await rm(work, { recursive: true, force: true })
+}
+
+/** Seconds to open and close atmirror's store on `dir`. */
+async function timeOpenClose (dir: string): Promise<number> {
+  const started = performance.now()
+  const store = await MirrorStore.open(dir)
+  await store.close()
+  return (performance.now() - started) / 1000
 }
 
 /** Levels of the stored MST: the root's layer + 1. */

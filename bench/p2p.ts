@@ -9,7 +9,8 @@
  * (a) baseline: raw Bitswap with in-memory stores on both ends (Helia, the same
  *     libp2p composition, MemoryBlockstore/MemoryDatastore) moving the same blocks:
  *     every CID of the repo asked at once through the Bitswap broker (one session,
- *     the seeker already knows every CID; no walk, no verification, no disk).
+ *     the seeker already knows every CID; no walk, no disk, and no verification
+ *     beyond the broker's own hash check of every block).
  * (b) node B, a fresh data directory bootstrapped to A only, runs the full mirror:
  *     resolve (PLC), head from A by head exchange (the PDS refuses the connection),
  *     the MST walk level by level with every missing block from A over Bitswap,

@@ -28,9 +28,33 @@ export interface AtmirrorErrorOptions {
 
 /** Base of every atmirror error. */
 export class AtmirrorError extends Error {
+  readonly #summary: string
+  #details: Details
+
   constructor (message: string, details: Details = {}, options: AtmirrorErrorOptions = {}) {
     super(describe(message, details), options.cause === undefined ? undefined : { cause: options.cause })
     this.name = new.target.name
+    this.#summary = message
+    this.#details = details
+  }
+
+  /**
+   * Adds details the error did not have yet (a set key is kept) and rebuilds the
+   * message, and the stack's first line, from them. For context that is only
+   * known where the error is caught, so that it need not be wrapped.
+   */
+  protected addDetails (details: Details): void {
+    const before = this.message
+    const merged: Details = { ...this.#details }
+    for (const [key, value] of Object.entries(details)) {
+      const old = merged[key]
+      if (old === undefined || old === null || old === '') merged[key] = value
+    }
+    this.#details = merged
+    this.message = describe(this.#summary, merged)
+    if (typeof this.stack === 'string' && this.message !== before) {
+      this.stack = this.stack.replace(before, () => this.message)
+    }
   }
 }
 
@@ -38,8 +62,29 @@ export class AtmirrorError extends Error {
 // Repository format and verification (src/repo)
 // ---------------------------------------------------------------------------
 
-/** The data is not a valid atproto repository (or part of one). */
-export class RepoVerificationError extends AtmirrorError {}
+/**
+ * The data is not a valid atproto repository (or part of one). Errors raised
+ * once a repo's commit has been decoded (by verifyRepo / verifyRepoCar) name the
+ * repo: `did` and `rev` are set and the message ends in `did=… rev=…`.
+ */
+export class RepoVerificationError extends AtmirrorError {
+  /** DID of the repository the failure was found in, when known. */
+  did?: string
+  /** Revision of the commit being verified, when known. */
+  rev?: string
+
+  /**
+   * Names the repository the failure was found in: sets `did` and `rev` where
+   * they are unset and adds them to the message. Returns the same error: the
+   * context is added where it is known, without wrapping.
+   */
+  nameRepo (repo: { did: string, rev: string }): this {
+    this.did ??= repo.did
+    this.rev ??= repo.rev
+    this.addDetails({ did: repo.did, rev: repo.rev })
+    return this
+  }
+}
 
 /** Bytes are not valid DAG-CBOR in atproto's strict profile (DRISL). */
 export class CborDecodeError extends RepoVerificationError {
@@ -93,19 +138,18 @@ export class MissingBlockError extends RepoVerificationError {
 /** The commit object is malformed (fields, types, version). */
 export class CommitInvalidError extends RepoVerificationError {
   readonly cid?: string
-  readonly did?: string
   constructor (reason: string, init: { cid?: CidLike, did?: string, rev?: string } = {}, options?: AtmirrorErrorOptions) {
     super(`invalid commit: ${reason}`, { did: init.did, rev: init.rev, cid: init.cid }, options)
     this.cid = init.cid?.toString()
     this.did = init.did
+    this.rev = init.rev
   }
 }
 
 /** The commit's signature does not verify against the DID's signing key. */
 export class CommitSignatureError extends RepoVerificationError {
   readonly cid?: string
-  readonly did: string
-  readonly rev?: string
+  declare readonly did: string
   constructor (init: { did: string, rev?: string, cid?: CidLike, reason?: string }, options?: AtmirrorErrorOptions) {
     super(`commit signature invalid${init.reason !== undefined ? ` (${init.reason})` : ''}`, { did: init.did, rev: init.rev, cid: init.cid }, options)
     this.cid = init.cid?.toString()
@@ -116,7 +160,8 @@ export class CommitSignatureError extends RepoVerificationError {
 
 /** The commit belongs to another DID than the one asked for. */
 export class CommitDidMismatchError extends RepoVerificationError {
-  readonly did: string
+  /** The DID that was asked for (`actual` is the commit's). */
+  declare readonly did: string
   readonly actual: string
   constructor (expected: string, actual: string, init: { cid?: CidLike } = {}) {
     super('commit is for another DID', { did: expected, actual, cid: init.cid })
@@ -163,6 +208,8 @@ export class CommitProofError extends RepoVerificationError {
     super(`commit proof invalid: ${reason}`, { did: init.did, rev: init.rev, rpath: init.rpath, cid: init.cid }, options)
     this.cid = init.cid?.toString()
     this.rpath = init.rpath
+    this.did = init.did
+    this.rev = init.rev
   }
 }
 
@@ -217,12 +264,17 @@ export class DidResolutionError extends IdentityError {
   }
 }
 
-/** The DID document lacks or has a malformed `#atproto` key or `#atproto_pds` service. */
+/**
+ * The DID document lacks or has a malformed `#atproto` key or `#atproto_pds` service
+ * (or names a PDS URL this resolver refuses: `url`).
+ */
 export class DidDocumentError extends IdentityError {
   readonly did: string
-  constructor (did: string, reason: string, options?: AtmirrorErrorOptions) {
-    super(`DID document unusable: ${reason}`, { did }, options)
+  readonly url?: string
+  constructor (did: string, reason: string, init: { url?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`DID document unusable: ${reason}`, { did, url: init.url }, options)
     this.did = did
+    this.url = init.url
   }
 }
 
@@ -235,20 +287,36 @@ export class HandleNotFoundError extends IdentityError {
   }
 }
 
-/** Resolving the handle failed, or its DID document does not claim it back. */
+/**
+ * Resolving the handle failed, or its DID document does not claim it back. When
+ * every method failed (DNS and HTTPS), `reasons` lists each method's reason.
+ */
 export class HandleResolutionError extends IdentityError {
   readonly handle: string
   readonly did?: string
-  constructor (handle: string, reason: string, init: { did?: string, url?: string } = {}, options?: AtmirrorErrorOptions) {
+  readonly url?: string
+  readonly reasons?: ReadonlyArray<{ source: string, reason: string }>
+  constructor (handle: string, reason: string, init: { did?: string, url?: string, reasons?: ReadonlyArray<{ source: string, reason: string }> } = {}, options?: AtmirrorErrorOptions) {
     super(`handle resolution failed: ${reason}`, { handle, did: init.did, url: init.url }, options)
     this.handle = handle
     this.did = init.did
+    this.url = init.url
+    this.reasons = init.reasons
   }
 }
 
 // ---------------------------------------------------------------------------
 // PDS and other HTTP services (src/head, src/blocks)
 // ---------------------------------------------------------------------------
+
+/** An HTTP response body is larger than the cap its reader allows (`limit` bytes). */
+export class BodyTooLargeError extends AtmirrorError {
+  readonly limit: number
+  constructor (limit: number) {
+    super(`response body larger than ${limit} bytes`, { limit })
+    this.limit = limit
+  }
+}
 
 /** Base of failures talking to a PDS (or any atproto XRPC service). */
 export class PdsError extends AtmirrorError {
@@ -419,5 +487,37 @@ export class ControlApiError extends MirrorError {
     super(message, { status: init.status, url: init.url }, options)
     this.url = init.url
     this.status = init.status
+  }
+}
+
+/** The control API server refused a request's input (path, body): answered with 400. */
+export class BadRequestError extends MirrorError {}
+
+/** The control API server refused a request body over its limit: answered with 413. */
+export class PayloadTooLargeError extends MirrorError {
+  readonly limit: number
+  constructor (limit: number) {
+    super('request body too large', { limit })
+    this.limit = limit
+  }
+}
+
+/** The control API has no such route: answered with 404. */
+export class RouteNotFoundError extends MirrorError {
+  readonly path: string
+  constructor (path: string) {
+    super('no such route', { path })
+    this.path = path
+  }
+}
+
+/** A control API route asked with a method it does not take: answered with 405. */
+export class MethodNotAllowedError extends MirrorError {
+  readonly method: string
+  readonly allowed: readonly string[]
+  constructor (method: string, allowed: readonly string[]) {
+    super(`method not allowed; use ${allowed.join(' or ')}`, { method })
+    this.method = method
+    this.allowed = allowed
   }
 }

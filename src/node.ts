@@ -504,11 +504,11 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         blockstore: store.blockstore,
         datastore: store.datastore,
         privateKey: await loadOrCreatePeerKey(init.dataDir)
-      }, { version: VERSION, ...init.network })
+      }, { version: VERSION, ...init.network, peers: [...(init.network?.peers ?? []), ...(init.network?.mirrors?.peers ?? [])] })
       const { helia, libp2p } = network
       const net = network
       const mirrors = new MirrorFinder({ libp2p, routingTableSize: () => net.dhtPeerCount() }, init.network?.mirrors)
-      p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount() }, init.network?.services)
+      p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount(), serving: net.serving }, init.network?.services)
       // the PDS and the other mirrors together: the highest verified rev wins, peers decide when the PDS is down
       heads = new CompositeHeadResolver([pdsHeads, p2p.heads])
       bitswap = new BitswapBroker({

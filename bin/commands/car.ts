@@ -6,27 +6,31 @@
  * signing key may come from the network (resolving --did when --key is absent).
  */
 import { createReadStream } from 'node:fs'
+import { logger } from '@libp2p/logger'
 import { once } from 'node:events'
 import { loadCar, verifyRepoCar, type RepoCarSummary } from '../../src/repo/verify.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { parseDidKey, formatDidKey, type PublicKey } from '../../src/repo/keys.ts'
 import { walkMstBatches } from '../../src/repo/mst/walk.ts'
 import { CarParseError, MissingBlockError } from '../../src/errors.ts'
-import { type CommandContext, CommandUsageError, defineCommand, globalOptions, plcUrl } from './context.ts'
+import { type CommandContext, CommandUsageError, defineCommand, globalOptions } from './context.ts'
+import { identityConfig, identityOptions, type IdentityConfig } from './node-options.ts'
 
 const USAGE = `usage:
   atmirror car verify FILE.car [--did DID] [--key did:key:...] [--plc URL] [--json]
       Checks that FILE.car holds a complete repository: every block's hash, the
       commit, the MST structure and every record. With --key the commit signature
       is verified against that key; with --did (and no --key) the DID's signing key
-      is resolved (PLC directory: --plc or ATMIRROR_PLC). Without either, the
-      signature is NOT checked and the output says so.
+      is resolved the way every other command resolves identities (PLC directory:
+      --plc or ATMIRROR_PLC). Without either, the signature is NOT checked and the
+      output says so.
   atmirror car ls FILE.car [--json]
       Lists the records in MST order: "collection/rkey<TAB>cid" per line, or
       {"path","cid"} per line with --json.`
 
 const options = {
   ...globalOptions,
+  ...identityOptions,
   did: { type: 'string' },
   key: { type: 'string' }
 } as const
@@ -43,7 +47,7 @@ export const command = defineCommand({
     if (file === undefined) throw new CommandUsageError(`missing FILE.car\n${USAGE}`)
     if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
     const json = values.json
-    if (verb === 'verify') return await verify(file, { did: values.did, key: values.key, plc: values.plc, json }, ctx)
+    if (verb === 'verify') return await verify(file, { did: values.did, key: values.key, identity: values, json }, ctx)
     if (verb === 'ls') {
       if (values.did !== undefined || values.key !== undefined) throw new CommandUsageError('car ls takes no --did or --key (use car verify)')
       return await list(file, { json }, ctx)
@@ -56,17 +60,17 @@ function readFileChunks (file: string): AsyncIterable<Uint8Array> {
   return createReadStream(file, { highWaterMark: READ_CHUNK })
 }
 
-async function verify (file: string, flags: { did?: string, key?: string, plc?: string, json: boolean }, ctx: CommandContext): Promise<number> {
+async function verify (file: string, flags: { did?: string, key?: string, identity: { plc?: string, 'handle-resolver'?: string }, json: boolean }, ctx: CommandContext): Promise<number> {
   let key: PublicKey | undefined
   let keySource: string | undefined
   if (flags.key !== undefined) {
     key = parseDidKey(flags.key)
     keySource = '--key'
   } else if (flags.did !== undefined) {
-    key = await resolveSigningKey(flags.did, plcUrl(flags.plc, ctx.env), ctx.signal)
+    key = await resolveSigningKey(flags.did, identityConfig(flags.identity, ctx.env), ctx.signal)
     keySource = `resolved from ${flags.did}`
   }
-  const summary = await verifyRepoCar(readFileChunks(file), { did: flags.did, key, signal: ctx.signal })
+  const summary = await verifyRepoCar(readFileChunks(file), { did: flags.did, key, signal: ctx.signal, log: logger('atmirror:repo') })
   if (flags.json) {
     ctx.stdout.write(JSON.stringify(toJson(summary, key)) + '\n')
     return 0
@@ -107,10 +111,14 @@ function toJson (summary: RepoCarSummary, key: PublicKey | undefined): Record<st
   }
 }
 
-/** The DID's current signing key, resolved through the identity layer (loaded only when needed). */
-async function resolveSigningKey (did: string, plc: string, signal: AbortSignal): Promise<PublicKey> {
+/**
+ * The DID's current signing key, resolved through the identity layer (loaded only
+ * when needed) with the same configuration as every other command: --plc,
+ * --handle-resolver and the local-test-network rule for plain http.
+ */
+async function resolveSigningKey (did: string, config: IdentityConfig, signal: AbortSignal): Promise<PublicKey> {
   const { AtprotoIdentityResolver } = await import('../../src/identity/index.ts')
-  const resolver = new AtprotoIdentityResolver({ plcUrl: plc })
+  const resolver = new AtprotoIdentityResolver(config)
   // only the key matters here: the handle is not looked up
   const identity = await resolver.resolve(did, { signal, verifyHandle: false })
   return identity.signingKey

@@ -21,14 +21,18 @@ options:
                           exposes the token-protected API beyond this machine)
   --interval SECONDS      re-check every pinned repo this often; 0 = only at start (default 60)
   --concurrency N         repos synced at once by the re-check (default 4)
-  --private               private network: no public bootstrap, DHT server mode on
-                          any address incl. loopback, dials only loopback and the
-                          hosts of --listen/--bootstrap/--allow-dial
+  --private               private network: no public bootstrap, no autoNAT/UPnP, DHT
+                          server mode on any address incl. loopback, dials only
+                          loopback and the hosts of --listen/--bootstrap/--announce/
+                          --peer/--allow-dial (no /dnsaddr)
   --listen MULTIADDR      TCP address to listen on, repeatable
                           (default /ip4/0.0.0.0/tcp/4001; with --private /ip4/127.0.0.1/tcp/0)
   --bootstrap MULTIADDR   peer to connect to and keep connected, repeatable
                           (/ip4/…/tcp/…/p2p/<peer id>)
   --announce MULTIADDR    address to announce instead of the listen addresses, repeatable
+                          (public mode: otherwise autoNAT must confirm a public address
+                          before the DHT runs in server mode)
+  --no-upnp               public mode: do not ask the router (UPnP/NAT-PMP) to forward the port
   --allow-dial IP|CIDR    with --private: a further host or range the node may dial, repeatable
   --peer MULTIADDR        a mirror asked for every pinned repo's head and blocks, besides
                           those the DHT names (/ip4/…/tcp/…[/p2p/<peer id>]), repeatable
@@ -53,6 +57,7 @@ const options = {
   'allow-dial': { type: 'string', multiple: true },
   peer: { type: 'string', multiple: true },
   provide: { type: 'string' },
+  'no-upnp': { type: 'boolean', default: false },
   offline: { type: 'boolean', default: false }
 } as const
 
@@ -70,6 +75,7 @@ export const command = defineCommand({
       if (values.private) throw new CommandUsageError('--private makes no sense with --offline')
     }
     if (!values.private && values['allow-dial'] !== undefined) throw new CommandUsageError('--allow-dial only applies with --private')
+    if ((values.private || values.offline) && values['no-upnp']) throw new CommandUsageError('--no-upnp only applies to the public network (without --private or --offline)')
     const provide = values.provide ?? 'heads'
     if (provide !== 'heads' && provide !== 'all') throw new CommandUsageError(`--provide must be heads or all, got ${JSON.stringify(provide)}`)
 
@@ -88,6 +94,8 @@ export const command = defineCommand({
             bootstrap: values.bootstrap,
             announce: values.announce,
             allowDial: values['allow-dial'],
+            upnp: !values['no-upnp'],
+            // the node also puts these hosts on the private mode's dial allow-list
             mirrors: { peers: values.peer ?? [] },
             services: { provide }
           }

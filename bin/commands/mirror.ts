@@ -7,9 +7,10 @@
 import { createMirrorNode } from '../../src/node.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { SyncResultJson } from '../../src/server/control-api.ts'
-import type { SyncProgress, SyncResult } from '../../src/mirror/sync.ts'
+import type { SyncResult } from '../../src/mirror/sync.ts'
 import { CommandUsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
 import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
+import { ProgressLine } from './progress.ts'
 
 const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
 
@@ -30,9 +31,14 @@ options:
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --peer MULTIADDR        a mirror to ask (/ip4/…/tcp/…/p2p/<peer id>), repeatable;
                           also the DHT entry point for finding other mirrors
-  --json                  print the result as one JSON object`
+  --progress              show progress on stderr even when it is not a terminal
+                          (one line per update, at most 10 a second; also with --json)
+  --json                  print the result as one JSON object
 
-const options = { ...globalOptions, ...identityOptions, peer: { type: 'string', multiple: true } } as const
+On a terminal (and without --json), progress (phase, blocks, bytes, rate) is redrawn
+on one stderr line at most 10 times a second.`
+
+const options = { ...globalOptions, ...identityOptions, peer: { type: 'string', multiple: true }, progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,
@@ -55,7 +61,7 @@ export const command = defineCommand({
   }
 })
 
-async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string, peer?: string[] }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
+async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string, peer?: string[], progress?: boolean }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
   const peers = values.peer ?? []
   const node = await createMirrorNode({
     dataDir: dir,
@@ -67,7 +73,8 @@ async function mirrorHere (dir: string, id: string, values: { plc?: string, 'han
     checkOnStart: false,
     intervalMs: 0
   })
-  const progress = !json && ctx.stderr.isTTY === true ? new ProgressLine(ctx.stderr) : undefined
+  const tty = ctx.stderr.isTTY === true
+  const progress = values.progress === true || (!json && tty) ? new ProgressLine(ctx.stderr, { tty }) : undefined
   try {
     if (peers.length > 0) await node.start()
     const identity = await node.identity.resolve(id, { signal: ctx.signal })
@@ -99,32 +106,4 @@ function formatSummary (result: SyncResultJson): string {
     `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})`,
     `seconds:  ${result.seconds.toFixed(2)}`
   ].join('\n')
-}
-
-/** One self-rewriting stderr line: phase, blocks, bytes, rate. Redrawn at most 10 times a second. */
-class ProgressLine {
-  readonly #out: NodeJS.WritableStream
-  readonly #started = performance.now()
-  #last = 0
-  #shown = false
-
-  constructor (out: NodeJS.WritableStream) {
-    this.#out = out
-  }
-
-  update (p: SyncProgress): void {
-    const now = performance.now()
-    if (now - this.#last < 100 && p.phase === 'download') return
-    this.#last = now
-    const seconds = Math.max((now - this.#started) / 1000, 0.001)
-    const rate = p.bytes / seconds
-    this.#out.write(`\r\x1b[K${p.phase.padEnd(8)} ${p.blocks} blocks  ${formatBytes(p.bytes)}  ${formatBytes(rate)}/s`)
-    this.#shown = true
-  }
-
-  done (): void {
-    if (!this.#shown) return
-    this.#shown = false
-    this.#out.write('\r\x1b[K')
-  }
 }

@@ -16,8 +16,9 @@ Lists the peers that announce the DID on the DHT (its rendezvous key), with the
 addresses the DHT gave for them, plus any --peer. A provider record only says a
 peer claims to mirror the repo: whatever is fetched from it is verified.
 
-With a daemon running on the data directory, the daemon looks it up. Otherwise a
-temporary node joins the network for the lookup:
+With a daemon running on the data directory, the daemon looks it up with its own
+configuration (--peer, --timeout and the network options are then ignored, with a
+warning). Otherwise a temporary node joins the network for the lookup:
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
@@ -50,6 +51,11 @@ export const command = defineCommand({
     const timeoutMs = integerFlag('--timeout', values.timeout, 10, { min: 1, max: 600 }) * 1000
     const dir = dataDir(values.data, ctx.env)
     const daemon = await ControlClient.forDataDir(dir)
+    if (daemon !== undefined) {
+      // GET /v1/mirrors/:did takes no options: the daemon uses its own --peer list and time budget
+      const ignored = (['peer', 'timeout', 'private', 'bootstrap', 'listen'] as const).filter(flag => flag === 'private' ? values.private : values[flag] !== undefined)
+      if (ignored.length > 0) ctx.stderr.write(`warning: a daemon is running on ${dir}; it looks the DID up with its own configuration, ignoring ${ignored.map(flag => `--${flag}`).join(', ')}\n`)
+    }
     const result = daemon !== undefined
       ? await daemon.client.mirrors(id, { signal: ctx.signal })
       : await lookupHere(dir, id, { ...values, timeoutMs }, ctx)

@@ -3,7 +3,9 @@
  *
  * Instead of letting Bitswap run a DHT provider query for every block, the broker
  * finds the DID's mirrors once (rendezvous key + configured peers, cached for a
- * while), connects to them, and opens a Helia session whose providers are exactly
+ * while; finding none is cached too, for a shorter while, so that a repo nobody
+ * else mirrors does not cost a DHT lookup per batch of its walk before the PDS is
+ * asked), connects to them, and opens a Helia session whose providers are exactly
  * those peers: every want goes straight to them. A batch is fetched wide (many
  * CIDs in flight at once) and every block is hash-checked here before it is
  * yielded; the fetch chain checks again before storing. Bitswap itself matches a
@@ -59,6 +61,15 @@ export interface BitswapBrokerInit {
   blockTimeoutMs?: number
   /** How long the mirrors found for a DID are reused, in ms. @default 60000 */
   peerCacheMs?: number
+  /**
+   * How long a DHT lookup that found no reachable mirror of a DID is remembered, in
+   * ms. Meanwhile batches of that DID skip the DHT (each lookup may take the
+   * finder's whole time budget, 10 s by default) and ask only the configured peers;
+   * after it, a mirror that appeared since is found. 0 does not remember.
+   *
+   * @default 30000
+   */
+  emptyCacheMs?: number
   /** Most mirror peers in a session. @default 5 */
   maxPeers?: number
   /** Time limit for connecting to one mirror, in ms. @default 5000 */
@@ -98,11 +109,14 @@ export class BitswapBroker implements BlockBroker {
   readonly #concurrency: number
   readonly #blockTimeoutMs: number
   readonly #peerCacheMs: number
+  readonly #emptyCacheMs: number
   readonly #maxPeers: number
   readonly #dialTimeoutMs: number
   readonly #maxSessionResets: number
   readonly #settleTimeoutMs: number
   readonly #peers = new Map<string, { peers: Promise<PeerId[]>, expires: number }>()
+  /** DIDs whose last DHT lookup found no reachable mirror, until when (ms since epoch). */
+  readonly #none = new Map<string, number>()
   readonly #stats: BitswapBrokerStats = { blocks: 0, bytes: 0, failed: 0, timeouts: 0, sessions: 0, requeued: 0 }
 
   constructor (components: BitswapBrokerComponents, init: BitswapBrokerInit = {}) {
@@ -112,6 +126,7 @@ export class BitswapBroker implements BlockBroker {
     this.#concurrency = Math.max(1, init.concurrency ?? 768)
     this.#blockTimeoutMs = init.blockTimeoutMs ?? 10_000
     this.#peerCacheMs = init.peerCacheMs ?? 60_000
+    this.#emptyCacheMs = init.emptyCacheMs ?? 30_000
     this.#maxPeers = Math.max(1, init.maxPeers ?? 5)
     this.#dialTimeoutMs = init.dialTimeoutMs ?? 5000
     this.#maxSessionResets = init.maxSessionResets ?? 8
@@ -122,24 +137,42 @@ export class BitswapBroker implements BlockBroker {
     return { ...this.#stats }
   }
 
-  /** Forgets the cached mirrors of `did` (or of every DID). */
+  /** Forgets the cached mirrors of `did` (or of every DID), including a finding of none. */
   forget (did?: string): void {
-    if (did === undefined) this.#peers.clear()
-    else this.#peers.delete(did)
+    if (did === undefined) {
+      this.#peers.clear()
+      this.#none.clear()
+    } else {
+      this.#peers.delete(did)
+      this.#none.delete(did)
+    }
   }
 
   /**
    * The connected mirrors of `did` (found once per `peerCacheMs`), or none. A
-   * lookup that finds nobody is not cached, so a mirror that appears later counts.
+   * lookup that finds nobody is not kept as a peer list, so a mirror that appears
+   * later counts; for `emptyCacheMs` after it, only the configured peers are asked
+   * (no DHT lookup).
    */
   async peersFor (did: string, options: { signal?: AbortSignal } = {}): Promise<PeerId[]> {
     const now = Date.now()
     let entry = this.#peers.get(did)
     if (entry === undefined || entry.expires < now) {
-      const peers = this.#findAndConnect(did, options)
+      const none = this.#none.get(did)
+      const dht = none === undefined || none < now
+      if (!dht) log.trace('no mirrors of %s found in the last %d ms: configured peers only', did, this.#emptyCacheMs)
+      const peers = this.#findAndConnect(did, { ...options, dht })
       entry = { peers, expires: now + this.#peerCacheMs }
       this.#peers.set(did, entry)
-      peers.then(found => { if (found.length === 0 && this.#peers.get(did) === entry) this.#peers.delete(did) }, () => { if (this.#peers.get(did) === entry) this.#peers.delete(did) })
+      const mine = entry
+      peers.then(found => {
+        if (found.length > 0) {
+          this.#none.delete(did)
+          return
+        }
+        if (this.#peers.get(did) === mine) this.#peers.delete(did)
+        if (dht && this.#emptyCacheMs > 0) this.#none.set(did, Date.now() + this.#emptyCacheMs)
+      }, () => { if (this.#peers.get(did) === mine) this.#peers.delete(did) })
     }
     const peers = await entry.peers
     // a cached peer may have gone away: keep the ones still connected, look again if none are
@@ -382,9 +415,9 @@ export class BitswapBroker implements BlockBroker {
     })
   }
 
-  async #findAndConnect (did: string, options: { signal?: AbortSignal }): Promise<PeerId[]> {
+  async #findAndConnect (did: string, options: { signal?: AbortSignal, dht: boolean }): Promise<PeerId[]> {
     const found: MirrorPeer[] = []
-    for await (const peer of this.#mirrors.findMirrors(did, { signal: options.signal, maxPeers: this.#maxPeers })) found.push(peer)
+    for await (const peer of this.#mirrors.findMirrors(did, { signal: options.signal, maxPeers: this.#maxPeers, dht: options.dht })) found.push(peer)
     const connected = await Promise.all(found.map(async (peer) => {
       if (this.#libp2p.getConnections(peer.id).length > 0) {
         // connected, but maybe only just (a bootstrap dial): wait for identify too

@@ -32,12 +32,17 @@ export interface CompleteMstOptions {
   chunk?: number
   /**
    * Most blocks asked of the fetch chain at once, over all requests in flight.
-   * Bitswap peers drop wants beyond about 1,024 per peer: stay well below.
+   * Bitswap peers drop wants beyond about 1,024 per peer: stay below.
    *
-   * @default 512
+   * @default 768
    */
   inFlight?: number
-  /** Most blocks in one request to the fetch chain. @default 256 */
+  /**
+   * Most blocks in one request to the fetch chain. Smaller requests keep more of
+   * them in flight, so a slow block holds up fewer others.
+   *
+   * @default 64
+   */
   batch?: number
   /** Called for each block fetched from a source (local store reads are not reported). */
   onBlock?: FetchOptions['onBlock']

@@ -3,8 +3,8 @@
  * resolution and block fetching. Every request is bounded (timeout + caller
  * signal); failures come back as the PdsError family:
  *
- * - XRPC error names `RepoNotFound`, `RepoTakendown`, `RepoSuspended`,
- *   `RepoDeactivated`, `BlockNotFound` → the matching class;
+ * - XRPC error names `RepoNotFound` (and getHead's `HeadNotFound`), `RepoTakendown`,
+ *   `RepoSuspended`, `RepoDeactivated`, `BlockNotFound` → the matching class;
  * - `MethodNotImplemented`, 501, or a 404 without an XRPC error → MethodNotImplementedError;
  * - network failure, timeout, 5xx, 429 → PdsUnavailableError;
  * - anything else that is not a valid answer (HTML, bad JSON, other 4xx) → PdsResponseError.
@@ -45,6 +45,9 @@ type PdsErrorClass = new (message: string, init?: { did?: string, url?: string, 
 
 const ERROR_CLASSES: Record<string, PdsErrorClass> = {
   RepoNotFound: RepoNotFoundError,
+  // getHead's own name for "no such repo here": the same fact, so the same class
+  // (and the same migration retry in PdsHeadResolver).
+  HeadNotFound: RepoNotFoundError,
   RepoTakendown: RepoTakendownError,
   RepoSuspended: RepoSuspendedError,
   RepoDeactivated: RepoDeactivatedError,

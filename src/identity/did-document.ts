@@ -1,14 +1,17 @@
 /**
- * What atproto reads from a DID document (atproto.com/specs/did): the handle
- * (first valid `at://` entry of `alsoKnownAs`), the signing key (first valid
- * `#atproto` verification method, Multikey or legacy form, K-256 or P-256) and the
- * PDS (first `#atproto_pds` service of type `AtprotoPersonalDataServer`). Method
- * agnostic and pure: no network.
+ * What atproto reads from a DID document (atproto.com/specs/did, "DID Documents"):
+ * the handle (the first valid `at://` entry of `alsoKnownAs`; the spec says any
+ * other handle URIs are ignored), the signing key (the first valid `#atproto`
+ * verification method whose `controller` is the DID itself, as the spec requires,
+ * Multikey or legacy form, K-256 or P-256) and the PDS (the first `#atproto_pds`
+ * service of type `AtprotoPersonalDataServer`, https; plain http only on a loopback
+ * host when allowed). Method agnostic and pure: no network.
  */
 import type { DIDDocument, Service, VerificationMethod } from 'did-resolver'
 import { DidDocumentError } from '../errors.ts'
 import { formatDidKey, parsePublicKeyMultibase, type PublicKey } from '../repo/keys.ts'
 import { isValidHandle } from '../repo/syntax.ts'
+import { isLoopbackHost } from './http.ts'
 
 export type { DIDDocument as DidDocument } from 'did-resolver'
 
@@ -26,11 +29,20 @@ export interface AtprotoDocument {
 
 const LEGACY_KEY_TYPES = new Set(['EcdsaSecp256k1VerificationKey2019', 'EcdsaSecp256r1VerificationKey2019'])
 
+export interface ParseDocumentOptions {
+  /**
+   * Accept a plain-http `#atproto_pds` endpoint when its host is `localhost` or a
+   * loopback IP (a local test network). Any other http endpoint is always refused.
+   * @default false
+   */
+  allowHttpLocalhost?: boolean
+}
+
 /**
  * Reads the handle, signing key and PDS from `document`. Throws
  * {@link DidDocumentError} naming the DID and what is missing or malformed.
  */
-export function parseAtprotoDocument (did: string, document: unknown): AtprotoDocument {
+export function parseAtprotoDocument (did: string, document: unknown, options: ParseDocumentOptions = {}): AtprotoDocument {
   if (typeof document !== 'object' || document === null || Array.isArray(document)) {
     throw new DidDocumentError(did, 'not a JSON object')
   }
@@ -42,11 +54,15 @@ export function parseAtprotoDocument (did: string, document: unknown): AtprotoDo
     handle: atprotoHandle(doc),
     signingKey,
     didKey: formatDidKey(signingKey),
-    pds: atprotoPds(did, doc)
+    pds: atprotoPds(did, doc, options)
   }
 }
 
-/** The first valid handle in `alsoKnownAs` (lowercased), or undefined. */
+/**
+ * The primary handle: the first valid handle URI in `alsoKnownAs` (lowercased), or
+ * undefined. Later `at://` entries are not handles of the DID (the spec says to
+ * ignore them), so a handle → DID lookup verifies only against this one.
+ */
 export function atprotoHandle (doc: Pick<DIDDocument, 'alsoKnownAs'>): string | undefined {
   if (!Array.isArray(doc.alsoKnownAs)) return undefined
   for (const aka of doc.alsoKnownAs) {
@@ -57,16 +73,10 @@ export function atprotoHandle (doc: Pick<DIDDocument, 'alsoKnownAs'>): string | 
   return undefined
 }
 
-/** True when `alsoKnownAs` lists `at://<handle>` (case-insensitive). */
-export function claimsHandle (doc: Pick<DIDDocument, 'alsoKnownAs'>, handle: string): boolean {
-  if (!Array.isArray(doc.alsoKnownAs)) return false
-  const want = `at://${handle.toLowerCase()}`
-  return doc.alsoKnownAs.some(aka => typeof aka === 'string' && aka.toLowerCase() === want)
-}
-
 /**
  * The first valid `#atproto` key: id `#atproto` or `<did>#atproto`, controller the
- * DID, type `Multikey` (multicodec-prefixed compressed key) or a legacy
+ * DID (the spec: "in the current version of atproto must match the account DID
+ * itself"), type `Multikey` (multicodec-prefixed compressed key) or a legacy
  * `EcdsaSecp256{k,r}1VerificationKey2019` (raw key bytes).
  */
 export function atprotoSigningKey (did: string, doc: Pick<DIDDocument, 'verificationMethod'>): PublicKey {
@@ -97,9 +107,10 @@ export function atprotoSigningKey (did: string, doc: Pick<DIDDocument, 'verifica
 
 /**
  * The origin of the first `#atproto_pds` service of type
- * `AtprotoPersonalDataServer`: an http(s) URL with only scheme, host and port.
+ * `AtprotoPersonalDataServer`: an https URL with only scheme, host and port; plain
+ * http only for a loopback host and only with `allowHttpLocalhost`.
  */
-export function atprotoPds (did: string, doc: Pick<DIDDocument, 'service'>): string {
+export function atprotoPds (did: string, doc: Pick<DIDDocument, 'service'>, options: ParseDocumentOptions = {}): string {
   const services = doc.service
   if (services !== undefined && !Array.isArray(services)) throw new DidDocumentError(did, 'service is not an array')
   const service = (services ?? []).find(s => isFragment(did, (s as Service)?.id, 'atproto_pds') && s.type === 'AtprotoPersonalDataServer')
@@ -112,9 +123,17 @@ export function atprotoPds (did: string, doc: Pick<DIDDocument, 'service'>): str
   } catch {
     throw new DidDocumentError(did, `#atproto_pds serviceEndpoint ${JSON.stringify(endpoint)} is not a URL`)
   }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new DidDocumentError(did, `#atproto_pds serviceEndpoint ${JSON.stringify(endpoint)} is not http(s)`)
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new DidDocumentError(did, `#atproto_pds serviceEndpoint ${JSON.stringify(endpoint)} is not http(s)`, { url: endpoint })
   if (url.username !== '' || url.password !== '' || url.pathname !== '/' || url.search !== '' || url.hash !== '') {
-    throw new DidDocumentError(did, `#atproto_pds serviceEndpoint ${JSON.stringify(endpoint)} must be only scheme, host and port`)
+    throw new DidDocumentError(did, `#atproto_pds serviceEndpoint ${JSON.stringify(endpoint)} must be only scheme, host and port`, { url: endpoint })
+  }
+  if (url.protocol === 'http:') {
+    if (!isLoopbackHost(url.hostname)) {
+      throw new DidDocumentError(did, '#atproto_pds serviceEndpoint is plain http on a non-loopback host (https is required)', { url: url.origin })
+    }
+    if (options.allowHttpLocalhost !== true) {
+      throw new DidDocumentError(did, '#atproto_pds serviceEndpoint is plain http on localhost, allowed only on a local test network (allowHttpLocalhost)', { url: url.origin })
+    }
   }
   return url.origin
 }

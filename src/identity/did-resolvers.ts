@@ -9,7 +9,7 @@
  */
 import { logger } from '@libp2p/logger'
 import type { DIDDocument, DIDResolutionOptions, DIDResolutionResult, DIDResolver, ParsedDID, ResolverRegistry } from 'did-resolver'
-import { boundedFetch, isLocalhost, readTextLimited, type FetchLike } from './http.ts'
+import { boundedFetch, isLocalhost, readTextLimited, reservedTld, type FetchLike } from './http.ts'
 
 const log = logger('atmirror:identity')
 
@@ -34,7 +34,13 @@ export interface DidResolutionOptions extends DIDResolutionOptions {
   signal?: AbortSignal
 }
 
+// did:plc identifiers are 24 characters of lowercase base32 (RFC 4648 alphabet a-z, 2-7).
 const PLC_DID = /^did:plc:[a-z2-7]{24}$/
+
+/** True for a syntactically valid `did:plc` (24 lowercase base32 characters). */
+export function isPlcDid (did: string): boolean {
+  return PLC_DID.test(did)
+}
 // A DNS name of letters, digits and hyphens (what atproto allows for handles
 // and did:web), lowercase as DIDs are case-sensitive and these methods are not.
 const HOSTNAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/
@@ -48,7 +54,7 @@ export function getResolver (init: DidResolversInit = {}): ResolverRegistry {
 export function plcResolver (init: DidResolversInit = {}): DIDResolver {
   const base = (init.plcUrl ?? DEFAULT_PLC_URL).replace(/\/+$/, '')
   return async (did: string, _parsed: ParsedDID, _resolver, options: DidResolutionOptions) => {
-    if (!PLC_DID.test(did)) return failure('invalidDid', 'did:plc must be 24 base32 characters')
+    if (!isPlcDid(did)) return failure('invalidDid', 'did:plc must be 24 base32 characters')
     return await fetchDocument(did, `${base}/${did}`, init, options)
   }
 }
@@ -64,7 +70,8 @@ export function webResolver (init: DidResolversInit = {}): DIDResolver {
 
 /**
  * The URL of a did:web document, or why there is none. Only hostname-level DIDs
- * are valid in atproto; a port (`%3A`) only for `localhost`, and only when http to
+ * are valid in atproto, under the same TLD restrictions as handles (no `.arpa`,
+ * `.local`, …); a port (`%3A`) only for `localhost`, and only when http to
  * localhost is allowed.
  */
 export function webDocumentUrl (id: string, allowHttpLocalhost = false): string | { error: string } {
@@ -84,6 +91,8 @@ export function webDocumentUrl (id: string, allowHttpLocalhost = false): string 
   }
   if (port !== undefined) return { error: 'a port is only allowed for localhost' }
   if (!HOSTNAME.test(hostname)) return { error: 'not a valid hostname' }
+  const tld = reservedTld(hostname)
+  if (tld !== undefined) return { error: `.${tld} is a reserved TLD` }
   return `https://${hostname}/.well-known/did.json`
 }
 

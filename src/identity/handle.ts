@@ -10,12 +10,9 @@ import { logger } from '@libp2p/logger'
 import { HandleNotFoundError, HandleResolutionError, InvalidIdentifierError } from '../errors.ts'
 import { isValidDid, isValidHandle } from '../repo/syntax.ts'
 import { describeFetchError } from './did-resolvers.ts'
-import { boundedFetch, DEFAULT_TIMEOUT_MS, readTextLimited, type FetchLike } from './http.ts'
+import { boundedFetch, DEFAULT_TIMEOUT_MS, readTextLimited, reservedTld, type FetchLike } from './http.ts'
 
 const log = logger('atmirror:identity')
-
-/** TLDs the handle spec reserves: never looked up. (`.test` is allowed, for tests.) */
-const RESERVED_TLDS = new Set(['alt', 'arpa', 'example', 'internal', 'invalid', 'local', 'localhost', 'onion'])
 
 export interface HandleLookupOptions {
   signal?: AbortSignal
@@ -41,13 +38,15 @@ export function normalizeHandle (input: string): string {
 
 /**
  * DNS then HTTPS well-known, both started at once; the DNS answer wins when
- * there is one. Throws {@link HandleNotFoundError} when neither names a DID, or
- * {@link HandleResolutionError} when a method failed (timeout, server error) or the
- * answers are malformed.
+ * there is one (the handle spec prefers DNS when the two disagree), and the HTTPS
+ * request still in flight is then aborted. Handles under a reserved TLD are never
+ * looked up. Throws {@link HandleNotFoundError} when neither names a DID, or
+ * {@link HandleResolutionError} when a method failed (timeout, server error) —
+ * listing both methods' reasons in `reasons` — or an answer is malformed.
  */
 export async function resolveHandleDirect (handle: string, options: HandleLookupOptions = {}): Promise<string> {
-  const tld = handle.slice(handle.lastIndexOf('.') + 1)
-  if (RESERVED_TLDS.has(tld)) throw new HandleNotFoundError(handle, `.${tld} is a reserved TLD`)
+  const tld = reservedTld(handle)
+  if (tld !== undefined) throw new HandleNotFoundError(handle, `.${tld} is a reserved TLD`)
   const web = new AbortController()
   const signal = options.signal === undefined ? web.signal : AbortSignal.any([options.signal, web.signal])
   const httpsLookup = resolveHandleHttps(handle, { ...options, signal })
@@ -59,7 +58,9 @@ export async function resolveHandleDirect (handle: string, options: HandleLookup
     const https = await httpsLookup
     if (https.did !== undefined) return https.did
     const reason = `dns: ${dns.reason}; https: ${https.reason}`
-    if (dns.failed || https.failed) throw new HandleResolutionError(handle, reason)
+    if (dns.failed || https.failed) {
+      throw new HandleResolutionError(handle, reason, { reasons: [{ source: 'dns', reason: dns.reason }, { source: 'https', reason: https.reason }] })
+    }
     throw new HandleNotFoundError(handle, reason)
   } finally {
     web.abort()

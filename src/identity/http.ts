@@ -3,6 +3,8 @@
  * combined with the caller's signal, and every body read has a size cap so a
  * hostile server cannot make us buffer without end.
  */
+import { isIP } from 'node:net'
+import { BodyTooLargeError } from '../errors.ts'
 
 /** A `fetch`-compatible function (injected in tests or to add a proxy). */
 export type FetchLike = (input: string | URL, init?: RequestInit) => Promise<Response>
@@ -31,15 +33,8 @@ export async function boundedFetch (url: string | URL, options: BoundedFetchOpti
   return await doFetch(url, { signal, headers: options.headers, redirect: 'follow' })
 }
 
-/** The body exceeded the size cap. */
-export class BodyTooLargeError extends Error {
-  readonly limit: number
-  constructor (limit: number) {
-    super(`response body larger than ${limit} bytes`)
-    this.name = 'BodyTooLargeError'
-    this.limit = limit
-  }
-}
+// Lives in errors.ts with every other error; re-exported here, where it was first defined.
+export { BodyTooLargeError }
 
 /** Reads a whole body, refusing more than `maxBytes`. */
 export async function readBodyLimited (res: Response, maxBytes: number): Promise<Uint8Array> {
@@ -81,7 +76,29 @@ export async function readTextLimited (res: Response, maxBytes: number): Promise
   return new TextDecoder('utf-8', { fatal: true }).decode(await readBodyLimited(res, maxBytes))
 }
 
-/** True for `localhost` (the only host where plain http is tolerated, in tests). */
+/**
+ * TLDs the handle spec reserves (never resolved for handles; the DID spec applies
+ * the same restriction to did:web). `.test` is allowed, for tests.
+ */
+const RESERVED_TLDS = new Set(['alt', 'arpa', 'example', 'internal', 'invalid', 'local', 'localhost', 'onion'])
+
+/** The reserved TLD `hostname` ends in, or undefined. */
+export function reservedTld (hostname: string): string | undefined {
+  const tld = hostname.slice(hostname.lastIndexOf('.') + 1).toLowerCase()
+  return RESERVED_TLDS.has(tld) ? tld : undefined
+}
+
+/** True for `localhost`: the only did:web host allowed a port and plain http (tests only). */
 export function isLocalhost (hostname: string): boolean {
   return hostname === 'localhost'
+}
+
+/**
+ * True for `localhost` and the loopback IP literals `127.0.0.0/8` and `[::1]`, as
+ * WHATWG URL normalizes a `hostname` (IPv4 dotted, IPv6 compressed in brackets):
+ * where a plain-http PDS is tolerated, on a local test network only.
+ */
+export function isLoopbackHost (hostname: string): boolean {
+  if (hostname === 'localhost' || hostname === '[::1]') return true
+  return isIP(hostname) === 4 && hostname.startsWith('127.')
 }

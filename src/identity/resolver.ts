@@ -2,14 +2,16 @@
  * DID or handle → {@link Identity}: the signing key, the PDS and the handle
  * (checked both ways), from a DID document resolved through did-resolver with one
  * method resolver per blessed method (did:plc, did:web). Identities are cached
- * for `cacheTtlMs`; `refresh(did)` bypasses the cache, which head verification
- * does once when a signature fails (keys rotate).
+ * for `cacheTtlMs` (a failed handle check for `failureCacheTtlMs` only);
+ * `refresh(did)` bypasses the cache, which head verification does once when a
+ * signature fails (keys rotate).
  */
 import { logger } from '@libp2p/logger'
 import { Resolver, type DIDResolutionResult } from 'did-resolver'
 import {
   DidNotFoundError,
   DidResolutionError,
+  HandleNotFoundError,
   HandleResolutionError,
   InvalidIdentifierError
 } from '../errors.ts'
@@ -66,15 +68,30 @@ export interface AtprotoIdentityResolverInit {
   handleResolverUrl?: string
   /** How long a resolved identity (and a handle's DID) is reused. @default 600_000 */
   cacheTtlMs?: number
+  /**
+   * How long the result of a handle check that failed (timeout, DNS or server
+   * error) is reused before the handle is looked up again. The DID document is
+   * still cached for `cacheTtlMs`; only `handleVerified: false` is short-lived, so a
+   * transient failure does not mark the handle unverified for the full TTL.
+   * @default 30_000
+   */
+  failureCacheTtlMs?: number
   /** Most identities kept; the oldest go first. @default 10_000 */
   cacheSize?: number
   /** Per-request time budget. @default 10_000 */
   timeoutMs?: number
   fetch?: FetchLike
-  /** Allow `did:web:localhost%3APORT` over plain http (tests only). @default false */
+  /**
+   * A local test network: allow `did:web:localhost%3APORT` over plain http, and
+   * plain-http `#atproto_pds` endpoints on `localhost` or a loopback IP. An http
+   * PDS on any other host is refused either way.
+   * @default false
+   */
   allowHttpLocalhost?: boolean
   /** DNS servers for handle TXT lookups instead of the system's. */
   dnsServers?: string[]
+  /** The clock cache expiry is measured with (tests pass a fake one). @default Date.now */
+  now?: () => number
 }
 
 interface CacheEntry<T> {
@@ -82,41 +99,57 @@ interface CacheEntry<T> {
   expires: number
 }
 
+interface CachedIdentity {
+  identity: Identity
+  /** Until when `identity.handleVerified` holds; 0 when the handle was not checked. */
+  handleCheckedUntil: number
+}
+
+/** Default of {@link AtprotoIdentityResolverInit.failureCacheTtlMs}. */
+export const DEFAULT_FAILURE_CACHE_TTL_MS = 30_000
+
 /** {@link IdentityResolver} for did:plc and did:web, with handles by DNS/HTTPS or a resolver service. */
 export class AtprotoIdentityResolver implements IdentityResolver {
   readonly plcUrl: string
   readonly handleResolverUrl?: string
   private readonly didResolver: Resolver
   private readonly ttl: number
+  private readonly failureTtl: number
   private readonly maxEntries: number
   private readonly timeoutMs?: number
   private readonly fetchFn?: FetchLike
   private readonly dnsServers?: string[]
-  // `checked`: whether the handle was looked up (or the identity came from one).
-  private readonly identities = new Map<string, CacheEntry<{ identity: Identity, checked: boolean }>>()
+  private readonly allowHttpLocalhost: boolean
+  private readonly now: () => number
+  private readonly identities = new Map<string, CacheEntry<CachedIdentity>>()
   private readonly handles = new Map<string, CacheEntry<string>>()
 
   constructor (init: AtprotoIdentityResolverInit = {}) {
     this.plcUrl = init.plcUrl ?? DEFAULT_PLC_URL
     this.handleResolverUrl = init.handleResolverUrl
     this.ttl = init.cacheTtlMs ?? 600_000
+    this.failureTtl = Math.min(init.failureCacheTtlMs ?? DEFAULT_FAILURE_CACHE_TTL_MS, this.ttl)
     this.maxEntries = init.cacheSize ?? 10_000
     this.timeoutMs = init.timeoutMs
     this.fetchFn = init.fetch
     this.dnsServers = init.dnsServers
+    this.allowHttpLocalhost = init.allowHttpLocalhost === true
+    this.now = init.now ?? Date.now
     this.didResolver = new Resolver(getResolver({
       plcUrl: this.plcUrl,
       timeoutMs: init.timeoutMs,
       fetch: init.fetch,
-      allowHttpLocalhost: init.allowHttpLocalhost
+      allowHttpLocalhost: this.allowHttpLocalhost
     }))
   }
 
   async resolve (didOrHandle: string, options: ResolveIdentityOptions = {}): Promise<Identity> {
     if (didOrHandle.startsWith('did:')) {
       const cached = this.cached(this.identities, didOrHandle)
-      if (cached !== undefined && (cached.checked || options.verifyHandle === false)) return cached.identity
-      return await this.load(didOrHandle, options)
+      if (cached === undefined) return await this.load(didOrHandle, options)
+      if (options.verifyHandle === false || cached.handleCheckedUntil > this.now()) return cached.identity
+      // The document is still fresh; only the handle needs (re)checking.
+      return await this.checkHandle(cached.identity, options)
     }
     const handle = normalizeHandle(didOrHandle)
     const did = await this.resolveHandle(handle, options)
@@ -125,13 +158,15 @@ export class AtprotoIdentityResolver implements IdentityResolver {
       // The handle may have just moved to this DID: look again before refusing.
       identity = await this.load(did, { ...options, verifyHandle: false })
     }
+    // The spec's primary handle (first valid at:// entry) is the only one the DID
+    // claims; a later alsoKnownAs entry naming this handle does not count.
     if (identity.handle !== handle) {
       throw new HandleResolutionError(handle, identity.handle === undefined
         ? 'the DID document claims no handle'
         : `the DID document claims ${identity.handle} instead`, { did })
     }
     const verified = { ...identity, handleVerified: true }
-    this.store(this.identities, did, { identity: verified, checked: true })
+    this.store(this.identities, did, { identity: verified, handleCheckedUntil: this.now() + this.ttl })
     return verified
   }
 
@@ -177,35 +212,52 @@ export class AtprotoIdentityResolver implements IdentityResolver {
 
   private async load (did: string, options: ResolveIdentityOptions): Promise<Identity> {
     const document = await this.resolveDidDocument(did, options)
-    const parsed = parseAtprotoDocument(did, document)
+    const parsed = parseAtprotoDocument(did, document, { allowHttpLocalhost: this.allowHttpLocalhost })
+    const identity: Identity = { ...parsed, handleVerified: false, document }
+    if (options.verifyHandle === false) {
+      this.store(this.identities, did, { identity, handleCheckedUntil: 0 })
+      return identity
+    }
+    return await this.checkHandle(identity, options)
+  }
+
+  /**
+   * Looks the document's handle up and caches the identity with the outcome: an
+   * answer (the handle's DID, or "no DID") for the full TTL, a failed lookup for
+   * `failureTtl` only.
+   */
+  private async checkHandle (identity: Identity, options: ResolveIdentityOptions): Promise<Identity> {
     let handleVerified = false
-    const checked = options.verifyHandle !== false
-    if (parsed.handle !== undefined && checked) {
+    let checkedFor = this.ttl
+    if (identity.handle !== undefined) {
       try {
-        handleVerified = await this.resolveHandle(parsed.handle, options) === did
+        handleVerified = await this.resolveHandle(identity.handle, options) === identity.did
       } catch (err) {
         options.signal?.throwIfAborted()
-        log('handle %s of %s does not verify: %e', parsed.handle, did, err)
+        if (!(err instanceof HandleNotFoundError)) checkedFor = this.failureTtl
+        log('handle %s of %s does not verify: %e', identity.handle, identity.did, err)
       }
     }
-    const identity: Identity = { ...parsed, handleVerified, document }
-    this.store(this.identities, did, { identity, checked })
-    return identity
+    const checked: Identity = { ...identity, handleVerified }
+    // The document keeps its own expiry; only the handle check gets `checkedFor`.
+    const expires = this.identities.get(identity.did)?.expires
+    this.store(this.identities, identity.did, { identity: checked, handleCheckedUntil: this.now() + checkedFor }, expires)
+    return checked
   }
 
   private cached<T> (map: Map<string, CacheEntry<T>>, key: string): T | undefined {
     const entry = map.get(key)
     if (entry === undefined) return undefined
-    if (entry.expires <= Date.now()) {
+    if (entry.expires <= this.now()) {
       map.delete(key)
       return undefined
     }
     return entry.value
   }
 
-  private store<T> (map: Map<string, CacheEntry<T>>, key: string, value: T): void {
+  private store<T> (map: Map<string, CacheEntry<T>>, key: string, value: T, expires = this.now() + this.ttl): void {
     map.delete(key)
-    map.set(key, { value, expires: Date.now() + this.ttl })
+    map.set(key, { value, expires })
     if (map.size > this.maxEntries) {
       const oldest = map.keys().next().value
       if (oldest !== undefined) map.delete(oldest)

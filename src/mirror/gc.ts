@@ -25,9 +25,14 @@
  *
  * Collection deletes each candidate that has no holder left (one short prefix seek
  * per candidate) and drops its key. A crash anywhere leaves either the old state
- * with its holds plus a staging list (the next advance, failure or unpin turns it
- * into candidates), or the new state with candidates still listed (the next
- * collection finishes them). Blocks shared by several repos survive while any
+ * with its holds plus a staging list, or the new state with candidates still listed
+ * (the next collection finishes them). A staging list found when the store opens
+ * belongs to no running sync (the data directory is locked to one process, and
+ * this one has started none yet). Opening turns the lists of DIDs that are not
+ * pinned into candidates and collects them: a killed first sync of a DID that is
+ * never run again leaves nothing behind. A pinned DID's list stays for its next
+ * sync, which reuses the blocks already stored (a peer-to-peer walk fetches only
+ * what is missing) and releases the rest when it advances or fails. Blocks shared by several repos survive while any
  * holder remains.
  *
  * Releasing a whole repo (unpin, takedown) walks the stored repo to find its
@@ -91,6 +96,7 @@ export const holdKeys = {
   holdersPrefix: `${PREFIX}/holders/`,
   staged: (did: string, seq: string) => `${PREFIX}/staged/${did}/${seq}`,
   stagedPrefix: (did: string) => `${PREFIX}/staged/${did}/`,
+  stagedAll: `${PREFIX}/staged/`,
   candidate: (block: string) => `${PREFIX}/gc/${block}`,
   candidatePrefix: `${PREFIX}/gc/`
 }
@@ -230,9 +236,9 @@ export class BlockHolds {
     await this.#db.put(holdKeys.staged(did, seq), value)
   }
 
-  /** The staging keys of `did` with the blocks each lists. */
-  async * #staged (did: string): AsyncGenerator<{ key: string, blocks: string[] }> {
-    const prefix = holdKeys.stagedPrefix(did)
+  /** The staging keys of `did` (every DID's without one) with the blocks each lists. */
+  async * #staged (did?: string): AsyncGenerator<{ key: string, blocks: string[] }> {
+    const prefix = did === undefined ? holdKeys.stagedAll : holdKeys.stagedPrefix(did)
     for await (const [key, value] of this.#db.iterator({ gte: prefix, lt: prefix + '\xff' })) {
       const buf = Buffer.from(value.buffer, value.byteOffset, value.byteLength)
       const blocks: string[] = []
@@ -362,8 +368,34 @@ export class BlockHolds {
 
   /** Adds to `batch` what turns `did`'s staging list into candidates (after a failed sync). */
   async planDiscardStaged (did: string, batch: PlanBatch): Promise<HoldPlan> {
+    return await this.#discard(this.#staged(did), batch)
+  }
+
+  /**
+   * Adds to `batch` what turns every DID's staging list into candidates, except
+   * those of DIDs `keep` names, and says whose lists they were. Only for when no
+   * sync runs on the store at all: when it opens, a staging list can only be left
+   * by a process killed mid-sync.
+   */
+  async planDiscardAllStaged (batch: PlanBatch, keep: ReadonlySet<string> = new Set()): Promise<HoldPlan & { dids: string[] }> {
+    const dids = new Set<string>()
+    const lists = this.#staged()
+    const plan = await this.#discard((async function * () {
+      for await (const list of lists) {
+        // `<prefix><did>/<seq>`: DIDs have no slash
+        const rest = list.key.slice(holdKeys.stagedAll.length)
+        const did = rest.slice(0, rest.lastIndexOf('/'))
+        if (keep.has(did)) continue
+        dids.add(did)
+        yield list
+      }
+    })(), batch)
+    return { ...plan, dids: [...dids] }
+  }
+
+  async #discard (lists: AsyncIterable<{ key: string, blocks: string[] }>, batch: PlanBatch): Promise<HoldPlan> {
     const seen = new Set<string>()
-    for await (const { key, blocks } of this.#staged(did)) {
+    for await (const { key, blocks } of lists) {
       batch.del(key)
       for (const block of blocks) {
         if (seen.has(block)) continue

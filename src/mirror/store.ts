@@ -9,7 +9,9 @@
  * `<dir>/lock` before opening it. Within the process it serialises garbage
  * collection against block writers: syncs enter as writers, and collection runs only
  * when the last writer leaves, so it can never delete a block that a running sync
- * has just found present and is about to hold.
+ * has just found present and is about to hold. Opening releases the staging lists
+ * a killed process left behind for DIDs that are not pinned (see gc.ts) and
+ * collects their blocks.
  */
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -147,8 +149,38 @@ export class MirrorStore {
       throw err
     }
     const store = new MirrorStore(dataDir, blockstore, datastore, init.fsync ?? false)
-    store.#gcPending = await store.holds.hasCandidates()
+    try {
+      store.#gcPending = await store.holds.hasCandidates()
+      await store.#releaseOrphanedStaging()
+    } catch (err) {
+      await store.close()
+      throw err
+    }
     return store
+  }
+
+  /**
+   * Staging lists present at open belong to syncs that no longer run: one process
+   * has the data directory (the lock, and LevelDB's own LOCK, see to that) and this
+   * one has started none yet, so they were left by a process killed mid-sync. Those
+   * of DIDs that are not pinned become candidates and are collected now (blocks a
+   * stored repo holds stay): nothing would ever sync such a DID again, so without
+   * this a killed first sync would leave its blocks on disk for good. A pinned
+   * DID's list waits for its next sync, which reuses what is stored.
+   */
+  async #releaseOrphanedStaging (): Promise<void> {
+    const batch = this.datastore.db.batch()
+    let plan: { candidates: number, dids: string[] }
+    try {
+      plan = await this.holds.planDiscardAllStaged(batch, new Set(await this.pins.list()))
+      if (batch.length > 0) await batch.write({ sync: this.#sync })
+    } finally {
+      await batch.close()
+    }
+    if (plan.dids.length === 0) return
+    log('releasing the staged blocks of interrupted syncs (%s): %d blocks to check', plan.dids.join(', '), plan.candidates)
+    this.#gcPending = true
+    await this.collectGarbage()
   }
 
   /** The last verified state of `did`'s repo, if any. */

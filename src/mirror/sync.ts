@@ -13,8 +13,8 @@
  * MST structure, every record present); only then one atomic batch writes the new
  * state together with the hold changes (see gc.ts). Until that batch the previous
  * state and its blocks are untouched, so a crash at any point leaves the previous
- * state intact, and the next run redoes the sync (its staged blocks are either
- * used or collected).
+ * state intact, and the next run redoes the sync (the killed run's staged blocks
+ * are collected when the store next opens, see MirrorStore.open).
  */
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
@@ -48,6 +48,7 @@ import { HoldDelta, repoHoldDelta } from './gc.ts'
 import { holdsBlocks, type MirrorStore, type RepoState, type RepoStatus } from './store.ts'
 
 const log = logger('atmirror:mirror:sync')
+const repoLog = logger('atmirror:repo')
 
 /** Blocks fetched for a sync, by source. */
 export interface FetchedCounts {
@@ -447,7 +448,8 @@ export class RepoSyncer {
         signal,
         records: this.#decodeRecords ? 'decode' : 'hash',
         // every block was hash-checked before it was stored, a moment ago
-        trusted: true
+        trusted: true,
+        log: repoLog
       })
 
       // 5. advance: holds from the MST diff, state, pin — one batch

@@ -1,6 +1,6 @@
 /**
  * Multiaddr handling for the two network modes: defaults, validation of what the user
- * passes (`--listen`, `--bootstrap`), and the private mode's dial allow-list.
+ * passes (`--listen`, `--bootstrap`, `--peer`), and the private mode's dial allow-list.
  */
 import { BlockList, isIP } from 'node:net'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
@@ -50,13 +50,35 @@ export function parseListenAddress (value: string): Multiaddr {
   return ma
 }
 
-/** A bootstrap peer: a dialable address ending in /p2p/<peer id>. */
-export function parseBootstrapAddress (value: string): Multiaddr {
+/**
+ * A bootstrap peer: a dialable address ending in /p2p/<peer id>. In private mode a
+ * `/dnsaddr` is refused: it is resolved through a public DNS TXT lookup into
+ * addresses nobody listed, which the private dial allow-list would then refuse.
+ */
+export function parseBootstrapAddress (value: string, mode: NetworkMode = 'public'): Multiaddr {
   const ma = parseMultiaddr(value, 'bootstrap address')
   const components = ma.getComponents()
   if (components.at(-1)?.name !== 'p2p') throw new InvalidMultiaddrError(value, 'bootstrap addresses must end with /p2p/<peer id>')
   if (!HOST_PROTOCOLS.has(components[0]?.name ?? '')) throw new InvalidMultiaddrError(value, 'bootstrap addresses must start with a host (/ip4, /ip6, /dns…)')
+  refuseDnsaddr(ma, value, mode)
   return ma
+}
+
+/**
+ * A configured mirror peer (`--peer`): a dialable address starting with a host, with
+ * or without /p2p/<peer id>. Private mode refuses `/dnsaddr` as for bootstrap peers.
+ */
+export function parsePeerAddress (value: string, mode: NetworkMode = 'public'): Multiaddr {
+  const ma = parseMultiaddr(value, 'peer address')
+  if (!HOST_PROTOCOLS.has(ma.getComponents()[0]?.name ?? '')) throw new InvalidMultiaddrError(value, 'peer addresses must start with a host (/ip4, /ip6, /dns…)')
+  refuseDnsaddr(ma, value, mode)
+  return ma
+}
+
+function refuseDnsaddr (ma: Multiaddr, value: string, mode: NetworkMode): void {
+  if (mode === 'private' && ma.getComponents()[0]?.name === 'dnsaddr') {
+    throw new InvalidMultiaddrError(value, 'private mode cannot use /dnsaddr (it resolves through public DNS to addresses the private mode may not dial); give /ip4, /ip6 or /dns4 addresses')
+  }
 }
 
 /** The host (IP or DNS name) a multiaddr names, if any. */
@@ -72,8 +94,8 @@ export function multiaddrPeerId (ma: Multiaddr): string | undefined {
 }
 
 /**
- * Which hosts the private mode may dial: loopback, the hosts of the bootstrap and
- * listen addresses, and any extra IPs or CIDR ranges. Everything else is refused, so
+ * Which hosts the private mode may dial: loopback, the hosts of the listen,
+ * bootstrap, announce and configured peer addresses, and any extra IPs or CIDR ranges. Everything else is refused, so
  * an address learned from a peer can never take the node elsewhere.
  */
 export class DialAllowList {

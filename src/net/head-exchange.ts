@@ -130,6 +130,7 @@ export class HeadExchange {
   readonly #maxInboundStreams: number
   readonly #maxOutboundStreams: number
   #inbound = 0
+  #stats = { requests: 0, served: 0 }
   #started = false
 
   constructor (components: HeadExchangeComponents, init: HeadExchangeInit = {}) {
@@ -147,6 +148,11 @@ export class HeadExchange {
   /** Streams being served right now. */
   get inbound (): number {
     return this.#inbound
+  }
+
+  /** Responder side: well-formed requests read, and how many were answered with a head. */
+  stats (): { requests: number, served: number } {
+    return { ...this.#stats }
   }
 
   isStarted (): boolean {
@@ -219,7 +225,9 @@ export class HeadExchange {
         log('malformed head request from %p', peer)
         answer = { error: 'InvalidRequest' }
       } else {
+        this.#stats.requests++
         answer = await this.#answer(did, signal)
+        if (answer.error === undefined) this.#stats.served++
         log.trace('head request from %p for %s: %s', peer, did, answer.error ?? 'found')
       }
       let bytes = encodeCbor(answer)

@@ -26,6 +26,8 @@ export interface FindMirrorsOptions {
   timeoutMs?: number
   /** Override the finder's peer count limit for this call. */
   maxPeers?: number
+  /** Ask the DHT too; `false` yields the configured peers only (no lookup). @default true */
+  dht?: boolean
 }
 
 /** What `findMirrors` needs of libp2p. */
@@ -109,7 +111,7 @@ export class MirrorFinder {
       if (++count >= maxPeers) return
     }
     options.signal?.throwIfAborted()
-    if (timeout.aborted) return
+    if (timeout.aborted || options.dht === false) return
     await this.#settle(signal)
 
     try {

@@ -8,29 +8,40 @@
  * router and Bitswap, nothing else.
  *
  * Two modes:
- * - `public`: the IPFS Amino DHT (`/ipfs/kad/1.0.0`) and its bootstrap peers; the DHT
- *   switches itself to server mode once it has a public address; private and
- *   loopback addresses are not put into the routing table.
- * - `private`: only the given `bootstrap` peers, the DHT in server mode from the start
- *   on whatever addresses we have (loopback included), queries allowed with zero
- *   peers, and a connection gater that refuses to dial anything but loopback and the
- *   hosts named in `listen`, `bootstrap` and `allowDial`.
+ * - `public`: the IPFS Amino DHT (`/ipfs/kad/1.0.0`) and its bootstrap peers, plus
+ *   what a node needs to become reachable. libp2p 3 lists a public listen address
+ *   only once something has confirmed that others can dial it (an `announce`
+ *   address counts as confirmed): autoNAT asks connected peers to dial us back and
+ *   confirms each address that works, UPnP (optional) asks the home router to
+ *   forward the port and adds the mapped address for autoNAT to confirm, and
+ *   identify-push tells connected peers when our addresses and protocols change.
+ *   The DHT starts in client mode and switches itself to server mode once a public
+ *   address is confirmed; until then provider records we publish carry no
+ *   dialable address. Private and loopback addresses are not put into the routing
+ *   table.
+ * - `private`: none of those services; only the given `bootstrap` peers, the DHT in
+ *   server mode from the start on whatever addresses we have (loopback included),
+ *   queries allowed with zero peers, and a connection gater that refuses to dial
+ *   anything but loopback and the hosts named in `listen`, `bootstrap`, `announce`,
+ *   `peers` and `allowDial`.
  */
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { withBitswap } from '@helia/bitswap'
 import * as dagCbor from '@ipld/dag-cbor'
 import { bootstrap } from '@libp2p/bootstrap'
-import { identify, type Identify } from '@libp2p/identify'
+import { autoNAT } from '@libp2p/autonat'
+import { identify, identifyPush, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT, type SingleKadDHT } from '@libp2p/kad-dht'
 import { logger } from '@libp2p/logger'
 import { ping, type Ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { uPnPNAT } from '@libp2p/upnp-nat'
 import { createHeliaLight, type Helia } from 'helia'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
-import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, type NetworkMode } from './addresses.ts'
+import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, parsePeerAddress, type NetworkMode } from './addresses.ts'
 import { Libp2pRouter } from './routing.ts'
-import { ServingBlockstore } from './serving-blockstore.ts'
+import { ServingBlockstore, datastoreHolderIndex } from './serving-blockstore.ts'
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Blockstore } from 'interface-blockstore'
@@ -38,11 +49,19 @@ import type { Datastore } from 'interface-datastore'
 
 const log = logger('atmirror:net')
 
+/**
+ * The libp2p services. Both modes run `identify`, `ping` and `dht`; the public mode
+ * adds `bootstrap` (the IPFS bootstrap peers), `autoNAT`, `identifyPush` and, unless
+ * turned off, `upnp`.
+ */
 export interface NetworkServices extends Record<string, unknown> {
   identify: Identify
   ping: Ping
   dht: KadDHT
 }
+
+/** Service names only the public mode runs. */
+export const PUBLIC_ONLY_SERVICES: readonly string[] = ['bootstrap', 'autoNAT', 'identifyPush', 'upnp']
 
 /** Helia with the libp2p node it runs on. */
 export type MirrorHelia = Helia & { libp2p: Libp2p<NetworkServices> }
@@ -54,7 +73,11 @@ export interface NetworkComponents {
    * bytes itself.
    */
   blockstore: Blockstore
-  /** libp2p's peer store, the DHT's records and Helia's bookkeeping live here. */
+  /**
+   * libp2p's peer store, the DHT's records and Helia's bookkeeping live here. When it
+   * is the mirror's datastore, its block holder index decides which blocks of
+   * withheld repos are not served (see ServingBlockstore).
+   */
   datastore: Datastore
   /** The node's identity (see `loadOrCreatePeerKey`). */
   privateKey: PrivateKey
@@ -88,13 +111,29 @@ export interface NetworkInit {
    */
   announce?: string[]
   /**
+   * Configured mirror peers (`--peer`), as multiaddrs with or without /p2p/<peer id>.
+   * The network does not dial them itself (the mirror finder does); in private mode
+   * their hosts are allowed to be dialled.
+   *
+   * @default []
+   */
+  peers?: string[]
+  /**
    * Private mode only: further IPs or CIDR ranges the node may dial (peers learned
-   * through the DHT on a LAN, say). Loopback and the hosts of `listen` and
-   * `bootstrap` are always allowed.
+   * through the DHT on a LAN, say). Loopback and the hosts of `listen`, `bootstrap`,
+   * `announce` and `peers` are always allowed.
    *
    * @default []
    */
   allowDial?: string[]
+  /**
+   * Public mode only: ask the local router by UPnP / NAT-PMP to forward our port, so
+   * a node behind a home router can be reachable. The mapped address is still
+   * confirmed by autoNAT before it is announced.
+   *
+   * @default true
+   */
+  upnp?: boolean
   /**
    * The DHT protocol id.
    *
@@ -122,19 +161,32 @@ export class MirrorNetwork {
   readonly mode: NetworkMode
   readonly libp2p: Libp2p<NetworkServices>
   readonly helia: MirrorHelia
+  /** What Bitswap serves from: tell it which repos are withheld (`setServable`). */
+  readonly serving: ServingBlockstore
   readonly #bootstrap: Multiaddr[]
   readonly #dialTimeoutMs: number
   readonly #reconnectIntervalMs: number
+  readonly #allowList: DialAllowList | undefined
   #timer: NodeJS.Timeout | undefined
   #stopping: AbortController | undefined
 
-  constructor (init: { mode: NetworkMode, libp2p: Libp2p<NetworkServices>, helia: MirrorHelia, bootstrap: Multiaddr[], dialTimeoutMs: number, reconnectIntervalMs: number }) {
+  constructor (init: { mode: NetworkMode, libp2p: Libp2p<NetworkServices>, helia: MirrorHelia, serving: ServingBlockstore, bootstrap: Multiaddr[], dialTimeoutMs: number, reconnectIntervalMs: number, allowList?: DialAllowList }) {
     this.mode = init.mode
+    this.#allowList = init.allowList
     this.libp2p = init.libp2p
     this.helia = init.helia
+    this.serving = init.serving
     this.#bootstrap = init.bootstrap
     this.#dialTimeoutMs = init.dialTimeoutMs
     this.#reconnectIntervalMs = init.reconnectIntervalMs
+  }
+
+  /**
+   * Whether the connection gater lets this node dial `ma`: always in public mode;
+   * in private mode only loopback, the configured hosts and `allowDial` ranges.
+   */
+  dialAllowed (ma: Multiaddr): boolean {
+    return this.#allowList?.allows(ma) ?? true
   }
 
   get peerId (): PeerId {
@@ -220,13 +272,15 @@ export class MirrorNetwork {
 
 /**
  * Builds (but does not start) the network side of a node. Validates every address
- * first: a bad `--listen` or `--bootstrap` is an InvalidMultiaddrError, not a log line.
+ * first: a bad `--listen`, `--bootstrap` or `--peer` is an InvalidMultiaddrError, not
+ * a log line.
  */
 export async function createNetwork (components: NetworkComponents, init: NetworkInit = {}): Promise<MirrorNetwork> {
   const mode = init.mode ?? 'public'
   const listen = (init.listen !== undefined && init.listen.length > 0 ? init.listen : defaultListenAddresses(mode)).map(parseListenAddress)
-  const bootstrapPeers = (init.bootstrap ?? []).map(parseBootstrapAddress)
+  const bootstrapPeers = (init.bootstrap ?? []).map(value => parseBootstrapAddress(value, mode))
   const announce = (init.announce ?? []).map(value => parseMultiaddr(value, 'announce address'))
+  const peers = (init.peers ?? []).map(value => parsePeerAddress(value, mode))
   const dhtProtocol = init.dhtProtocol ?? AMINO_DHT_PROTOCOL
 
   const options: Libp2pOptions<NetworkServices> = {
@@ -258,25 +312,35 @@ export async function createNetwork (components: NetworkComponents, init: Networ
           // loopback and LAN addresses are the whole point of a private network
           peerInfoMapper: passthroughMapper
         })
-        : kadDHT({ protocol: dhtProtocol })
+        : kadDHT({ protocol: dhtProtocol }),
+      ...(mode === 'public'
+        ? {
+            // a service rather than `peerDiscovery`, so that it can be inspected
+            bootstrap: bootstrap({ list: [...PUBLIC_BOOTSTRAP_PEERS] }),
+            autoNAT: autoNAT(),
+            identifyPush: identifyPush(),
+            ...(init.upnp === false ? {} : { upnp: uPnPNAT() })
+          }
+        : {})
     }
   }
+  let allowList: DialAllowList | undefined
   if (mode === 'private') {
-    const allowList = new DialAllowList({ addresses: [...listen, ...bootstrapPeers, ...announce], allow: init.allowDial })
+    const allows = new DialAllowList({ addresses: [...listen, ...bootstrapPeers, ...announce, ...peers], allow: init.allowDial })
+    allowList = allows
     options.connectionGater = {
       denyDialMultiaddr: (ma) => {
-        const deny = !allowList.allows(ma)
+        const deny = !allows.allows(ma)
         if (deny) log('private mode: refusing to dial %s', ma.toString())
         return deny
       }
     }
-  } else {
-    options.peerDiscovery = [bootstrap({ list: [...PUBLIC_BOOTSTRAP_PEERS] })]
   }
 
   const libp2p = await createLibp2p(options)
+  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: datastoreHolderIndex(components.datastore) })
   const light = createHeliaLight({
-    blockstore: new ServingBlockstore(components.blockstore),
+    blockstore: serving,
     datastore: components.datastore,
     codecs: [dagCbor],
     routers: [new Libp2pRouter(libp2p)]
@@ -288,8 +352,10 @@ export async function createNetwork (components: NetworkComponents, init: Networ
     mode,
     libp2p,
     helia,
+    serving,
     bootstrap: bootstrapPeers,
     dialTimeoutMs: init.dialTimeoutMs ?? 10_000,
-    reconnectIntervalMs: init.reconnectIntervalMs ?? 30_000
+    reconnectIntervalMs: init.reconnectIntervalMs ?? 30_000,
+    allowList
   })
 }

@@ -5,13 +5,15 @@
  *   stored commit of every pinned, servable repo;
  * - a {@link PeerHeadResolver} over the DID's mirrors, which the node combines with
  *   the PDS in a CompositeHeadResolver;
- * - the {@link Reprovider}, told about every repo change (`repoChanged(did)`).
+ * - the {@link Reprovider}, told about every repo change (`repoChanged(did)`);
+ * - which repos Bitswap withholds (suspended, deactivated: see ServingBlockstore),
+ *   kept in step with the stored states on start and on every repo change.
  *
  * The node composition creates one, starts it after the network and stops it before.
  */
 import { logger } from '@libp2p/logger'
 import { PeerHeadResolver, type PeerHeadResolverInit } from '../head/peer.ts'
-import { HeadExchange, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
+import { HeadExchange, isServable, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
 import { Reprovider, type ProvideMode, type ReproviderComponents, type ReproviderInit } from './reprovider.ts'
 import type { FindMirrorsOptions, MirrorFinder, MirrorPeer } from './mirrors.ts'
 import type { IdentityResolver } from '../identity/resolver.ts'
@@ -37,6 +39,8 @@ export interface PeerServicesComponents {
   routingTableSize?: () => number
   /** kad-dht's datastore (the node's), so stale self provider records can be found. */
   datastore?: NonNullable<ReproviderComponents['providerRecords']>['datastore']
+  /** What Bitswap serves from (MirrorNetwork.serving): told which repos to withhold. */
+  serving?: { setServable: (did: string, servable: boolean) => void }
 }
 
 export interface PeerServicesInit {
@@ -63,10 +67,14 @@ export class PeerServices {
   readonly mirrors: MirrorFinder
   readonly reprovider: Reprovider | undefined
   readonly #libp2p: Libp2p
+  readonly #store: PeerServicesStore
+  readonly #serving: PeerServicesComponents['serving']
   readonly #announcing = new Set<Promise<void>>()
 
   constructor (components: PeerServicesComponents, init: PeerServicesInit = {}) {
     this.#libp2p = components.libp2p
+    this.#store = components.store
+    this.#serving = components.serving
     this.mirrors = components.mirrors
     this.headExchange = new HeadExchange({ libp2p: components.libp2p, heads: storeHeadSource(components.store) }, init.headExchange)
     this.heads = new PeerHeadResolver({
@@ -86,6 +94,8 @@ export class PeerServices {
   }
 
   async start (): Promise<void> {
+    // before anything is served: which stored repos are withheld
+    for (const did of await this.#store.pins.list()) await this.#updateServing(did)
     await this.headExchange.start()
     await this.#publishSelf()
     this.#libp2p.addEventListener('transport:listening', this.#onListening)
@@ -114,18 +124,29 @@ export class PeerServices {
   }
 
   /**
-   * A repo was synced, unpinned or changed status: announce its new state, or
-   * withdraw it (unpinned, taken down…). Never throws: announcing is background work.
+   * A repo was synced, unpinned or changed status: serve or withhold its blocks, and
+   * announce its new state or withdraw it (unpinned, taken down…). Never throws:
+   * this is background work.
    */
   repoChanged (did: string): void {
-    if (this.reprovider === undefined) return
-    const work = this.reprovider.announce(did)
+    const work = this.#updateServing(did)
+      .then(async () => { await this.reprovider?.announce(did) })
       .catch(err => { log.error('announcing %s failed - %e', did, err) })
       .finally(() => { this.#announcing.delete(work) })
     this.#announcing.add(work)
   }
 
-  /** Resolves when every announcement asked for so far has reached the DHT (or failed). */
+  /** Bitswap withholds the blocks of a stored repo that is not servable (suspended, deactivated). */
+  async #updateServing (did: string): Promise<void> {
+    if (this.#serving === undefined) return
+    const state = await this.#store.getState(did)
+    // No state (unpinned) or taken down / deleted: its holds are released and no block
+    // names it as a holder, so keeping it in the set would only cost lookups.
+    const holdsNothing = state === undefined || state.status === 'takendown' || state.status === 'deleted'
+    this.#serving.setServable(did, holdsNothing || isServable(state))
+  }
+
+  /** Resolves when every change reported so far is applied and its announcements have reached the DHT (or failed). */
   async idle (): Promise<void> {
     await Promise.all([...this.#announcing])
     await this.reprovider?.onIdle()

@@ -96,8 +96,12 @@ export interface ReproviderStats {
   running: number
   /** Keys this node announces now (rendezvous + commits, + blocks in `all` mode). */
   announced: number
+  /** Full passes finished since start. */
+  passes: number
   /** When the last full pass ended (ISO), if any. */
   lastPassAt?: string
+  /** When the next pass is due (ISO): the periodic one, or a retry sooner while the DHT had no peers; none when nothing is scheduled. */
+  nextPassAt?: string
 }
 
 interface Announced {
@@ -126,6 +130,8 @@ export class Reprovider {
   /** Something was announced while the DHT had no peers: another pass is due soon. */
   #unheard = false
   readonly #announced = new Map<string, Announced>()
+  /** How many announced DIDs use each rendezvous / commit key now (cidKey → count). */
+  readonly #keyRefs = new Map<string, number>()
   /** `all` mode: how many announced DIDs hold each block (blocks can be shared). */
   readonly #blockHolders = new Map<string, number>()
   readonly #queue: Op[] = []
@@ -137,6 +143,8 @@ export class Reprovider {
   #running = 0
   #stats = { provided: 0, cancelled: 0, failed: 0 }
   #lastPassAt: string | undefined
+  #passes = 0
+  #nextPassAt: number | undefined
   #timer: NodeJS.Timeout | undefined
   #pass: Promise<void> | undefined
   #stopping = new AbortController()
@@ -174,6 +182,7 @@ export class Reprovider {
     if (!this.#started) return
     this.#started = false
     clearTimeout(this.#timer)
+    this.#nextPassAt = undefined
     this.#stopping.abort(new DOMException('the reprovider is stopping', 'AbortError'))
     this.#queue.length = 0
     this.#pending.clear()
@@ -184,7 +193,8 @@ export class Reprovider {
 
   stats (): ReproviderStats {
     const announced = this.#announced.size * 2 + this.#blockHolders.size
-    return { ...this.#stats, queued: this.#queue.length, running: this.#running, announced, lastPassAt: this.#lastPassAt }
+    const nextPassAt = this.#nextPassAt === undefined ? undefined : new Date(this.#nextPassAt).toISOString()
+    return { ...this.#stats, queued: this.#queue.length, running: this.#running, announced, passes: this.#passes, lastPassAt: this.#lastPassAt, nextPassAt }
   }
 
   /** The keys announced for `did` now, if any. */
@@ -235,7 +245,6 @@ export class Reprovider {
     const started = Date.now()
     this.#unheard = this.#routingTableSize?.() === 0
     const dids = await this.#store.pins.list()
-    const wanted = new Set<string>()
     for (const did of dids) {
       signal.throwIfAborted()
       await this.#serial(did, async () => {
@@ -251,15 +260,28 @@ export class Reprovider {
     for (const did of [...this.#announced.keys()]) {
       if (!pinned.has(did)) await this.withdraw(did)
     }
-    for (const entry of this.#announced.values()) {
-      wanted.add(cidKey(entry.rendezvous))
-      wanted.add(cidKey(entry.commit))
-      for (const key of entry.blocks?.keys() ?? []) wanted.add(key)
-    }
-    await this.#cancelStale(wanted, signal)
+    await this.#cancelStale(signal)
     await this.onIdle()
+    this.#passes++
     this.#lastPassAt = new Date().toISOString()
-    log('reprovide pass: %d repos, %d keys, %d ms', dids.length, wanted.size, Date.now() - started)
+    log('reprovide pass: %d repos, %d keys, %d ms', dids.length, this.#keyRefs.size + this.#blockHolders.size, Date.now() - started)
+  }
+
+  #ref (cid: CID): void {
+    const key = cidKey(cid)
+    this.#keyRefs.set(key, (this.#keyRefs.get(key) ?? 0) + 1)
+  }
+
+  #unref (cid: CID): void {
+    const key = cidKey(cid)
+    const refs = (this.#keyRefs.get(key) ?? 1) - 1
+    if (refs > 0) this.#keyRefs.set(key, refs)
+    else this.#keyRefs.delete(key)
+  }
+
+  /** Whether something announced right now wants `key` (read at the moment of asking, not at the start of a pass). */
+  #wanted (key: string): boolean {
+    return this.#keyRefs.has(key) || this.#blockHolders.has(key)
   }
 
   async #announce (did: string, commit: CID, options: { again?: boolean } = {}): Promise<void> {
@@ -267,6 +289,13 @@ export class Reprovider {
     const rendezvous = previous?.rendezvous ?? rendezvousCid(did)
     const entry: Announced = { rendezvous, commit, blocks: previous?.blocks }
     this.#announced.set(did, entry)
+    if (previous === undefined) {
+      this.#ref(rendezvous)
+      this.#ref(commit)
+    } else if (!previous.commit.equals(commit)) {
+      this.#ref(commit)
+      this.#unref(previous.commit)
+    }
     if (previous === undefined || options.again === true) await this.#enqueue({ kind: 'provide', cid: rendezvous })
     if (previous === undefined || options.again === true || !previous.commit.equals(commit)) await this.#enqueue({ kind: 'provide', cid: commit })
     if (previous !== undefined && !previous.commit.equals(commit)) await this.#enqueue({ kind: 'cancel', cid: previous.commit })
@@ -295,6 +324,8 @@ export class Reprovider {
     const entry = this.#announced.get(did)
     if (entry === undefined) return
     this.#announced.delete(did)
+    this.#unref(entry.rendezvous)
+    this.#unref(entry.commit)
     await this.#enqueue({ kind: 'cancel', cid: entry.rendezvous })
     await this.#enqueue({ kind: 'cancel', cid: entry.commit })
     for (const [key, cid] of entry.blocks ?? []) await this.#releaseBlock(key, cid)
@@ -311,8 +342,13 @@ export class Reprovider {
     await this.#enqueue({ kind: 'cancel', cid })
   }
 
-  /** Cancels kad-dht self records (left from earlier runs) that nothing pinned wants. */
-  async #cancelStale (wanted: Set<string>, signal: AbortSignal): Promise<void> {
+  /**
+   * Cancels kad-dht self records (left from earlier runs) that nothing pinned wants.
+   * What is wanted is asked per record as the scan reaches it: a DID pinned or
+   * advanced while the pass runs, whose provide has already left the queue, has a
+   * fresh record here that must not be taken for a stale one.
+   */
+  async #cancelStale (signal: AbortSignal): Promise<void> {
     if (this.#records === undefined) return
     const { datastore, peerId } = this.#records
     const self = peerId.toString()
@@ -331,7 +367,7 @@ export class Reprovider {
         continue
       }
       const k = cidKey(cid)
-      if (wanted.has(k)) continue
+      if (this.#wanted(k)) continue
       if (this.#pendingOp(k)?.kind === 'provide') continue
       stale++
       await this.#enqueue({ kind: 'cancel', cid })
@@ -410,6 +446,7 @@ export class Reprovider {
 
   #runPass (): void {
     if (!this.#started) return
+    this.#nextPassAt = undefined
     this.#pass = this.reprovideAll()
       .catch(err => {
         if (!this.#stopping.signal.aborted) log.error('reprovide pass failed - %e', err)
@@ -417,8 +454,10 @@ export class Reprovider {
       .finally(() => {
         this.#pass = undefined
         if (this.#unheard) {
-          log('the DHT had no peers: another pass in %d ms', this.#retryDelay)
-          this.#schedule(this.#retryDelay)
+          // never later than the periodic pass would have run anyway
+          const delay = this.#intervalMs > 0 ? Math.min(this.#retryDelay, this.#intervalMs) : this.#retryDelay
+          log('the DHT had no peers: another pass in %d ms', delay)
+          this.#schedule(delay)
           this.#retryDelay = Math.min(this.#retryDelay * 2, 600_000)
         } else {
           this.#retryDelay = this.#retryMs
@@ -432,6 +471,7 @@ export class Reprovider {
     const ms = delay ?? this.#intervalMs
     if (ms <= 0) return
     clearTimeout(this.#timer)
+    this.#nextPassAt = Date.now() + ms
     this.#timer = setTimeout(() => { this.#runPass() }, ms)
     this.#timer.unref()
   }

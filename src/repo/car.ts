@@ -187,6 +187,9 @@ async function readRoots (reader: CarBytes, allowNoRoots: boolean): Promise<CID[
   const roots = header.roots.map(root => {
     const cid = CID.asCID(root)
     if (cid === null) throw new CarParseError('header root is not a CID', { offset: 0 })
+    // A raw root passes here: a CAR is any batch of blocks. What a root must be
+    // is the reader's business (verify.ts and decodeCommit require a DAG-CBOR
+    // commit CID as a repo CAR's first root).
     assertSupportedCid(cid)
     return cid
   })

@@ -21,6 +21,11 @@
  *   comparison against a re-encoding would falsely reject it.
  * - Floats: rejected on cborg's float token, so a float that holds an integer
  *   (1.0) is caught too, which a check on the decoded value could not see.
+ * - Integers: the data model's integers are signed 64-bit
+ *   (atproto.com/specs/data-model#data-types), but CBOR's go from -2^64 to
+ *   2^64-1; those beyond int64 are rejected on the token. Integers past 2^53
+ *   (JavaScript's safe range) decode as bigints: the spec only recommends
+ *   staying within 53 bits, so they are valid data.
  * - CIDs: the tag 42 content must be a byte string of 0x00 and a CID in its one
  *   canonical binary form (multiformats also reads a v0 CID with its version and
  *   codec spelled out).
@@ -32,13 +37,30 @@
  * signature is over its re-encoding, and a node's bytes define the tree).
  * Commits pay for the re-encode; MST nodes get the same guarantee more cheaply
  * (see mst/node.ts: their fixed keys make the order checkable on the decoded
- * maps). Record blocks are decoded with `canonical: false` by verify.ts: they
- * are already bound to their CID by the hash check, and the strict decode still
- * refuses everything but key order; a record with its keys out of order only
- * has a different CID, which is what the MST commits to (the reference
- * implementation does not check record encodings at all). The re-encode would
- * be correct for records too, strings being exact, but it costs as much again
- * as the decode.
+ * maps).
+ *
+ * Records are held to less, on purpose, following the repository spec
+ * (atproto.com/specs/repository#cid-formats): CIDs of commits and MST nodes
+ * "should be strictly constrained and enforced", while "more flexibility is
+ * allowed in processing the 'leaf' links from MST to records, and
+ * implementations should retain the exact CID links used for these mappings".
+ * - Key order: verify.ts decodes record blocks with `canonical: false`. A
+ *   record's bytes are bound to the CID the MST commits to by the hash check;
+ *   with its keys out of order it is not what a canonical encoder would write,
+ *   but it is what the account signed for, and a mirror must keep and serve
+ *   exactly that. The strict decode still refuses every other non-canonical
+ *   form. (The reference implementation does not check record encodings at
+ *   all; the re-encode would also cost as much again as the decode.)
+ * - Links: tag 42 may hold any well-formed CID. The data model
+ *   (atproto.com/specs/data-model#link-and-cid-formats) blesses CIDv1 with the
+ *   dag-cbor or raw codec, sha-256 "preferred" and more hash types expected, and
+ *   the data validation guide (atproto.com/guides/data-validation) calls
+ *   SHA-256 "encouraged (but not strictly required)". The blessed form is
+ *   enforced where the specs make it a validity rule of the repo: a commit's
+ *   `data` and `prev` (commit.ts), MST links and node CIDs (mst/node.ts), and
+ *   a record's own CID (verify.ts). Inside a record a link is data: the
+ *   reference PDS writes records holding a CIDv0 or dag-pb link
+ *   (test/e2e/car-verify.test.ts), and refusing them would refuse real repos.
  */
 import * as dagCbor from '@ipld/dag-cbor'
 import { decode as cborgDecode, Token, Tokenizer, Type } from 'cborg'
@@ -64,7 +86,11 @@ export interface DecodeOptions {
 
 const CID_TAG = 42
 
-/** Decodes the content of tag 42: a byte string of 0x00 and a binary CID. */
+/**
+ * Decodes the content of tag 42: a byte string of 0x00 and a binary CID, of any
+ * version, codec and hash (see the module docs for why; callers that need the
+ * blessed form check it).
+ */
 function decodeCidTag (decode: TagDecodeControl): CID {
   const bytes = decode()
   if (!(bytes instanceof Uint8Array)) throw new Error('CID tag content is not a byte string')
@@ -101,9 +127,14 @@ const decodeCallOptions: CborgDecodeOptions = { ...libraryOptions }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
+/** The data model's integer range: signed 64-bit. */
+const INT64_MIN = -(2n ** 63n)
+const INT64_MAX = 2n ** 63n - 1n
+
 /**
- * cborg's tokenizer with two checks on the tokens it makes: strings are made
- * exact (see the module docs) and floats can be refused.
+ * cborg's tokenizer with checks on the tokens it makes: strings are made exact
+ * (see the module docs), integers must fit in 64 signed bits, and floats can be
+ * refused.
  */
 class DrislTokenizer extends Tokenizer {
   readonly rejectFloats: boolean
@@ -139,6 +170,13 @@ class DrislTokenizer extends Tokenizer {
       }
       // head byte + 8: a float64 (only read to explain a failed canonical check)
       if (token.encodedLength !== 9) this.shortFloat = true
+    } else if (typeof token.value === 'bigint') {
+      // (cborg gives a bigint only past 2^53, so this costs nothing on common integers)
+      const value = token.value
+      if (value > INT64_MAX || value < INT64_MIN) {
+        this._pos = start
+        throw new Error(`integer ${value} is outside the signed 64-bit range of the data model`)
+      }
     }
     return token
   }

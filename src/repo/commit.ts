@@ -12,7 +12,7 @@
  * present (nullable): the spec made it non-optional in v3 after optional `prev`
  * caused interoperability problems.
  */
-import { CommitInvalidError, CommitSignatureError, type CidLike } from '../errors.ts'
+import { CommitInvalidError, CommitSignatureError, UnsupportedCidError, type CidLike } from '../errors.ts'
 import { decodeCbor, encodeCbor } from './cbor.ts'
 import { CID, DAG_CBOR, SHA2_256 } from './cid.ts'
 import { verifySignature, type PublicKey } from './keys.ts'
@@ -38,11 +38,26 @@ export type UnsignedCommit = Omit<Commit, 'sig'>
 const FIELDS = new Set(['did', 'version', 'data', 'rev', 'prev', 'sig'])
 
 /**
- * Decodes and checks a commit block. `cid` is only named in errors (the caller
- * has already checked the block against it). Throws {@link CborDecodeError} for
+ * Throws {@link UnsupportedCidError} unless `cid` can name a commit: a CIDv1 with
+ * the DAG-CBOR codec and a sha2-256 digest. The repository spec asks for the
+ * DRISL ("not raw") codec for commit CIDs; a raw CID of a commit's bytes hashes
+ * the same, so without this check it would pass for the commit.
+ */
+export function assertCommitCid (cid: CID): void {
+  if (!isRepoCid(cid)) {
+    const got = cid.version !== 1 ? `CIDv${cid.version}` : cid.code !== DAG_CBOR ? `codec 0x${cid.code.toString(16)}` : `hash 0x${cid.multihash.code.toString(16)} of ${cid.multihash.size} bytes`
+    throw new UnsupportedCidError(cid, `a commit is named by a CIDv1 with the DAG-CBOR codec (0x71) and sha2-256, not ${got}`)
+  }
+}
+
+/**
+ * Decodes and checks a commit block. `cid`, when given, must be a commit CID
+ * ({@link assertCommitCid}) and is named in errors; the caller has already
+ * checked the block's bytes against it. Throws {@link CborDecodeError} for
  * bytes that are not DRISL and {@link CommitInvalidError} for a wrong shape.
  */
 export function decodeCommit (bytes: Uint8Array, cid?: CID): Commit {
+  if (cid !== undefined) assertCommitCid(cid)
   const value = decodeCbor<unknown>(bytes, { cid })
   if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array || CID.asCID(value) !== null) {
     throw new CommitInvalidError('not a map', { cid })

@@ -1,9 +1,10 @@
 /**
  * Identifier syntax from the atproto specs (atproto.com/specs/did, /handle,
- * /nsid, /record-key, /tid, /repository): pure string checks, no resolution.
+ * /nsid, /record-key, /tid, /repository, and the lexicon `cid` string format):
+ * pure string checks, no resolution.
  * The `isValid*` functions never throw; `ensureValid*` throw a named error.
  */
-import { InvalidIdentifierError, InvalidRecordPathError } from '../errors.ts'
+import { InvalidIdentifierError, InvalidRecordPathError, UnsupportedCidError } from '../errors.ts'
 
 /** Longest DID atproto accepts (the DID spec allows 2 KiB for atproto use). */
 export const MAX_DID_LENGTH = 2048
@@ -13,6 +14,9 @@ export const MAX_HANDLE_LENGTH = 253
 export const MAX_NSID_LENGTH = 253 + 1 + 63
 /** Longest record key. */
 export const MAX_RECORD_KEY_LENGTH = 512
+/** Shortest and longest CID string accepted by {@link isValidCidString}. */
+export const MIN_CID_STRING_LENGTH = 8
+export const MAX_CID_STRING_LENGTH = 256
 
 const DID_RE = /^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$/
 // Labels of 1-63 letters, digits and inner hyphens; the last label (TLD) starts
@@ -24,6 +28,11 @@ const NSID_RE = /^[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z
 const RECORD_KEY_RE = /^[a-zA-Z0-9_~.:-]{1,512}$/
 // 13 characters of base32-sortable; the first one keeps the top bit clear.
 const TID_RE = /^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$/
+// A multibase string: a base prefix and digits of the common bases (base2 to
+// base64, with `=` padding); no separators, spaces or URI schemes.
+const CID_STRING_RE = /^[a-zA-Z0-9+=]+$/
+// A CIDv0: a bare base58btc sha2-256 multihash, always "Qm" and 44 more characters.
+const CID_V0_RE = /^Qm[1-9A-HJ-NP-Za-km-z]{44}$/
 
 /** Whether `did` is a syntactically valid DID (any method). */
 export function isValidDid (did: unknown): did is string {
@@ -48,6 +57,28 @@ export function isValidRecordKey (rkey: unknown): rkey is string {
 /** Whether `tid` is a syntactically valid TID (as used for `rev`). */
 export function isValidTid (tid: unknown): tid is string {
   return typeof tid === 'string' && TID_RE.test(tid)
+}
+
+/**
+ * Whether `cid` has the syntax of a CID string, as the Lexicon `cid` string
+ * format wants it (atproto.com/specs/lexicon#string-formats, which points to
+ * the data model's CID formats): a multibase-encoded CIDv1. Following the
+ * Lexicon rule that string formats accept the most expansive syntax, any
+ * multibase of letters, digits, `+` and `=` passes, not only the blessed
+ * base32; CIDv0 (`Qm…`, which is not CIDv1) does not. Syntax only: whether it
+ * decodes, and to the blessed codecs and hash, is `parseCid`'s job (./cid.ts).
+ */
+export function isValidCidString (cid: unknown): cid is string {
+  return typeof cid === 'string' && cid.length >= MIN_CID_STRING_LENGTH && cid.length <= MAX_CID_STRING_LENGTH &&
+    CID_STRING_RE.test(cid) && !CID_V0_RE.test(cid)
+}
+
+/** Throws {@link UnsupportedCidError} unless `cid` has CID string syntax ({@link isValidCidString}). */
+export function ensureValidCid (cid: string): void {
+  if (!isValidCidString(cid)) {
+    const text = String(cid)
+    throw new UnsupportedCidError(JSON.stringify(text.length > 300 ? `${text.slice(0, 300)}…` : text), CID_V0_RE.test(text) ? 'CIDv0 strings are not used in atproto' : 'not a CID string')
+  }
 }
 
 /** Whether `rpath` is a record path `collection/rkey` (a valid NSID and record key). */

@@ -7,18 +7,16 @@
  * says exactly what failed; it is also on the hot path of every full sync, so it
  * keeps per-block work to one map lookup and one hash.
  */
-import { logger } from '@libp2p/logger'
-import { CommitDidMismatchError, CarParseError, CborDecodeError, MissingBlockError, UnsupportedCidError } from '../errors.ts'
+import { CommitDidMismatchError, CarParseError, CborDecodeError, MissingBlockError, RepoVerificationError, UnsupportedCidError } from '../errors.ts'
 import type { ReadonlyBlockStore, BlockStoreOptions } from './block-store.ts'
 import { readCar } from './car.ts'
 import { decodeCbor, startsWithMap } from './cbor.ts'
 import { DAG_CBOR, SHA2_256, cidKey, verifyBlock, type CID } from './cid.ts'
-import { decodeCommit, verifyCommitSignature } from './commit.ts'
+import { assertCommitCid, decodeCommit, verifyCommitSignature, type Commit } from './commit.ts'
 import type { PublicKey } from './keys.ts'
+import type { RepoLogger } from './log.ts'
 import { isPromise } from './mst/check.ts'
 import { walkMstBatches } from './mst/walk.ts'
-
-const log = logger('atmirror:repo:verify')
 
 /** What a verified repository holds. */
 export interface RepoSummary {
@@ -57,9 +55,10 @@ export type VerifyProgressEvent =
  * How record blocks are checked. Every record block is always present, DAG-CBOR
  * by CID codec and hash-checked (by the CAR reader, or here for stores);
  * - `'decode'`: also decoded as strict DRISL (the library's strict decode, exact
- *   UTF-8, no floats) and required to be a map. Not re-encoded to check canonical
- *   form: the hash check already binds the bytes to the CID the MST commits to
- *   (see ./cbor.ts);
+ *   UTF-8, no floats, integers within 64 bits) and required to be a map. Map key
+ *   order is not checked and links inside the record may be any CID: the
+ *   repository spec allows "more flexibility" for records than for commits and
+ *   MST nodes (see ./cbor.ts for the reasoning and the spec's words);
  * - `'hash'`: only required to start with a CBOR map header.
  */
 export type RecordCheck = 'decode' | 'hash'
@@ -75,6 +74,8 @@ export interface VerifyRepoOptions {
   records?: RecordCheck
   /** Called for every record in MST order, after it has been checked. */
   onRecord?: (rpath: string, cid: CID) => void
+  /** Debug logger (see ./log.ts). @default none */
+  log?: RepoLogger
 }
 
 export interface VerifyStoreOptions extends VerifyRepoOptions {
@@ -105,9 +106,12 @@ interface Slot {
 }
 
 /**
- * The blocks of a CAR in memory, keyed by SHA-256 digest (the codec is left out:
- * the same bytes are the same block). Reads are synchronous, which lets the MST
- * walker go without a promise per node.
+ * The blocks of a CAR in memory, keyed by SHA-256 digest. The codec is left out,
+ * as content-addressed stores do (the same bytes are the same block, whatever
+ * they are read as), so a lookup under a raw CID finds a DAG-CBOR block: the
+ * codec is checked where a CID is used instead, for the commit
+ * (`assertCommitCid`), MST nodes (`decodeMstNode`) and records (`assertRecordCid`).
+ * Reads are synchronous, which lets the MST walker go without a promise per node.
  *
  * @NOTE the table is keyed by 30 bits of the digest (a small integer, so no
  * string is built per lookup) and compares the whole digest on a hit: this was
@@ -214,21 +218,48 @@ class CheckingStore implements TouchingStore {
 
 /**
  * Verifies a repository given as a CAR: every block is hash-checked as it is read,
- * the first root is the commit, then everything {@link verifyRepo} checks. Blocks
- * may come in any order, so the CAR is held in memory while it is verified (its
+ * the first root is the commit (further roots are allowed and ignored, as the
+ * repository spec says), then everything {@link verifyRepo} checks. Blocks may
+ * come in any order, so the CAR is held in memory while it is verified (its
  * size, not more). Blocks the commit does not reach are allowed and counted.
+ *
+ * Errors found once the commit is known name the repo (`did`, `rev`); that
+ * includes a bad block read after the commit block.
  *
  * @throws CarParseError, CidMismatchError, UnsupportedCidError, MissingBlockError,
  * CommitInvalidError, CborDecodeError, CommitDidMismatchError, CommitSignatureError,
  * MstInvalidError, InvalidRecordPathError
  */
 export async function verifyRepoCar (source: Uint8Array | AsyncIterable<Uint8Array>, options: VerifyRepoOptions = {}): Promise<RepoCarSummary> {
-  const { store, roots, carBytes } = await loadCar(source, options)
+  const store = new CarBlocks()
+  const roots: CID[] = []
+  let carBytes: number
+  try {
+    carBytes = await readInto(store, roots, source, options)
+  } catch (err) {
+    // a bad block after the commit block: say whose repo it is, if the commit reads as one
+    if (err instanceof RepoVerificationError && roots.length > 0) {
+      const commit = peekCommit(store, roots[0])
+      if (commit !== undefined) err.nameRepo(commit)
+    }
+    throw err
+  }
   if (roots.length === 0) throw new CarParseError('no roots: a repository CAR names its commit as the first root')
   const summary = await verifyWith(store, roots[0], options)
   const result: RepoCarSummary = { ...summary, carBytes, carBlocks: store.size, unreachableBlocks: store.size - summary.blocks }
-  log('verified %s rev=%s records=%d blocks=%d unreachable=%d', result.did, result.rev, result.records, result.blocks, result.unreachableBlocks)
+  options.log?.('verified %s rev=%s records=%d blocks=%d unreachable=%d', result.did, result.rev, result.records, result.blocks, result.unreachableBlocks)
   return result
+}
+
+/** The commit block `cid` of `store` if it is there and decodes as a commit (no signature check). */
+function peekCommit (store: CarBlocks, cid: CID): Commit | undefined {
+  const bytes = store.get(cid)
+  if (bytes === undefined) return undefined
+  try {
+    return decodeCommit(bytes, cid)
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -245,7 +276,23 @@ export async function verifyRepo (store: ReadonlyBlockStore, commit: CID, option
  * Reads a repository CAR into memory, hash-checking every block. Used by
  * {@link verifyRepoCar}, and by callers that only want to list or read a CAR.
  */
-export async function loadCar (source: Uint8Array | AsyncIterable<Uint8Array>, options: { signal?: AbortSignal, onProgress?: (event: VerifyProgressEvent) => void } = {}): Promise<{ store: CarBlocks, roots: CID[], carBytes: number }> {
+export async function loadCar (source: Uint8Array | AsyncIterable<Uint8Array>, options: LoadCarOptions = {}): Promise<{ store: CarBlocks, roots: CID[], carBytes: number }> {
+  const store = new CarBlocks()
+  const roots: CID[] = []
+  const carBytes = await readInto(store, roots, source, options)
+  return { store, roots, carBytes }
+}
+
+interface LoadCarOptions {
+  signal?: AbortSignal
+  onProgress?: (event: VerifyProgressEvent) => void
+}
+
+/**
+ * Reads a CAR into `store` and returns its size. `roots` is filled in as soon
+ * as the header is read, so a caller that catches a later failure has them.
+ */
+async function readInto (store: CarBlocks, roots: CID[], source: Uint8Array | AsyncIterable<Uint8Array>, options: LoadCarOptions): Promise<number> {
   let carBytes = 0
   let input: Uint8Array | AsyncIterable<Uint8Array>
   if (source instanceof Uint8Array) {
@@ -260,7 +307,7 @@ export async function loadCar (source: Uint8Array | AsyncIterable<Uint8Array>, o
     })()
   }
   const car = await readCar(input, { signal: options.signal })
-  const store = new CarBlocks()
+  roots.push(...car.roots)
   let blocks = 0
   for await (const block of car.blocks) {
     store.add(block.cid, block.bytes)
@@ -270,19 +317,30 @@ export async function loadCar (source: Uint8Array | AsyncIterable<Uint8Array>, o
     }
   }
   options.onProgress?.({ type: 'read', blocks, bytes: carBytes })
-  return { store, roots: car.roots, carBytes }
+  return carBytes
 }
 
 async function verifyWith (store: TouchingStore, commitCid: CID, options: VerifyRepoOptions): Promise<RepoSummary> {
-  const { signal, onProgress, onRecord } = options
-  const recordCheck = options.records ?? 'decode'
-  signal?.throwIfAborted()
-  const getOptions = { signal }
-
-  let commitBytes = store.get(commitCid, getOptions)
+  options.signal?.throwIfAborted()
+  // before the lookup: the store would find the block under a raw CID too
+  assertCommitCid(commitCid)
+  let commitBytes = store.get(commitCid, { signal: options.signal })
   if (isPromise(commitBytes)) commitBytes = await commitBytes
   if (commitBytes === undefined) throw new MissingBlockError(commitCid, { what: 'commit' })
   const commit = decodeCommit(commitBytes, commitCid)
+  try {
+    return await verifyCommitAndTree(store, commitCid, commit, options)
+  } catch (err) {
+    // from here on every failure is about this repo: say which, on the error itself
+    if (err instanceof RepoVerificationError) err.nameRepo(commit)
+    throw err
+  }
+}
+
+async function verifyCommitAndTree (store: TouchingStore, commitCid: CID, commit: Commit, options: VerifyRepoOptions): Promise<RepoSummary> {
+  const { signal, onProgress, onRecord } = options
+  const recordCheck = options.records ?? 'decode'
+  const getOptions = { signal }
   if (options.did !== undefined && commit.did !== options.did) {
     throw new CommitDidMismatchError(options.did, commit.did, { cid: commitCid })
   }
@@ -295,8 +353,9 @@ async function verifyWith (store: TouchingStore, commitCid: CID, options: Verify
   }
 
   let records = 0
-  for await (const batch of walkMstBatches(store, commit.data, getOptions)) {
+  for await (const batch of walkMstBatches(store, commit.data, { signal, log: options.log })) {
     for (const { rpath, cid } of batch) {
+      assertRecordCid(cid, rpath)
       let bytes = store.get(cid, getOptions)
       if (isPromise(bytes)) bytes = await bytes
       if (bytes === undefined) throw new MissingBlockError(cid, { rpath, what: 'record' })
@@ -322,9 +381,21 @@ async function verifyWith (store: TouchingStore, commitCid: CID, options: Verify
   }
 }
 
+/**
+ * A record is named by a CIDv1 with the DAG-CBOR codec and a sha2-256 digest:
+ * checked before the lookup, as the store would find the block under a raw CID
+ * too, and a digest of another kind could not be checked (the CAR reader and
+ * the store views only hold sha2-256 blocks).
+ */
+function assertRecordCid (cid: CID, rpath: string): void {
+  if (cid.code !== DAG_CBOR) throw new UnsupportedCidError(cid, `record ${rpath} has codec 0x${cid.code.toString(16)}, want DAG-CBOR`)
+  if (cid.version !== 1 || cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) {
+    throw new UnsupportedCidError(cid, `record ${rpath} is not named by a sha2-256 CIDv1`)
+  }
+}
+
 /** Records are DAG-CBOR maps (atproto data model objects). */
 function checkRecord (cid: CID, bytes: Uint8Array, rpath: string, mode: RecordCheck): void {
-  if (cid.code !== DAG_CBOR) throw new UnsupportedCidError(cid, `record ${rpath} has codec 0x${cid.code.toString(16)}, want DAG-CBOR`)
   if (mode === 'decode') {
     const value = decodeCbor(bytes, { cid, canonical: false })
     if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array || (value as { asCID?: unknown }).asCID === value) {

@@ -31,8 +31,9 @@ import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import {
-  AtmirrorError, BlockFetchError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
-  IdentityError, InvalidIdentifierError, NotPinnedError, PdsError, RepoNotMirroredError, RepoVerificationError
+  BadRequestError, BlockFetchError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
+  IdentityError, InvalidIdentifierError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
+  RepoNotMirroredError, RepoVerificationError, RouteNotFoundError
 } from '../errors.ts'
 
 const log = logger('atmirror:api')
@@ -200,18 +201,6 @@ export async function readApiToken (dataDir: string): Promise<string | undefined
   }
 }
 
-/** Bad request input: answered with 400. */
-export class BadRequestError extends AtmirrorError {}
-
-/** Request body over the limit: answered with 413. */
-class PayloadTooLargeError extends AtmirrorError {}
-
-/** Unknown route: answered with 404. */
-class RouteNotFoundError extends AtmirrorError {}
-
-/** Known route, wrong method: answered with 405. */
-class MethodNotAllowedError extends AtmirrorError {}
-
 /** The HTTP status an error is answered with. */
 export function httpStatusFor (err: unknown): number {
   if (err instanceof BadRequestError || err instanceof InvalidIdentifierError) return 400
@@ -250,6 +239,13 @@ export class ControlApi {
   get url (): string {
     if (this.#url === undefined) throw new ControlApiError('control API not started')
     return this.#url
+  }
+
+  /** The address and port the server is bound to, once started. */
+  get address (): AddressInfo {
+    const address = this.#server?.address()
+    if (address === undefined || address === null || typeof address === 'string') throw new ControlApiError('control API not started')
+    return address
   }
 
   async start (): Promise<void> {
@@ -325,7 +321,7 @@ export class ControlApi {
     })
     const method = req.method ?? 'GET'
     const signal = this.#stopping.signal
-    if (parts[0] !== 'v1') throw new RouteNotFoundError('no such route', { path: url.pathname })
+    if (parts[0] !== 'v1') throw new RouteNotFoundError(url.pathname)
     const [, resource, id, action] = parts
 
     if (resource === 'status' && id === undefined) {
@@ -358,7 +354,7 @@ export class ControlApi {
       allow(method, ['GET'])
       return await this.#target.mirrors(id, { signal })
     }
-    throw new RouteNotFoundError('no such route', { path: url.pathname })
+    throw new RouteNotFoundError(url.pathname)
   }
 }
 
@@ -367,7 +363,7 @@ function digest (token: string): Buffer {
 }
 
 function allow (method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new MethodNotAllowedError(`method not allowed; use ${methods.join(' or ')}`, { method })
+  if (!methods.includes(method)) throw new MethodNotAllowedError(method, methods)
 }
 
 function identifierFromBody (body: unknown): string {
@@ -386,7 +382,7 @@ async function readJson (req: IncomingMessage): Promise<unknown> {
   let size = 0
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length
-    if (size > MAX_BODY_BYTES) throw new PayloadTooLargeError('request body too large', { limit: MAX_BODY_BYTES })
+    if (size > MAX_BODY_BYTES) throw new PayloadTooLargeError(MAX_BODY_BYTES)
     chunks.push(chunk)
   }
   const text = Buffer.concat(chunks).toString('utf8')

@@ -13,8 +13,11 @@ export interface ControlClientInit {
   url: string
   token: string
   /**
-   * Time limit for quick requests (status, pins, repo, unpin), in ms. Pinning and
-   * syncing mirror a repo and run until done or aborted by the caller's signal.
+   * Time limit for quick requests (status, pin list, repo, peers), in ms. Pinning,
+   * unpinning and syncing have none: they wait for the DID's lock (a sync of it may
+   * be running) and then mirror the repo or collect its blocks, which can take
+   * minutes; they run until done or until the caller's signal aborts them (Ctrl-C
+   * in the CLI). The daemon finishes an operation it has started either way.
    *
    * @default 10000
    */
@@ -69,14 +72,16 @@ export class ControlClient {
     return await this.#request<PinResult>('POST', '/v1/pins', { ...options, body })
   }
 
+  /** Unpins a DID or handle and waits until its blocks are collected (no time limit: see `timeoutMs`). */
   async unpin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<UnpinResult> {
-    return await this.#request<UnpinResult>('DELETE', `/v1/pins/${encodeURIComponent(didOrHandle)}`, { ...options, bounded: true })
+    return await this.#request<UnpinResult>('DELETE', `/v1/pins/${encodeURIComponent(didOrHandle)}`, options)
   }
 
   async repo (did: string, options: { signal?: AbortSignal } = {}): Promise<PinnedRepo> {
     return await this.#request<PinnedRepo>('GET', `/v1/repos/${encodeURIComponent(did)}`, { ...options, bounded: true })
   }
 
+  /** Syncs a pinned repo now and waits for the result (no time limit: see `timeoutMs`). */
   async sync (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResultJson> {
     return await this.#request<SyncResultJson>('POST', `/v1/repos/${encodeURIComponent(did)}/sync`, options)
   }

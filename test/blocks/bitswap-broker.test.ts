@@ -14,6 +14,7 @@ import { MirrorFinder } from '../../src/net/mirrors.ts'
 import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
 import { cidForBytes, cidKey } from '../../src/repo/cid.ts'
 import type { Block } from '../../src/repo/block-store.ts'
+import type { CID } from '../../src/repo/cid.ts'
 import type { Blockstore } from 'interface-blockstore'
 import { CorruptingBlockstore, GatedBlockstore } from './test-blockstores.ts'
 
@@ -41,6 +42,20 @@ async function startNode (blockstore: Blockstore): Promise<MirrorNetwork> {
 function brokerFor (node: MirrorNetwork, peers: MirrorNetwork[], init: { blockTimeoutMs?: number, maxSessionResets?: number } = {}): BitswapBroker {
   const mirrors = new MirrorFinder({ libp2p: node.libp2p }, { peers: peers.map(peer => peer.getMultiaddrs()[0]?.toString() as string), timeoutMs: 500 })
   return new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: init.blockTimeoutMs ?? 2000, maxSessionResets: init.maxSessionResets })
+}
+
+/** A MirrorFinder that records each lookup: whether it asked the DHT. */
+function countingFinder (finder: MirrorFinder): { mirrors: Pick<MirrorFinder, 'findMirrors'>, lookups: boolean[] } {
+  const lookups: boolean[] = []
+  return {
+    lookups,
+    mirrors: {
+      findMirrors: (did, options) => {
+        lookups.push(options?.dht !== false)
+        return finder.findMirrors(did, options)
+      }
+    }
+  }
 }
 
 async function collect (source: AsyncGenerator<Block>): Promise<{ blocks: Block[], error?: Error }> {
@@ -105,9 +120,48 @@ describe('bitswap broker', () => {
     nodes.push(node)
     const broker = brokerFor(node, [hostile], { blockTimeoutMs: 1000 })
     const wanted = held.slice(0, 5)
+    const servedBefore = hostileStore.served
     const { blocks } = await collect(broker.getMany(wanted.map(b => b.cid), { did: DID }))
     assert.equal(blocks.length, 0)
     for (const b of wanted) assert.equal(await store.has(b.cid), false)
+    // not vacuous: the broker did open a session with the hostile peer, which did send its bytes
+    assert.ok(broker.stats().sessions >= 1)
+    assert.ok(hostileStore.served > servedBefore, `the hostile peer was asked (${hostileStore.served - servedBefore} blocks sent)`)
+    assert.equal(broker.stats().blocks, 0)
+  })
+
+  it('refuses bytes that do not match their CID even when the session hands them over, and says so', async () => {
+    // Bitswap never hands over mismatching bytes (it matches blocks to wants by
+    // hash), so the broker's own check is reached only through a session that does:
+    // a hand-made one over a real connection to the mirror.
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const wanted = held.slice(100, 110)
+    const bad = wanted[3] as Block
+    const bytesOf = new Map(held.map(b => [cidKey(b.cid), b.bytes]))
+    let asked = 0
+    const lying = {
+      createSession: () => ({
+        get: async function * (cid: CID) {
+          asked++
+          const bytes = bytesOf.get(cidKey(cid)) as Uint8Array
+          if (!cid.equals(bad.cid)) { yield bytes; return }
+          const flipped = Uint8Array.from(bytes)
+          flipped[flipped.length - 1] ^= 0xff
+          yield flipped
+        }
+      })
+    }
+    const mirrors = new MirrorFinder({ libp2p: node.libp2p }, { peers: [mirror.getMultiaddrs()[0]?.toString() as string], timeoutMs: 500 })
+    const broker = new BitswapBroker({ blocks: lying, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: 2000 })
+    const { blocks, error } = await collect(broker.getMany(wanted.map(b => b.cid), { did: DID }))
+    assert.equal(error?.name, 'CidMismatchError')
+    assert.deepEqual(new Set(blocks.map(b => cidKey(b.cid))), new Set(wanted.filter(b => b !== bad).map(b => cidKey(b.cid))))
+    for (const block of blocks) assert.ok(Buffer.from(block.bytes).equals(bytesOf.get(cidKey(block.cid)) as Uint8Array))
+    // asked once, then once more on a fresh session, then given up
+    assert.ok(asked >= wanted.length + 1)
+    assert.equal(broker.stats().failed, 1)
+    assert.ok(broker.stats().sessions >= 2, 'the retry went to a fresh session')
   })
 
   it('gets the right bytes from the honest mirror when a hostile one is in the session too', async () => {
@@ -129,6 +183,47 @@ describe('bitswap broker', () => {
     const { blocks, error } = await collect(broker.getMany(held.slice(0, 3).map(b => b.cid), { did: DID }))
     assert.equal(blocks.length, 0)
     assert.equal(error, undefined)
+  })
+
+  it('remembers finding no mirrors: the next batches skip the DHT lookup but still use configured peers', async () => {
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const finder = new MirrorFinder({ libp2p: node.libp2p }, { timeoutMs: 500 })
+    const { mirrors, lookups } = countingFinder(finder)
+    const broker = new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: 2000, emptyCacheMs: 60_000 })
+    const first = await collect(broker.getMany(held.slice(0, 3).map(b => b.cid), { did: DID }))
+    assert.equal(first.blocks.length, 0)
+    assert.deepEqual(lookups, [true], 'the first batch asks the DHT')
+    const second = await collect(broker.getMany(held.slice(3, 6).map(b => b.cid), { did: DID }))
+    assert.equal(second.blocks.length, 0)
+    assert.deepEqual(lookups, [true, false], 'the second batch does not repeat the DHT lookup')
+    // a peer configured meanwhile is used at once
+    finder.addPeer(mirror.getMultiaddrs()[0]?.toString() as string)
+    const third = await collect(broker.getMany(held.slice(6, 9).map(b => b.cid), { did: DID }))
+    assert.equal(third.error, undefined)
+    assert.deepEqual(new Set(third.blocks.map(b => cidKey(b.cid))), new Set(held.slice(6, 9).map(b => cidKey(b.cid))))
+    assert.deepEqual(lookups, [true, false, false])
+    // forget() drops the memory: the DHT is asked again
+    broker.forget(DID)
+    await collect(broker.getMany(held.slice(9, 10).map(b => b.cid), { did: DID }))
+    assert.equal(lookups.at(-1), true)
+  })
+
+  it('looks the DHT up again once emptyCacheMs has passed', async () => {
+    const node = await startNode(new MemoryBlockstore())
+    nodes.push(node)
+    const { mirrors, lookups } = countingFinder(new MirrorFinder({ libp2p: node.libp2p }, { timeoutMs: 500 }))
+    const broker = new BitswapBroker({ blocks: node.helia.blockstore, libp2p: node.libp2p, mirrors }, { blockTimeoutMs: 2000, emptyCacheMs: 300 })
+    const started = Date.now()
+    await collect(broker.getMany(held.slice(0, 1).map(b => b.cid), { did: DID }))
+    const deadline = Date.now() + 10_000
+    while (lookups.filter(Boolean).length < 2) {
+      assert.ok(Date.now() < deadline, 'timed out waiting for a second DHT lookup')
+      await collect(broker.getMany(held.slice(0, 1).map(b => b.cid), { did: DID }))
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    assert.ok(Date.now() - started >= 300, 'not before emptyCacheMs')
+    assert.ok(lookups.includes(false), 'batches in between skipped the DHT')
   })
 
   /**

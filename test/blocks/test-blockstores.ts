@@ -7,7 +7,11 @@ import { cidKey, type CID } from '../../src/repo/cid.ts'
 
 /** A blockstore that has every block it is given but serves each with one byte flipped. */
 export class CorruptingBlockstore extends MemoryBlockstore {
+  /** Blocks handed out (with a flipped byte): shows a peer did ask this store. */
+  served = 0
+
   override async * get (cid: CID): AsyncGenerator<Uint8Array> {
+    this.served++
     for await (const chunk of super.get(cid)) {
       const bad = Uint8Array.from(chunk)
       bad[bad.length - 1] ^= 0xff

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fixtureKeypair, flipByteInBlock, generateRepo, openRepo, type GeneratedRepo } from '../repo/fixtures.ts'
+import { dropBlock, fixtureKeypair, flipByteInBlock, generateRepo, openRepo, type GeneratedRepo } from '../repo/fixtures.ts'
 
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
 
@@ -25,6 +25,8 @@ describe('atmirror car', () => {
   let repo: GeneratedRepo
   let good: string
   let tampered: string
+  let incomplete: string
+  let dropped: string
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'atmirror-car-'))
@@ -33,6 +35,9 @@ describe('atmirror car', () => {
     tampered = join(dir, 'tampered.car')
     await writeFile(good, repo.car)
     await writeFile(tampered, flipByteInBlock(repo.car, openRepo(repo.car).recordCids[17]))
+    incomplete = join(dir, 'incomplete.car')
+    dropped = openRepo(repo.car).recordCids[42]
+    await writeFile(incomplete, dropBlock(repo.car, dropped))
   })
 
   after(async () => {
@@ -90,6 +95,21 @@ describe('atmirror car', () => {
     const result = JSON.parse(run.stdout)
     assert.equal(result.ok, false)
     assert.equal(result.error.name, 'CidMismatchError')
+  })
+
+  it('verify a CAR without one of its record blocks: exit 1, MissingBlockError naming the block and the repo', async () => {
+    const run = await atmirror('car', 'verify', incomplete, '--key', repo.didKey)
+    assert.equal(run.code, 1)
+    assert.equal(run.stdout, '')
+    const rpath = repo.records.find(record => record.cid === dropped)?.rpath
+    assert.ok(rpath !== undefined)
+    assert.equal(run.stderr, `error: MissingBlockError: missing record; cid=${dropped} rpath=${rpath} did=${repo.did} rev=${repo.rev}\n`)
+
+    const json = await atmirror('car', 'verify', incomplete, '--key', repo.didKey, '--json')
+    assert.equal(json.code, 1)
+    const result = JSON.parse(json.stdout)
+    assert.equal(result.ok, false)
+    assert.equal(result.error.name, 'MissingBlockError')
   })
 
   it('verify with another key: exit 1, CommitSignatureError', async () => {

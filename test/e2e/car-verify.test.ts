@@ -8,8 +8,11 @@ import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { CID } from 'multiformats/cid'
+import { decodeCbor } from '../../src/repo/cbor.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
+import { splitCar } from '../repo/fixtures.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from './network.ts'
 
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
@@ -64,6 +67,35 @@ describe('car verify on a real PDS repo', () => {
     assert.equal(summary.rev, (await net.getLatestCommit(account.did)).rev)
     const expected = written.map(r => ({ rpath: `${r.collection}/${r.rkey}`, cid: r.cid })).sort((a, b) => a.rpath < b.rpath ? -1 : 1)
     assert.deepEqual(records, expected)
+  })
+
+  it('records holding links outside the blessed CID set, as the PDS writes them, verify', async () => {
+    // The data model blesses CIDv1 dag-cbor/raw sha-256 links, but the PDS stores
+    // whatever CID a client puts in a record: a mirror must verify such repos.
+    const other = await net.createAccount('carlinks')
+    const links = {
+      v0: 'QmbWqxBEKC3P8tqsKc98xmWNzrzDtRLMiMPL8wBuTGsMnR',
+      dagPb: 'bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi',
+      blessed: 'bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm'
+    }
+    const { records: [record] } = await net.writeRecords(other, [{
+      collection: 'com.example.links',
+      value: { v0: { $link: links.v0 }, dagPb: { $link: links.dagPb }, blessed: { $link: links.blessed }, createdAt: '2024-01-01T00:00:00.000Z' }
+    }])
+    const exported = await net.getRepoCar(other.did)
+    const res = await fetch(`${net.plcUrl}/${other.did}/data`)
+    const { verificationMethods } = await res.json() as { verificationMethods: { atproto: string } }
+    const seen: string[] = []
+    const summary = await verifyRepoCar(exported, { did: other.did, key: parseDidKey(verificationMethods.atproto), onRecord: (rpath, cid) => seen.push(`${rpath} ${cid.toString()}`) })
+    assert.equal(summary.signature, 'verified')
+    assert.deepEqual(seen, [`com.example.links/${record.rkey} ${record.cid}`])
+    // the record block really holds those links, as written
+    const block = splitCar(exported).blocks.find(b => b.cid.toString() === record.cid)
+    assert.ok(block !== undefined)
+    const value = decodeCbor<Record<string, CID>>(block.bytes)
+    assert.deepEqual({ v0: value.v0.toString(), dagPb: value.dagPb.toString(), blessed: value.blessed.toString() }, links)
+    assert.equal(value.v0.version, 0)
+    assert.equal(value.dagPb.code, 0x70)
   })
 
   it('--did without --key resolves the signing key through PLC', async () => {

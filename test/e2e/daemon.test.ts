@@ -89,12 +89,24 @@ describe('daemon', () => {
     return daemon
   }
 
-  async function stopDaemon (daemon: Daemon): Promise<number | null> {
+  async function stopDaemon (daemon: Daemon, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (daemon.child.exitCode !== null) return daemon.child.exitCode
     const exited = once(daemon.child, 'exit') as Promise<[number | null]>
-    daemon.child.kill('SIGTERM')
+    daemon.child.kill(signal)
     const [code] = await exited
     return code
+  }
+
+  /** Polls the daemon's events until one matches; fails after `ms`. */
+  async function waitForEvent (daemon: Daemon, match: (event: Record<string, any>) => boolean, what: string, ms = 30_000): Promise<Record<string, any>> {
+    const deadline = Date.now() + ms
+    while (Date.now() < deadline) {
+      const found = daemon.events.find(match)
+      if (found !== undefined) return found
+      if (daemon.child.exitCode !== null) break
+      await new Promise(resolve => setTimeout(resolve, 25))
+    }
+    throw new Error(`no ${what} within ${ms} ms; events: ${JSON.stringify(daemon.events)}; stderr: ${daemon.stderr()}`)
   }
 
   async function api (daemon: Daemon, path: string, init: { method?: string, token?: string | null, body?: unknown } = {}): Promise<{ status: number, body: any }> {
@@ -294,6 +306,55 @@ describe('daemon', () => {
       const next = await startDaemon(dir)
       assert.equal(next.info.pid, next.child.pid)
       assert.equal(await stopDaemon(next), 0)
+    })
+  })
+
+  describe('a daemon re-checking every second', () => {
+    let dir: string
+    let bob: TestAccount
+    let daemon: Daemon
+
+    before(async () => {
+      dir = await tempDir()
+      bob = await net.createAccount('bob')
+      await net.writeRecords(bob, Array.from({ length: 10 }, (_, i) => ({ collection: 'app.bsky.feed.post', value: { text: `bob ${i}`, createdAt: new Date().toISOString() } })))
+      // pinned and mirrored before the daemon starts: from then on only its scheduler acts
+      const pinned = await cli(['pin', 'add', bob.did, '--json', ...identityArgs()], { dir })
+      assert.equal(pinned.code, 0, pinned.stderr)
+      daemon = await startDaemon(dir, ['--interval', '1'])
+    })
+
+    it('mirrors a record written at the PDS after start, with no command', async () => {
+      // the start pass finds nothing new
+      await waitForEvent(daemon, e => e.event === 'repo:synced' && e.did === bob.did, 'start pass')
+      const seen = daemon.events.length
+      const written = await net.writeRecords(bob, [{ collection: 'app.bsky.feed.post', value: { text: 'written while the daemon runs', createdAt: new Date().toISOString() } }])
+      const synced = await waitForEvent(daemon, e => e.event === 'repo:synced' && e.did === bob.did && e.rev === written.commit.rev, 'sync of the new rev', 20_000)
+      assert.ok(daemon.events.indexOf(synced) >= seen)
+      assert.equal(synced.changed, true)
+      assert.equal(synced.full, false)
+      assert.equal(synced.records, 11)
+      assert.equal(synced.commit, written.commit.cid)
+      const repo = await api(daemon, `/v1/repos/${bob.did}`)
+      assert.equal(repo.body.rev, written.commit.rev)
+      assert.equal(repo.body.status, 'active')
+      // and it keeps checking: another pass after that one, with nothing new
+      const after = daemon.events.indexOf(synced)
+      const next = await waitForEvent(daemon, e => e.event === 'repo:synced' && e.did === bob.did && daemon.events.indexOf(e) > after, 'a later pass', 10_000)
+      assert.equal(next.changed, false)
+    })
+
+    it('SIGINT stops it cleanly: exit 0, lock and daemon.json removed, the stored state kept', async () => {
+      const rev = (await api(daemon, `/v1/repos/${bob.did}`)).body.rev as string
+      assert.equal(await stopDaemon(daemon, 'SIGINT'), 0)
+      assert.equal(daemon.child.signalCode, null, 'exited by itself, not killed by the signal')
+      await assert.rejects(stat(lockPath(dir)), { code: 'ENOENT' })
+      await assert.rejects(stat(daemonInfoPath(dir)), { code: 'ENOENT' })
+      assert.ok(daemon.events.some(e => e.event === 'stopped'))
+      const ls = await cli(['pin', 'ls', '--json'], { dir })
+      assert.equal(ls.code, 0, ls.stderr)
+      const pin = JSON.parse(ls.stdout) as { did: string, rev: string, status: string }
+      assert.deepEqual([pin.did, pin.rev, pin.status], [bob.did, rev, 'active'])
     })
   })
 

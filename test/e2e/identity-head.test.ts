@@ -1,6 +1,8 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import { CarReader } from '@ipld/car'
+import * as dagCbor from '@ipld/dag-cbor'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CompositeHeadResolver } from '../../src/head/composite-head-resolver.ts'
@@ -33,11 +35,25 @@ describe('identity and heads against a real PDS and PLC', () => {
   let net: TestNetwork
   let alice: TestAccount
 
+  // The test network's PDS is plain http on localhost: allowed only with allowHttpLocalhost.
   const resolverFor = (init: { handleResolver?: boolean } = {}): AtprotoIdentityResolver => new AtprotoIdentityResolver({
     plcUrl: net.plcUrl,
     handleResolverUrl: init.handleResolver === false ? undefined : net.pdsUrl,
-    timeoutMs: 5000
+    timeoutMs: 5000,
+    allowHttpLocalhost: true
   })
+
+  /** The MST root (`data`) of the repo's latest commit, read from the PDS's own getRepo CAR with @ipld/car and @ipld/dag-cbor. */
+  const mstRootFromPds = async (did: string): Promise<{ commit: string, data: string }> => {
+    const latest = await net.getLatestCommit(did)
+    const reader = await CarReader.fromBytes(await net.getRepoCar(did))
+    const [root] = await reader.getRoots()
+    assert.equal(root?.toString(), latest.cid)
+    const block = await reader.get(root!)
+    assert.ok(block !== undefined, 'the commit block is in the CAR')
+    const commit = dagCbor.decode(block.bytes) as { data: { toString: () => string } }
+    return { commit: latest.cid, data: commit.data.toString() }
+  }
 
   before(async () => {
     net = await startTestNetwork()
@@ -72,7 +88,7 @@ describe('identity and heads against a real PDS and PLC', () => {
     it('a handle the resolver service does not confirm is reported but not verified', async () => {
       const elsewhere = await startServer((_req, res) => json(res, 400, { error: 'InvalidRequest', message: 'Unable to resolve handle' }))
       try {
-        const identity = await new AtprotoIdentityResolver({ plcUrl: net.plcUrl, handleResolverUrl: elsewhere.url }).resolve(alice.did)
+        const identity = await new AtprotoIdentityResolver({ plcUrl: net.plcUrl, handleResolverUrl: elsewhere.url, allowHttpLocalhost: true }).resolve(alice.did)
         assert.equal(identity.handle, alice.handle)
         assert.equal(identity.handleVerified, false)
         assert.deepEqual(elsewhere.requests, [`/xrpc/com.atproto.identity.resolveHandle?handle=${alice.handle}`])
@@ -88,6 +104,17 @@ describe('identity and heads against a real PDS and PLC', () => {
       assert.ok(peerId.equals(peerIdForKey(parseDidKey(identity.didKey))))
       assert.match(peerId.toString(), /^16Uiu2/)
       assert.equal(rendezvousCid(alice.did).toString(), rendezvousCid(identity.did).toString())
+    })
+
+    it('without allowHttpLocalhost, the http://localhost PDS is refused: DidDocumentError naming the DID and URL', async () => {
+      const strict = new AtprotoIdentityResolver({ plcUrl: net.plcUrl, handleResolverUrl: net.pdsUrl, timeoutMs: 5000 })
+      await assert.rejects(strict.resolve(alice.did), (err: Error & { did?: string, url?: string }) => {
+        assert.equal(err.name, 'DidDocumentError')
+        assert.equal(err.did, alice.did)
+        assert.equal(err.url, net.pdsUrl)
+        assert.match(err.message, /plain http on localhost/)
+        return true
+      })
     })
 
     it('an unknown handle is HandleNotFoundError', async () => {
@@ -265,17 +292,38 @@ describe('identity and heads against a real PDS and PLC', () => {
       assert.match(stdout, /^rendezvous +bafkrei/m)
     })
 
-    it('head --json equals getLatestCommit', async () => {
+    it('head --json equals getLatestCommit, and data is the MST root in that commit', async () => {
       const { code, stdout } = await cli('head', alice.did, '--json')
       assert.equal(code, 0)
       const out = JSON.parse(stdout)
       const latest = await net.getLatestCommit(alice.did)
-      assert.equal(out.ok, true)
-      assert.equal(out.did, alice.did)
-      assert.equal(out.cid, latest.cid)
-      assert.equal(out.rev, latest.rev)
-      assert.match(out.data, /^bafyrei/)
-      assert.equal(out.source, `pds:${net.pdsUrl}`)
+      const fromPds = await mstRootFromPds(alice.did)
+      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: fromPds.data, source: `pds:${net.pdsUrl}` })
+      assert.equal(fromPds.commit, latest.cid)
+    })
+
+    it('head <handle> resolves the handle (through --handle-resolver) and prints the verified head', async () => {
+      const { code, stdout } = await cli('head', `@${alice.handle}`, '--handle-resolver', net.pdsUrl, '--json')
+      assert.equal(code, 0)
+      const out = JSON.parse(stdout)
+      const latest = await net.getLatestCommit(alice.did)
+      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: (await mstRootFromPds(alice.did)).data, source: `pds:${net.pdsUrl}` })
+    })
+
+    it('head <handle> prints a table', async () => {
+      const { code, stdout } = await cli('head', alice.handle, '--handle-resolver', net.pdsUrl)
+      assert.equal(code, 0)
+      const latest = await net.getLatestCommit(alice.did)
+      assert.match(stdout, new RegExp(`^did +${alice.did}$`, 'm'))
+      assert.match(stdout, new RegExp(`^commit +${latest.cid}$`, 'm'))
+      assert.match(stdout, new RegExp(`^data +${(await mstRootFromPds(alice.did)).data} \\(MST root\\)$`, 'm'))
+      assert.match(stdout, /^source +pds:.* \(signature verified\)$/m)
+    })
+
+    it('head of an unknown handle fails with HandleNotFoundError', async () => {
+      const { code, stdout } = await cli('head', 'nobody-here.test', '--handle-resolver', net.pdsUrl, '--json')
+      assert.equal(code, 1)
+      assert.equal(JSON.parse(stdout).error.name, 'HandleNotFoundError')
     })
 
     it('head of an unknown DID fails with the error name', async () => {

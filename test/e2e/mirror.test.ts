@@ -17,9 +17,9 @@ import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { parseCid } from '../../src/repo/cid.ts'
-import { verifyRepo } from '../../src/repo/verify.ts'
+import { verifyRepo, verifyRepoCar } from '../../src/repo/verify.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from './network.ts'
-import { storedBlocks } from '../mirror/helpers.ts'
+import { cidForBytes, hexOf, storedBlocks } from '../mirror/helpers.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -195,6 +195,63 @@ describe('mirroring from a real PDS', () => {
     await syncer.unpin(carol.did)
   })
 
+  it('skips blobs: a profile avatar and an image post mirror without fetching or needing the blob, and the export verifies', async () => {
+    const frank = await net.createAccount('frank')
+    // a real blob at the PDS: a 1×1 PNG through uploadBlob
+    const png = Buffer.from('89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cfc0f01f0005000201a3e8a4b40000000049454e44ae426082', 'hex')
+    const uploaded = await fetch(`${net.pdsUrl}/xrpc/com.atproto.repo.uploadBlob`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${frank.accessJwt}`, 'content-type': 'image/png' },
+      body: png,
+      signal: AbortSignal.timeout(30_000)
+    })
+    assert.equal(uploaded.status, 200, await uploaded.clone().text())
+    const { blob } = await uploaded.json() as { blob: { ref: { $link: string } } }
+    const blobCid = parseCid(blob.ref.$link)
+    assert.equal(blobCid.code, 0x55, 'a blob CID is raw')
+    const written = await net.writeRecords(frank, [
+      { collection: 'app.bsky.actor.profile', rkey: 'self', value: { displayName: 'Frank', avatar: blob } },
+      { collection: 'app.bsky.feed.post', value: { text: 'a picture', createdAt: new Date().toISOString(), embed: { $type: 'app.bsky.embed.images', images: [{ image: blob, alt: 'one pixel' }] } } },
+      ...postsFor(5, 'frank')
+    ])
+    // the PDS holds the blob: getBlob serves it
+    const served = await fetch(`${net.pdsUrl}/xrpc/com.atproto.sync.getBlob?did=${frank.did}&cid=${blobCid.toString()}`, { signal: AbortSignal.timeout(30_000) })
+    assert.equal(served.status, 200)
+    assert.deepEqual(Buffer.from(await served.arrayBuffer()), png)
+
+    // every request the sync makes, identity and head included
+    const urls: string[] = []
+    const spy = async (input: string | URL, init?: RequestInit): Promise<Response> => {
+      urls.push(input.toString())
+      return await fetch(input, init)
+    }
+    const identity = new AtprotoIdentityResolver({ plcUrl: net.plcUrl, allowHttpLocalhost: true, fetch: spy })
+    const watched = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }, { fetch: spy }) }, { pds: { fetch: spy } })
+    const result = await watched.sync(frank.did)
+    assert.equal(result.records, 7)
+    assert.equal(result.rev, written.commit.rev)
+    assert.ok(urls.some(url => url.includes('com.atproto.sync.getRepo')), urls.join('\n'))
+    assert.deepEqual(urls.filter(url => url.includes('getBlob') || url.includes(blobCid.toString())), [], 'the blob was never asked for')
+
+    // the records that link the blob are stored, the blob is not, and the store holds exactly the repo
+    const [profile, picture] = written.records
+    for (const record of [profile, picture]) {
+      const bytes = await store.getBlock(parseCid(record.cid))
+      assert.ok(bytes !== undefined && Buffer.from(bytes).includes(Buffer.from(blobCid.bytes)), `${record.collection} links the blob`)
+    }
+    assert.equal(await store.hasBlock(blobCid), false)
+    assert.equal((await storedBlocks(store.dir)).includes(hexOf(blobCid)), false)
+    const summary = await verifyRepo(store.blocks, result.commit, { did: frank.did })
+    assert.equal((await storedBlocks(store.dir)).length, summary.blocks)
+
+    const exported = await collect(watched.exportCar(frank.did))
+    const verified = await verifyRepoCar(exported, { did: frank.did })
+    assert.equal(verified.records, 7)
+    assert.equal(verified.unreachableBlocks, 0)
+    assert.deepEqual([...await recordsOf(exported, frank.did)].sort(), [...await recordsOf(await net.getRepoCar(frank.did), frank.did)].sort())
+    await syncer.unpin(frank.did)
+  })
+
   describe('the commands', () => {
     let dave: TestAccount
     let dir: string
@@ -261,10 +318,56 @@ describe('mirroring from a real PDS', () => {
       assert.equal(again.code, 1)
     })
 
+    it('block get --offline does not go to the network for a block the PDS has and the store lacks', async () => {
+      // a record dave's PDS got after the mirror: only the PDS has it
+      const later = await net.writeRecords(dave, postsFor(1, 'dave after the mirror'))
+      const cid = later.records[0].cid
+      const offline = await run('block', 'get', cid, '--offline')
+      assert.equal(offline.code, 1)
+      assert.match(offline.stderr, /BlockNotFoundError/)
+      assert.match(offline.stderr, /source=local/)
+      assert.equal(offline.stdout, '')
+      // the same command allowed to ask dave's PDS gets it: --offline was what kept it local
+      const online = await run('block', 'get', cid, '--did', dave.did)
+      assert.equal(online.code, 0, online.stderr)
+      assert.equal(cidForBytes(new Uint8Array(Buffer.from(online.stdout, 'latin1'))).toString(), cid)
+    })
+
+    it('mirror --progress draws throttled progress on a pipe, ending with the final figures', async () => {
+      const gina = await net.createAccount('gina')
+      await net.writeRecords(gina, postsFor(600, 'gina'))
+      const started = performance.now()
+      const out = await run('mirror', gina.did, '--json', '--progress')
+      const seconds = (performance.now() - started) / 1000
+      assert.equal(out.code, 0, out.stderr)
+      const result = JSON.parse(out.stdout)
+      const lines = out.stderr.trimEnd().split('\n')
+      for (const line of lines) assert.match(line, /^(head|download|walk|verify|commit) +\d+ blocks {2}[\d.]+ (B|KiB|MiB) {2}[\d.]+ (B|KiB|MiB)\/s$/)
+      // at most 10 a second (plus the final line), whatever the phase
+      assert.ok(lines.length <= Math.ceil(seconds * 10) + 1, `${lines.length} lines in ${seconds.toFixed(2)} s`)
+      // the final line: the advance, with every block the sync stored
+      assert.match(lines.at(-1) ?? '', new RegExp(`^commit +${result.fetched.pds} blocks`))
+      // without --progress, a pipe gets no progress at all
+      const quiet = await run('mirror', gina.did, '--json')
+      assert.equal(quiet.code, 0, quiet.stderr)
+      assert.equal(quiet.stderr, '')
+    })
+
     it('mirror of an unknown handle fails with a clear error and stores nothing', async () => {
+      const look = async (): Promise<{ states: unknown[], pins: string[], blocks: string[] }> => {
+        const opened = await MirrorStore.open(dir)
+        try {
+          return { states: await opened.listStates(), pins: await opened.pins.list(), blocks: await storedBlocks(dir) }
+        } finally {
+          await opened.close()
+        }
+      }
+      const before = await look()
+      assert.ok(before.pins.includes(dave.did) && before.blocks.length > 0)
       const out = await run('mirror', 'nobody.test')
       assert.equal(out.code, 1)
       assert.match(out.stderr, /error: Handle/)
+      assert.deepEqual(await look(), before)
     })
   })
 })

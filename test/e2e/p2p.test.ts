@@ -170,7 +170,9 @@ describe('peer to peer with the PDS down', () => {
     await h.net.libp2p.contentRouting.provide(rendezvousCid(account.did))
     await until('C to find the forger', async () => (await c.mirrors(account.did)).mirrors.some(m => m.peerId === h.net.peerId.toString()))
     const before = await c.store.getState(account.did)
+    const asked = h.exchange.stats().served
     const head = await c.heads.resolveHead(account.did)
+    assert.ok(h.exchange.stats().served > asked, 'C asked the forger for its head')
     assert.equal(head.rev, before?.rev)
     assert.equal(head.source, `peer:${a.network?.peerId.toString()}`)
     await assert.rejects(c.p2p?.heads.resolveFrom(account.did, [h.net.peerId]) as Promise<unknown>, (err: Error & { errors?: Array<{ error: Error }> }) => {
@@ -190,13 +192,18 @@ describe('peer to peer with the PDS down', () => {
     const h = await hostilePeer(new MemoryBlockstore(), [b.network?.getMultiaddrs()[0]?.toString() as string], () => oldHead)
     bare.push(h)
     await h.net.libp2p.contentRouting.provide(rendezvousCid(account.did))
+    // C must know H as a mirror, or the head below would not involve H at all
+    await until('C to find the replayer', async () => (await c.mirrors(account.did)).mirrors.some(m => m.peerId === h.net.peerId.toString()))
     const before = await c.store.getState(account.did)
+    const asked = h.exchange.stats().served
+    const head = await c.heads.resolveHead(account.did)
+    assert.ok(h.exchange.stats().served > asked, 'C asked the replayer for its head')
+    assert.equal(head.rev, before?.rev)
+    assert.equal(head.source, `peer:${a.network?.peerId.toString()}`)
     await assert.rejects(c.p2p?.heads.resolveFrom(account.did, [h.net.peerId]) as Promise<unknown>, (err: Error & { errors?: Array<{ error: Error }> }) => {
       assert.deepEqual(err.errors?.map(e => e.error.name), ['HeadStaleError'])
       return true
     })
-    const head = await c.heads.resolveHead(account.did)
-    assert.equal(head.rev, before?.rev)
     const result = await c.sync(account.did)
     assert.equal(result.changed, false)
     assert.equal((await c.store.getState(account.did))?.rev, before?.rev)
@@ -260,6 +267,11 @@ describe('peer to peer with the PDS down', () => {
     const mirrors = JSON.parse((await pexec(process.execPath, [CLI, 'mirrors', account.did, '--data', join(root, 'c'), '--json'], { env })).stdout)
     assert.equal(mirrors.did, account.did)
     assert.ok(mirrors.mirrors.some((m: { peerId: string, source: string }) => m.peerId === a.network?.peerId.toString() && m.source === 'dht'))
+    // the daemon's lookup takes no --peer / --timeout: said on stderr, not dropped silently
+    const extra = b.network?.getMultiaddrs()[0]?.toString() as string
+    const withFlags = await pexec(process.execPath, [CLI, 'mirrors', account.did, '--data', join(root, 'c'), '--peer', extra, '--timeout', '3', '--json'], { env })
+    assert.match(withFlags.stderr, /ignoring --peer, --timeout/)
+    assert.equal(JSON.parse(withFlags.stdout).ok, true)
   })
 
   it('atmirror mirror --peer mirrors from a peer while the PDS is down', async () => {
@@ -286,5 +298,8 @@ describe('peer to peer with the PDS down', () => {
     assert.equal(result.rev, written.commit.rev)
     assert.equal(result.records, 155)
     assert.equal(result.changed, true)
+    // the sync that advanced the repo told the DHT: the new commit is announced
+    await c.p2p?.idle()
+    assert.equal(c.p2p?.reprovider?.announcedFor(account.did)?.commit.toString(), result.commit.toString())
   })
 })

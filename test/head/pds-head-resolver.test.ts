@@ -20,10 +20,29 @@ describe('PdsHeadResolver with hand-made servers', () => {
   let handler: Handler
   let commit: TestCommit
 
+  // The hand-made PDS is plain http on localhost: a local test network.
   const heads = (timeoutMs = 2000): PdsHeadResolver => new PdsHeadResolver(
-    { identity: new AtprotoIdentityResolver({ plcUrl: plc.url, timeoutMs }) },
+    { identity: new AtprotoIdentityResolver({ plcUrl: plc.url, timeoutMs, allowHttpLocalhost: true }) },
     { timeoutMs }
   )
+
+  /**
+   * An old PDS that implements only the deprecated getHead (every other method is
+   * 501 MethodNotImplemented, as an XRPC server answers), with `heads` as its repos.
+   */
+  const getHeadOnly = (served: Map<string, TestCommit>): Handler => (_req, res, url) => {
+    if (url.pathname === '/xrpc/com.atproto.sync.getHead') {
+      const did = url.searchParams.get('did') ?? ''
+      const head = served.get(did)
+      if (head === undefined) return json(res, 400, { error: 'HeadNotFound', message: `Could not find root for DID: ${did}` })
+      return json(res, 200, { root: head.cid.toString() })
+    }
+    if (url.pathname === '/xrpc/com.atproto.sync.getBlocks') {
+      const head = served.get(url.searchParams.get('did') ?? '')
+      if (head !== undefined) return car(res, carOf([head]))
+    }
+    json(res, 501, { error: 'MethodNotImplemented', message: `${url.pathname} not implemented` })
+  }
 
   /** A well-behaved PDS serving `served` (getLatestCommit + getBlocks). */
   const wellBehaved = (served: TestCommit, overrides: { latest?: (res: ServerResponse) => void, blocks?: (res: ServerResponse) => void } = {}): Handler => (_req, res, url) => {
@@ -247,13 +266,51 @@ describe('PdsHeadResolver with hand-made servers', () => {
     try {
       handler = (_req, res) => json(res, 400, { error: 'RepoNotFound', message: 'gone' })
       // The identity caches the old PDS; then the directory names the new one.
-      const identity = new AtprotoIdentityResolver({ plcUrl: plc.url })
+      const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
       await identity.resolve(DID)
       docs.set(DID, didDocument(DID, KEY, newPds.localhostUrl))
       const head = await new PdsHeadResolver({ identity }).resolveHead(DID)
       assert.equal(head.source, `pds:${newPds.localhostUrl}`)
       assert.ok(head.cid.equals(commit.cid))
       assert.deepEqual(pds.requests.map(path => path.split('?')[0]), ['/xrpc/com.atproto.sync.getLatestCommit'])
+    } finally {
+      await newPds.close()
+    }
+  })
+  it('a getHead-only PDS serves the head (getLatestCommit is 501)', async () => {
+    handler = getHeadOnly(new Map([[DID, commit]]))
+    const head = await heads().resolveHead(DID)
+    assert.ok(head.cid.equals(commit.cid))
+    assert.ok(head.data.equals(commit.data))
+    assert.deepEqual(pds.requests.map(path => path.split('?')[0]), ['/xrpc/com.atproto.sync.getLatestCommit', '/xrpc/com.atproto.sync.getHead', '/xrpc/com.atproto.sync.getBlocks'])
+  })
+
+  it("getHead's HeadNotFound is RepoNotFoundError", async () => {
+    handler = getHeadOnly(new Map())
+    await assert.rejects(heads().resolveHead(DID), (err: Error & { did?: string, status?: number, url?: string }) => {
+      assert.equal(err.name, 'RepoNotFoundError')
+      assert.equal(err.did, DID)
+      assert.equal(err.status, 400)
+      assert.match(err.message, /getHead: HeadNotFound/)
+      assert.match(err.url ?? '', /getHead/)
+      return true
+    })
+    // Not found here, and the directory still names this PDS: one refresh, no second try.
+    assert.equal(plc.requests.filter(path => path === `/${DID}`).length, 2)
+    assert.equal(pds.requests.filter(path => path.startsWith('/xrpc/com.atproto.sync.getHead')).length, 1)
+  })
+
+  it('an account that moved off a getHead-only PDS: HeadNotFound there, head from the new PDS', async () => {
+    const newPds = await startServer(getHeadOnly(new Map([[DID, commit]])))
+    try {
+      handler = getHeadOnly(new Map())
+      const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
+      await identity.resolve(DID)
+      docs.set(DID, didDocument(DID, KEY, newPds.localhostUrl))
+      const head = await new PdsHeadResolver({ identity }).resolveHead(DID)
+      assert.equal(head.source, `pds:${newPds.localhostUrl}`)
+      assert.ok(head.cid.equals(commit.cid))
+      assert.deepEqual(pds.requests.map(path => path.split('?')[0]), ['/xrpc/com.atproto.sync.getLatestCommit', '/xrpc/com.atproto.sync.getHead'])
     } finally {
       await newPds.close()
     }

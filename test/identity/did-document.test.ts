@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { atprotoHandle, claimsHandle, parseAtprotoDocument } from '../../src/identity/did-document.ts'
+import { atprotoHandle, parseAtprotoDocument, type ParseDocumentOptions } from '../../src/identity/did-document.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
 // K-256 key from atproto-interop-tests crypto/w3c_didkey_K256.json, in both DID-document forms.
@@ -27,13 +27,22 @@ function doc (overrides: Record<string, unknown> = {}): Record<string, unknown> 
   }
 }
 
-function assertDocError (document: unknown, pattern: RegExp): void {
-  assert.throws(() => parseAtprotoDocument(DID, document), (err: Error) => {
+function assertDocError (document: unknown, pattern: RegExp, options: ParseDocumentOptions & { url?: string } = {}): void {
+  assert.throws(() => parseAtprotoDocument(DID, document, options), (err: Error & { did?: string, url?: string }) => {
     assert.equal(err.name, 'DidDocumentError')
     assert.match(err.message, pattern)
     assert.match(err.message, new RegExp(`did=${DID}`))
+    assert.equal(err.did, DID)
+    if (options.url !== undefined) {
+      assert.equal(err.url, options.url)
+      assert.ok(err.message.includes(`url=${options.url}`), err.message)
+    }
     return true
   })
+}
+
+function pdsDoc (serviceEndpoint: string): Record<string, unknown> {
+  return doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint }] })
 }
 
 describe('parseAtprotoDocument', () => {
@@ -87,8 +96,26 @@ describe('parseAtprotoDocument', () => {
     assert.equal(parsed.pds, 'https://pds.example.test:8443')
   })
 
-  it('accepts a plain http PDS (local development)', () => {
-    assert.equal(parseAtprotoDocument(DID, doc({ service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: 'http://localhost:2583' }] })).pds, 'http://localhost:2583')
+  it('accepts a plain http PDS on localhost or a loopback IP when allowHttpLocalhost is set (local test network)', () => {
+    for (const endpoint of ['http://localhost:2583', 'http://127.0.0.1:2583', 'http://127.5.6.7', 'http://[::1]:2583']) {
+      assert.equal(parseAtprotoDocument(DID, pdsDoc(endpoint), { allowHttpLocalhost: true }).pds, endpoint)
+    }
+  })
+
+  it('refuses a plain http PDS on localhost unless allowHttpLocalhost is set, naming the URL', () => {
+    assertDocError(pdsDoc('http://localhost:2583'), /plain http on localhost, allowed only on a local test network/, { url: 'http://localhost:2583' })
+    assertDocError(pdsDoc('http://127.0.0.1:2583/'), /plain http on localhost/, { allowHttpLocalhost: false, url: 'http://127.0.0.1:2583' })
+  })
+
+  it('refuses a plain http PDS on any other host, even with allowHttpLocalhost', () => {
+    for (const endpoint of ['http://pds.example.test', 'http://10.0.0.1:2583', 'http://localhost.example.test', 'http://[::2]']) {
+      assertDocError(pdsDoc(endpoint), /plain http on a non-loopback host \(https is required\)/, { allowHttpLocalhost: true, url: new URL(endpoint).origin })
+      assertDocError(pdsDoc(endpoint), /plain http on a non-loopback host/, { url: new URL(endpoint).origin })
+    }
+  })
+
+  it('an https PDS on localhost needs no switch', () => {
+    assert.equal(parseAtprotoDocument(DID, pdsDoc('https://localhost:2583')).pds, 'https://localhost:2583')
   })
 
   it('no handle when alsoKnownAs is missing', () => {
@@ -110,6 +137,8 @@ describe('parseAtprotoDocument', () => {
     assertDocError(doc({ verificationMethod: undefined }), /no #atproto verification method/)
   })
 
+  // atproto.com/specs/did: the controller "in the current version of atproto must
+  // match the account DID itself" (the reference @atproto/common-web does not check it).
   it('rejects #atproto controlled by another DID', () => {
     assertDocError(doc({ verificationMethod: [{ id: '#atproto', type: 'Multikey', controller: 'did:web:example.test', publicKeyMultibase: K256_MULTIKEY }] }), /controller/)
   })
@@ -165,8 +194,8 @@ describe('handles in alsoKnownAs', () => {
     assert.equal(atprotoHandle({}), undefined)
   })
 
-  it('claimsHandle compares case-insensitively', () => {
-    assert.equal(claimsHandle({ alsoKnownAs: ['at://Alice.Example.test'] }, 'alice.example.TEST'), true)
-    assert.equal(claimsHandle({ alsoKnownAs: ['at://alice.example.test'] }, 'bob.example.test'), false)
+  it('later at:// entries are not handles of the DID (the spec: ignore them)', () => {
+    const parsed = parseAtprotoDocument(DID, doc({ alsoKnownAs: ['at://alice.example.test', 'at://victim.example.test'] }))
+    assert.equal(parsed.handle, 'alice.example.test')
   })
 })

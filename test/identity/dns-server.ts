@@ -3,7 +3,7 @@
  * table, NXDOMAIN for names it does not know. Enough for node's resolver to look
  * up `_atproto.<handle>` without leaving the machine.
  */
-import { createSocket } from 'node:dgram'
+import { createSocket, type RemoteInfo } from 'node:dgram'
 import type { AddressInfo } from 'node:net'
 
 export interface TestDnsServer {
@@ -16,13 +16,25 @@ export interface TestDnsServer {
 
 const TXT = 16
 
-/** Serves `records`: name → TXT strings (one record each). */
-export async function startDnsServer (records: Map<string, string[]>): Promise<TestDnsServer> {
+/**
+ * Serves `records`: name → TXT strings (one record each). Names in `silent` are
+ * never answered (a server that times out); a name in `hold` is answered only once
+ * the promise its function returns settles (to order events without sleeping).
+ */
+export async function startDnsServer (records: Map<string, string[]>, init: { silent?: Set<string>, hold?: Map<string, () => Promise<void>> } = {}): Promise<TestDnsServer> {
   const socket = createSocket('udp4')
   const queries: string[] = []
   socket.on('message', (msg, rinfo) => {
-    const { name, end, type } = readQuestion(msg)
+    const { name } = readQuestion(msg)
     queries.push(name)
+    if (init.silent?.has(name.toLowerCase()) === true) return
+    const hold = init.hold?.get(name.toLowerCase())
+    if (hold === undefined) answer(msg, rinfo)
+    else void hold().finally(() => { answer(msg, rinfo) })
+  })
+
+  function answer (msg: Buffer, rinfo: RemoteInfo): void {
+    const { name, end, type } = readQuestion(msg)
     const answers = type === TXT ? records.get(name.toLowerCase()) ?? [] : []
     const known = records.has(name.toLowerCase())
     const header = Buffer.alloc(12)
@@ -42,7 +54,7 @@ export async function startDnsServer (records: Map<string, string[]>): Promise<T
       parts.push(rr, Buffer.from([data.length]), data)
     }
     socket.send(Buffer.concat(parts), rinfo.port, rinfo.address)
-  })
+  }
   await new Promise<void>(resolve => socket.bind(0, '127.0.0.1', resolve))
   const { port } = socket.address() as AddressInfo
   return {

@@ -6,10 +6,15 @@
  */
 import { after, before, beforeEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import type { ServerResponse } from 'node:http'
+import { BodyTooLargeError } from '../../src/errors.ts'
+import { DID_DOCUMENT_MAX_BYTES } from '../../src/identity/did-resolvers.ts'
+import { BodyTooLargeError as HttpBodyTooLargeError } from '../../src/identity/http.ts'
 import { resolveHandleDns } from '../../src/identity/handle.ts'
-import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
-import { didDocument, json, startServer, testDid, testKey, type Handler, type TestServer } from '../head/fixtures.ts'
+import { AtprotoIdentityResolver, DEFAULT_FAILURE_CACHE_TTL_MS } from '../../src/identity/resolver.ts'
+import { didDocument, json, startPlc, startServer, testDid, testKey, type Handler, type TestServer } from '../head/fixtures.ts'
 import { startDnsServer, type TestDnsServer } from './dns-server.ts'
+import { startHttpsServer, type TestHttpsServer } from './https-server.ts'
 
 const DID = testDid('carol')
 const KEY = testKey('carol')
@@ -146,7 +151,16 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
 
   it('an oversized document is DidResolutionError', async () => {
     plcHandler = (_req, res) => json(res, 200, { ...didDocument(DID, KEY, PDS), padding: 'x'.repeat(300 * 1024) })
-    await assert.rejects(resolver().resolve(DID), { name: 'DidResolutionError', message: /larger than/ })
+    await assert.rejects(resolver().resolve(DID), (err: Error) => {
+      assert.equal(err.name, 'DidResolutionError')
+      assert.match(err.message, /larger than 262144 bytes/)
+      // The cause is errors.ts's BodyTooLargeError, still importable from identity/http.ts.
+      assert.ok(err.cause instanceof BodyTooLargeError)
+      assert.ok(err.cause instanceof HttpBodyTooLargeError)
+      assert.equal((err.cause as BodyTooLargeError).name, 'BodyTooLargeError')
+      assert.equal((err.cause as BodyTooLargeError).limit, DID_DOCUMENT_MAX_BYTES)
+      return true
+    })
   })
 
   it('refresh() fetches again; resolve() reuses the cache', async () => {
@@ -164,12 +178,38 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
   })
 
   it('a cache entry expires after cacheTtlMs', async () => {
-    const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: handles.url, cacheTtlMs: 1 })
+    let clock = 1_000_000
+    const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: handles.url, cacheTtlMs: 1000, now: () => clock })
     await r.resolve(DID, { verifyHandle: false })
-    await new Promise(resolve => setTimeout(resolve, 5))
-    const before = plc.requests.length
+    clock += 999
     await r.resolve(DID, { verifyHandle: false })
-    assert.equal(plc.requests.length, before + 1)
+    assert.equal(plc.requests.length, 1)
+    clock += 1
+    await r.resolve(DID, { verifyHandle: false })
+    assert.equal(plc.requests.length, 2)
+  })
+
+  it('a handle check that failed (resolver service down) is retried after the short failure TTL, the document is not refetched', async () => {
+    let clock = 1_000_000
+    let down = true
+    const service = await startServer((_req, res, url) => {
+      if (down) return json(res, 503, { error: 'ServiceUnavailable' })
+      json(res, 200, { did: handleTable.get(url.searchParams.get('handle') ?? '') })
+    })
+    try {
+      const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: service.url, now: () => clock })
+      assert.equal((await r.resolve(DID)).handleVerified, false)
+      down = false
+      clock += DEFAULT_FAILURE_CACHE_TTL_MS - 1
+      assert.equal((await r.resolve(DID)).handleVerified, false)
+      assert.equal(service.requests.length, 1)
+      clock += 1
+      assert.equal((await r.resolve(DID)).handleVerified, true)
+      assert.equal(service.requests.length, 2)
+      assert.equal(plc.requests.length, 1)
+    } finally {
+      await service.close()
+    }
   })
 
   describe('did:web', () => {
@@ -188,6 +228,7 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
 
     it('resolves did:web:localhost over http when allowed', async () => {
       const identity = await resolver({ allowHttpLocalhost: true }).resolve(webDid, { verifyHandle: false })
+      assert.equal(identity.pds, PDS)
       assert.equal(identity.did, webDid)
       assert.equal(identity.didKey, KEY.didKey)
       assert.deepEqual(host.requests, ['/.well-known/did.json'])
@@ -250,5 +291,156 @@ describe('handle lookup by DNS TXT', () => {
 
   it('a did= value that is not a DID is HandleResolutionError', async () => {
     await assert.rejects(resolveHandleDns('junk.example.com', { dnsServers: [dns.server], timeoutMs: 2000 }), { name: 'HandleResolutionError' })
+  })
+})
+
+describe('AtprotoIdentityResolver by DNS and HTTPS (no resolver service), checked both ways', () => {
+  const DAVE = testDid('dave')
+  const ERIN = testDid('erin')
+  const FRANK = testDid('frank')
+  const GRACE = testDid('grace')
+  const HEIDI = testDid('heidi')
+  const KEY = testKey('dave')
+  const docs = new Map<string, unknown>()
+  const records = new Map<string, string[]>()
+  const wellKnown = new Map<string, (res: ServerResponse) => void>()
+  let plc: TestServer
+  let dns: TestDnsServer
+  let https: TestHttpsServer
+  let clock = 1_000_000
+
+  const resolver = (): AtprotoIdentityResolver => new AtprotoIdentityResolver({
+    plcUrl: plc.url,
+    dnsServers: [dns.server],
+    fetch: https.fetch,
+    timeoutMs: 300,
+    now: () => clock
+  })
+  const plcFetches = (did: string): number => plc.requests.filter(path => path === `/${did}`).length
+  const dnsQueries = (handle: string): number => dns.queries.filter(q => q === `_atproto.${handle}`).length
+  const text = (res: ServerResponse, status: number, body: string): void => {
+    res.writeHead(status, { 'content-type': 'text/plain' })
+    res.end(body)
+  }
+
+  before(async () => {
+    plc = await startPlc(docs)
+    dns = await startDnsServer(records, { silent: new Set(['_atproto.grace.example.com']) })
+    https = await startHttpsServer(['*.example.com'], (req, res, host) => {
+      const answer = req.url === '/.well-known/atproto-did' ? wellKnown.get(host) : undefined
+      if (answer === undefined) text(res, 404, 'not found')
+      else answer(res)
+    })
+  })
+
+  beforeEach(() => {
+    clock = 1_000_000
+    plc.requests.length = 0
+    dns.queries.length = 0
+    docs.clear()
+    records.clear()
+    wellKnown.clear()
+    docs.set(DAVE, didDocument(DAVE, KEY, PDS, 'dave.example.com'))
+    docs.set(ERIN, didDocument(ERIN, KEY, PDS, 'erin.example.com'))
+    docs.set(FRANK, didDocument(FRANK, KEY, PDS, 'frank.example.com'))
+    docs.set(GRACE, didDocument(GRACE, KEY, PDS, 'grace.example.com'))
+    docs.set(HEIDI, didDocument(HEIDI, KEY, PDS, 'heidi.example.com'))
+    records.set('_atproto.dave.example.com', [`did=${DAVE}`])
+    records.set('_atproto.liar.example.com', [`did=${DAVE}`])
+    records.set('_atproto.frank.example.com', [`did=${DAVE}`])
+    wellKnown.set('erin.example.com', res => { text(res, 200, ERIN) })
+    wellKnown.set('grace.example.com', res => { text(res, 500, 'boom') })
+  })
+
+  after(async () => {
+    await plc?.close()
+    await dns?.close()
+    await https?.close()
+  })
+
+  it('a handle by DNS: DID, then its document claims the handle back', async () => {
+    const identity = await resolver().resolve('Dave.Example.com')
+    assert.equal(identity.did, DAVE)
+    assert.equal(identity.handle, 'dave.example.com')
+    assert.equal(identity.handleVerified, true)
+    assert.equal(identity.didKey, KEY.didKey)
+    assert.ok(dnsQueries('dave.example.com') > 0)
+  })
+
+  it('a handle by HTTPS well-known only', async () => {
+    const identity = await resolver().resolve('erin.example.com')
+    assert.equal(identity.did, ERIN)
+    assert.equal(identity.handleVerified, true)
+    assert.ok(https.requests.some(r => r.host === 'erin.example.com' && r.path === '/.well-known/atproto-did'))
+  })
+
+  it('a DID: its handle is looked up by DNS and verified', async () => {
+    const identity = await resolver().resolve(DAVE)
+    assert.equal(identity.handle, 'dave.example.com')
+    assert.equal(identity.handleVerified, true)
+  })
+
+  it('a handle whose DID document does not name it back is HandleResolutionError', async () => {
+    await assert.rejects(resolver().resolve('liar.example.com'), (err: Error & { handle?: string, did?: string }) => {
+      assert.equal(err.name, 'HandleResolutionError')
+      assert.equal(err.handle, 'liar.example.com')
+      assert.equal(err.did, DAVE)
+      assert.match(err.message, /claims dave\.example\.com instead/)
+      return true
+    })
+  })
+
+  it('a handle the document names only after its primary handle is not verified (the spec ignores later entries)', async () => {
+    docs.set(DAVE, { ...didDocument(DAVE, KEY, PDS), alsoKnownAs: ['at://dave.example.com', 'at://liar.example.com'] })
+    await assert.rejects(resolver().resolve('liar.example.com'), { name: 'HandleResolutionError', message: /claims dave\.example\.com instead/ })
+  })
+
+  it('a DID whose handle points to another DID: handle reported, not verified', async () => {
+    const identity = await resolver().resolve(FRANK)
+    assert.equal(identity.handle, 'frank.example.com')
+    assert.equal(identity.handleVerified, false)
+  })
+
+  it('a reserved-TLD handle is refused without a lookup', async () => {
+    await assert.rejects(resolver().resolve('dave.example'), { name: 'HandleNotFoundError', message: /reserved TLD/ })
+    assert.equal(dnsQueries('dave.example'), 0)
+  })
+
+  it(`a failed handle lookup (DNS timeout, well-known 500) is cached for ${DEFAULT_FAILURE_CACHE_TTL_MS} ms only`, async () => {
+    const r = resolver()
+    const first = await r.resolve(GRACE)
+    assert.equal(first.handle, 'grace.example.com')
+    assert.equal(first.handleVerified, false)
+    const queries = dnsQueries('grace.example.com')
+    assert.ok(queries > 0)
+    // The well-known endpoint recovers.
+    wellKnown.set('grace.example.com', res => { text(res, 200, GRACE) })
+    clock += DEFAULT_FAILURE_CACHE_TTL_MS - 1
+    assert.equal((await r.resolve(GRACE)).handleVerified, false)
+    assert.equal(dnsQueries('grace.example.com'), queries)
+    clock += 1
+    assert.equal((await r.resolve(GRACE)).handleVerified, true)
+    assert.ok(dnsQueries('grace.example.com') > queries)
+    // Only the handle was checked again: the document came from the cache.
+    assert.equal(plcFetches(GRACE), 1)
+  })
+
+  it('a handle that resolves to no DID is an answer: cached for the full TTL', async () => {
+    const r = resolver()
+    assert.equal((await r.resolve(HEIDI)).handleVerified, false)
+    const queries = dnsQueries('heidi.example.com')
+    records.set('_atproto.heidi.example.com', [`did=${HEIDI}`])
+    clock += DEFAULT_FAILURE_CACHE_TTL_MS + 1
+    assert.equal((await r.resolve(HEIDI)).handleVerified, false)
+    assert.equal(dnsQueries('heidi.example.com'), queries)
+    clock += 600_000
+    assert.equal((await r.resolve(HEIDI)).handleVerified, true)
+    assert.equal(plcFetches(HEIDI), 2)
+  })
+
+  it('verifyHandle: false never looks the handle up', async () => {
+    const identity = await resolver().resolve(DAVE, { verifyHandle: false })
+    assert.equal(identity.handleVerified, false)
+    assert.equal(dnsQueries('dave.example.com'), 0)
   })
 })

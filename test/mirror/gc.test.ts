@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict'
+import { existsSync } from 'node:fs'
 import { mkdtemp, rm, unlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
+import { holdKeys, repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
+import { verifyRepo } from '../../src/repo/verify.ts'
 import { cidForBytes, encodeCbor, hexOf, storedBlocks } from './helpers.ts'
 import { EvolvingRepo, post, posts, type RepoVersion } from './repos.ts'
 
@@ -173,6 +175,66 @@ describe('garbage collection', () => {
     }
   })
 
+  it('a killed first sync of a DID never run again: its staged blocks are collected when the store opens; a pinned repo keeps its own and its staged list waits for its next sync', async () => {
+    const { dir, store } = await open()
+    // a pinned repo at its current state, and a record it shares with the other DID
+    const shared = post('3kaaaaaaaaaaa', 'in both repos')
+    const pinned = await EvolvingRepo.create(10, [shared, ...posts(30, 'pinned')])
+    const kept = await pinned.version()
+    await advance(store, undefined, kept)
+    // another DID's first sync stores everything, staged, and is killed before its
+    // advance (no discard, no commit, no collection); it is not pinned
+    const stray = await (await EvolvingRepo.create(11, [shared, ...posts(40, 'stray')])).version()
+    await store.beginWrite()
+    await store.putBlocks(stray.did, stray.blocks)
+    // and a second staging list of the pinned DID: an incremental sync killed too
+    const next = await pinned.write([{ action: 'create', value: post('3zzzzzzzzzzzz', 'never committed') }])
+    await store.putBlocks(next.did, next.blocks)
+    assert.deepEqual(await storedBlocks(dir), union(hexes(kept), hexes(stray), hexes(next)))
+    assert.equal(await store.pins.has(stray.did), false)
+    const staged = await stagingKeys(store)
+    assert.ok(staged.some(key => key.includes(`/${stray.did}/`)) && staged.some(key => key.includes(`/${kept.did}/`)), staged.join(', '))
+    // what the kill leaves: the datastore closed uncleanly, blocks/.open still there
+    await store.datastore.close()
+    assert.ok(existsSync(join(dir, 'blocks', '.open')))
+
+    const reopened = await MirrorStore.open(dir)
+    try {
+      // the stray DID's list and blocks are gone; the pinned DID's list stays
+      const left = await stagingKeys(reopened)
+      assert.ok(left.length > 0 && left.every(key => key.includes(`/${kept.did}/`)), left.join(', '))
+      assert.deepEqual(await storedBlocks(dir), union(hexes(kept), hexes(next)))
+      assert.ok(hexes(kept).includes(hexOf(cidForBytes(encodeCbor(shared.record)))), 'the shared record stays: the pinned repo holds it')
+      assert.equal(await reopened.holds.hasCandidates(), false)
+      assert.equal((await reopened.getState(kept.did))?.commit, kept.commit.toString())
+      assert.equal(await reopened.getState(stray.did), undefined)
+      const summary = await verifyRepo(reopened.blocks, kept.commit, { did: kept.did, key: pinned.key })
+      assert.equal(summary.blocks, kept.blocks.length)
+      // the pinned DID's next sync advances (to the commit the killed one was after)
+      // and releases its list: nothing left over
+      await advance(reopened, kept, next)
+      assert.deepEqual(await stagingKeys(reopened), [])
+      assert.deepEqual(await storedBlocks(dir), hexes(next))
+    } finally {
+      await reopened.close()
+    }
+  })
+
+  it('opening a store with no staging list left collects nothing', async () => {
+    const { dir, store } = await open()
+    const repo = await EvolvingRepo.create(12, posts(10))
+    const v1 = await repo.version()
+    await advance(store, undefined, v1)
+    await store.close()
+    const reopened = await MirrorStore.open(dir)
+    try {
+      assert.deepEqual(await storedBlocks(dir), hexes(v1))
+      assert.deepEqual(await stagingKeys(reopened), [])
+    } finally {
+      await reopened.close()
+    }
+  })
+
   it('candidates of an interrupted collection are collected after reopening', async () => {
     const { dir, store } = await open()
     const repo = await EvolvingRepo.create(8, posts(30))
@@ -208,6 +270,11 @@ describe('garbage collection', () => {
     }
   })
 })
+
+/** Every staging key in the store's datastore. */
+async function stagingKeys (store: MirrorStore): Promise<string[]> {
+  return await store.datastore.db.keys({ gte: holdKeys.stagedAll, lt: holdKeys.stagedAll + '\xff' }).all()
+}
 
 async function syncerlessUnpin (store: MirrorStore, did: string): Promise<void> {
   const release = await store.beginWrite()

@@ -38,6 +38,22 @@ async function signedCommit (keypair: Keypair, init: { did?: string, rev: string
   return { cid: cidOf(bytes), bytes }
 }
 
+/** A commit for DID with `sig` as given (omitted when `undefined`): what a hostile peer may send. */
+function commitWithSig (sig: Uint8Array | undefined, rev = '3l3qo2vutsw4z'): LocalHead {
+  const data = cidOf(dagCbor.encode({ e: [], l: null }))
+  const unsigned = { did: DID, version: 3, data, rev, prev: null }
+  const bytes = dagCbor.encode(sig === undefined ? unsigned : { ...unsigned, sig })
+  return { cid: cidOf(bytes), bytes }
+}
+
+async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
+
 async function bareNode (): Promise<Libp2p> {
   return await createLibp2p({
     addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
@@ -105,7 +121,9 @@ describe('head exchange', () => {
 
   describe('asker', () => {
     it('gets the served commit block', async () => {
+      const before = served.stats()
       const answer = await asker.requestHead(a.peerId, DID)
+      assert.deepEqual(served.stats(), { requests: before.requests + 1, served: before.served + 1 })
       assert.equal(answer.cid.toString(), head.cid.toString())
       assert.ok(Buffer.from(answer.bytes).equals(head.bytes))
       assert.equal(answer.commit.rev, '3l3qo2vutsw2b')
@@ -114,7 +132,9 @@ describe('head exchange', () => {
     })
 
     it('NotFound for a DID the peer does not hold', async () => {
+      const before = served.stats()
       await assert.rejects(asker.requestHead(a.peerId, OTHER_DID), { name: 'PeerHeadNotFoundError' })
+      assert.deepEqual(served.stats(), { requests: before.requests + 1, served: before.served })
     })
 
     it('rejects a frame length above the cap before reading it', async () => {
@@ -213,6 +233,22 @@ describe('head exchange', () => {
       await assert.rejects(ask.requestHead(a.peerId, DID), { name: 'CommitDidMismatchError' })
     })
 
+    it('rejects an unsigned commit (no sig)', async () => {
+      const protocol = nextProtocol()
+      const unsigned = commitWithSig(undefined)
+      await rawResponder(a, protocol, encodeFrame(dagCbor.encode({ cid: unsigned.cid, block: unsigned.bytes })))
+      const ask = new HeadExchange({ libp2p: b }, { protocol, timeoutMs: 500 })
+      await assert.rejects(ask.requestHead(a.peerId, DID), (err: Error) => err.name === 'CommitInvalidError' && /sig/.test(err.message))
+    })
+
+    it('rejects a commit whose sig is too short', async () => {
+      const protocol = nextProtocol()
+      const short = commitWithSig(new Uint8Array(32).fill(1))
+      await rawResponder(a, protocol, encodeFrame(dagCbor.encode({ cid: short.cid, block: short.bytes })))
+      const ask = new HeadExchange({ libp2p: b }, { protocol, timeoutMs: 500 })
+      await assert.rejects(ask.requestHead(a.peerId, DID), (err: Error) => err.name === 'CommitInvalidError' && /32 bytes, want 64/.test(err.message))
+    })
+
     it('reports an unknown error code', async () => {
       const protocol = nextProtocol()
       await rawResponder(a, protocol, encodeFrame(dagCbor.encode({ error: 'InternalError' })))
@@ -262,12 +298,12 @@ describe('head exchange', () => {
     it('resets streams beyond the concurrency limit', async () => {
       // two idle streams take both slots (maxConcurrentInbound: 2); the third is reset at once
       const idle = await Promise.all([b.dialProtocol(a.peerId, HEAD_PROTOCOL), b.dialProtocol(a.peerId, HEAD_PROTOCOL)])
-      await new Promise(resolve => setTimeout(resolve, 50))
-      assert.equal(served.inbound, 2)
+      await until('both idle streams to be served', () => served.inbound === 2)
       const result = await rawAsk(b, a, encodeFrame(dagCbor.encode({ did: DID })))
       assert.equal(result.frame, undefined)
+      assert.equal(served.inbound, 2, 'the third stream was reset, not served')
       for (const stream of idle) stream.abort(new Error('done'))
-      await new Promise(resolve => setTimeout(resolve, 50))
+      await until('the slots to be free', () => served.inbound === 0)
       const again = await rawAsk(b, a, encodeFrame(dagCbor.encode({ did: DID })))
       assert.ok(again.frame !== undefined, 'answers again once slots are free')
     })
@@ -374,6 +410,22 @@ describe('head exchange', () => {
       await assert.rejects(resolver(peers, store).resolveHead(DID), (err: Error & { errors?: Array<{ error: Error }> }) => {
         assert.equal(err.name, 'HeadUnavailableError')
         assert.deepEqual(err.errors?.map(e => e.error.name), ['HeadStaleError'])
+        return true
+      })
+    })
+
+    it('ignores an unsigned commit and a short sig, keeping the signed answer', async () => {
+      const peers = [await responder(commitWithSig(undefined, '3l3qo2vutsy2z')), await responder(commitWithSig(new Uint8Array(63), '3l3qo2vutsy3z')), await responder(older)]
+      const head = await resolver(peers).resolveHead(DID)
+      assert.equal(head.rev, '3l3qo2vutsw2b')
+      assert.equal(head.cid.toString(), older.cid.toString())
+    })
+
+    it('fails with every reason when the only answers are unsigned or short-signed', async () => {
+      const peers = [await responder(commitWithSig(undefined)), await responder(commitWithSig(new Uint8Array(10)))]
+      await assert.rejects(resolver(peers).resolveHead(DID), (err: Error & { errors?: Array<{ error: Error }> }) => {
+        assert.equal(err.name, 'HeadUnavailableError')
+        assert.deepEqual(err.errors?.map(e => e.error.name), ['CommitInvalidError', 'CommitInvalidError'])
         return true
       })
     })

@@ -5,8 +5,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, describe, it } from 'node:test'
 import { MirrorStore } from '../../src/mirror/store.ts'
-import { DialAllowList, parseBootstrapAddress, parseListenAddress } from '../../src/net/addresses.ts'
-import { createNetwork, type MirrorNetwork, type NetworkInit } from '../../src/net/network.ts'
+import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, parseBootstrapAddress, parseListenAddress, parsePeerAddress } from '../../src/net/addresses.ts'
+import { PUBLIC_ONLY_SERVICES, createNetwork, type MirrorNetwork, type NetworkInit } from '../../src/net/network.ts'
 import { loadOrCreatePeerKey, peerKeyPath } from '../../src/net/peer-key.ts'
 import { cidForBytes, RAW } from '../../src/repo/cid.ts'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -31,6 +31,18 @@ async function startNode (init: NetworkInit = {}, dir?: string): Promise<TestNod
   await net.start()
   return { dir, store, net }
 }
+
+/** Builds a network on a fresh data directory without starting it. */
+async function buildNode (init: NetworkInit): Promise<{ store: MirrorStore, net: MirrorNetwork }> {
+  const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+  dirs.push(dir)
+  const store = await MirrorStore.open(dir)
+  const net = await createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, init)
+  return { store, net }
+}
+
+/** Protocols of services the private mode must not run. */
+const PUBLIC_ONLY_PROTOCOL = /autonat|circuit|relay|dcutr|mdns|id\/push|upnp/i
 
 async function stopNode (node: TestNode): Promise<void> {
   await node.net.stop()
@@ -113,6 +125,14 @@ describe('private network', () => {
     assert.equal(a.net.libp2p.getConnections(b.net.peerId).length > 0, true)
   })
 
+  it('runs Bitswap 1.2.0 and the Amino DHT protocol once started, and none of the public-only services', () => {
+    const protocols = a.net.libp2p.getProtocols()
+    assert.ok(protocols.includes('/ipfs/bitswap/1.2.0'), `bitswap registered (${protocols.join(', ')})`)
+    assert.ok(protocols.includes('/ipfs/kad/1.0.0'))
+    assert.deepEqual(protocols.filter(p => PUBLIC_ONLY_PROTOCOL.test(p)), [])
+    assert.deepEqual(Object.keys(a.net.libp2p.services).filter(name => PUBLIC_ONLY_SERVICES.includes(name)), [])
+  })
+
   it('refuses to dial an address outside loopback and the given peers', async () => {
     // a peer we are not connected to (a connected one would reuse its connection)
     const stranger = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
@@ -174,17 +194,70 @@ describe('network addresses', () => {
   })
 
   it('public mode builds (not started, so nothing is dialled): Amino DHT in client mode until a public address is confirmed', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
-    dirs.push(dir)
-    const store = await MirrorStore.open(dir)
+    const { store, net } = await buildNode({ mode: 'public' })
     try {
-      const net = await createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'public' })
       assert.equal(net.mode, 'public')
       assert.equal(net.libp2p.services.dht.getMode(), 'client')
       assert.equal(net.libp2p.status, 'stopped')
     } finally {
       await store.close()
     }
+  })
+
+  it('public mode: the Amino DHT protocol, the IPFS bootstrap list, and autoNAT, identify-push and UPnP to become reachable', async () => {
+    const { store, net } = await buildNode({ mode: 'public' })
+    try {
+      assert.equal(net.libp2p.status, 'stopped')
+      // the DHT instance libp2p built: registers this protocol when started
+      assert.equal((net.libp2p.services.dht as unknown as { protocol: string }).protocol, '/ipfs/kad/1.0.0')
+      assert.equal(AMINO_DHT_PROTOCOL, '/ipfs/kad/1.0.0')
+      // the bootstrap discovery libp2p built, with the peers it will dial once started
+      const discovery = net.libp2p.services.bootstrap as { list: Array<{ id: { toString: () => string }, multiaddrs: Array<{ toString: () => string }> }> }
+      assert.deepEqual(discovery.list.flatMap(peer => peer.multiaddrs.map(String)), [...PUBLIC_BOOTSTRAP_PEERS])
+      for (const peer of discovery.list) assert.ok(String(peer.multiaddrs[0]).endsWith(`/p2p/${peer.id.toString()}`))
+      for (const name of PUBLIC_ONLY_SERVICES) assert.ok(net.libp2p.services[name] !== undefined, `public mode runs ${name}`)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('public mode without UPnP still runs autoNAT', async () => {
+    const { store, net } = await buildNode({ mode: 'public', upnp: false })
+    try {
+      assert.equal(net.libp2p.services.upnp, undefined)
+      assert.ok(net.libp2p.services.autoNAT !== undefined)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('private mode builds no bootstrap list, autoNAT, UPnP, identify-push, relay or mDNS', async () => {
+    const { store, net } = await buildNode({ mode: 'private' })
+    try {
+      assert.deepEqual(Object.keys(net.libp2p.services).sort(), ['dht', 'identify', 'ping'])
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('refuses a /dnsaddr bootstrap or peer in private mode (it would resolve through public DNS), not in public mode', async () => {
+    const dnsaddr = '/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN'
+    assert.throws(() => parseBootstrapAddress(dnsaddr, 'private'), (err: Error) => err.name === 'InvalidMultiaddrError' && /dnsaddr/.test(err.message))
+    assert.throws(() => parsePeerAddress(dnsaddr, 'private'), { name: 'InvalidMultiaddrError' })
+    assert.equal(parseBootstrapAddress(dnsaddr, 'public').toString(), dnsaddr)
+    const dir = await mkdtemp(join(tmpdir(), 'atmirror-net-'))
+    dirs.push(dir)
+    const store = await MirrorStore.open(dir)
+    try {
+      await assert.rejects(createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'private', bootstrap: [dnsaddr] }), { name: 'InvalidMultiaddrError' })
+      await assert.rejects(createNetwork({ blockstore: store.blockstore, datastore: store.datastore, privateKey: await loadOrCreatePeerKey(dir) }, { mode: 'private', peers: [dnsaddr] }), { name: 'InvalidMultiaddrError' })
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('rejects a configured peer address that names no host', () => {
+    assert.throws(() => parsePeerAddress('/p2p/12D3KooWGr7LJjT9a9Ja32vPCYubjLt1CH9WLhA5rgxeCUeDfczG'), { name: 'InvalidMultiaddrError' })
   })
 
   it('the private allow-list admits loopback, given hosts and CIDRs only', () => {
@@ -197,5 +270,25 @@ describe('network addresses', () => {
     assert.equal(list.allows(multiaddr('/ip4/8.8.8.8/tcp/9')), false)
     assert.equal(list.allows(multiaddr('/dns4/example.com/tcp/9')), false)
     assert.equal(list.allows(multiaddr('/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGr7LJjT9a9Ja32vPCYubjLt1CH9WLhA5rgxeCUeDfczG/p2p-circuit')), false)
+  })
+})
+
+describe('configured peers in private mode', () => {
+  it('lets a configured peer (--peer) outside loopback through the gater, and refuses the same address when it is not configured', async () => {
+    // Asked of the gater, not by dialling: tests send nothing beyond loopback.
+    const stranger = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
+    const address = `/ip4/10.1.2.3/tcp/4001/p2p/${stranger.toString()}`
+    const withPeer = await startNode({ peers: [address] })
+    const without = await startNode()
+    try {
+      assert.equal(withPeer.net.dialAllowed(multiaddr(address)), true)
+      assert.equal(withPeer.net.dialAllowed(multiaddr('/ip4/10.1.2.4/tcp/4001')), false)
+      assert.equal(without.net.dialAllowed(multiaddr(address)), false)
+      // and the gater really is what dial() consults: refused before any connection attempt
+      await assert.rejects(without.net.dial(address), { name: 'DialDeniedError' })
+      assert.equal(without.net.libp2p.getConnections(stranger).length, 0)
+    } finally {
+      await Promise.all([stopNode(withPeer), stopNode(without)])
+    }
   })
 })

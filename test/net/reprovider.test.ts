@@ -186,10 +186,18 @@ describe('reprovider', () => {
     await store.putState(state(repo.did, parseCid(repo.commit)))
     let inFlight = 0
     let maxInFlight = 0
+    // The first provide holds until a second one is running (or 5 s pass): a
+    // reprovider that ran them one at a time would show a maximum of 1.
+    let overlapped: () => void = () => {}
+    const overlap = new Promise<void>(resolve => { overlapped = resolve })
     const counting = {
       provide: async (cid: CID, options?: { signal?: AbortSignal }) => {
         maxInFlight = Math.max(maxInFlight, ++inFlight)
-        try { await a.libp2p.contentRouting.provide(cid, options) } finally { inFlight-- }
+        try {
+          if (inFlight >= 2) overlapped()
+          else await Promise.race([overlap, new Promise(resolve => setTimeout(resolve, 5000))])
+          await a.libp2p.contentRouting.provide(cid, options)
+        } finally { inFlight-- }
       },
       cancelReprovide: async (cid: CID, options?: { signal?: AbortSignal }) => { await a.libp2p.contentRouting.cancelReprovide(cid, options) }
     }
@@ -201,7 +209,7 @@ describe('reprovider', () => {
       // every block of the CAR: commit, MST nodes, records
       for (const { cid } of raw) assert.ok(await hasSelfRecord(aData, a, cid), `block ${cid.toString()} provided`)
       assert.ok(await hasSelfRecord(aData, a, rendezvousCid(repo.did)))
-      assert.ok(maxInFlight <= 3, `at most 3 provides at once (saw ${maxInFlight})`)
+      assert.ok(maxInFlight >= 2 && maxInFlight <= 3, `more than one and at most 3 provides at once (saw ${maxInFlight})`)
       assert.equal(all.announcedFor(repo.did)?.blocks, raw.length)
       await store.pins.remove(repo.did)
       await all.withdraw(repo.did)
@@ -209,6 +217,128 @@ describe('reprovider', () => {
       for (const { cid } of raw) assert.equal(await hasSelfRecord(aData, a, cid), false)
     } finally {
       await all.stop()
+    }
+  })
+
+  /** contentRouting of `a`, counting the provides per key. */
+  function countingRouting (): { routing: { provide: (cid: CID, options?: { signal?: AbortSignal }) => Promise<void>, cancelReprovide: (cid: CID, options?: { signal?: AbortSignal }) => Promise<void> }, provides: (cid: CID) => number } {
+    const counts = new Map<string, number>()
+    return {
+      routing: {
+        provide: async (cid, options) => {
+          counts.set(cid.toString(), (counts.get(cid.toString()) ?? 0) + 1)
+          await a.libp2p.contentRouting.provide(cid, options)
+        },
+        cancelReprovide: async (cid, options) => { await a.libp2p.contentRouting.cancelReprovide(cid, options) }
+      },
+      provides: (cid) => counts.get(cid.toString()) ?? 0
+    }
+  }
+
+  it('re-announces every pinned repo on its interval', async () => {
+    const did = 'did:plc:periodicperiodicperiodic'
+    const commit = block('periodic commit').cid
+    await store.pins.add(did)
+    await store.putState(state(did, commit))
+    const { routing, provides } = countingRouting()
+    const periodic = new Reprovider({ routing, store }, { passOnStart: false, intervalMs: 200 })
+    periodic.start()
+    try {
+      assert.equal(periodic.stats().passes, 0)
+      assert.ok(periodic.stats().nextPassAt !== undefined, 'the first pass is scheduled')
+      // nothing was announced by hand: every provide comes from the timer
+      await until('three periodic passes', async () => periodic.stats().passes >= 3)
+      assert.ok(provides(rendezvousCid(did)) >= 3, `rendezvous key provided on every pass (${provides(rendezvousCid(did))})`)
+      assert.ok(provides(commit) >= 3)
+      assert.ok(await hasSelfRecord(aData, a, rendezvousCid(did)))
+      const { lastPassAt, nextPassAt } = periodic.stats()
+      assert.ok(lastPassAt !== undefined && nextPassAt !== undefined && nextPassAt > lastPassAt, 'the next pass is scheduled after the last one')
+    } finally {
+      await periodic.stop()
+      await store.pins.remove(did)
+      await a.libp2p.contentRouting.cancelReprovide(rendezvousCid(did))
+      await a.libp2p.contentRouting.cancelReprovide(commit)
+    }
+  })
+
+  it('runs another pass soon, backing off, while the DHT routing table is empty, and stops retrying once it has peers', async () => {
+    const did = 'did:plc:lonelylonelylonelylonely'
+    const commit = block('lonely commit').cid
+    await store.pins.add(did)
+    await store.putState(state(did, commit))
+    let tableSize = 0
+    const { routing, provides } = countingRouting()
+    // no periodic pass at all: every pass after the first is a retry
+    const lonely = new Reprovider({ routing, store, routingTableSize: () => tableSize }, { intervalMs: 0, retryMs: 100 })
+    const gaps: number[] = []
+    lonely.start()
+    try {
+      let seen = 0
+      await until('three retries', async () => {
+        const stats = lonely.stats()
+        if (stats.passes > seen && stats.lastPassAt !== undefined && stats.nextPassAt !== undefined) {
+          seen = stats.passes
+          gaps.push(Date.parse(stats.nextPassAt) - Date.parse(stats.lastPassAt))
+        }
+        return gaps.length >= 3
+      })
+      // 100, 200, 400 ms (give or take the time between the pass ending and the retry being set)
+      for (let i = 1; i < gaps.length; i++) assert.ok((gaps[i] as number) > (gaps[i - 1] as number), `the retry delay grows (${gaps.join(', ')})`)
+      assert.ok((gaps[0] as number) >= 100, `the first retry waits retryMs (${gaps.join(', ')})`)
+      const before = provides(rendezvousCid(did))
+      assert.ok(before >= 3)
+      tableSize = 1
+      await until('a pass with peers', async () => provides(rendezvousCid(did)) > before && lonely.stats().running === 0 && lonely.stats().queued === 0 && lonely.stats().passes > seen)
+      // heard: with intervalMs 0 nothing more is scheduled
+      assert.equal(lonely.stats().nextPassAt, undefined)
+    } finally {
+      await lonely.stop()
+      await store.pins.remove(did)
+      await a.libp2p.contentRouting.cancelReprovide(rendezvousCid(did))
+      await a.libp2p.contentRouting.cancelReprovide(commit)
+    }
+  })
+
+  it('a pass does not cancel the fresh record of a DID announced while its stale scan runs', async () => {
+    const early = 'did:plc:earlyearlyearlyearlyear'
+    const late = 'did:plc:latelatelatelatelatelat'
+    await store.pins.add(early)
+    await store.putState(state(early, block('early commit').cid))
+    // the pass's scan of kad-dht's records waits at its start until the late DID is announced and provided
+    let scanning: () => void = () => {}
+    const scanStarted = new Promise<void>(resolve => { scanning = resolve })
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    const gated = {
+      async * queryKeys (query: { prefix?: string }, options?: { signal?: AbortSignal }) {
+        scanning()
+        await gate
+        yield * aData.queryKeys(query, options)
+      }
+    }
+    const racing = new Reprovider({ routing: a.libp2p.contentRouting, store, providerRecords: { datastore: gated, peerId: a.peerId } }, { passOnStart: false, intervalMs: 0 })
+    racing.start()
+    try {
+      const pass = racing.reprovideAll()
+      await scanStarted
+      await store.pins.add(late)
+      const lateCommit = block('late commit').cid
+      await store.putState(state(late, lateCommit))
+      await racing.announce(late)
+      await racing.onIdle()
+      // its provides have left the queue: the records are there, nothing is pending
+      assert.ok(await hasSelfRecord(aData, a, rendezvousCid(late)))
+      assert.ok(await hasSelfRecord(aData, a, lateCommit))
+      release()
+      await pass
+      assert.ok(await hasSelfRecord(aData, a, rendezvousCid(late)), 'the late rendezvous record survives the scan')
+      assert.ok(await hasSelfRecord(aData, a, lateCommit), 'the late commit record survives the scan')
+      assert.ok(await hasSelfRecord(aData, a, rendezvousCid(early)))
+      assert.equal(racing.announcedFor(late)?.commit.toString(), lateCommit.toString())
+    } finally {
+      release()
+      await racing.stop()
+      for (const did of [early, late]) await store.pins.remove(did)
     }
   })
 })

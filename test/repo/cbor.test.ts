@@ -122,6 +122,44 @@ describe('decodeCbor rejects what DRISL forbids (CborDecodeError)', () => {
   })
 })
 
+describe('decodeCbor keeps integers to the data model\'s signed 64 bits', () => {
+  const accepted: Array<[string, string, number | bigint]> = [
+    ['2^53 - 1 (largest safe integer), as a number', '1b 001fffffffffffff', Number.MAX_SAFE_INTEGER],
+    ['-(2^53 - 1), as a number', '3b 001ffffffffffffe', -Number.MAX_SAFE_INTEGER],
+    ['2^53, as a bigint', '1b 0020000000000000', 2n ** 53n],
+    ['2^63 - 1 (int64 max), as a bigint', '1b 7fffffffffffffff', 2n ** 63n - 1n],
+    ['-2^63 (int64 min), as a bigint', '3b 7fffffffffffffff', -(2n ** 63n)]
+  ]
+  for (const [name, bytes, expected] of accepted) {
+    it(`accepts ${name}`, () => {
+      assert.equal(decodeCbor(hex(bytes)), expected)
+      // and inside a record-like map, with canonical checks on
+      assert.deepEqual(decodeCbor(hex(`a1 61 6e ${bytes}`)), { n: expected })
+    })
+  }
+
+  const rejected: Array<[string, string]> = [
+    ['2^63 (int64 max + 1)', '1b 8000000000000000'],
+    ['2^64 - 1 (the largest CBOR unsigned integer)', '1b ffffffffffffffff'],
+    ['-2^63 - 1 (int64 min - 1)', '3b 8000000000000000'],
+    ['-2^64 (the smallest CBOR negative integer)', '3b ffffffffffffffff']
+  ]
+  for (const [name, bytes] of rejected) {
+    it(`rejects ${name}`, () => {
+      for (const input of [bytes, `a1 61 6e ${bytes}`, `82 01 ${bytes}`]) {
+        for (const canonical of [true, false]) {
+          assert.throws(() => decodeCbor(hex(input), { cid, canonical }), (err: Error) => {
+            assert.equal(err.name, 'CborDecodeError', err.message)
+            assert.match(err.message, /outside the signed 64-bit range/)
+            assert.ok(err.message.includes(`cid=${cid}`), err.message)
+            return true
+          })
+        }
+      }
+    })
+  }
+})
+
 describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
   // xorshift32: deterministic, so a failure reproduces.
   let seed = 0x9e3779b9
@@ -177,7 +215,8 @@ describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
         assert.ok(Buffer.from(encodeCbor(ours)).equals(mutated), `accepted non-canonical bytes ${hexed}`)
       } else {
         // If the reference decodes it, re-encodes it to the same bytes and it has
-        // no floats, it was valid DRISL and must not have been rejected.
+        // no floats and no integers beyond 64 signed bits, it was valid DRISL and
+        // must not have been rejected.
         let reference: unknown
         try {
           reference = dagCbor.decode(mutated)
@@ -185,7 +224,7 @@ describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
           continue
         }
         const canonical = Buffer.from(dagCbor.encode(reference)).equals(mutated)
-        assert.ok(!canonical || hasFloat(reference), `rejected valid DRISL ${hexed}`)
+        assert.ok(!canonical || hasFloat(reference) || hasWideInteger(reference), `rejected valid DRISL ${hexed}`)
       }
     }
     assert.ok(accepted > 100, `some mutations stay valid (${accepted})`)
@@ -202,6 +241,13 @@ describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
         return Uint8Array.from([...copy.subarray(0, at), rand(256), ...copy.subarray(at)])
       }
     }
+  }
+
+  function hasWideInteger (v: unknown): boolean {
+    if (typeof v === 'bigint') return v > 2n ** 63n - 1n || v < -(2n ** 63n)
+    if (Array.isArray(v)) return v.some(hasWideInteger)
+    if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array) && CID.asCID(v) === null) return Object.values(v).some(hasWideInteger)
+    return false
   }
 
   function hasFloat (v: unknown): boolean {

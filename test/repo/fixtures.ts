@@ -213,8 +213,8 @@ export function joinCar (roots: CID[], blocks: Iterable<RawBlock>): Uint8Array {
   return Buffer.concat(parts)
 }
 
-function cidOf (bytes: Uint8Array): CID {
-  return CID.createV1(dagCbor.code, Digest.create(0x12, createHash('sha256').update(bytes).digest()))
+function cidOf (bytes: Uint8Array, codec: number = dagCbor.code): CID {
+  return CID.createV1(codec, Digest.create(0x12, createHash('sha256').update(bytes).digest()))
 }
 
 /** MST key height: leading zero bits of SHA-256(key), counted in 2-bit steps. */
@@ -232,6 +232,8 @@ export function fixtureKeyHeight (key: string): number {
 /** One MST node, decompressed, with its subtrees loaded. */
 export interface TreeNode {
   cid: CID
+  /** Codec of the CID `assembleRepo` links this node by (tests set raw, 0x55). @default 0x71 */
+  codec?: number
   layer: number
   left: TreeNode | null
   entries: Array<{ key: string, value: CID, right: TreeNode | null }>
@@ -328,7 +330,7 @@ export async function assembleRepo (parts: RepoParts, keypair: Keypair, override
   const nodeBlocks: RawBlock[] = []
   const encode = (node: TreeNode): CID => {
     const bytes = encodeTreeNode(node, encode)
-    const cid = cidOf(bytes)
+    const cid = cidOf(bytes, node.codec)
     node.cid = cid
     nodeBlocks.push({ cid, bytes })
     return cid

@@ -3,8 +3,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import {
-  ensureValidDid, ensureValidHandle, ensureValidRecordPath, isValidDid, isValidHandle, isValidNsid,
-  isValidRecordKey, isValidRecordPath, isValidTid, parseRecordPath
+  ensureValidCid, ensureValidDid, ensureValidHandle, ensureValidRecordPath, isValidCidString, isValidDid, isValidHandle,
+  isValidNsid, isValidRecordKey, isValidRecordPath, isValidTid, parseRecordPath
 } from '../../src/repo/syntax.ts'
 
 const SYNTAX = join(import.meta.dirname, '../vectors/atproto-interop-tests/syntax')
@@ -29,7 +29,8 @@ const cases: Array<[string, string, (v: unknown) => boolean]> = [
   ['handle', 'handle', isValidHandle],
   ['nsid', 'NSID', isValidNsid],
   ['recordkey', 'record key', isValidRecordKey],
-  ['tid', 'TID', isValidTid]
+  ['tid', 'TID', isValidTid],
+  ['cid', 'CID string', isValidCidString]
 ]
 
 for (const [file, what, check] of cases) {
@@ -80,6 +81,7 @@ describe('record paths', () => {
       assert.equal(isValidNsid(value), false)
       assert.equal(isValidRecordKey(value), false)
       assert.equal(isValidTid(value), false)
+      assert.equal(isValidCidString(value), false)
     }
   })
 })
@@ -88,6 +90,17 @@ describe('ensureValid*', () => {
   it('ensureValidDid throws InvalidIdentifierError for a bad DID', () => {
     ensureValidDid('did:plc:7iza6de2dwap2sbkpav7c6c6')
     assert.throws(() => ensureValidDid('did:PLC:x'), { name: 'InvalidIdentifierError' })
+  })
+
+  it('ensureValidCid throws UnsupportedCidError for a bad CID string, naming it', () => {
+    ensureValidCid('bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm')
+    assert.throws(() => { ensureValidCid('cid:bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm') }, (err: Error & { cid: string }) => {
+      assert.equal(err.name, 'UnsupportedCidError')
+      assert.equal(err.cid, '"cid:bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"')
+      return true
+    })
+    assert.throws(() => { ensureValidCid('QmbWqxBEKC3P8tqsKc98xmWNzrzDtRLMiMPL8wBuTGsMnR') }, { name: 'UnsupportedCidError', message: /CIDv0/ })
+    assert.throws(() => { ensureValidCid(`b${'a'.repeat(256)}`) }, { name: 'UnsupportedCidError' })
   })
 
   it('ensureValidHandle throws InvalidIdentifierError for a bad handle', () => {

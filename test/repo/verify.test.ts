@@ -2,11 +2,14 @@ import { describe, it, before } from 'node:test'
 import assert from 'node:assert/strict'
 import * as dagCbor from '@ipld/dag-cbor'
 import { verifyRepoCar as atprotoVerifyRepoCar } from '@atproto/repo'
+import { encode as cborgEncode } from 'cborg'
 import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
 import { MemoryBlockStore } from '../../src/repo/block-store.ts'
 import { cidForBytes, RAW } from '../../src/repo/cid.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
-import { verifyRepo, verifyRepoCar, type RepoCarSummary, type VerifyRepoOptions } from '../../src/repo/verify.ts'
+import { walkMst } from '../../src/repo/mst/walk.ts'
+import { loadCar, verifyRepo, verifyRepoCar, type RepoCarSummary, type VerifyRepoOptions } from '../../src/repo/verify.ts'
 import {
   assembleRepo, dropBlock, findNodes, fixtureKeypair, flipByteInBlock, generateRepo, joinCar,
   keyWithHeightAfter, openRepo, splitCar, type GeneratedRepo
@@ -33,6 +36,20 @@ async function fixture (options: Parameters<typeof generateRepo>[0]): Promise<Ge
     generated.set(id, repo)
   }
   return await repo
+}
+
+/** The same digest under the raw codec (0x55): the bytes hash alike, only the codec differs. */
+function asRaw (cid: CID): CID {
+  return CID.createV1(RAW, cid.multihash)
+}
+
+type NamedError = Error & { cid?: string, did?: string, rev?: string }
+
+/** Asserts the error names the repo, as fields and at the end of its message. */
+function assertNamesRepo (err: NamedError, repo: { did: string, rev: string }): void {
+  assert.equal(err.did, repo.did, err.message)
+  assert.equal(err.rev, repo.rev, err.message)
+  assert.ok(err.message.endsWith(` did=${repo.did} rev=${repo.rev}`), err.message)
 }
 
 /** Runs `fn` and returns the error it throws (failing if it does not). */
@@ -112,6 +129,25 @@ describe('verifyRepoCar on a valid repo', () => {
     assert.equal(summary.blocks, blocks.length)
   })
 
+  it('accepts several roots, the first being the commit', async () => {
+    const { blocks } = splitCar(repo.car)
+    const parts = openRepo(repo.car)
+    const roots = [parts.commitCid, CID.parse(repo.data), CID.parse(parts.recordCids[0])]
+    const summary = await verifyRepoCar(joinCar(roots, blocks), { did: repo.did, key: parseDidKey(repo.didKey) })
+    assert.equal(summary.commit.toString(), repo.commit)
+    assert.equal(summary.signature, 'verified')
+    assert.equal(summary.records, 300)
+    assert.equal(summary.unreachableBlocks, 0)
+  })
+
+  it('takes only the first root as the commit, even when a later one is it', async () => {
+    const { blocks } = splitCar(repo.car)
+    const parts = openRepo(repo.car)
+    const err = await rejection(async () => await verifyRepoCar(joinCar([CID.parse(parts.recordCids[0]), parts.commitCid], blocks)))
+    assert.equal(err.name, 'CommitInvalidError')
+    assert.equal((err as NamedError).cid, parts.recordCids[0])
+  })
+
   it('tolerates duplicate blocks and any block order', async () => {
     const { roots, blocks } = splitCar(repo.car)
     const shuffled = [...blocks].reverse()
@@ -178,6 +214,9 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const parts = openRepo(repo.car)
     const err = await check(flipByteInBlock(repo.car, parts.recordCids[1234]))
     assert.equal(err.name, 'CidMismatchError')
+    assert.equal((err as NamedError).cid, parts.recordCids[1234])
+    // the commit block came first in the CAR, so the error can say whose repo it is
+    assertNamesRepo(err, repo)
   })
 
   it('a flipped byte in an MST node: CidMismatchError', async () => {
@@ -196,7 +235,9 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const cid = parts.recordCids[777]
     const err = await check(dropBlock(repo.car, cid))
     assert.equal(err.name, 'MissingBlockError')
-    assert.equal((err as Error & { cid: string }).cid, cid)
+    assert.equal((err as NamedError).cid, cid)
+    assertNamesRepo(err, repo)
+    assert.match(err.message, /^missing record; cid=\S+ rpath=\S+ did=/)
   })
 
   it('a dropped MST node: MissingBlockError', async () => {
@@ -204,12 +245,15 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const cid = parts.nodeCids[parts.nodeCids.length - 1]
     const err = await check(dropBlock(repo.car, cid))
     assert.equal(err.name, 'MissingBlockError')
-    assert.equal((err as Error & { cid: string }).cid, cid)
+    assert.equal((err as NamedError).cid, cid)
+    assertNamesRepo(err, repo)
   })
 
   it('a dropped commit: MissingBlockError', async () => {
     const err = await check(dropBlock(repo.car, repo.commit))
     assert.equal(err.name, 'MissingBlockError')
+    // nothing to name the repo by
+    assert.equal((err as NamedError).did, undefined)
   })
 
   it('a commit re-signed with another key: CommitSignatureError', async () => {
@@ -235,6 +279,7 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const { car } = await assembleRepo(parts, repo.keypair)
     const err = await check(car)
     assert.equal(err.name, 'MstInvalidError')
+    assertNamesRepo(err, repo)
   })
 
   it('a key at the wrong height, hashes fixed up and re-signed: MstInvalidError', async () => {
@@ -252,6 +297,8 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const { car } = await assembleRepo(openRepo(repo.car), repo.keypair, { version: 2 })
     const err = await check(car)
     assert.equal(err.name, 'CommitInvalidError')
+    assert.equal((err as NamedError).did, repo.did)
+    assert.equal((err as NamedError).rev, repo.rev)
   })
 
   it('an MST node named as the commit: CommitInvalidError', async () => {
@@ -275,6 +322,8 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const { car } = await assembleRepo(parts, repo.keypair)
     const err = await check(car)
     assert.equal(err.name, 'CborDecodeError')
+    assert.equal((err as NamedError).cid, cid.toString())
+    assertNamesRepo(err, repo)
     // the cheap check catches it too
     assert.equal((await check(car, { records: 'hash' })).name, 'CborDecodeError')
   })
@@ -289,5 +338,103 @@ describe('verifyRepoCar rejects tampered repos', () => {
     const { car } = await assembleRepo(parts, repo.keypair)
     const err = await check(car)
     assert.equal(err.name, 'UnsupportedCidError')
+    assertNamesRepo(err, repo)
+  })
+
+  it('the raw-codec CID of the commit as first root: UnsupportedCidError', async () => {
+    const { blocks } = splitCar(repo.car)
+    const raw = asRaw(CID.parse(repo.commit))
+    const err = await check(joinCar([raw], blocks))
+    assert.equal(err.name, 'UnsupportedCidError')
+    assert.equal((err as NamedError).cid, raw.toString())
+    assert.match(err.message, /commit .*DAG-CBOR.*not codec 0x55/)
+    // the same through a block store
+    const store = new MemoryBlockStore()
+    for (const block of blocks) store.put(block.cid, block.bytes)
+    assert.equal((await rejection(async () => await verifyRepo(store, raw))).name, 'UnsupportedCidError')
+  })
+
+  it('commit data as the raw-codec CID of the MST root, re-signed: CommitInvalidError', async () => {
+    const parts = openRepo(repo.car)
+    parts.tree.codec = RAW
+    const { car, data } = await assembleRepo(parts, repo.keypair)
+    assert.equal(data.code, RAW)
+    const err = await check(car)
+    assert.equal(err.name, 'CommitInvalidError')
+    assert.ok(err.message.includes(data.toString()), err.message)
+    assert.equal((err as NamedError).rev, repo.rev)
+  })
+
+  it('a subtree link as the raw-codec CID of the node, re-signed: MstInvalidError', async () => {
+    const parts = openRepo(repo.car)
+    const [parent] = findNodes(parts.tree, n => n.left !== null)
+    parent.left!.codec = RAW
+    const { car } = await assembleRepo(parts, repo.keypair)
+    const err = await check(car)
+    assert.equal(err.name, 'MstInvalidError')
+    assert.equal((err as NamedError).cid, parent.cid.toString())
+    assert.match(err.message, /not a dag-cbor sha2-256 CIDv1/)
+    assertNamesRepo(err, repo)
+  })
+
+  it('walkMst refuses a tree root named by a raw-codec CID: MstInvalidError', async () => {
+    const { store } = await loadCar(repo.car)
+    const raw = asRaw(CID.parse(repo.data))
+    assert.ok(store.has(raw), 'the store finds the node under the raw CID')
+    const err = await rejection(async () => { for await (const _ of walkMst(store, raw)) { /* walk */ } })
+    assert.equal(err.name, 'MstInvalidError')
+    assert.equal((err as NamedError).cid, raw.toString())
+  })
+})
+
+describe('verifyRepoCar on records the specs leave flexible', () => {
+  let repo: GeneratedRepo
+  before(async () => { repo = await generateRepo({ records: 40, seed: 11 }) })
+
+  /** Puts `bytes` in as the record of the first entry of the first node with entries, re-signed. */
+  async function withRecord (bytes: Uint8Array): Promise<{ car: Uint8Array, rpath: string, cid: CID }> {
+    const parts = openRepo(repo.car)
+    const cid = cidForBytes(bytes)
+    const [node] = findNodes(parts.tree, n => n.entries.length > 0)
+    node.entries[0].value = cid
+    parts.blocks.set(cid.toString(), { cid, bytes })
+    const { car } = await assembleRepo(parts, repo.keypair)
+    return { car, rpath: node.entries[0].key, cid }
+  }
+
+  it('a record with its map keys out of canonical order verifies, under its exact CID', async () => {
+    const record = { $type: 'app.bsky.feed.post', text: 'keys in reverse order', createdAt: '2024-01-01T00:00:00.000Z', langs: ['en'] }
+    // dag-cbor's own encoder with the key order reversed: everything else canonical
+    const keyOf = (entry: unknown): string => {
+      const token = (entry as [unknown])[0]
+      return (Array.isArray(token) ? token[0] : token as { value: string }).value
+    }
+    const canonicalOrder = (a: string, b: string): number => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0)
+    const bytes = cborgEncode(record, { ...dagCbor.encodeOptions, mapSorter: (a, b) => -canonicalOrder(keyOf(a), keyOf(b)) })
+    assert.ok(!Buffer.from(bytes).equals(dagCbor.encode(record)), 'the encoding is not canonical')
+    const { car, rpath, cid } = await withRecord(bytes)
+    const records: Array<{ rpath: string, cid: string }> = []
+    const summary = await verifyRepoCar(car, { did: repo.did, key: parseDidKey(repo.didKey), onRecord: (path, link) => records.push({ rpath: path, cid: link.toString() }) })
+    assert.equal(summary.records, 40)
+    assert.deepEqual(records.find(r => r.rpath === rpath), { rpath, cid: cid.toString() })
+    // the reference implementation accepts it too
+    const reference = await atprotoVerifyRepoCar(car, repo.did, repo.didKey)
+    assert.equal(reference.creates.find(op => `${op.collection}/${op.rkey}` === rpath)?.cid.toString(), cid.toString())
+  })
+
+  it('a record whose links are CIDs outside the blessed set verifies', async () => {
+    const digest = Digest.create(0x12, new Uint8Array(32).fill(7))
+    const record = {
+      $type: 'com.example.links',
+      v0: CID.createV0(digest),
+      dagPb: CID.createV1(0x70, digest),
+      sha512: CID.createV1(0x71, Digest.create(0x13, new Uint8Array(64).fill(9))),
+      blessed: CID.createV1(RAW, digest)
+    }
+    const { car, rpath, cid } = await withRecord(dagCbor.encode(record))
+    let seen: string | undefined
+    const summary = await verifyRepoCar(car, { key: parseDidKey(repo.didKey), onRecord: (path, link) => { if (path === rpath) seen = link.toString() } })
+    assert.equal(summary.records, 40)
+    assert.equal(seen, cid.toString())
   })
 })

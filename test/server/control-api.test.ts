@@ -1,12 +1,23 @@
 import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { connect } from 'node:net'
+import { platform, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
-import { apiTokenPath } from '../../src/server/control-api.ts'
+import { ControlApi, apiTokenPath, type ControlApiTarget } from '../../src/server/control-api.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import { daemonInfoPath, readDaemonInfo } from '../../src/server/daemon-info.ts'
+
+/** Whether a TCP connection to host:port is accepted (refused, unreachable or silent for 2 s: no). */
+async function connects (host: string, port: number): Promise<boolean> {
+  return await new Promise(resolve => {
+    const socket = connect({ host, port, timeout: 2000 })
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('timeout', () => { socket.destroy(); resolve(false) })
+    socket.once('error', () => { resolve(false) })
+  })
+}
 
 // A real node without network; identities point at a closed port so nothing leaves
 // 127.0.0.1 and any resolution fails fast.
@@ -39,8 +50,22 @@ describe('control API', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('listens on 127.0.0.1 only', () => {
+  it('listens on 127.0.0.1 only', async () => {
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/)
+    // the socket the server holds, not just the URL it reports
+    const address = node.api?.address
+    assert.equal(address?.address, '127.0.0.1')
+    assert.equal(address?.family, 'IPv4')
+    const port = address?.port ?? 0
+    assert.equal(await connects('127.0.0.1', port), true)
+    // other local addresses are refused: IPv6 loopback and, on Linux, another
+    // loopback address (all of 127/8 is local there). Only loopback is tried: tests
+    // send nothing to any other address, not even this machine's own interfaces.
+    const others = ['::1']
+    if (platform() === 'linux') others.push('127.0.0.2')
+    for (const host of new Set(others)) {
+      assert.equal(await connects(host, port), false, `the API answered on ${host}`)
+    }
   })
 
   it('creates a 32-byte hex token readable by the owner only', async () => {
@@ -206,6 +231,74 @@ describe('control API', () => {
       assert.match(err.message, new RegExp(`pid=${process.pid}`))
       return true
     })
+  })
+})
+
+describe('control client time limits', () => {
+  // a real API server in front of a target whose answers the test holds back, as a
+  // node's do while unpin waits for the DID's lock and GC
+  let dir: string
+  let api: ControlApi
+  let client: ControlClient
+  const held: Array<() => void> = []
+  const hold = async <T>(value: T): Promise<T> => await new Promise<T>(resolve => { held.push(() => { resolve(value) }) })
+  const target: ControlApiTarget = {
+    status: async () => await hold({ state: 'running', pid: process.pid, version: '', dataDir: '', startedAt: '', intervalSeconds: 0, peerId: null, network: null, addresses: [], peers: 0, repos: [] }),
+    listPins: async () => [],
+    pinAndSync: async () => { throw new Error('not used') },
+    unpin: async (did) => await hold({ did, pinned: false as const }),
+    repoStatus: async () => { throw new Error('not used') },
+    syncRepo: async () => { throw new Error('not used') }
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-api-client-'))
+    api = new ControlApi({ target }, { dataDir: dir, port: 0 })
+    await api.start()
+    client = new ControlClient({ url: api.url, token: (await readFile(apiTokenPath(dir), 'utf8')).trim(), timeoutMs: 100 })
+  })
+
+  after(async () => {
+    for (const release of held.splice(0)) release()
+    await api?.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  /** Waits until the target holds `n` answers back. */
+  async function heldBack (n: number): Promise<void> {
+    const deadline = Date.now() + 5000
+    while (held.length < n) {
+      if (Date.now() > deadline) throw new Error(`the target never got ${n} requests`)
+      await new Promise(resolve => setImmediate(resolve))
+    }
+  }
+
+  it('pin rm waits past the quick-request limit for as long as the daemon works', async () => {
+    const answer = client.unpin('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa')
+    await heldBack(1)
+    // well past the 100 ms limit of quick requests
+    const waited = Date.now()
+    while (Date.now() - waited < 400) await new Promise(resolve => setTimeout(resolve, 50))
+    held.shift()?.()
+    assert.deepEqual(await answer, { did: 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', pinned: false })
+  })
+
+  it('pin rm ends at once when the caller aborts (Ctrl-C), with the AbortError', async () => {
+    const controller = new AbortController()
+    const answer = client.unpin('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', { signal: controller.signal })
+    await heldBack(1)
+    controller.abort(new DOMException('interrupted', 'AbortError'))
+    await assert.rejects(answer, { name: 'AbortError' })
+    held.shift()?.()
+  })
+
+  it('a quick request (status) still gives up after its limit with ControlApiError', async () => {
+    await assert.rejects(client.status(), (err: Error) => {
+      assert.equal(err.name, 'ControlApiError')
+      assert.match(err.message, /no answer within 100 ms/)
+      return true
+    })
+    held.shift()?.()
   })
 })
 

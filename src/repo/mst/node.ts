@@ -49,14 +49,19 @@ interface NodeData {
 
 /**
  * Decodes an MST node strictly (see the module docs). Throws
- * {@link MstInvalidError} (structure), {@link InvalidRecordPathError} (a key) or
- * CborDecodeError (not canonical DRISL), naming `cid` when given.
+ * {@link MstInvalidError} (structure, or a `cid` that is not a dag-cbor sha2-256
+ * CIDv1), {@link InvalidRecordPathError} (a key) or CborDecodeError (not
+ * canonical DRISL), naming `cid` when given.
  */
 export function decodeMstNode (bytes: Uint8Array, cid?: CID): MstNode {
-  const data = decodeCbor<unknown>(bytes, { cid, canonical: false })
   const fail = (reason: string, rpath?: string): never => {
     throw new MstInvalidError(`node ${reason}`, { cid, rpath })
   }
+  // The repository spec: MST links with another CID format make the whole tree
+  // invalid. Links inside nodes are checked below; this covers the node's own
+  // CID (a tree root handed in), which hashes alike under the raw codec.
+  if (cid !== undefined && !isNodeCid(cid)) fail(`CID ${cid.toString()} is not a dag-cbor sha2-256 CIDv1`)
+  const data = decodeCbor<unknown>(bytes, { cid, canonical: false })
   if (!isMap(data) || !hasFields(data, NODE_FIELDS, cid)) return fail('must be a map of exactly "e" and "l"')
   const left = subtreeLink(data.l, 'l', fail)
   const list = data.e
@@ -161,8 +166,10 @@ function subtreeLink (value: unknown, field: string, fail: (reason: string) => n
   if (value === null) return null
   const cid = CID.asCID(value)
   if (cid === null) return fail(`field "${field}" must be a CID link or null`)
-  if (cid.version !== 1 || cid.code !== DAG_CBOR || cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) {
-    return fail(`has a subtree link ${cid.toString()} that is not a dag-cbor sha2-256 CIDv1`)
-  }
+  if (!isNodeCid(cid)) return fail(`has a subtree link ${cid.toString()} that is not a dag-cbor sha2-256 CIDv1`)
   return cid
+}
+
+function isNodeCid (cid: CID): boolean {
+  return cid.version === 1 && cid.code === DAG_CBOR && cid.multihash.code === SHA2_256 && cid.multihash.size === 32
 }

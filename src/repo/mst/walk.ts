@@ -3,15 +3,13 @@
  * structure on the way (see {@link checkNode}); and finding which blocks of a
  * tree a store still lacks, breadth-first so they can be fetched in batches.
  */
-import { logger } from '@libp2p/logger'
 import type { CID } from 'multiformats/cid'
 import { MissingBlockError } from '../../errors.ts'
 import type { ReadonlyBlockStore } from '../block-store.ts'
 import { cidKey } from '../cid.ts'
+import type { RepoLogger } from '../log.ts'
 import { DEFAULT_MAX_NODE_ENTRIES, checkNode, getBlocks, hasBlocks, isPromise, rootLayer } from './check.ts'
 import { decodeMstNode, type MstNode } from './node.ts'
-
-const log = logger('atmirror:mst')
 
 /** A record of the tree: its path and the CID of its block. */
 export interface MstLeaf {
@@ -47,6 +45,8 @@ export interface WalkMstOptions {
   maxNodeEntries?: number
   /** Leaves per batch yielded by {@link walkMstBatches}. @default 256 */
   batchSize?: number
+  /** Debug logger (see ../log.ts). @default none */
+  log?: RepoLogger
 }
 
 interface Frame {
@@ -83,7 +83,7 @@ export async function * walkMstBatches (store: ReadonlyBlockStore, root: CID, op
   if (rootBytes === undefined) {
     const missing: MissingMstNode = { cid: root, layer: -1, after: null, before: null, parent: null }
     if (!skip) throw missingNodeError(missing)
-    log('MST root %s missing, skipped', root)
+    options.log?.('MST root %c missing, skipped', root)
     options.onMissingNode?.(missing)
     return
   }

@@ -4,16 +4,34 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { commonPrefixLength, ensureValidMstKey, isValidMstKey, keyHeight } from '../../../src/repo/mst/key.ts'
+import { fixtureKeyHeight } from '../fixtures.ts'
 
 const vectors = join(import.meta.dirname, '../../vectors/atproto-interop-tests/mst')
 const heights = JSON.parse(readFileSync(join(vectors, 'key_heights.json'), 'utf8')) as Array<{ key: string, height: number }>
 const prefixes = JSON.parse(readFileSync(join(vectors, 'common_prefix.json'), 'utf8')) as Array<{ left: string, right: string, len: number }>
+const exampleKeys = readFileSync(join(vectors, 'example_keys.txt'), 'utf8').split('\n').filter(line => line !== '' && !line.startsWith('#'))
 
 describe('mst keyHeight (atproto-interop-tests mst/key_heights.json)', () => {
   for (const { key, height } of heights) {
     it(`${JSON.stringify(key)} has height ${height}`, () => {
       assert.equal(keyHeight(key), height)
       assert.equal(keyHeight(new TextEncoder().encode(key)), height)
+    })
+  }
+})
+
+describe('mst example keys (atproto-interop-tests mst/example_keys.txt)', () => {
+  it('the file lists the keys', () => {
+    assert.equal(exampleKeys.length, 156)
+  })
+  for (const key of exampleKeys) {
+    it(`${key} is a valid MST key with a height`, () => {
+      assert.equal(isValidMstKey(key), true)
+      ensureValidMstKey(key)
+      const height = keyHeight(key)
+      // (the independent definition in the test fixtures, from node's createHash)
+      assert.equal(height, fixtureKeyHeight(key))
+      assert.ok(Number.isInteger(height) && height >= 0 && height <= 128)
     })
   }
 })

@@ -1,0 +1,226 @@
+/**
+ * Handle → DID by DNS TXT and by HTTPS well-known, against a real DNS server and a
+ * real HTTPS server on 127.0.0.1 (test/identity/dns-server.ts, https-server.ts):
+ * each method alone, the two together (DNS wins, the other lookup is aborted),
+ * both failing, timeouts and the caller's abort.
+ */
+import { after, before, beforeEach, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import type { ServerResponse } from 'node:http'
+import { resolveHandleDirect, resolveHandleDns, resolveHandleHttps, type HandleLookupOptions } from '../../src/identity/handle.ts'
+import { testDid } from '../head/fixtures.ts'
+import { startDnsServer, type TestDnsServer } from './dns-server.ts'
+import { startHttpsServer, type TestHttpsServer } from './https-server.ts'
+
+const ALICE = testDid('alice')
+const BOB = testDid('bob')
+
+/** Polls `check` until it holds or `ms` pass. */
+async function eventually (check: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail('condition not met before the deadline')
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
+
+function text (res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'content-type': 'text/plain' })
+  res.end(body)
+}
+
+describe('handle lookups by DNS and HTTPS', () => {
+  let dns: TestDnsServer
+  let https: TestHttpsServer
+  /** host → what its well-known endpoint does; unknown hosts answer 404. */
+  const wellKnown = new Map<string, (res: ServerResponse) => void>()
+  /** DNS names answered only once their function's promise settles. */
+  const hold = new Map<string, () => Promise<void>>()
+
+  const lookup = (init: HandleLookupOptions = {}): HandleLookupOptions => ({ dnsServers: [dns.server], fetch: https.fetch, timeoutMs: 2000, ...init })
+  const httpsRequests = (host: string): number => https.requests.filter(r => r.host === host).length
+  const dnsQueries = (handle: string): number => dns.queries.filter(q => q === `_atproto.${handle}`).length
+
+  before(async () => {
+    dns = await startDnsServer(new Map([
+      ['_atproto.dns.example.com', [`did=${ALICE}`]],
+      ['_atproto.both.example.com', [`did=${ALICE}`]],
+      ['_atproto.conflict.example.com', [`did=${ALICE}`]],
+      ['_atproto.slowweb.example.com', [`did=${ALICE}`]]
+    ]), { silent: new Set(['_atproto.dnsdown.example.com', '_atproto.alldown.example.com', '_atproto.hang.example.com']), hold })
+    https = await startHttpsServer(['*.example.com'], (req, res, host) => {
+      const answer = req.url === '/.well-known/atproto-did' ? wellKnown.get(host) : undefined
+      if (answer === undefined) text(res, 404, 'not found')
+      else answer(res)
+    })
+  })
+
+  beforeEach(() => {
+    hold.clear()
+    wellKnown.clear()
+    wellKnown.set('web.example.com', res => { text(res, 200, `${BOB}\n`) })
+    wellKnown.set('both.example.com', res => { text(res, 200, ALICE) })
+    wellKnown.set('conflict.example.com', res => { text(res, 200, BOB) })
+    wellKnown.set('slowweb.example.com', () => {})
+    wellKnown.set('dnsdown.example.com', res => { text(res, 200, BOB) })
+    wellKnown.set('alldown.example.com', res => { text(res, 500, 'boom') })
+    wellKnown.set('webhang.example.com', () => {})
+    wellKnown.set('junk.example.com', res => { text(res, 200, '<html>hello</html>') })
+  })
+
+  after(async () => {
+    await dns?.close()
+    await https?.close()
+  })
+
+  describe('resolveHandleHttps', () => {
+    it('reads the DID from /.well-known/atproto-did, trimming whitespace', async () => {
+      assert.deepEqual(await resolveHandleHttps('web.example.com', lookup()), { did: BOB })
+      assert.deepEqual(https.requests.at(-1), { host: 'web.example.com', path: '/.well-known/atproto-did', closed: true })
+    })
+
+    it('a 404 is "not found", not a failure', async () => {
+      const result = await resolveHandleHttps('nothing.example.com', lookup())
+      assert.deepEqual(result, { failed: false, reason: 'HTTP 404' })
+    })
+
+    it('a 5xx is a failure', async () => {
+      assert.deepEqual(await resolveHandleHttps('alldown.example.com', lookup()), { failed: true, reason: 'HTTP 500' })
+    })
+
+    it('a body that is not a DID is HandleResolutionError naming the URL', async () => {
+      await assert.rejects(resolveHandleHttps('junk.example.com', lookup()), (err: Error & { handle?: string, url?: string }) => {
+        assert.equal(err.name, 'HandleResolutionError')
+        assert.equal(err.handle, 'junk.example.com')
+        assert.equal(err.url, 'https://junk.example.com/.well-known/atproto-did')
+        return true
+      })
+    })
+
+    it('a certificate that does not name the host is "not found" (a failed TLS handshake proves nothing)', async () => {
+      const result = await resolveHandleHttps('web.other.test', lookup())
+      assert.equal(result.did, undefined)
+      assert.equal((result as { failed: boolean }).failed, false)
+      assert.match((result as { reason: string }).reason, /ERR_TLS_CERT_ALTNAME_INVALID/)
+      assert.equal(httpsRequests('web.other.test'), 0)
+    })
+
+    it('a server that never answers times out: a failure', async () => {
+      const result = await resolveHandleHttps('webhang.example.com', lookup({ timeoutMs: 200 }))
+      assert.deepEqual(result, { failed: true, reason: 'timed out' })
+      await eventually(() => https.requests.filter(r => r.host === 'webhang.example.com').every(r => r.closed))
+    })
+
+    it("the caller's abort is rethrown as it is", async () => {
+      const controller = new AbortController()
+      setTimeout(() => { controller.abort() }, 50)
+      await assert.rejects(resolveHandleHttps('webhang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+    })
+  })
+
+  describe('resolveHandleDns timeouts', () => {
+    it('a DNS server that never answers is a failure after timeoutMs', async () => {
+      const started = Date.now()
+      assert.deepEqual(await resolveHandleDns('hang.example.com', lookup({ timeoutMs: 200 })), { failed: true, reason: 'DNS timed out' })
+      assert.ok(Date.now() - started < 1500)
+    })
+
+    it("the caller's abort during a DNS lookup is rethrown as it is", async () => {
+      const controller = new AbortController()
+      setTimeout(() => { controller.abort() }, 50)
+      await assert.rejects(resolveHandleDns('hang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+    })
+  })
+
+  describe('resolveHandleDirect', () => {
+    it('DNS only', async () => {
+      assert.equal(await resolveHandleDirect('dns.example.com', lookup()), ALICE)
+    })
+
+    it('well-known only (no TXT record)', async () => {
+      assert.equal(await resolveHandleDirect('web.example.com', lookup()), BOB)
+      assert.ok(dnsQueries('web.example.com') > 0)
+      assert.ok(httpsRequests('web.example.com') > 0)
+    })
+
+    it('both agree', async () => {
+      assert.equal(await resolveHandleDirect('both.example.com', lookup()), ALICE)
+    })
+
+    it('DNS wins over a conflicting well-known answer', async () => {
+      assert.equal(await resolveHandleDirect('conflict.example.com', lookup()), ALICE)
+    })
+
+    it('DNS wins while the well-known lookup hangs, and that lookup is aborted', async () => {
+      // DNS answers only once the well-known request has reached the server (which never answers it).
+      let arrived!: () => void
+      const requested = new Promise<void>(resolve => { arrived = resolve })
+      wellKnown.set('slowweb.example.com', () => { arrived() })
+      hold.set('_atproto.slowweb.example.com', async () => await requested)
+      const started = Date.now()
+      assert.equal(await resolveHandleDirect('slowweb.example.com', lookup({ timeoutMs: 10_000 })), ALICE)
+      assert.ok(Date.now() - started < 5000)
+      const pending = https.requests.filter(r => r.host === 'slowweb.example.com')
+      assert.equal(pending.length, 1)
+      // The server sees the hanging request's connection close, long before its 10 s timeout.
+      await eventually(() => pending[0]?.closed === true)
+    })
+
+    it('DNS timing out, well-known answering: the well-known DID', async () => {
+      assert.equal(await resolveHandleDirect('dnsdown.example.com', lookup({ timeoutMs: 300 })), BOB)
+    })
+
+    it('neither names a DID: HandleNotFoundError with both reasons', async () => {
+      await assert.rejects(resolveHandleDirect('nobody.example.com', lookup()), (err: Error & { handle?: string }) => {
+        assert.equal(err.name, 'HandleNotFoundError')
+        assert.equal(err.handle, 'nobody.example.com')
+        assert.match(err.message, /dns: no TXT record \(ENOTFOUND\); https: HTTP 404/)
+        return true
+      })
+    })
+
+    it('both fail (DNS times out, well-known 500): HandleResolutionError listing each reason', async () => {
+      await assert.rejects(resolveHandleDirect('alldown.example.com', lookup({ timeoutMs: 300 })), (err: Error & { handle?: string, reasons?: unknown }) => {
+        assert.equal(err.name, 'HandleResolutionError')
+        assert.equal(err.handle, 'alldown.example.com')
+        assert.deepEqual(err.reasons, [{ source: 'dns', reason: 'DNS timed out' }, { source: 'https', reason: 'HTTP 500' }])
+        assert.match(err.message, /dns: DNS timed out; https: HTTP 500/)
+        return true
+      })
+    })
+
+    it('no TXT record and a well-known that never answers: HandleResolutionError after the timeout', async () => {
+      await assert.rejects(resolveHandleDirect('webhang.example.com', lookup({ timeoutMs: 300 })), (err: Error & { reasons?: Array<{ source: string, reason: string }> }) => {
+        assert.equal(err.name, 'HandleResolutionError')
+        assert.deepEqual(err.reasons?.map(r => r.source), ['dns', 'https'])
+        assert.equal(err.reasons?.[1]?.reason, 'timed out')
+        return true
+      })
+    })
+
+    it("the caller's abort is rethrown as it is, and the well-known request is dropped", async () => {
+      // DNS never answers; the caller gives up once the well-known request is in (never answered either).
+      const controller = new AbortController()
+      wellKnown.set('hang.example.com', () => { controller.abort() })
+      await assert.rejects(resolveHandleDirect('hang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      const pending = https.requests.filter(r => r.host === 'hang.example.com')
+      assert.equal(pending.length, 1)
+      await eventually(() => pending[0]?.closed === true)
+    })
+
+    for (const tld of ['example', 'local', 'localhost', 'arpa', 'onion', 'internal']) {
+      it(`a handle under the reserved .${tld} is refused without any lookup`, async () => {
+        const handle = `alice.${tld}`
+        const requestsBefore = https.requests.length
+        await assert.rejects(resolveHandleDirect(handle, lookup()), (err: Error & { handle?: string }) => {
+          assert.equal(err.name, 'HandleNotFoundError')
+          assert.equal(err.handle, handle)
+          assert.match(err.message, new RegExp(`\\.${tld} is a reserved TLD`))
+          return true
+        })
+        assert.equal(dnsQueries(handle), 0)
+        assert.equal(https.requests.length, requestsBefore)
+      })
+    }
+  })
+})
