@@ -261,21 +261,29 @@ describe('PdsHeadResolver with hand-made servers', () => {
     })
   }
 
-  it('an account that moved: RepoNotFound at the old PDS, head from the new PDS named by the refreshed document', async () => {
-    const newPds = await startServer(wellBehaved(commit))
+  /**
+   * The identity caches the old PDS (answering with `oldPds`); then the directory
+   * names a new PDS (`newPds`): the head comes from the new one after one refresh,
+   * and the old one saw exactly `oldRequests`.
+   */
+  async function headAfterMove (oldPds: Handler, newPdsHandler: Handler, oldRequests: string[]): Promise<void> {
+    const newPds = await startServer(newPdsHandler)
     try {
-      handler = (_req, res) => json(res, 400, { error: 'RepoNotFound', message: 'gone' })
-      // The identity caches the old PDS; then the directory names the new one.
+      handler = oldPds
       const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
       await identity.resolve(DID)
       docs.set(DID, didDocument(DID, KEY, newPds.localhostUrl))
       const head = await new PdsHeadResolver({ identity }).resolveHead(DID)
       assert.equal(head.source, `pds:${newPds.localhostUrl}`)
       assert.ok(head.cid.equals(commit.cid))
-      assert.deepEqual(pds.requests.map(path => path.split('?')[0]), ['/xrpc/com.atproto.sync.getLatestCommit'])
+      assert.deepEqual(pds.requests.map(path => path.split('?')[0]), oldRequests)
     } finally {
       await newPds.close()
     }
+  }
+
+  it('an account that moved: RepoNotFound at the old PDS, head from the new PDS named by the refreshed document', async () => {
+    await headAfterMove((_req, res) => json(res, 400, { error: 'RepoNotFound', message: 'gone' }), wellBehaved(commit), ['/xrpc/com.atproto.sync.getLatestCommit'])
   })
   it('a getHead-only PDS serves the head (getLatestCommit is 501)', async () => {
     handler = getHeadOnly(new Map([[DID, commit]]))
@@ -301,18 +309,6 @@ describe('PdsHeadResolver with hand-made servers', () => {
   })
 
   it('an account that moved off a getHead-only PDS: HeadNotFound there, head from the new PDS', async () => {
-    const newPds = await startServer(getHeadOnly(new Map([[DID, commit]])))
-    try {
-      handler = getHeadOnly(new Map())
-      const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
-      await identity.resolve(DID)
-      docs.set(DID, didDocument(DID, KEY, newPds.localhostUrl))
-      const head = await new PdsHeadResolver({ identity }).resolveHead(DID)
-      assert.equal(head.source, `pds:${newPds.localhostUrl}`)
-      assert.ok(head.cid.equals(commit.cid))
-      assert.deepEqual(pds.requests.map(path => path.split('?')[0]), ['/xrpc/com.atproto.sync.getLatestCommit', '/xrpc/com.atproto.sync.getHead'])
-    } finally {
-      await newPds.close()
-    }
+    await headAfterMove(getHeadOnly(new Map()), getHeadOnly(new Map([[DID, commit]])), ['/xrpc/com.atproto.sync.getLatestCommit', '/xrpc/com.atproto.sync.getHead'])
   })
 })
