@@ -43,12 +43,12 @@ describe('handle lookups by DNS and HTTPS', () => {
 
   before(async () => {
     dns = await startDnsServer(new Map([
-      ['_atproto.dns.example.com', [`did=${ALICE}`]],
-      ['_atproto.both.example.com', [`did=${ALICE}`]],
-      ['_atproto.conflict.example.com', [`did=${ALICE}`]],
-      ['_atproto.slowweb.example.com', [`did=${ALICE}`]]
-    ]), { silent: new Set(['_atproto.dnsdown.example.com', '_atproto.alldown.example.com', '_atproto.hang.example.com']), hold })
-    https = await startHttpsServer(['*.example.com'], (req, res, host) => {
+      ['_atproto.dns.example.test', [`did=${ALICE}`]],
+      ['_atproto.both.example.test', [`did=${ALICE}`]],
+      ['_atproto.conflict.example.test', [`did=${ALICE}`]],
+      ['_atproto.slowweb.example.test', [`did=${ALICE}`]]
+    ]), { silent: new Set(['_atproto.dnsdown.example.test', '_atproto.alldown.example.test', '_atproto.hang.example.test']), hold })
+    https = await startHttpsServer(['*.example.test'], (req, res, host) => {
       const answer = req.url === '/.well-known/atproto-did' ? wellKnown.get(host) : undefined
       if (answer === undefined) text(res, 404, 'not found')
       else answer(res)
@@ -58,14 +58,14 @@ describe('handle lookups by DNS and HTTPS', () => {
   beforeEach(() => {
     hold.clear()
     wellKnown.clear()
-    wellKnown.set('web.example.com', res => { text(res, 200, `${BOB}\n`) })
-    wellKnown.set('both.example.com', res => { text(res, 200, ALICE) })
-    wellKnown.set('conflict.example.com', res => { text(res, 200, BOB) })
-    wellKnown.set('slowweb.example.com', () => {})
-    wellKnown.set('dnsdown.example.com', res => { text(res, 200, BOB) })
-    wellKnown.set('alldown.example.com', res => { text(res, 500, 'boom') })
-    wellKnown.set('webhang.example.com', () => {})
-    wellKnown.set('junk.example.com', res => { text(res, 200, '<html>hello</html>') })
+    wellKnown.set('web.example.test', res => { text(res, 200, `${BOB}\n`) })
+    wellKnown.set('both.example.test', res => { text(res, 200, ALICE) })
+    wellKnown.set('conflict.example.test', res => { text(res, 200, BOB) })
+    wellKnown.set('slowweb.example.test', () => {})
+    wellKnown.set('dnsdown.example.test', res => { text(res, 200, BOB) })
+    wellKnown.set('alldown.example.test', res => { text(res, 500, 'boom') })
+    wellKnown.set('webhang.example.test', () => {})
+    wellKnown.set('junk.example.test', res => { text(res, 200, '<html>hello</html>') })
   })
 
   after(async () => {
@@ -75,24 +75,24 @@ describe('handle lookups by DNS and HTTPS', () => {
 
   describe('resolveHandleHttps', () => {
     it('reads the DID from /.well-known/atproto-did, trimming whitespace', async () => {
-      assert.deepEqual(await resolveHandleHttps('web.example.com', lookup()), { did: BOB })
-      assert.deepEqual(https.requests.at(-1), { host: 'web.example.com', path: '/.well-known/atproto-did', closed: true })
+      assert.deepEqual(await resolveHandleHttps('web.example.test', lookup()), { did: BOB })
+      assert.deepEqual(https.requests.at(-1), { host: 'web.example.test', path: '/.well-known/atproto-did', closed: true })
     })
 
     it('a 404 is "not found", not a failure', async () => {
-      const result = await resolveHandleHttps('nothing.example.com', lookup())
+      const result = await resolveHandleHttps('nothing.example.test', lookup())
       assert.deepEqual(result, { failed: false, reason: 'HTTP 404' })
     })
 
     it('a 5xx is a failure', async () => {
-      assert.deepEqual(await resolveHandleHttps('alldown.example.com', lookup()), { failed: true, reason: 'HTTP 500' })
+      assert.deepEqual(await resolveHandleHttps('alldown.example.test', lookup()), { failed: true, reason: 'HTTP 500' })
     })
 
     it('a body that is not a DID is HandleResolutionError naming the URL', async () => {
-      await assert.rejects(resolveHandleHttps('junk.example.com', lookup()), (err: Error & { handle?: string, url?: string }) => {
+      await assert.rejects(resolveHandleHttps('junk.example.test', lookup()), (err: Error & { handle?: string, url?: string }) => {
         assert.equal(err.name, 'HandleResolutionError')
-        assert.equal(err.handle, 'junk.example.com')
-        assert.equal(err.url, 'https://junk.example.com/.well-known/atproto-did')
+        assert.equal(err.handle, 'junk.example.test')
+        assert.equal(err.url, 'https://junk.example.test/.well-known/atproto-did')
         return true
       })
     })
@@ -106,83 +106,83 @@ describe('handle lookups by DNS and HTTPS', () => {
     })
 
     it('a server that never answers times out: a failure', async () => {
-      const result = await resolveHandleHttps('webhang.example.com', lookup({ timeoutMs: 200 }))
+      const result = await resolveHandleHttps('webhang.example.test', lookup({ timeoutMs: 200 }))
       assert.deepEqual(result, { failed: true, reason: 'timed out' })
-      await eventually(() => https.requests.filter(r => r.host === 'webhang.example.com').every(r => r.closed))
+      await eventually(() => https.requests.filter(r => r.host === 'webhang.example.test').every(r => r.closed))
     })
 
     it("the caller's abort is rethrown as it is", async () => {
       const controller = new AbortController()
       setTimeout(() => { controller.abort() }, 50)
-      await assert.rejects(resolveHandleHttps('webhang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      await assert.rejects(resolveHandleHttps('webhang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
     })
   })
 
   describe('resolveHandleDns timeouts', () => {
     it('a DNS server that never answers is a failure after timeoutMs', async () => {
       const started = Date.now()
-      assert.deepEqual(await resolveHandleDns('hang.example.com', lookup({ timeoutMs: 200 })), { failed: true, reason: 'DNS timed out' })
+      assert.deepEqual(await resolveHandleDns('hang.example.test', lookup({ timeoutMs: 200 })), { failed: true, reason: 'DNS timed out' })
       assert.ok(Date.now() - started < 1500)
     })
 
     it("the caller's abort during a DNS lookup is rethrown as it is", async () => {
       const controller = new AbortController()
       setTimeout(() => { controller.abort() }, 50)
-      await assert.rejects(resolveHandleDns('hang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      await assert.rejects(resolveHandleDns('hang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
     })
   })
 
   describe('resolveHandleDirect', () => {
     it('DNS only', async () => {
-      assert.equal(await resolveHandleDirect('dns.example.com', lookup()), ALICE)
+      assert.equal(await resolveHandleDirect('dns.example.test', lookup()), ALICE)
     })
 
     it('well-known only (no TXT record)', async () => {
-      assert.equal(await resolveHandleDirect('web.example.com', lookup()), BOB)
-      assert.ok(dnsQueries('web.example.com') > 0)
-      assert.ok(httpsRequests('web.example.com') > 0)
+      assert.equal(await resolveHandleDirect('web.example.test', lookup()), BOB)
+      assert.ok(dnsQueries('web.example.test') > 0)
+      assert.ok(httpsRequests('web.example.test') > 0)
     })
 
     it('both agree', async () => {
-      assert.equal(await resolveHandleDirect('both.example.com', lookup()), ALICE)
+      assert.equal(await resolveHandleDirect('both.example.test', lookup()), ALICE)
     })
 
     it('DNS wins over a conflicting well-known answer', async () => {
-      assert.equal(await resolveHandleDirect('conflict.example.com', lookup()), ALICE)
+      assert.equal(await resolveHandleDirect('conflict.example.test', lookup()), ALICE)
     })
 
     it('DNS wins while the well-known lookup hangs, and that lookup is aborted', async () => {
       // DNS answers only once the well-known request has reached the server (which never answers it).
       let arrived!: () => void
       const requested = new Promise<void>(resolve => { arrived = resolve })
-      wellKnown.set('slowweb.example.com', () => { arrived() })
-      hold.set('_atproto.slowweb.example.com', async () => await requested)
+      wellKnown.set('slowweb.example.test', () => { arrived() })
+      hold.set('_atproto.slowweb.example.test', async () => await requested)
       const started = Date.now()
-      assert.equal(await resolveHandleDirect('slowweb.example.com', lookup({ timeoutMs: 10_000 })), ALICE)
+      assert.equal(await resolveHandleDirect('slowweb.example.test', lookup({ timeoutMs: 10_000 })), ALICE)
       assert.ok(Date.now() - started < 5000)
-      const pending = https.requests.filter(r => r.host === 'slowweb.example.com')
+      const pending = https.requests.filter(r => r.host === 'slowweb.example.test')
       assert.equal(pending.length, 1)
       // The server sees the hanging request's connection close, long before its 10 s timeout.
       await eventually(() => pending[0]?.closed === true)
     })
 
     it('DNS timing out, well-known answering: the well-known DID', async () => {
-      assert.equal(await resolveHandleDirect('dnsdown.example.com', lookup({ timeoutMs: 300 })), BOB)
+      assert.equal(await resolveHandleDirect('dnsdown.example.test', lookup({ timeoutMs: 300 })), BOB)
     })
 
     it('neither names a DID: HandleNotFoundError with both reasons', async () => {
-      await assert.rejects(resolveHandleDirect('nobody.example.com', lookup()), (err: Error & { handle?: string }) => {
+      await assert.rejects(resolveHandleDirect('nobody.example.test', lookup()), (err: Error & { handle?: string }) => {
         assert.equal(err.name, 'HandleNotFoundError')
-        assert.equal(err.handle, 'nobody.example.com')
+        assert.equal(err.handle, 'nobody.example.test')
         assert.match(err.message, /dns: no TXT record \(ENOTFOUND\); https: HTTP 404/)
         return true
       })
     })
 
     it('both fail (DNS times out, well-known 500): HandleResolutionError listing each reason', async () => {
-      await assert.rejects(resolveHandleDirect('alldown.example.com', lookup({ timeoutMs: 300 })), (err: Error & { handle?: string, reasons?: unknown }) => {
+      await assert.rejects(resolveHandleDirect('alldown.example.test', lookup({ timeoutMs: 300 })), (err: Error & { handle?: string, reasons?: unknown }) => {
         assert.equal(err.name, 'HandleResolutionError')
-        assert.equal(err.handle, 'alldown.example.com')
+        assert.equal(err.handle, 'alldown.example.test')
         assert.deepEqual(err.reasons, [{ source: 'dns', reason: 'DNS timed out' }, { source: 'https', reason: 'HTTP 500' }])
         assert.match(err.message, /dns: DNS timed out; https: HTTP 500/)
         return true
@@ -190,7 +190,7 @@ describe('handle lookups by DNS and HTTPS', () => {
     })
 
     it('no TXT record and a well-known that never answers: HandleResolutionError after the timeout', async () => {
-      await assert.rejects(resolveHandleDirect('webhang.example.com', lookup({ timeoutMs: 300 })), (err: Error & { reasons?: Array<{ source: string, reason: string }> }) => {
+      await assert.rejects(resolveHandleDirect('webhang.example.test', lookup({ timeoutMs: 300 })), (err: Error & { reasons?: Array<{ source: string, reason: string }> }) => {
         assert.equal(err.name, 'HandleResolutionError')
         assert.deepEqual(err.reasons?.map(r => r.source), ['dns', 'https'])
         assert.equal(err.reasons?.[1]?.reason, 'timed out')
@@ -201,9 +201,9 @@ describe('handle lookups by DNS and HTTPS', () => {
     it("the caller's abort is rethrown as it is, and the well-known request is dropped", async () => {
       // DNS never answers; the caller gives up once the well-known request is in (never answered either).
       const controller = new AbortController()
-      wellKnown.set('hang.example.com', () => { controller.abort() })
-      await assert.rejects(resolveHandleDirect('hang.example.com', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
-      const pending = https.requests.filter(r => r.host === 'hang.example.com')
+      wellKnown.set('hang.example.test', () => { controller.abort() })
+      await assert.rejects(resolveHandleDirect('hang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      const pending = https.requests.filter(r => r.host === 'hang.example.test')
       assert.equal(pending.length, 1)
       await eventually(() => pending[0]?.closed === true)
     })
