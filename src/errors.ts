@@ -394,7 +394,7 @@ export class AllSourcesFailedError extends BlockFetchError {
 }
 
 // ---------------------------------------------------------------------------
-// Peers: head exchange, mirrors on the DHT (src/net, src/head/peer.ts)
+// Peers: head exchange, mirrors on the DHT (src/net, src/net/peer-head-resolver.ts)
 // ---------------------------------------------------------------------------
 
 /** Base of failures talking to another atmirror peer. */

@@ -23,6 +23,7 @@ import { PdsBroker, PdsClient } from './blocks/pds.ts'
 import type { HeadResolver } from './head/head-resolver.ts'
 import { PdsHeadResolver } from './head/pds-head-resolver.ts'
 import { CompositeHeadResolver } from './head/composite-head-resolver.ts'
+import { datastoreHolderIndex } from './mirror/gc.ts'
 import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
@@ -503,6 +504,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       network = await createNetwork({
         blockstore: store.blockstore,
         datastore: store.datastore,
+        holders: datastoreHolderIndex(store.datastore),
         privateKey: await loadOrCreatePeerKey(init.dataDir)
       }, { version: VERSION, ...init.network, peers: [...(init.network?.peers ?? []), ...(init.network?.mirrors?.peers ?? [])] })
       const { helia, libp2p } = network

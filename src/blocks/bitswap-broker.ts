@@ -26,8 +26,7 @@
 import { logger } from '@libp2p/logger'
 import { verifyBlock, type CID } from '../repo/cid.ts'
 import type { Block } from '../repo/block-store.ts'
-import type { BlockBroker, BrokerOptions } from './broker.ts'
-import type { FindMirrorsOptions, MirrorPeer } from '../net/mirrors.ts'
+import type { BlockBroker, BrokerOptions, MirrorLocator, MirrorPeer } from './broker.ts'
 import type { Connection, Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:blocks:bitswap')
@@ -45,7 +44,7 @@ export interface BitswapBrokerComponents {
   }
   libp2p: Pick<Libp2p, 'dial' | 'getConnections' | 'addEventListener' | 'removeEventListener' | 'peerStore'>
   /** Where the peers come from (a MirrorFinder). */
-  mirrors: { findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer> }
+  mirrors: MirrorLocator
 }
 
 export interface BitswapBrokerInit {

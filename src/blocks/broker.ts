@@ -9,6 +9,8 @@
  */
 import type { Block } from '../repo/block-store.ts'
 import type { CID } from '../repo/cid.ts'
+import type { PeerId } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
 
 export interface BrokerOptions {
   /** The repo the blocks belong to (the PDS broker asks that DID's PDS). */
@@ -20,4 +22,27 @@ export interface BlockBroker {
   /** Names the source in errors and counters (`local`, `bitswap`, `pds`). */
   readonly name: string
   getMany: (cids: CID[], options: BrokerOptions) => AsyncGenerator<Block>
+}
+
+/** A peer that mirrors (or says it mirrors) a DID. */
+export interface MirrorPeer {
+  id: PeerId
+  multiaddrs: Multiaddr[]
+  /** `dht` (a provider record) or `config` (a configured peer). */
+  source: 'dht' | 'config'
+}
+
+export interface FindMirrorsOptions {
+  signal?: AbortSignal
+  /** Override the finder's time budget for this call, in ms. */
+  timeoutMs?: number
+  /** Override the finder's peer count limit for this call. */
+  maxPeers?: number
+  /** Ask the DHT too; `false` yields the configured peers only (no lookup). @default true */
+  dht?: boolean
+}
+
+/** Finds the peers that mirror a DID (implemented in src/net by `MirrorFinder`). */
+export interface MirrorLocator {
+  findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer>
 }

@@ -14,7 +14,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { PdsBlockNotFoundError, PdsResponseError, PdsUnavailableError } from '../errors.ts'
-import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../head/xrpc.ts'
+import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../http/xrpc.ts'
 import type { Block } from '../repo/block-store.ts'
 import { readCar } from '../repo/car.ts'
 import type { CID } from '../repo/cid.ts'

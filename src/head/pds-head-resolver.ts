@@ -22,10 +22,10 @@ import { DAG_CBOR, parseCid, type CID } from '../repo/cid.ts'
 import { decodeCommit, verifyCommitSignature } from '../repo/commit.ts'
 import { publicKeyEquals } from '../repo/keys.ts'
 import { isValidTid } from '../repo/syntax.ts'
-import type { FetchLike } from '../identity/http.ts'
+import type { FetchLike } from '../http/fetch.ts'
 import type { Identity, IdentityResolver } from '../identity/resolver.ts'
 import type { Head, HeadResolver, ResolveHeadOptions } from './head-resolver.ts'
-import { readXrpcBytes, readXrpcJson, xrpcGet, type XrpcRequestOptions } from './xrpc.ts'
+import { readXrpcBytes, readXrpcJson, xrpcGet, type XrpcRequestOptions } from '../http/xrpc.ts'
 
 const log = logger('atmirror:head')
 

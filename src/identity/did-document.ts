@@ -11,7 +11,7 @@ import type { DIDDocument, Service, VerificationMethod } from 'did-resolver'
 import { DidDocumentError } from '../errors.ts'
 import { formatDidKey, parsePublicKeyMultibase, type PublicKey } from '../repo/keys.ts'
 import { isValidHandle } from '../repo/syntax.ts'
-import { isLoopbackHost } from './http.ts'
+import { isLoopbackHost } from '../http/fetch.ts'
 
 export type { DIDDocument as DidDocument } from 'did-resolver'
 

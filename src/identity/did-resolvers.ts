@@ -9,7 +9,7 @@
  */
 import { logger } from '@libp2p/logger'
 import type { DIDDocument, DIDResolutionOptions, DIDResolutionResult, DIDResolver, ParsedDID, ResolverRegistry } from 'did-resolver'
-import { boundedFetch, isLocalhost, readTextLimited, reservedTld, type FetchLike } from './http.ts'
+import { boundedFetch, describeFetchError, isLocalhost, readTextLimited, reservedTld, type FetchLike } from '../http/fetch.ts'
 
 const log = logger('atmirror:identity')
 
@@ -139,12 +139,3 @@ function failure (error: string, message: string, url?: string, cause?: unknown)
   return { didResolutionMetadata: { error, message, url, cause }, didDocument: null, didDocumentMetadata: {} }
 }
 
-/** A short reason for a failed request: timeout, network error, or the error's message. */
-export function describeFetchError (err: unknown): string {
-  const e = err as Error & { cause?: Error & { code?: string } }
-  if (e?.name === 'TimeoutError') return 'timed out'
-  if (e?.name === 'BodyTooLargeError') return e.message
-  if (e?.name === 'SyntaxError') return `invalid JSON (${e.message})`
-  if (e instanceof TypeError && e.cause !== undefined) return `${e.message}: ${e.cause.code ?? e.cause.message}`
-  return e?.message ?? String(err)
-}

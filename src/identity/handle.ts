@@ -9,8 +9,7 @@ import { Resolver as DnsResolver } from 'node:dns/promises'
 import { logger } from '@libp2p/logger'
 import { HandleNotFoundError, HandleResolutionError, InvalidIdentifierError } from '../errors.ts'
 import { isValidDid, isValidHandle } from '../repo/syntax.ts'
-import { describeFetchError } from './did-resolvers.ts'
-import { boundedFetch, DEFAULT_TIMEOUT_MS, readTextLimited, reservedTld, type FetchLike } from './http.ts'
+import { boundedFetch, DEFAULT_TIMEOUT_MS, describeFetchError, readTextLimited, reservedTld, type FetchLike } from '../http/fetch.ts'
 
 const log = logger('atmirror:identity')
 

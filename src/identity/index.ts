@@ -9,4 +9,4 @@ export { getResolver, plcResolver, webResolver, webDocumentUrl, isPlcDid, DEFAUL
 export { normalizeHandle, resolveHandleDirect, resolveHandleDns, resolveHandleHttps, resolveHandleXrpc, type HandleLookupOptions } from './handle.ts'
 export { peerIdForDid, peerIdForKey, peerIdMultihash, libp2pPublicKey, libp2pPublicKeyProtobuf, type AtprotoPeerId, type AtprotoLibp2pPublicKey, type EcdsaPeerId, type EcdsaP256PublicKey } from './peer-id.ts'
 export { rendezvousCid, rendezvousPreimage, RENDEZVOUS_PREFIX } from './rendezvous.ts'
-export { boundedFetch, DEFAULT_TIMEOUT_MS, BodyTooLargeError, isLoopbackHost, type FetchLike, type BoundedFetchOptions } from './http.ts'
+export { boundedFetch, DEFAULT_TIMEOUT_MS, BodyTooLargeError, isLoopbackHost, type FetchLike, type BoundedFetchOptions } from '../http/fetch.ts'

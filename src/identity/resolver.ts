@@ -20,7 +20,7 @@ import { isValidDid } from '../repo/syntax.ts'
 import { parseAtprotoDocument, type DidDocument } from './did-document.ts'
 import { DEFAULT_PLC_URL, getResolver, type DidResolutionOptions } from './did-resolvers.ts'
 import { normalizeHandle, resolveHandleDirect, resolveHandleXrpc } from './handle.ts'
-import type { FetchLike } from './http.ts'
+import type { FetchLike } from '../http/fetch.ts'
 
 const log = logger('atmirror:identity')
 

@@ -41,7 +41,9 @@
  */
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
+import type { AbortOptions } from '@libp2p/interface'
 import type { LevelDatastore } from 'datastore-level'
+import type { Datastore } from 'interface-datastore'
 import { CID } from 'multiformats/cid'
 import { MissingBlockError } from '../errors.ts'
 import * as Digest from 'multiformats/hashes/digest'
@@ -443,5 +445,18 @@ export class BlockHolds {
     }
     if (checked > 0) log('collected: %d candidates checked, %d blocks deleted', checked, deleted)
     return { checked, deleted }
+  }
+}
+
+/** The holder index read through the datastore it lives in, for whoever must know which repos hold a block (Bitswap serving). */
+export function datastoreHolderIndex (datastore: Pick<Datastore, 'queryKeys'>): { holders: (cid: CID, options?: AbortOptions) => AsyncIterable<string> } {
+  return {
+    async * holders (cid, options) {
+      const prefix = holdKeys.holderPrefix(blockKey(cid))
+      for await (const key of datastore.queryKeys({ prefix }, options)) {
+        const name = key.toString()
+        if (name.startsWith(prefix)) yield name.slice(prefix.length)
+      }
+    }
   }
 }

@@ -13,7 +13,7 @@
  * is well under 1 KB), a stream that stays open past the time limit, and inbound
  * streams beyond a concurrency limit. The asker also checks that the block hashes
  * to the CID and decodes as a commit for the DID it asked about; the signature is
- * checked by the caller, which knows the DID's key (see src/head/peer.ts).
+ * checked by the caller, which knows the DID's key (see src/net/peer-head-resolver.ts).
  * docs/PROTOCOL.md ("Head exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'

@@ -8,27 +8,12 @@ import { logger } from '@libp2p/logger'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { rendezvousCid } from '../identity/rendezvous.ts'
-import type { Libp2p, PeerId } from '@libp2p/interface'
+import type { FindMirrorsOptions, MirrorPeer } from '../blocks/broker.ts'
+import type { Libp2p } from '@libp2p/interface'
 
 const log = logger('atmirror:net:mirrors')
 
-/** A peer that mirrors (or says it mirrors) a DID. */
-export interface MirrorPeer {
-  id: PeerId
-  multiaddrs: Multiaddr[]
-  /** `dht` (a provider record) or `config` (a configured peer). */
-  source: 'dht' | 'config'
-}
-
-export interface FindMirrorsOptions {
-  signal?: AbortSignal
-  /** Override the finder's time budget for this call, in ms. */
-  timeoutMs?: number
-  /** Override the finder's peer count limit for this call. */
-  maxPeers?: number
-  /** Ask the DHT too; `false` yields the configured peers only (no lookup). @default true */
-  dht?: boolean
-}
+export type { FindMirrorsOptions, MirrorLocator, MirrorPeer } from '../blocks/broker.ts'
 
 /** What `findMirrors` needs of libp2p. */
 export type MirrorFinderLibp2p = Pick<Libp2p, 'peerId' | 'contentRouting' | 'dial' | 'peerStore' | 'getConnections'>

@@ -41,7 +41,7 @@ import { createHeliaLight, type Helia } from 'helia'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, parsePeerAddress, type NetworkMode } from './addresses.ts'
 import { Libp2pRouter } from './routing.ts'
-import { ServingBlockstore, datastoreHolderIndex } from './serving-blockstore.ts'
+import { ServingBlockstore, type BlockHolderIndex } from './serving-blockstore.ts'
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Blockstore } from 'interface-blockstore'
@@ -73,12 +73,13 @@ export interface NetworkComponents {
    * bytes itself.
    */
   blockstore: Blockstore
-  /**
-   * libp2p's peer store, the DHT's records and Helia's bookkeeping live here. When it
-   * is the mirror's datastore, its block holder index decides which blocks of
-   * withheld repos are not served (see ServingBlockstore).
-   */
+  /** libp2p's peer store, the DHT's records and Helia's bookkeeping live here. */
   datastore: Datastore
+  /**
+   * Which repos hold a block: decides which blocks of withheld repos are not served
+   * (see ServingBlockstore). Without it nothing is withheld.
+   */
+  holders?: BlockHolderIndex
   /** The node's identity (see `loadOrCreatePeerKey`). */
   privateKey: PrivateKey
 }
@@ -338,7 +339,7 @@ export async function createNetwork (components: NetworkComponents, init: Networ
   }
 
   const libp2p = await createLibp2p(options)
-  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: datastoreHolderIndex(components.datastore) })
+  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: components.holders })
   const light = createHeliaLight({
     blockstore: serving,
     datastore: components.datastore,

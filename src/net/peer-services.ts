@@ -12,7 +12,7 @@
  * The node composition creates one, starts it after the network and stops it before.
  */
 import { logger } from '@libp2p/logger'
-import { PeerHeadResolver, type PeerHeadResolverInit } from '../head/peer.ts'
+import { PeerHeadResolver, type PeerHeadResolverInit } from './peer-head-resolver.ts'
 import { HeadExchange, isServable, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
 import { Reprovider, type ProvideMode, type ReproviderComponents, type ReproviderInit } from './reprovider.ts'
 import type { FindMirrorsOptions, MirrorFinder, MirrorPeer } from './mirrors.ts'

@@ -15,17 +15,15 @@
  * is not active (atproto.com/specs/account), as the head exchange already refuses
  * it. The node tells this store which DIDs are withheld (`setServable`). While none
  * is, every stored block is served at no extra cost; while some are, a block is
- * served only if at least one repo that holds it (the GC holder index,
- * `/atmirror/holders/<multihash>/<did>`) is not withheld, so a block shared with an
- * active repo still is. A block no repo holds yet (staged by a running sync) is
+ * served only if at least one repo that holds it (the mirror's holder index,
+ * injected by the node) is not withheld, so a block shared with an active repo
+ * still is. A block no repo holds yet (staged by a running sync) is
  * served as before.
  */
 import { logger } from '@libp2p/logger'
 import { NotFoundError } from 'interface-store'
-import { blockKey, holdKeys } from '../mirror/gc.ts'
 import type { AbortOptions } from '@libp2p/interface'
 import type { Blockstore, InputPair, Pair } from 'interface-blockstore'
-import type { Datastore } from 'interface-datastore'
 import type { CID } from 'multiformats/cid'
 
 const log = logger('atmirror:net:serving')
@@ -34,19 +32,6 @@ const log = logger('atmirror:net:serving')
 export interface BlockHolderIndex {
   /** The DIDs whose current repo holds `cid` (in any order; may stop early when the caller stops iterating). */
   holders: (cid: CID, options?: AbortOptions) => AsyncIterable<string>
-}
-
-/** The mirror's holder index (src/mirror/gc.ts) read through the datastore it lives in. */
-export function datastoreHolderIndex (datastore: Pick<Datastore, 'queryKeys'>): BlockHolderIndex {
-  return {
-    async * holders (cid, options) {
-      const prefix = holdKeys.holderPrefix(blockKey(cid))
-      for await (const key of datastore.queryKeys({ prefix }, options)) {
-        const name = key.toString()
-        if (name.startsWith(prefix)) yield name.slice(prefix.length)
-      }
-    }
-  }
 }
 
 export interface ServingBlockstoreComponents {

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { promisify } from 'node:util'
-import type { FetchLike } from '../../src/identity/http.ts'
+import type { FetchLike } from '../../src/http/fetch.ts'
 
 const run = promisify(execFile)
 

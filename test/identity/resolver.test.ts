@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import type { ServerResponse } from 'node:http'
 import { BodyTooLargeError } from '../../src/errors.ts'
 import { DID_DOCUMENT_MAX_BYTES } from '../../src/identity/did-resolvers.ts'
-import { BodyTooLargeError as HttpBodyTooLargeError } from '../../src/identity/http.ts'
+import { BodyTooLargeError as HttpBodyTooLargeError } from '../../src/http/fetch.ts'
 import { resolveHandleDns } from '../../src/identity/handle.ts'
 import { AtprotoIdentityResolver, DEFAULT_FAILURE_CACHE_TTL_MS } from '../../src/identity/resolver.ts'
 import { didDocument, json, startPlc, startServer, testDid, testKey, type Handler, type TestServer } from '../head/fixtures.ts'
@@ -154,7 +154,7 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
     await assert.rejects(resolver().resolve(DID), (err: Error) => {
       assert.equal(err.name, 'DidResolutionError')
       assert.match(err.message, /larger than 262144 bytes/)
-      // The cause is errors.ts's BodyTooLargeError, still importable from identity/http.ts.
+      // The cause is errors.ts's BodyTooLargeError, still importable from http/fetch.ts.
       assert.ok(err.cause instanceof BodyTooLargeError)
       assert.ok(err.cause instanceof HttpBodyTooLargeError)
       assert.equal((err.cause as BodyTooLargeError).name, 'BodyTooLargeError')

@@ -102,3 +102,13 @@ export function isLoopbackHost (hostname: string): boolean {
   if (hostname === 'localhost' || hostname === '[::1]') return true
   return isIP(hostname) === 4 && hostname.startsWith('127.')
 }
+
+/** A short reason for a failed request: timeout, network error, or the error's message. */
+export function describeFetchError (err: unknown): string {
+  const e = err as Error & { cause?: Error & { code?: string } }
+  if (e?.name === 'TimeoutError') return 'timed out'
+  if (e?.name === 'BodyTooLargeError') return e.message
+  if (e?.name === 'SyntaxError') return `invalid JSON (${e.message})`
+  if (e instanceof TypeError && e.cause !== undefined) return `${e.message}: ${e.cause.code ?? e.cause.message}`
+  return e?.message ?? String(err)
+}

@@ -22,10 +22,9 @@ import {
   RepoSuspendedError,
   RepoTakendownError
 } from '../errors.ts'
-import { describeFetchError } from '../identity/did-resolvers.ts'
-import { boundedFetch, readBodyLimited, type FetchLike } from '../identity/http.ts'
+import { boundedFetch, describeFetchError, readBodyLimited, type FetchLike } from './fetch.ts'
 
-export type { FetchLike } from '../identity/http.ts'
+export type { FetchLike } from './fetch.ts'
 
 export interface XrpcRequestOptions {
   signal?: AbortSignal

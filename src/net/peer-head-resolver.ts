@@ -15,9 +15,9 @@ import { CommitSignatureError, HeadStaleError, HeadUnavailableError, PeerError }
 import { verifyCommitSignature } from '../repo/commit.ts'
 import { publicKeyEquals, type PublicKey } from '../repo/keys.ts'
 import type { IdentityResolver } from '../identity/resolver.ts'
-import type { HeadExchange, PeerHeadAnswer } from '../net/head-exchange.ts'
-import type { FindMirrorsOptions, MirrorPeer } from '../net/mirrors.ts'
-import { compareRevs, type Head, type HeadResolver, type ResolveHeadOptions } from './head-resolver.ts'
+import type { HeadExchange, PeerHeadAnswer } from './head-exchange.ts'
+import type { MirrorLocator, MirrorPeer } from '../blocks/broker.ts'
+import { compareRevs, type Head, type HeadResolver, type ResolveHeadOptions } from '../head/head-resolver.ts'
 import type { PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:head:peer')
@@ -26,7 +26,7 @@ export interface PeerHeadResolverComponents {
   headExchange: Pick<HeadExchange, 'requestHead'>
   identity: IdentityResolver
   /** Where the peers come from (a MirrorFinder). */
-  mirrors: { findMirrors: (did: string, options?: FindMirrorsOptions) => AsyncIterable<MirrorPeer> }
+  mirrors: MirrorLocator
   /** The stored state, so that no peer can move a repo back. */
   store?: { getState: (did: string) => Promise<{ rev: string } | undefined> }
 }
