@@ -479,6 +479,30 @@ export class RepoNotMirroredError extends MirrorError {
   }
 }
 
+/**
+ * A stored block's bytes do not hash to its CID (a damaged disk, or a file edited
+ * behind the store's back). The file is removed when this is found, so the block is
+ * never served; `cause` says why it could not be refetched, when it was tried.
+ */
+export class DamagedBlockError extends MirrorError {
+  readonly cid: string
+  readonly did?: string
+  constructor (cid: CidLike, init: { did?: string, actual?: CidLike, repaired?: false } = {}, options?: AtmirrorErrorOptions) {
+    super(init.repaired === false ? 'stored block is damaged and could not be refetched' : 'stored block is damaged', { cid, actual: init.actual, did: init.did }, options)
+    this.cid = cid.toString()
+    this.did = init.did
+  }
+}
+
+/** `<dataDir>/daemon.json` is there but not what a daemon writes (hand-edited, or another program's). */
+export class DaemonInfoError extends MirrorError {
+  readonly path: string
+  constructor (path: string, reason: string) {
+    super(`daemon.json is malformed: ${reason}`, { path })
+    this.path = path
+  }
+}
+
 /** A control API request failed (daemon down, 401, bad answer). */
 export class ControlApiError extends MirrorError {
   readonly url?: string

@@ -25,7 +25,7 @@
  * the network failed), 503 (shutting down) or 500.
  */
 import { randomBytes, createHash, timingSafeEqual } from 'node:crypto'
-import { chmod, readFile, stat, writeFile } from 'node:fs/promises'
+import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -164,11 +164,17 @@ export function apiTokenPath (dataDir: string): string {
   return join(dataDir, 'api-token')
 }
 
-/** Reads the API token, creating it (32 random bytes, hex, mode 0600) on first use. */
+/**
+ * Shortest token taken from the file: 128 bits in hex. An empty file or a shorter
+ * token (left by hand, or a truncated write) is replaced by a new one.
+ */
+const MIN_TOKEN_CHARS = 32
+
+/** Reads the API token, creating it (32 random bytes, hex, mode 0600) on first use or when the file's is too short. */
 export async function loadOrCreateApiToken (dataDir: string): Promise<string> {
   const path = apiTokenPath(dataDir)
   const existing = await readApiToken(dataDir)
-  if (existing !== undefined) {
+  if (existing !== undefined && existing.length >= MIN_TOKEN_CHARS) {
     const info = await stat(path)
     if ((info.mode & 0o077) !== 0) {
       log.error('api token %s was readable by others; tightening to 0600', path)
@@ -179,14 +185,18 @@ export async function loadOrCreateApiToken (dataDir: string): Promise<string> {
   const token = randomBytes(32).toString('hex')
   try {
     await writeFile(path, token + '\n', { mode: 0o600, flag: 'wx' })
+    return token
   } catch (err) {
-    // Written by a concurrent starter (only possible without the lock): use theirs.
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-      const theirs = await readApiToken(dataDir)
-      if (theirs !== undefined) return theirs
-    }
-    throw err
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
   }
+  // The file exists: written by a concurrent starter (only possible without the
+  // lock), then use theirs; or empty or too short, then replace it.
+  const theirs = await readApiToken(dataDir)
+  if (theirs !== undefined && theirs.length >= MIN_TOKEN_CHARS) return theirs
+  log.error('api token %s is %s; replacing it with a new one', path, theirs === undefined ? 'empty' : `too short (${theirs.length} characters, want ${MIN_TOKEN_CHARS} or more)`)
+  const tmp = `${path}.${process.pid}.tmp`
+  await writeFile(tmp, token + '\n', { mode: 0o600 })
+  await rename(tmp, path)
   return token
 }
 

@@ -1,10 +1,12 @@
 /**
  * `<dataDir>/daemon.json`: how the CLI finds a running daemon. Written by the node
  * when its control API is up, removed when it stops. A file whose pid is gone was
- * left by a killed daemon and is ignored.
+ * left by a killed daemon and is ignored; so is a malformed one, unless a live
+ * process holds the data directory (then it is an error: a daemon may be running).
  */
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { DaemonInfoError } from '../errors.ts'
 import { isHolderAlive, lockPath, readHolder } from '../mirror/lock.ts'
 
 export interface DaemonInfo {
@@ -34,28 +36,52 @@ export async function writeDaemonInfo (dataDir: string, info: DaemonInfo): Promi
 
 /** Removes daemon.json if it still names this process. */
 export async function removeDaemonInfo (dataDir: string, pid = process.pid): Promise<void> {
-  const info = await readDaemonInfo(dataDir)
+  let info: DaemonInfo | undefined
+  try {
+    info = await readDaemonInfo(dataDir)
+  } catch (err) {
+    if (err instanceof DaemonInfoError) return // not ours to remove
+    throw err
+  }
   if (info?.pid !== pid) return
   await unlink(daemonInfoPath(dataDir)).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err
   })
 }
 
-/** Reads daemon.json; undefined when absent or unreadable. Does not check the pid. */
+/**
+ * Reads daemon.json; undefined when absent. Does not check the pid.
+ *
+ * @throws DaemonInfoError when the file is not JSON of the form a daemon writes
+ */
 export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | undefined> {
+  const path = daemonInfoPath(dataDir)
   let text: string
   try {
-    text = await readFile(daemonInfoPath(dataDir), 'utf8')
+    text = await readFile(path, 'utf8')
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
     throw err
   }
+  let info: unknown
   try {
-    const info = JSON.parse(text) as DaemonInfo
-    if (typeof info.pid !== 'number' || typeof info.api !== 'string') return undefined
-    return info
+    info = JSON.parse(text)
+  } catch (err) {
+    throw new DaemonInfoError(path, `not JSON (${(err as Error).message})`)
+  }
+  if (info === null || typeof info !== 'object' || Array.isArray(info)) throw new DaemonInfoError(path, 'not a JSON object')
+  const { pid, api } = info as Partial<Record<keyof DaemonInfo, unknown>>
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0) throw new DaemonInfoError(path, '"pid" is not a process id')
+  if (typeof api !== 'string' || !isHttpUrl(api)) throw new DaemonInfoError(path, '"api" is not an http URL')
+  return info as DaemonInfo
+}
+
+function isHttpUrl (text: string): boolean {
+  try {
+    const url = new URL(text)
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== ''
   } catch {
-    return undefined
+    return false
   }
 }
 
@@ -63,11 +89,23 @@ export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | und
  * daemon.json of a daemon that is running now; undefined otherwise. Running means the
  * data-directory lock is held, alive, by the pid daemon.json names (a pid alone could
  * have been reused since a crash).
+ *
+ * @throws DaemonInfoError when daemon.json is malformed while a live process holds
+ * the data directory (a daemon may run, but cannot be reached); a malformed file
+ * with no live holder is ignored
  */
 export async function findRunningDaemon (dataDir: string): Promise<DaemonInfo | undefined> {
-  const info = await readDaemonInfo(dataDir)
-  if (info === undefined) return undefined
+  let info: DaemonInfo | undefined
+  let malformed: DaemonInfoError | undefined
+  try {
+    info = await readDaemonInfo(dataDir)
+  } catch (err) {
+    if (!(err instanceof DaemonInfoError)) throw err
+    malformed = err
+  }
+  if (info === undefined && malformed === undefined) return undefined
   const holder = await readHolder(lockPath(dataDir))
-  if (holder === undefined || holder.pid !== info.pid) return undefined
-  return await isHolderAlive(holder) ? info : undefined
+  if (holder === undefined || !await isHolderAlive(holder)) return undefined
+  if (malformed !== undefined) throw malformed
+  return holder.pid === info?.pid ? info : undefined
 }
