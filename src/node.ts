@@ -4,8 +4,9 @@
  * `createMirrorNode` takes the data-directory lock, opens the store, and builds the
  * identity resolver, head resolver and syncer, plus (unless turned off) libp2p with
  * Helia/Bitswap and the control API. `start()` brings up the network and the API and
- * starts the scheduler: every pinned repo is re-checked at start and then every
- * `intervalMs`, a few at a time; one repo failing is logged and the rest go on.
+ * starts the re-check scheduler (mirror/scheduler.ts). Every job on one repo (a
+ * re-check, `sync`, `pinAndSync`, `unpin`) goes through the per-DID runner
+ * (mirror/runner.ts): one at a time per DID, `concurrency` syncs at once overall.
  * `stop()` undoes it all in order and releases the lock.
  *
  * Background work logs and goes on; the request paths (`pinAndSync`, `syncRepo`, …)
@@ -27,6 +28,8 @@ import { datastoreHolderIndex } from './mirror/gc.ts'
 import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
+import { DidRunner } from './mirror/runner.ts'
+import { PRIORITY, RepoScheduler } from './mirror/scheduler.ts'
 import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
@@ -110,7 +113,6 @@ export interface MirrorNodeEvents {
 interface RepoRuntime {
   lastCheckAt?: string
   error?: string
-  syncing: number
 }
 
 /** A running (or runnable) mirror node. Create it with {@link createMirrorNode}. */
@@ -128,16 +130,12 @@ export class MirrorNode implements ControlApiTarget {
   readonly p2p: PeerServices | undefined
   readonly events = new TypedEventEmitter<MirrorNodeEvents>()
   readonly #lock: DataDirLock
-  readonly #intervalMs: number
-  readonly #checkOnStart: boolean
-  readonly #concurrency: number
+  readonly #runner: DidRunner
+  readonly #scheduler: RepoScheduler
   readonly #repos = new Map<string, RepoRuntime>()
-  readonly #inflight = new Set<Promise<unknown>>()
   #stopping = new AbortController()
   #state: 'stopped' | 'starting' | 'running' | 'stopping' = 'stopped'
   #startedAt: string | undefined
-  #timer: NodeJS.Timeout | undefined
-  #pass: Promise<void> | undefined
   #closed = false
 
   constructor (init: {
@@ -161,10 +159,19 @@ export class MirrorNode implements ControlApiTarget {
       }
     }
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
-    // setTimeout cannot wait longer than 2^31-1 ms; a larger value would fire at once
-    this.#intervalMs = Math.min(Math.max(0, init.intervalMs), 2 ** 31 - 1)
-    this.#checkOnStart = init.checkOnStart
-    this.#concurrency = Math.max(1, init.concurrency)
+    this.#runner = new DidRunner({ concurrency: init.concurrency })
+    this.#scheduler = new RepoScheduler({
+      pins: this.store.pins,
+      runner: this.#runner,
+      check: async (did, { signal }) => {
+        try {
+          await this.#sync(did, signal, { request: false, pin: false })
+        } catch (err) {
+          // unpinned while its re-check was queued: nothing to report, nothing failed
+          if ((err as Error).name !== 'NotPinnedError') throw err
+        }
+      }
+    }, { intervalMs: init.intervalMs, checkOnStart: init.checkOnStart })
   }
 
   /** `stopped`, `starting`, `running` or `stopping`. */
@@ -191,8 +198,7 @@ export class MirrorNode implements ControlApiTarget {
     }
     this.#state = 'running'
     log('node running: data=%s network=%s api=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off')
-    if (this.#checkOnStart) this.#runPass()
-    else this.#schedule()
+    this.#scheduler.start()
   }
 
   /**
@@ -213,12 +219,10 @@ export class MirrorNode implements ControlApiTarget {
         errors.push(err)
       }
     }
-    clearTimeout(this.#timer)
-    this.#timer = undefined
     this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
     await step('syncs', async () => {
-      await Promise.allSettled([...this.#inflight])
-      await this.#pass
+      await this.#scheduler.stop()
+      await this.#runner.stop()
     })
     await step('control API', async () => await this.api?.stop())
     await step('daemon.json', async () => { if (this.api !== undefined) await removeDaemonInfo(this.dataDir) })
@@ -246,7 +250,7 @@ export class MirrorNode implements ControlApiTarget {
     const identity = await this.identity.resolve(didOrHandle, { signal })
     await this.store.pins.add(identity.did)
     this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
-    const result = await this.#sync(identity.did, signal, true)
+    const result = await this.#request(identity.did, signal, { pin: true })
     return { did: identity.did, handle: identity.handle, pinned: true, sync: syncResultJson(result) }
   }
 
@@ -258,11 +262,18 @@ export class MirrorNode implements ControlApiTarget {
     return identity.did
   }
 
-  /** Unpins a repo (DID, or the handle it was stored under) and drops its blocks. */
+  /**
+   * Unpins a repo (DID, or the handle it was stored under) and drops its blocks. A
+   * sync of the repo that is running or waiting is aborted first, so a slow host
+   * does not hold the unpin.
+   */
   async unpin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<UnpinResult> {
-    const did = await this.#pinnedDid(didOrHandle, this.#signal(options.signal))
-    await this.syncer.unpin(did)
+    const signal = this.#signal(options.signal)
+    const did = await this.#pinnedDid(didOrHandle, signal)
+    this.#runner.abort(did, new DOMException(`unpinned; did=${did}`, 'AbortError'))
+    await this.#runner.run(did, async () => { await this.syncer.unpin(did) }, { signal, slot: false })
     this.#repos.delete(did)
+    this.#scheduler.forget(did)
     this.events.safeDispatchEvent('repo:unpinned', { detail: { did } })
     return { did, pinned: false }
   }
@@ -271,7 +282,7 @@ export class MirrorNode implements ControlApiTarget {
   async sync (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResult> {
     const signal = this.#signal(options.signal)
     const pinned = await this.#pinnedDid(did, signal)
-    return await this.#sync(pinned, signal, true, false)
+    return await this.#request(pinned, signal, { pin: false })
   }
 
   /** The peers this node is connected to (none without a network). */
@@ -315,7 +326,7 @@ export class MirrorNode implements ControlApiTarget {
       version: VERSION,
       dataDir: this.dataDir,
       startedAt: this.#startedAt ?? '',
-      intervalSeconds: this.#intervalMs / 1000,
+      intervalSeconds: this.#scheduler.intervalMs / 1000,
       peerId: this.network?.peerId.toString() ?? null,
       network: this.network?.mode ?? null,
       addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
@@ -324,50 +335,26 @@ export class MirrorNode implements ControlApiTarget {
     }
   }
 
-  /** Runs one re-check pass over every pinned repo now (what the scheduler does). */
+  /** Re-checks every pinned repo now (what the scheduler does on each tick), and waits for it. */
   async checkAll (): Promise<void> {
-    const dids = await this.store.pins.list()
-    const signal = this.#stopping.signal
-    let next = 0
-    const worker = async (): Promise<void> => {
-      while (next < dids.length && !signal.aborted) {
-        const did = dids[next++] as string
-        // an API-triggered sync of the same repo is already doing this pass's work
-        if ((this.#repos.get(did)?.syncing ?? 0) > 0) continue
-        try {
-          await this.#sync(did, signal, false, false)
-        } catch {
-          // logged and emitted by #sync; the other repos go on
-        }
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(this.#concurrency, dids.length) }, worker))
+    await this.#scheduler.checkAll()
   }
 
-  #runPass (): void {
-    if (this.#state !== 'running') return
-    this.#pass = this.checkAll()
-      .catch(err => { log.error('re-check pass failed - %e', err) })
-      .finally(() => {
-        this.#pass = undefined
-        this.#schedule()
-      })
+  /** A sync someone waits for: ahead of background re-checks in the runner. */
+  async #request (did: string, signal: AbortSignal, options: { pin: boolean }): Promise<SyncResult> {
+    return await this.#runner.run(did, async (jobSignal) => await this.#sync(did, jobSignal, { request: true, pin: options.pin }), { signal, priority: PRIORITY.request })
   }
 
-  #schedule (): void {
-    if (this.#state !== 'running' || this.#intervalMs <= 0) return
-    this.#timer = setTimeout(() => { this.#runPass() }, this.#intervalMs)
-  }
-
-  /** `pin: false` for re-checks: a repo unpinned meanwhile must not come back. */
-  async #sync (did: string, signal: AbortSignal, request: boolean, pin = true): Promise<SyncResult> {
+  /**
+   * One sync, inside the runner's job for the DID; reports it (events, runtime
+   * state). `pin: false` for re-checks: a repo unpinned meanwhile must not come back.
+   */
+  async #sync (did: string, signal: AbortSignal, options: { request: boolean, pin: boolean }): Promise<SyncResult> {
+    const { request, pin } = options
     const runtime = this.#runtime(did)
-    runtime.syncing++
     const started = new Date().toISOString()
-    const work = this.syncer.sync(did, { signal, pin })
-    this.#inflight.add(work)
     try {
-      const result = await work
+      const result = await this.syncer.sync(did, { signal, pin })
       runtime.lastCheckAt = started
       runtime.error = undefined
       this.events.safeDispatchEvent('repo:synced', { detail: result })
@@ -375,7 +362,8 @@ export class MirrorNode implements ControlApiTarget {
       return result
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err))
-      if (error.name === 'AbortError' && this.#stopping.signal.aborted) throw error
+      // stopping, or unpinned: not a failure of the repo
+      if (error.name === 'AbortError' && signal.aborted) throw error
       if (!request && error.name === 'NotPinnedError') {
         this.#repos.delete(did) // unpinned while its re-check was queued: nothing to report
         throw error
@@ -386,16 +374,13 @@ export class MirrorNode implements ControlApiTarget {
       if (request) log('sync of %s failed - %e', did, error)
       else log.error('re-check of %s failed - %e', did, error)
       throw error
-    } finally {
-      runtime.syncing--
-      this.#inflight.delete(work)
     }
   }
 
   #runtime (did: string): RepoRuntime {
     let runtime = this.#repos.get(did)
     if (runtime === undefined) {
-      runtime = { syncing: 0 }
+      runtime = {}
       this.#repos.set(did, runtime)
     }
     return runtime
@@ -429,7 +414,7 @@ export class MirrorNode implements ControlApiTarget {
       syncedAt: state?.syncedAt,
       lastCheckAt: runtime?.lastCheckAt,
       error: runtime?.error ?? state?.error,
-      syncing: (runtime?.syncing ?? 0) > 0
+      syncing: this.#runner.busy(did)
     }
   }
 

@@ -14,10 +14,10 @@ export interface ControlClientInit {
   token: string
   /**
    * Time limit for quick requests (status, pin list, repo, peers), in ms. Pinning,
-   * unpinning and syncing have none: they wait for the DID's lock (a sync of it may
-   * be running) and then mirror the repo or collect its blocks, which can take
-   * minutes; they run until done or until the caller's signal aborts them (Ctrl-C
-   * in the CLI). The daemon finishes an operation it has started either way.
+   * unpinning and syncing have none: a sync waits for the DID's earlier jobs and a
+   * free slot and can take minutes; an unpin aborts the DID's running sync and then
+   * collects its blocks. They run until done or until the caller's signal aborts
+   * them (Ctrl-C in the CLI). The daemon finishes an operation it has started either way.
    *
    * @default 10000
    */
