@@ -3,7 +3,7 @@
  *
  *   node bench/p2p.ts [--records 5000] [--runs 3] [--provides 300]
  *
- * A real local PDS + PLC (test/e2e/network.ts). Node A (private mode, loopback)
+ * A real local PDS + PLC (support/network.ts). Node A (private mode, loopback)
  * mirrors a 5,000-record account from the PDS; the PDS is stopped. Then, per run:
  *
  * (a) baseline: raw Bitswap with in-memory stores on both ends (Helia, the same
@@ -32,7 +32,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import * as dagCbor from '@ipld/dag-cbor'
 import { MemoryBlockstore } from 'blockstore-core/memory'
 import { MemoryDatastore } from 'datastore-core/memory'
-import { startTestNetwork } from '../test/e2e/network.ts'
+import { startTestNetwork } from '../support/network.ts'
 import { BitswapBroker } from '../src/blocks/bitswap-broker.ts'
 import { createMirrorNode, type MirrorNode } from '../src/node.ts'
 import { MirrorFinder } from '../src/net/mirrors.ts'

@@ -54,7 +54,7 @@ if (values.child !== undefined) {
 }
 
 async function runParent (): Promise<void> {
-  const { cachedRepo } = await import('../test/repo/fixtures.ts')
+  const { cachedRepo } = await import('../support/generated-repo.ts')
   const records = Number(values.records)
   const started = performance.now()
   const repo = await cachedRepo({ dir: cacheDir, records, keyType: 'k256', seed: 1 })

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import { readFile, readdir } from 'node:fs/promises'
 import { dirname, join, relative, resolve, sep } from 'node:path'
 import { describe, it } from 'node:test'
-import ts from 'typescript'
+import { relativeImports, sourceFiles } from './helpers/imports.ts'
 
 const root = resolve(import.meta.dirname, '..')
 const src = join(root, 'src')
@@ -30,36 +30,10 @@ async function statedLayers (): Promise<Map<string, Set<string>>> {
   return layers
 }
 
-async function sourceFiles (dir: string): Promise<string[]> {
-  const out: string[] = []
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) out.push(...await sourceFiles(path))
-    else if (entry.name.endsWith('.ts')) out.push(path)
-  }
-  return out
-}
-
 /** The folder of src/ a file is in, or undefined for files at the top of src/ (index.ts, node.ts, errors.ts). */
 function folderOf (file: string): string | undefined {
   const parts = relative(src, file).split(sep)
   return parts.length > 1 ? parts[0] : undefined
-}
-
-/** Every relative module specifier a file imports or re-exports (type-only ones too: they still couple the layers). */
-function relativeImports (file: string, text: string): string[] {
-  const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, false, ts.ScriptKind.TS)
-  const out: string[] = []
-  const visit = (node: ts.Node): void => {
-    if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier !== undefined && ts.isStringLiteral(node.moduleSpecifier)) {
-      out.push(node.moduleSpecifier.text)
-    } else if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword && node.arguments.length > 0 && ts.isStringLiteral(node.arguments[0])) {
-      out.push(node.arguments[0].text)
-    }
-    ts.forEachChild(node, visit)
-  }
-  visit(sf)
-  return out.filter(spec => spec.startsWith('.'))
 }
 
 /** folder → folder edges, each with the imports that make it. */

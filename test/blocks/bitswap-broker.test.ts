@@ -16,7 +16,7 @@ import { cidForBytes, cidKey } from '../../src/repo/cid.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import type { CID } from '../../src/repo/cid.ts'
 import type { Blockstore } from 'interface-blockstore'
-import { CorruptingBlockstore, GatedBlockstore } from './test-blockstores.ts'
+import { CorruptingBlockstore, GatedBlockstore } from '../helpers/blockstores.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
 

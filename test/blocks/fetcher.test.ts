@@ -9,7 +9,7 @@ import { LocalBroker } from '../../src/blocks/local.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import { cidKey, type CID } from '../../src/repo/cid.ts'
-import { block } from '../mirror/helpers.ts'
+import { block } from '../helpers/blocks.ts'
 
 /** A broker over a fixed set of blocks: what a bitswap or PDS source would give. */
 class SetBroker implements BlockBroker {

@@ -12,7 +12,7 @@ import { MirrorStore } from '../../src/mirror/store.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import { cidKey, type CID } from '../../src/repo/cid.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
-import { EvolvingRepo, post, posts, type RepoVersion } from '../mirror/repos.ts'
+import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 
 class SetBroker implements BlockBroker {
   readonly name = 'pds'

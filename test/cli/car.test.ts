@@ -4,7 +4,8 @@ import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { dropBlock, fixtureKeypair, flipByteInBlock, generateRepo, openRepo, type GeneratedRepo } from '../repo/fixtures.ts'
+import { fixtureKeypair, generateRepo, type GeneratedRepo } from '../../support/generated-repo.ts'
+import { dropBlock, flipByteInBlock, openRepo } from '../helpers/car-tools.ts'
 
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
 

@@ -12,8 +12,8 @@ import type { CID } from 'multiformats/cid'
 import { decodeCbor } from '../../src/repo/cbor.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
-import { splitCar } from '../repo/fixtures.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from './network.ts'
+import { splitCar } from '../helpers/car-tools.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
 

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { acquireDataDirLock, lockPath } from '../../src/mirror/lock.ts'
 import { daemonInfoPath, readDaemonInfo, type DaemonInfo } from '../../src/server/daemon-info.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork } from './network.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
 

@@ -13,8 +13,8 @@ import { rendezvousCid } from '../../src/identity/rendezvous.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { verifyCommitSignature } from '../../src/repo/commit.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
-import { json, startServer } from '../head/fixtures.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork } from './network.ts'
+import { json, startServer } from '../helpers/fake-servers.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 
 const run = promisify(execFile)
 const ROOT = join(import.meta.dirname, '..', '..')

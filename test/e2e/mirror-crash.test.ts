@@ -22,8 +22,8 @@ import { holdKeys } from '../../src/mirror/gc.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { parseCid } from '../../src/repo/cid.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
-import { checkEveryStoredBlock, storedBlocks } from '../mirror/helpers.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from './network.ts'
+import { checkEveryStoredBlock, storedBlocks } from '../helpers/blocks.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
 const RECORDS = 4000

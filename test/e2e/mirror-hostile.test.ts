@@ -15,10 +15,10 @@ import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { cidKey } from '../../src/repo/cid.ts'
-import { dropBlock, flipByteInBlock, splitCar, joinCar } from '../repo/fixtures.ts'
-import { startFakePds, type FakePds } from '../mirror/fake-pds.ts'
-import { storedBlocks } from '../mirror/helpers.ts'
-import { EvolvingRepo, post, posts, type RepoVersion } from '../mirror/repos.ts'
+import { dropBlock, flipByteInBlock, splitCar, joinCar } from '../helpers/car-tools.ts'
+import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
+import { storedBlocks } from '../helpers/blocks.ts'
+import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 
 describe('mirroring from a hostile PDS', () => {
   let pds: FakePds

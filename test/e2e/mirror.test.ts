@@ -1,5 +1,5 @@
 /**
- * Mirroring from a real PDS + PLC (test/e2e/network.ts): full and incremental
+ * Mirroring from a real PDS + PLC (support/network.ts): full and incremental
  * syncs, exports compared record for record with the PDS's own getRepo, garbage
  * collection of deleted records, account status (deactivation, takedown), unpin,
  * and the `mirror`, `export` and `block get` commands.
@@ -16,10 +16,11 @@ import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
-import { parseCid } from '../../src/repo/cid.ts'
+import { cidForBytes, parseCid } from '../../src/repo/cid.ts'
 import { verifyRepo, verifyRepoCar } from '../../src/repo/verify.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from './network.ts'
-import { cidForBytes, hexOf, storedBlocks } from '../mirror/helpers.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
+import { hexOf, storedBlocks } from '../helpers/blocks.ts'
+import { collect } from '../helpers/bytes.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -29,12 +30,6 @@ async function recordsOf (car: Uint8Array, did: string): Promise<Map<string, str
   const { root, blocks } = await readCarWithRoot(car)
   const repo = await atprotoVerifyRepo(blocks, root, did)
   return new Map(repo.creates.map(op => [`${op.collection}/${op.rkey}`, op.cid.toString()]))
-}
-
-async function collect (chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return new Uint8Array(Buffer.concat(parts))
 }
 
 const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: n }, (_, i) => ({

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { startTestNetwork, type TestNetwork } from './network.ts'
+import { startTestNetwork, type TestNetwork } from '../../support/network.ts'
 
 describe('test network', () => {
   let net: TestNetwork

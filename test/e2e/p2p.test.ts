@@ -1,5 +1,5 @@
 /**
- * Mirroring peer to peer with the PDS down: a real PDS + PLC (test/e2e/network.ts)
+ * Mirroring peer to peer with the PDS down: a real PDS + PLC (support/network.ts)
  * and real nodes (createMirrorNode) in private mode on loopback.
  *
  * B is the hub. A pins an account and mirrors it from the PDS; the PDS is stopped;
@@ -29,8 +29,10 @@ import { readCar } from '../../src/repo/car.ts'
 import { cidForBytes, parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
-import { CorruptingBlockstore } from '../blocks/test-blockstores.ts'
-import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from './network.ts'
+import { CorruptingBlockstore } from '../helpers/blockstores.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
+import { until } from '../helpers/until.ts'
+import { collect } from '../helpers/bytes.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -39,20 +41,6 @@ const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: 
   collection: 'app.bsky.feed.post',
   value: { text: `${tag} post ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i % 60, i)).toISOString() }
 }))
-
-async function until (what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!await check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 200))
-  }
-}
-
-async function collect (chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return Buffer.concat(parts)
-}
 
 /** Every record of the repo a node stores, `rpath → cid`, walked from its stored state. */
 async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, string>> {
@@ -156,7 +144,7 @@ describe('peer to peer with the PDS down', () => {
     assert.ok(result.sync.fetched.bitswap > 150, `blocks came over Bitswap (${result.sync.fetched.bitswap})`)
     assert.deepEqual(await recordsOf(c, account.did), await recordsOf(a, account.did))
     // and the exports are the same bytes
-    assert.ok((await collect(c.syncer.exportCar(account.did))).equals(await collect(a.syncer.exportCar(account.did))))
+    assert.deepEqual(await collect(c.syncer.exportCar(account.did)), await collect(a.syncer.exportCar(account.did)))
   })
 
   it('a peer answering with a commit signed by another key does not move the head', async () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import type { ServerResponse } from 'node:http'
 import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
-import { car, carOf, didDocument, json, signedCommit, startPlc, startServer, testDid, testKey, type Handler, type TestCommit, type TestServer } from './fixtures.ts'
+import { car, carOf, didDocument, json, signedCommit, startPlc, startServer, testDid, testKey, type Handler, type TestCommit, type TestServer } from '../helpers/fake-servers.ts'
 
 const DID = testDid('alice')
 const KEY = testKey('alice')

@@ -4,7 +4,7 @@ import { Resolver } from 'did-resolver'
 import { isPlcDid, plcResolver, webDocumentUrl } from '../../src/identity/did-resolvers.ts'
 import { normalizeHandle } from '../../src/identity/handle.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
-import { json, startServer, type TestServer } from '../head/fixtures.ts'
+import { json, startServer, type TestServer } from '../helpers/fake-servers.ts'
 
 describe('did:web document URL', () => {
   it('hostname-level did:web', () => {

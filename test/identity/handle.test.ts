@@ -1,6 +1,6 @@
 /**
  * Handle → DID by DNS TXT and by HTTPS well-known, against a real DNS server and a
- * real HTTPS server on 127.0.0.1 (test/identity/dns-server.ts, https-server.ts):
+ * real HTTPS server on 127.0.0.1 (test/helpers/dns-server.ts, https-server.ts):
  * each method alone, the two together (DNS wins, the other lookup is aborted),
  * both failing, timeouts and the caller's abort.
  */
@@ -8,9 +8,9 @@ import { after, before, beforeEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ServerResponse } from 'node:http'
 import { resolveHandleDirect, resolveHandleDns, resolveHandleHttps, type HandleLookupOptions } from '../../src/identity/handle.ts'
-import { testDid } from '../head/fixtures.ts'
-import { startDnsServer, type TestDnsServer } from './dns-server.ts'
-import { startHttpsServer, type TestHttpsServer } from './https-server.ts'
+import { testDid } from '../helpers/fake-servers.ts'
+import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts'
+import { startHttpsServer, type TestHttpsServer } from '../helpers/https-server.ts'
 
 const ALICE = testDid('alice')
 const BOB = testDid('bob')

@@ -12,9 +12,9 @@ import { DID_DOCUMENT_MAX_BYTES } from '../../src/identity/did-resolvers.ts'
 import { BodyTooLargeError as HttpBodyTooLargeError } from '../../src/http/fetch.ts'
 import { resolveHandleDns } from '../../src/identity/handle.ts'
 import { AtprotoIdentityResolver, DEFAULT_FAILURE_CACHE_TTL_MS } from '../../src/identity/resolver.ts'
-import { didDocument, json, startPlc, startServer, testDid, testKey, type Handler, type TestServer } from '../head/fixtures.ts'
-import { startDnsServer, type TestDnsServer } from './dns-server.ts'
-import { startHttpsServer, type TestHttpsServer } from './https-server.ts'
+import { didDocument, json, startPlc, startServer, testDid, testKey, type Handler, type TestServer } from '../helpers/fake-servers.ts'
+import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts'
+import { startHttpsServer, type TestHttpsServer } from '../helpers/https-server.ts'
 
 const DID = testDid('carol')
 const KEY = testKey('carol')

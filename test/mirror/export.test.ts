@@ -7,13 +7,8 @@ import { readCarWithRoot, verifyRepo as atprotoVerifyRepo } from '@atproto/repo'
 import { exportRepoCar, repoBlocks } from '../../src/mirror/export.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
-import { EvolvingRepo, posts, type RepoVersion } from './repos.ts'
-
-async function collect (chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return new Uint8Array(Buffer.concat(parts))
-}
+import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
+import { collect } from '../helpers/bytes.ts'
 
 describe('export', () => {
   let root: string

@@ -7,8 +7,10 @@ import { after, before, describe, it } from 'node:test'
 import { holdKeys, repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
-import { cidForBytes, encodeCbor, hexOf, storedBlocks } from './helpers.ts'
-import { EvolvingRepo, post, posts, type RepoVersion } from './repos.ts'
+import { encodeCbor } from '../../src/repo/cbor.ts'
+import { cidForBytes } from '../../src/repo/cid.ts'
+import { hexOf, storedBlocks } from '../helpers/blocks.ts'
+import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 
 /** What the syncer does around an advance, without the network: stage + write, delta, one batch, GC. */
 async function advance (store: MirrorStore, from: RepoVersion | undefined, to: RepoVersion, options: { collect?: boolean } = {}): Promise<{ candidates: number, holds: number }> {

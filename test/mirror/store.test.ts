@@ -10,7 +10,8 @@ import * as Digest from 'multiformats/hashes/digest'
 import { createHash } from 'node:crypto'
 import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
-import { cidForBytes, encodeCbor } from './helpers.ts'
+import { encodeCbor } from '../../src/repo/cbor.ts'
+import { cidForBytes } from '../../src/repo/cid.ts'
 
 describe('MirrorStore', () => {
   let root: string

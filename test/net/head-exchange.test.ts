@@ -20,6 +20,7 @@ import { MirrorFinder } from '../../src/net/mirrors.ts'
 import { PeerHeadResolver } from '../../src/net/peer-head-resolver.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
 import type { Identity, IdentityResolver } from '../../src/identity/resolver.ts'
+import { until } from '../helpers/until.ts'
 import type { Libp2p, Stream } from '@libp2p/interface'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
@@ -44,14 +45,6 @@ function commitWithSig (sig: Uint8Array | undefined, rev = '3l3qo2vutsw4z'): Loc
   const unsigned = { did: DID, version: 3, data, rev, prev: null }
   const bytes = dagCbor.encode(sig === undefined ? unsigned : { ...unsigned, sig })
   return { cid: cidOf(bytes), bytes }
-}
-
-async function until (what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
 }
 
 async function bareNode (): Promise<Libp2p> {

@@ -2,13 +2,13 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, describe, it } from 'node:test'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, parseBootstrapAddress, parseListenAddress, parsePeerAddress } from '../../src/net/addresses.ts'
 import { PUBLIC_ONLY_SERVICES, createNetwork, type MirrorNetwork, type NetworkInit } from '../../src/net/network.ts'
 import { loadOrCreatePeerKey, peerKeyPath } from '../../src/net/peer-key.ts'
 import { cidForBytes, RAW } from '../../src/repo/cid.ts'
+import { until } from '../helpers/until.ts'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -47,14 +47,6 @@ const PUBLIC_ONLY_PROTOCOL = /autonat|circuit|relay|dcutr|mdns|id\/push|upnp/i
 async function stopNode (node: TestNode): Promise<void> {
   await node.net.stop()
   await node.store.close()
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms
-  while (!await check()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
 }
 
 after(async () => {

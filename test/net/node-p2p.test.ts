@@ -4,7 +4,7 @@
  * deactivated repos, the reprovider follows unpins and republishes on its interval,
  * and configured peers reach the network's dial allow-list.
  *
- * Repos are made by the reference implementation (test/mirror/repos.ts) and written
+ * Repos are made by the reference implementation (test/helpers/evolving-repo.ts) and written
  * into the node's store the way a sync does (staged blocks, one atomic advance), so
  * the holder index is the real one.
  */
@@ -28,16 +28,9 @@ import { ServingBlockstore, type BlockHolderIndex } from '../../src/net/serving-
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import { cidKey, type CID } from '../../src/repo/cid.ts'
-import { EvolvingRepo, posts, type RepoVersion } from '../mirror/repos.ts'
+import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
+import { until } from '../helpers/until.ts'
 import type { PeerId } from '@libp2p/interface'
-
-async function until (what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!await check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 25))
-  }
-}
 
 /** Writes a repo version into the store as a sync would, pinned, with `status`. */
 async function storeVersion (store: MirrorStore, version: RepoVersion, status: RepoState['status']): Promise<void> {

@@ -25,7 +25,9 @@ import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
 import { Reprovider } from '../../src/net/reprovider.ts'
 import { MemoryBlockStore } from '../../src/repo/block-store.ts'
 import { cidForBytes, parseCid, type CID } from '../../src/repo/cid.ts'
-import { generateRepo, splitCar } from '../repo/fixtures.ts'
+import { generateRepo } from '../../support/generated-repo.ts'
+import { splitCar } from '../helpers/car-tools.ts'
+import { until } from '../helpers/until.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
 const OTHER = 'did:plc:44ybard66vv44zksje25o7dz'
@@ -62,14 +64,6 @@ async function providersOf (node: MirrorNetwork, cid: CID): Promise<string[]> {
   const found: string[] = []
   for await (const provider of node.libp2p.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(5000) })) found.push(provider.id.toString())
   return found
-}
-
-async function until (what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!await check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
 }
 
 describe('reprovider', () => {

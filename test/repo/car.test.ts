@@ -9,13 +9,9 @@ import { varint } from 'multiformats'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { readCar, writeCar, type Block } from '../../src/repo/car.ts'
-import { encodeCbor } from '../../src/repo/cbor.ts'
 import { cidForBytes, RAW } from '../../src/repo/cid.ts'
-
-function block (value: unknown): Block {
-  const bytes = encodeCbor(value)
-  return { cid: cidForBytes(bytes), bytes }
-}
+import { block } from '../helpers/blocks.ts'
+import { chunked, collect } from '../helpers/bytes.ts'
 
 const blocks: Block[] = Array.from({ length: 50 }, (_, i) => block({ $type: 'test.record', i, text: 'x'.repeat(i * 7) }))
 const [b0, b1, b2] = blocks
@@ -38,16 +34,6 @@ function header (value: unknown): Uint8Array {
 function section (cid: CID | Uint8Array, bytes: Uint8Array): Uint8Array {
   const cidBytes = cid instanceof Uint8Array ? cid : cid.bytes
   return cat(uvarint(cidBytes.length + bytes.length), cidBytes, bytes)
-}
-
-async function collect (chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return cat(...parts)
-}
-
-async function * chunked (bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
-  for (let i = 0; i < bytes.length; i += size) yield bytes.slice(i, i + size)
 }
 
 /** The CAR bytes followed by zero chunks forever: reading must not wait for the end. */

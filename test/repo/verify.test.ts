@@ -10,19 +10,14 @@ import { cidForBytes, RAW } from '../../src/repo/cid.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
 import { loadCar, verifyRepo, verifyRepoCar, type RepoCarSummary, type VerifyRepoOptions } from '../../src/repo/verify.ts'
-import {
-  assembleRepo, dropBlock, findNodes, fixtureKeypair, flipByteInBlock, generateRepo, joinCar,
-  keyWithHeightAfter, openRepo, splitCar, type GeneratedRepo
-} from './fixtures.ts'
+import { fixtureKeypair, generateRepo, type GeneratedRepo } from '../../support/generated-repo.ts'
+import { assembleRepo, dropBlock, findNodes, flipByteInBlock, joinCar, keyWithHeightAfter, openRepo, splitCar } from '../helpers/car-tools.ts'
+import { chunked } from '../helpers/bytes.ts'
 
 async function verifyListing (car: Uint8Array | AsyncIterable<Uint8Array>, options: VerifyRepoOptions = {}): Promise<{ summary: RepoCarSummary, records: Array<{ rpath: string, cid: string }> }> {
   const records: Array<{ rpath: string, cid: string }> = []
   const summary = await verifyRepoCar(car, { ...options, onRecord: (rpath, cid) => records.push({ rpath, cid: cid.toString() }) })
   return { summary, records }
-}
-
-async function * chunked (bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
-  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size)
 }
 
 const generated = new Map<string, Promise<GeneratedRepo>>()

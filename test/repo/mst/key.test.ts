@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { commonPrefixLength, ensureValidMstKey, isValidMstKey, keyHeight } from '../../../src/repo/mst/key.ts'
-import { fixtureKeyHeight } from '../fixtures.ts'
+import { fixtureKeyHeight } from '../../helpers/car-tools.ts'
 
 const vectors = join(import.meta.dirname, '../../vectors/atproto-interop-tests/mst')
 const heights = JSON.parse(readFileSync(join(vectors, 'key_heights.json'), 'utf8')) as Array<{ key: string, height: number }>

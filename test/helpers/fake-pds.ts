@@ -2,7 +2,7 @@
  * A small PDS + PLC stand-in on 127.0.0.1 for tests that need a PDS to misbehave
  * (and for profiling the syncer without building an account on a real PDS).
  *
- * It serves, from repos made by @atproto/repo (test/repo/fixtures.ts):
+ * It serves, from repos made by @atproto/repo (test/helpers/evolving-repo.ts):
  * - `GET /<did>`: the DID document (PLC directory style), naming this server as PDS;
  * - `com.atproto.sync.getLatestCommit`, `getBlocks` (400 "Could not find cids" like
  *   the reference PDS), `getRepo` (with `since`: the blocks of the current version
@@ -15,7 +15,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import type { Keypair } from '@atproto/crypto'
 import { CID } from 'multiformats/cid'
-import { joinCar, splitCar } from '../repo/fixtures.ts'
+import { joinCar, splitCar } from './car-tools.ts'
 
 export type Route = 'did' | 'getLatestCommit' | 'getBlocks' | 'getRepo'
 

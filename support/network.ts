@@ -1,8 +1,8 @@
 /**
  * A real atproto test network on 127.0.0.1: a PLC directory (`@did-plc/server` with
  * its in-memory database) and a Bluesky PDS (`@atproto/pds`, configured the way
- * `@atproto/dev-env` configures it). Every e2e test file starts one network and
- * shares it across its tests.
+ * `@atproto/dev-env` configures it). Every e2e test file, and the mirror and p2p
+ * benchmarks, start one network; a test file shares its network across its tests.
  *
  * Pitfalls this works around:
  * - the PDS only serves plain http when its hostname is `localhost`, so DID documents

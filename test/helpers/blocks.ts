@@ -1,6 +1,6 @@
 /**
- * Small shared helpers for the mirror and blocks tests: CBOR blocks and a look at
- * what the blockstore holds.
+ * Blocks for tests: a DAG-CBOR block from a value, and a look at what a data
+ * directory's blockstore holds on disk.
  */
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -10,8 +10,6 @@ import * as Digest from 'multiformats/hashes/digest'
 import type { Block } from '../../src/repo/block-store.ts'
 import { encodeCbor } from '../../src/repo/cbor.ts'
 import { cidForBytes, sha256 } from '../../src/repo/cid.ts'
-
-export { cidForBytes, encodeCbor }
 
 /** A DAG-CBOR block for a value. */
 export function block (value: unknown): Block {

@@ -8,7 +8,8 @@ import { MemoryBlockstore, Repo, WriteOpAction, getFullRepo, type RecordCreateOp
 import { CID } from 'multiformats/cid'
 import type { Block } from '../../src/repo/block-store.ts'
 import { parseDidKey, type PublicKey } from '../../src/repo/keys.ts'
-import { fixtureDid, fixtureKeypair, fixtureTid, splitCar } from '../repo/fixtures.ts'
+import { fixtureDid, fixtureKeypair, fixtureTid } from '../../support/generated-repo.ts'
+import { splitCar } from './car-tools.ts'
 
 export interface RepoVersion {
   did: string
