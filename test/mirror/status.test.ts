@@ -26,9 +26,12 @@ describe('statusOf', () => {
     assert.equal(statusOf(new RepoDeactivatedError('deactivated', { did })), 'deactivated')
   })
 
-  it('RepoNotFound and an unknown DID mean deleted', () => {
+  it('RepoNotFound and a tombstoned DID mean deleted', () => {
     assert.equal(statusOf(new RepoNotFoundError('not found', { did })), 'deleted')
     assert.equal(statusOf(new DidNotFoundError(did, { tombstoned: true })), 'deleted')
+  })
+
+  it('an unknown DID has no status', () => {
     // a 404 proves nothing (a wrong --plc would answer it for every DID): the last good state stays
     assert.equal(statusOf(new DidNotFoundError(did)), undefined)
   })
