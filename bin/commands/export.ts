@@ -17,7 +17,7 @@ import { MissingBlockError, NotPinnedError, RepoNotMirroredError } from '../../s
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { exportRepoCar } from '../../src/mirror/export.ts'
-import { holdsBlocks } from '../../src/mirror/store.ts'
+import { isExportable } from '../../src/mirror/status-policy.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import { parseCid, type CID } from '../../src/repo/cid.ts'
 import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
@@ -73,7 +73,7 @@ export const command = defineCommand({
       try {
         const did = await storedDid(node, id, ctx.signal)
         const state = await node.store.getState(did)
-        if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+        if (!isExportable(state)) throw new RepoNotMirroredError(did)
         const bytes = await writeOutput(output, node.syncer.exportCar(did, { signal: ctx.signal }), ctx.stdout)
         written = { did, commit: state.commit, rev: state.rev, bytes }
       } finally {

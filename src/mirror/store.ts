@@ -23,11 +23,9 @@ import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { MirrorBlockstore } from './blockstore.ts'
 import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
+import { holdsBlocks, type RepoStatus } from './status-policy.ts'
 
 const log = logger('atmirror:mirror:store')
-
-/** Where a mirrored repo stands. */
-export type RepoStatus = 'active' | 'takendown' | 'suspended' | 'deactivated' | 'deleted' | 'error'
 
 /** The last verified state of a mirrored repo. */
 export interface RepoState {
@@ -41,9 +39,8 @@ export interface RepoState {
   pds?: string
   handle?: string
   /**
-   * `active`: the blocks are stored and current. `suspended`/`deactivated`: the host
-   * says so; the blocks of the last good commit are kept. `takendown`/`deleted`: the
-   * blocks were removed (commit/rev/data name the last commit that was held).
+   * What the host says about the account; what that means for the blocks is in
+   * status-policy.ts (when they are gone, commit/rev/data name the last commit held).
    */
   status: RepoStatus
   /** ISO time of the last successful check. */
@@ -51,11 +48,6 @@ export interface RepoState {
   error?: string
   /** Records in the stored repo (as of `commit`). */
   records?: number
-}
-
-/** Statuses under which the repo's blocks are stored and held. */
-export function holdsBlocks (state: RepoState | undefined): state is RepoState {
-  return state !== undefined && state.status !== 'takendown' && state.status !== 'deleted'
 }
 
 export interface MirrorStoreInit {

@@ -20,16 +20,11 @@ import { setImmediate as nextTurn } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
 import {
   DidNotFoundError,
-  HeadUnavailableError,
   MethodNotImplementedError,
   NotPinnedError,
   PdsResponseError,
   PdsUnavailableError,
-  RepoDeactivatedError,
-  RepoNotFoundError,
-  RepoNotMirroredError,
-  RepoSuspendedError,
-  RepoTakendownError
+  RepoNotMirroredError
 } from '../errors.ts'
 import { LocalBroker } from '../blocks/local.ts'
 import { BlockFetcher } from '../blocks/fetcher.ts'
@@ -45,7 +40,8 @@ import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
 import { exportRepoCar } from './export.ts'
 import { HoldDelta, repoHoldDelta } from './gc.ts'
-import { holdsBlocks, type MirrorStore, type RepoState, type RepoStatus } from './store.ts'
+import type { MirrorStore, RepoState } from './store.ts'
+import { holdsBlocks, isExportable, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
 
 const log = logger('atmirror:mirror:sync')
 const repoLog = logger('atmirror:repo')
@@ -290,7 +286,7 @@ export class RepoSyncer {
     const release = await this.#store.beginWrite()
     try {
       const state = await this.#store.getState(did)
-      if (!holdsBlocks(state)) throw new RepoNotMirroredError(did)
+      if (!isExportable(state)) throw new RepoNotMirroredError(did)
       yield * exportRepoCar(this.#store.blocks, CID.parse(state.commit), options)
     } finally {
       await release()
@@ -500,10 +496,8 @@ export class RepoSyncer {
   }
 
   /**
-   * Records what the host said about the repo. Suspended and deactivated keep the
-   * blocks (the account may come back and nothing was withdrawn); takedown and
-   * deletion are honoured by deleting the blocks, keeping the pin so the repo is
-   * mirrored again if it returns.
+   * Records what the host said about the repo, and releases its blocks where the
+   * status policy says they go (takedown, deletion); the pin stays either way.
    */
   async #applyStatus (did: string, status: RepoStatus, identity: Identity | undefined, err: Error): Promise<void> {
     const state = await this.#store.getState(did)
@@ -518,7 +512,7 @@ export class RepoSyncer {
       pds: identity?.pds ?? state.pds,
       error: `${err.name}: ${err.message}`
     }
-    if (status === 'takendown' || status === 'deleted') {
+    if (!statusRules(status).store) {
       const release = await this.#store.beginWrite()
       try {
         const { candidates } = await this.#store.releaseRepo(did, { state: next })
@@ -531,21 +525,4 @@ export class RepoSyncer {
     await this.#store.putState(next)
     log('%s: %s; keeping the blocks of rev %s', did, status, state.rev)
   }
-}
-
-/** The repo status a head-resolution error stands for, or undefined for transient failures. */
-export function statusOf (err: unknown): RepoStatus | undefined {
-  if (err instanceof RepoTakendownError) return 'takendown'
-  if (err instanceof RepoSuspendedError) return 'suspended'
-  if (err instanceof RepoDeactivatedError) return 'deactivated'
-  if (err instanceof RepoNotFoundError) return 'deleted'
-  // only a tombstone deletes: a 404 from a wrong or broken directory must not wipe the mirror
-  if (err instanceof DidNotFoundError) return err.tombstoned ? 'deleted' : undefined
-  if (err instanceof HeadUnavailableError) {
-    // the PDS is the authority on its accounts; peers only know heads
-    const statuses = err.errors.map(({ error }) => statusOf(error)).filter(s => s !== undefined)
-    const order: RepoStatus[] = ['takendown', 'deleted', 'suspended', 'deactivated']
-    for (const status of order) if (statuses.includes(status)) return status
-  }
-  return undefined
 }

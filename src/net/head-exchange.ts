@@ -19,6 +19,7 @@
 import { logger } from '@libp2p/logger'
 import { varint } from 'multiformats'
 import { CommitDidMismatchError, PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
+import { isServable } from '../mirror/status-policy.ts'
 import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit, type Commit } from '../repo/commit.ts'
@@ -45,18 +46,9 @@ export interface LocalHeadSource {
   getLocalHead: (did: string, options?: { signal?: AbortSignal }) => Promise<LocalHead | undefined>
 }
 
-/** The part of a stored repo state that decides whether it is served. */
+/** The part of a stored repo state that decides whether it is served (see mirror/status-policy.ts). */
 export interface ServableState {
   status: string
-}
-
-/**
- * Whether a stored repo is served to peers (head exchange) and announced on the
- * DHT: only while its host says it is live. Suspended and deactivated repos keep
- * their blocks here but are not handed out; taken-down and deleted ones have none.
- */
-export function isServable (state: ServableState): boolean {
-  return state.status === 'active' || state.status === 'error'
 }
 
 /** What {@link storeHeadSource} reads (MirrorStore fits). */
@@ -72,7 +64,7 @@ export function storeHeadSource (store: HeadStore): LocalHeadSource {
     async getLocalHead (did, options = {}) {
       if (!await store.pins.has(did)) return undefined
       const state = await store.getState(did)
-      if (state === undefined || !isServable(state)) return undefined
+      if (!isServable(state)) return undefined
       const cid = parseCid(state.commit)
       const bytes = await store.getBlock(cid, options)
       if (bytes === undefined) {

@@ -13,7 +13,8 @@
  */
 import { logger } from '@libp2p/logger'
 import { PeerHeadResolver, type PeerHeadResolverInit } from './peer-head-resolver.ts'
-import { HeadExchange, isServable, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
+import { holdsBlocks, isServable } from '../mirror/status-policy.ts'
+import { HeadExchange, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
 import { Reprovider, type ProvideMode, type ReproviderComponents, type ReproviderInit } from './reprovider.ts'
 import type { FindMirrorsOptions, MirrorFinder, MirrorPeer } from './mirrors.ts'
 import type { IdentityResolver } from '../identity/resolver.ts'
@@ -142,8 +143,7 @@ export class PeerServices {
     const state = await this.#store.getState(did)
     // No state (unpinned) or taken down / deleted: its holds are released and no block
     // names it as a holder, so keeping it in the set would only cost lookups.
-    const holdsNothing = state === undefined || state.status === 'takendown' || state.status === 'deleted'
-    this.#serving.setServable(did, holdsNothing || isServable(state))
+    this.#serving.setServable(did, !holdsBlocks(state) || isServable(state))
   }
 
   /** Resolves when every change reported so far is applied and its announcements have reached the DHT (or failed). */

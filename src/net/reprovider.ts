@@ -33,7 +33,8 @@ import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { RAW, cidKey, parseCid } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { decodeMstNode } from '../repo/mst/node.ts'
-import { isServable, type ServableState } from './head-exchange.ts'
+import { isServable } from '../mirror/status-policy.ts'
+import type { ServableState } from './head-exchange.ts'
 import type { PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:reprovider')
@@ -219,7 +220,7 @@ export class Reprovider {
     await this.#serial(did, async () => {
       const state = await this.#store.getState(did)
       const pinned = await this.#store.pins.has(did)
-      if (!pinned || state === undefined || !isServable(state)) {
+      if (!pinned || !isServable(state)) {
         await this.#withdraw(did)
         return
       }
@@ -249,7 +250,7 @@ export class Reprovider {
       signal.throwIfAborted()
       await this.#serial(did, async () => {
         const state = await this.#store.getState(did)
-        if (state === undefined || !isServable(state)) {
+        if (!isServable(state)) {
           await this.#withdraw(did)
           return
         }

@@ -9,7 +9,7 @@ import {
   RepoSuspendedError,
   RepoTakendownError
 } from '../../src/errors.ts'
-import { statusOf } from '../../src/mirror/sync.ts'
+import { statusOf } from '../../src/mirror/status-policy.ts'
 
 const did = 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa'
 
