@@ -8,6 +8,7 @@ import { describe, it } from 'node:test'
 import { setImmediate as turn } from 'node:timers/promises'
 import { DidRunner } from '../../src/mirror/runner.ts'
 import { PRIORITY, RepoScheduler } from '../../src/mirror/scheduler.ts'
+import { until } from '../helpers/until.ts'
 
 interface Deferred { promise: Promise<void>, resolve: () => void }
 function deferred (): Deferred {
@@ -19,14 +20,6 @@ function deferred (): Deferred {
 /** Lets pending promise callbacks and queue hand-offs run. */
 async function settle (): Promise<void> {
   for (let i = 0; i < 5; i++) await turn()
-}
-
-async function until (condition: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
-    if (condition()) return
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
-  assert.fail(`timed out waiting for ${what}`)
 }
 
 /** A job that records when it starts and ends, and ends when the test says so (or when aborted). */
@@ -140,7 +133,7 @@ describe('DidRunner', () => {
     assert.equal(running.signal()?.aborted, true)
     assert.equal(log.includes('start waiting'), false, 'an aborted waiting job never runs')
     // the slot did:a held goes to did:b
-    await until(() => log.includes('start other'), 'did:b to start')
+    await until('did:b to start', () => log.includes('start other'))
     assert.equal(other.signal()?.aborted, false)
     other.gate.resolve()
     assert.equal(await r3, 'other')
@@ -222,7 +215,7 @@ describe('RepoScheduler', () => {
       }
     }, { intervalMs: 10, checkOnStart: true })
     scheduler.start()
-    await until(() => (counts.get('did:ok') ?? 0) >= 3, 'three checks of did:ok')
+    await until('three checks of did:ok', () => (counts.get('did:ok') ?? 0) >= 3)
     assert.equal(counts.get('did:slow'), 1, 'the hanging repo is not checked again while its check runs')
     await scheduler.stop()
     assert.equal(slowSignal?.aborted, true, 'stop aborts the running check')

@@ -17,9 +17,9 @@ import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { storeHeadSource } from '../../src/net/head-exchange.ts'
 import { Reprovider } from '../../src/net/reprovider.ts'
 import type { CID } from '../../src/repo/cid.ts'
-import { startFakePds, type FakePds } from './fake-pds.ts'
-import { storedBlocks } from './helpers.ts'
-import { EvolvingRepo, posts, type RepoVersion } from './repos.ts'
+import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
+import { storedBlocks } from '../helpers/blocks.ts'
+import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 
 /** The policy, row by row: blocks kept, served to peers, exportable. */
 const TABLE: Record<RepoStatus, { store: boolean, serve: boolean, export: boolean }> = {
