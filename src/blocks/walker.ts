@@ -16,11 +16,18 @@
  *
  * Record blocks are checked for presence, never parsed: links inside records
  * (blobs, raw 0x55 CIDs) are not followed.
+ *
+ * Nodes are entered through the repo's one MST traversal (../repo/mst/traverse.ts)
+ * without its structure checks (verification runs them on the finished tree), so
+ * a node linked twice fails the walk at once rather than being fetched and
+ * walked again; a node the local store lacks is what the traversal reports as
+ * missing, and here that means: fetch it.
  */
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { RAW, cidKey, type CID } from '../repo/cid.ts'
-import { decodeMstNode, type MstNode } from '../repo/mst/node.ts'
+import type { MstNode } from '../repo/mst/node.ts'
 import { getBlocks, hasBlocks, isPromise } from '../repo/mst/check.ts'
+import { MstTraversal, type MstPlace } from '../repo/mst/traverse.ts'
 import type { BlockFetcher, FetchOptions } from './fetcher.ts'
 
 export interface CompleteMstOptions {
@@ -61,12 +68,8 @@ export interface CompleteMstResult {
   depth: number
 }
 
-interface Pending {
-  cid: CID
-  level: number
-}
-
-interface Ready extends Pending {
+interface Ready {
+  place: MstPlace
   bytes: Uint8Array
 }
 
@@ -86,10 +89,8 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
   // children at once rather than behind a wave of leaves
   const recordRoom = Math.max(1, Math.floor(maxInFlight * 3 / 4))
   const result: CompleteMstResult = { nodes: 0, records: 0, fetched: {}, depth: 0 }
-  // nodes once each: a DAG that reuses subtrees would otherwise cost exponential work
-  // before verification gets to reject it. Records are deduplicated while waiting or
-  // in flight only (a set over all of them would be as large as the repo).
-  const seenNodes = new Set<string>()
+  // Records are deduplicated while waiting or in flight only (a set over all of
+  // them would be as large as the repo); nodes are placed once by the traversal.
   const outstandingRecords = new Set<string>()
   const count = (source: string): void => { result.fetched[source] = (result.fetched[source] ?? 0) + 1 }
 
@@ -98,7 +99,8 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
   const signal = options.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal])
 
   const ready: Ready[] = []
-  const wantNodes: Pending[] = []
+  const wantNodes: MstPlace[] = []
+  const traversal = new MstTraversal(root, { check: false, onMissing: 'skip', onMissingNode: place => { wantNodes.push(place) } })
   const wantRecords: CID[] = []
   const requests = new Set<Promise<void>>()
   let nodesInFlight = 0
@@ -113,7 +115,7 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
     notify()
   }
 
-  const request = (cids: CID[], nodes: Map<string, number> | undefined): void => {
+  const request = (cids: CID[], nodes: Map<string, MstPlace> | undefined): void => {
     const size = cids.length
     if (nodes !== undefined) nodesInFlight += size
     else recordsInFlight += size
@@ -121,8 +123,8 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
       for await (const block of fetcher.getMany(cids, { did, signal, onBlock: options.onBlock })) {
         count(block.source)
         const key = cidKey(block.cid)
-        const level = nodes?.get(key)
-        if (level !== undefined) ready.push({ cid: block.cid, bytes: block.bytes, level })
+        const place = nodes?.get(key)
+        if (place !== undefined) ready.push({ place, bytes: block.bytes })
         else outstandingRecords.delete(key)
       }
     })().catch(fail).finally(() => {
@@ -137,7 +139,7 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
   const dispatch = (): void => {
     while (wantNodes.length > 0 && nodesInFlight + recordsInFlight < maxInFlight) {
       const batch = wantNodes.splice(-Math.min(wantNodes.length, maxInFlight - nodesInFlight - recordsInFlight, maxBatch))
-      request(batch.map(p => p.cid), new Map(batch.map(p => [cidKey(p.cid), p.level])))
+      request(batch.map(p => p.cid), new Map(batch.map(p => [cidKey(p.cid), p])))
     }
     // records go in full batches while nodes may still bring more; the rest at the end
     const more = nodesInFlight > 0 || wantNodes.length > 0 || ready.length > 0
@@ -148,16 +150,16 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
     }
   }
 
-  /** Known-filtered nodes: the ones stored go to `ready`, the rest are wanted. */
-  const admitNodes = async (cids: CID[], level: number): Promise<void> => {
-    for (let start = 0; start < cids.length; start += chunk) {
-      const part = cids.slice(start, start + chunk)
-      let answers = getBlocks(store, part, { signal })
+  /** Known-filtered nodes: the ones stored go to `ready`, the rest are missing (wanted). */
+  const admitNodes = async (places: MstPlace[]): Promise<void> => {
+    for (let start = 0; start < places.length; start += chunk) {
+      const part = places.slice(start, start + chunk)
+      let answers = getBlocks(store, part.map(place => place.cid), { signal })
       if (isPromise(answers)) answers = await answers
       for (let i = 0; i < part.length; i++) {
         const bytes = answers[i]
-        if (bytes === undefined) wantNodes.push({ cid: part[i], level })
-        else ready.push({ cid: part[i], bytes, level })
+        if (bytes === undefined) traversal.missing(part[i])
+        else ready.push({ place: part[i], bytes })
       }
     }
   }
@@ -179,35 +181,36 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
     }
   }
 
-  const expand = async ({ cid, bytes, level }: Ready): Promise<void> => {
-    const node = decodeMstNode(bytes, cid)
-    options.onNode?.(cid, node)
+  const expand = async ({ place, bytes }: Ready): Promise<void> => {
+    const { node, left, rights } = traversal.enter(place, bytes)
+    options.onNode?.(place.cid, node)
     result.nodes++
-    if (level > result.depth) result.depth = level
-    let children: CID[] = []
+    if (place.depth + 1 > result.depth) result.depth = place.depth + 1
+    let children: MstPlace[] = []
     let records: CID[] = []
-    if (node.left !== null) addOnce(children, seenNodes, node.left)
-    for (const entry of node.entries) {
-      if (entry.right !== null) addOnce(children, seenNodes, entry.right)
+    if (left !== null) children.push(left)
+    const { entries } = node
+    for (let i = 0; i < entries.length; i++) {
+      const right = rights[i]
+      if (right !== null) children.push(right)
       // a raw CID would be a blob, which the walk does not fetch (verification
       // rejects it as a record)
-      if (entry.value.code !== RAW) records.push(entry.value)
+      const value = entries[i].value
+      if (value.code !== RAW) records.push(value)
     }
     if (options.known !== undefined && children.length + records.length > 0) {
-      const flags = await options.known([...children, ...records])
+      const flags = await options.known([...children.map(child => child.cid), ...records])
       const n = children.length
       children = children.filter((_, i) => !flags[i])
       records = records.filter((_, i) => !flags[n + i])
     }
-    if (children.length > 0) await admitNodes(children, level + 1)
+    if (children.length > 0) await admitNodes(children)
     if (records.length > 0) await admitRecords(records)
   }
 
   try {
-    seenNodes.add(cidKey(root))
-    let roots = [root]
-    if (options.known !== undefined) roots = await dropKnown(roots, options.known)
-    await admitNodes(roots, 1)
+    const roots = [traversal.root]
+    if (options.known === undefined || !(await options.known([root]))[0]) await admitNodes(roots)
     while (failure === undefined) {
       options.signal?.throwIfAborted()
       // stored nodes are expanded here and now; each arrival widens the frontier
@@ -233,16 +236,4 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
   while (requests.size > 0) await Promise.allSettled([...requests])
   if (failure !== undefined) throw failure.error
   return result
-}
-
-function addOnce (list: CID[], seen: Set<string>, cid: CID): void {
-  const key = cidKey(cid)
-  if (seen.has(key)) return
-  seen.add(key)
-  list.push(cid)
-}
-
-async function dropKnown (cids: CID[], known: (cids: CID[]) => Promise<boolean[]>): Promise<CID[]> {
-  const flags = await known(cids)
-  return cids.filter((_, i) => !flags[i])
 }

@@ -5,14 +5,18 @@
  * streaming consumers, and anything that loads the whole CAR accepts it too.
  *
  * Blocks are read from the store as the CAR is written: memory holds one path of
- * the tree, not the repo.
+ * the tree and one batch of the walk, not the repo. The tree is read through the
+ * repo's one MST traversal (../repo/mst/walk.ts), without structure checks (it
+ * was verified when stored); a node linked twice fails the export rather than
+ * being written again.
  */
 import { MissingBlockError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { writeCar } from '../repo/car.ts'
 import { cidKey, type CID } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
-import { decodeMstNode } from '../repo/mst/node.ts'
+import { getBlocks, isPromise } from '../repo/mst/check.ts'
+import { walkMstSteps, type MstLeaf } from '../repo/mst/walk.ts'
 
 export interface ExportOptions {
   signal?: AbortSignal
@@ -26,7 +30,8 @@ export async function * exportRepoCar (store: ReadonlyBlockStore, commit: CID, o
 /**
  * Every block of the repo at `commit`, commit first, then the MST in pre-order.
  *
- * @throws MissingBlockError when the store lacks a block the repo needs
+ * @throws MissingBlockError when the store lacks a block the repo needs;
+ * MstInvalidError for a node reached twice
  */
 export async function * repoBlocks (store: ReadonlyBlockStore, commit: CID, options: ExportOptions = {}): AsyncGenerator<Block> {
   const { signal } = options
@@ -36,29 +41,31 @@ export async function * repoBlocks (store: ReadonlyBlockStore, commit: CID, opti
   const { data } = decodeCommit(commitBytes, commit)
   const seen = new Set<string>()
 
-  async function * subtree (cid: CID): AsyncGenerator<Block> {
-    signal?.throwIfAborted()
-    const bytes = await store.get(cid, { signal })
-    if (bytes === undefined) throw new MissingBlockError(cid, { what: 'MST node' })
-    yield { cid, bytes }
-    const node = decodeMstNode(bytes, cid)
-    // a node's records are read together; its subtrees one after another, in order
-    const records = await Promise.all(node.entries.map(async (entry) => {
-      const key = cidKey(entry.value)
-      if (seen.has(key)) return undefined
+  for await (const batch of walkMstSteps(store, data, { signal, check: false })) {
+    // the batch's records are read together, then written in walk order
+    const records: MstLeaf[] = []
+    for (const step of batch) {
+      if ('node' in step) continue
+      const key = cidKey(step.cid)
+      if (seen.has(key)) continue
       seen.add(key)
-      const value = await store.get(entry.value, { signal })
-      if (value === undefined) throw new MissingBlockError(entry.value, { what: 'record', rpath: entry.key })
-      return value
-    }))
-    if (node.left !== null) yield * subtree(node.left)
-    for (let i = 0; i < node.entries.length; i++) {
-      const entry = node.entries[i]
-      const value = records[i]
-      if (value !== undefined) yield { cid: entry.value, bytes: value }
-      if (entry.right !== null) yield * subtree(entry.right)
+      records.push(step)
+    }
+    let values = getBlocks(store, records.map(record => record.cid), { signal })
+    if (isPromise(values)) values = await values
+    const bytes = new Map<MstLeaf, Uint8Array>()
+    for (let i = 0; i < records.length; i++) {
+      const value = values[i]
+      if (value === undefined) throw new MissingBlockError(records[i].cid, { what: 'record', rpath: records[i].rpath })
+      bytes.set(records[i], value)
+    }
+    for (const step of batch) {
+      if ('node' in step) {
+        yield { cid: step.cid, bytes: step.bytes }
+        continue
+      }
+      const value = bytes.get(step)
+      if (value !== undefined) yield { cid: step.cid, bytes: value }
     }
   }
-
-  yield * subtree(data)
 }

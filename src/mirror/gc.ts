@@ -51,7 +51,7 @@ import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { DAG_CBOR, SHA2_256, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { diffMst } from '../repo/mst/diff.ts'
-import { decodeMstNode } from '../repo/mst/node.ts'
+import { walkMstSteps } from '../repo/mst/walk.ts'
 import type { MirrorBlockstore } from './blockstore.ts'
 
 const log = logger('atmirror:mirror:gc')
@@ -169,35 +169,28 @@ export async function repoHoldDelta (blocks: ReadonlyBlockStore, before: RepoPoi
 
 /**
  * Every block of the repo at `commit` with its occurrence count, as a delta (all
- * positive). Reads the commit and MST nodes, never the records.
+ * positive). Reads the commit and MST nodes, never the records. The tree was
+ * verified when it was stored, so nodes are not checked again; a node linked
+ * twice is still refused rather than counted twice.
  *
- * @throws MissingBlockError when the commit or a node is not stored
+ * @throws MissingBlockError when the commit or a node is not stored;
+ * MstInvalidError for a node reached twice
  */
 export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, options: { signal?: AbortSignal } = {}): Promise<HoldDelta> {
+  const { signal } = options
   const delta = new HoldDelta()
-  const commitBytes = await blocks.get(commit)
+  const commitBytes = await blocks.get(commit, { signal })
   if (commitBytes === undefined) throw new MissingBlockError(commit, { what: 'commit' })
   delta.add(commit)
-  let frontier: CID[] = [decodeCommit(commitBytes, commit).data]
-  let visited = 0
-  while (frontier.length > 0) {
-    const next: CID[] = []
-    for (const cid of frontier) {
-      if (++visited % 256 === 0) {
-        options.signal?.throwIfAborted()
-        await nextTurn()
-      }
-      const bytes = await blocks.get(cid)
-      if (bytes === undefined) throw new MissingBlockError(cid, { what: 'MST node' })
-      delta.add(cid)
-      const node = decodeMstNode(bytes, cid)
-      if (node.left !== null) next.push(node.left)
-      for (const entry of node.entries) {
-        delta.add(entry.value)
-        if (entry.right !== null) next.push(entry.right)
-      }
+  let steps = 0
+  for await (const batch of walkMstSteps(blocks, decodeCommit(commitBytes, commit).data, { signal, check: false })) {
+    // nodes and records alike: a record under two keys counts twice
+    for (const step of batch) delta.add(step.cid)
+    // a synchronous store never lets the walk wait: give the event loop a turn
+    if ((steps += batch.length) >= 1024) {
+      steps = 0
+      await nextTurn()
     }
-    frontier = next
   }
   return delta
 }

@@ -28,11 +28,12 @@ import { logger } from '@libp2p/logger'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { base32 } from 'multiformats/bases/base32'
+import { MissingBlockError, MstInvalidError } from '../errors.ts'
 import { rendezvousCid } from '../identity/rendezvous.ts'
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { RAW, cidKey, parseCid } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
-import { decodeMstNode } from '../repo/mst/node.ts'
+import { walkMstSteps } from '../repo/mst/walk.ts'
 import { isServable } from '../mirror/status-policy.ts'
 import type { ServableState } from './head-exchange.ts'
 import type { PeerId } from '@libp2p/interface'
@@ -480,35 +481,31 @@ export class Reprovider {
 
 /**
  * Every block CID of the stored repo at `commit`: the commit, each MST node and each
- * record (once). Reads only the commit and the MST nodes; records are named, not read.
- * A block missing from the store ends the listing early (a repo being replaced).
+ * record (once). Reads only the commit and the MST nodes (through the repo's one
+ * MST traversal, unchecked: the tree was verified when stored); records are named,
+ * not read. A block missing from the store, or a node linked twice, ends the
+ * listing early (a repo being replaced).
  */
 async function * repoCids (store: ReadonlyBlockStore, commit: CID, signal: AbortSignal): AsyncGenerator<CID> {
   const commitBytes = await store.get(commit, { signal })
   if (commitBytes === undefined) return
   yield commit
   const seen = new Set<string>()
-  let level: CID[] = [decodeCommit(commitBytes, commit).data]
-  while (level.length > 0) {
-    signal.throwIfAborted()
-    const next: CID[] = []
-    for (const cid of level) {
-      const bytes = await store.get(cid, { signal })
-      if (bytes === undefined) {
-        log('%c missing while listing the blocks of %c', cid, commit)
-        return
-      }
-      yield cid
-      const node = decodeMstNode(bytes, cid)
-      if (node.left !== null) next.push(node.left)
-      for (const entry of node.entries) {
-        if (entry.right !== null) next.push(entry.right)
-        const key = cidKey(entry.value)
-        if (entry.value.code === RAW || seen.has(key)) continue
+  try {
+    for await (const batch of walkMstSteps(store, decodeCommit(commitBytes, commit).data, { signal, check: false })) {
+      for (const step of batch) {
+        if ('node' in step) {
+          yield step.cid
+          continue
+        }
+        const key = cidKey(step.cid)
+        if (step.cid.code === RAW || seen.has(key)) continue
         seen.add(key)
-        yield entry.value
+        yield step.cid
       }
     }
-    level = next
+  } catch (err) {
+    if (!(err instanceof MissingBlockError) && !(err instanceof MstInvalidError)) throw err
+    log('listing the blocks of %c ended early - %e', commit, err)
   }
 }

@@ -13,6 +13,7 @@ import type { Block } from '../../src/repo/block-store.ts'
 import { cidKey, type CID } from '../../src/repo/cid.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
 import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
+import { hostileRepo } from '../helpers/hostile-mst.ts'
 
 class SetBroker implements BlockBroker {
   readonly name = 'pds'
@@ -142,6 +143,29 @@ describe('completeMst', () => {
       await store.discardStaged(v1.did)
       await release()
       assert.equal(await store.hasBlock(record.cid), false)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('fails with MstInvalidError on a node reached twice, asking for each block at most once', { timeout: 60_000 }, async () => {
+    const store = await open()
+    try {
+      const release = await store.beginWrite()
+      // 3^40 paths through 40 nodes: a walk that went down every link would not end
+      const hostile = hostileRepo(40)
+      const broker = new SetBroker(hostile.blocks)
+      const fetcher = new BlockFetcher({ store, brokers: [new LocalBroker({ store }), broker] })
+      await assert.rejects(completeMst(store.blocks, fetcher, hostile.data, { did: hostile.did }), (err: Error & { cid?: string }) => {
+        assert.equal(err.name, 'MstInvalidError')
+        assert.match(err.message, /reached twice/)
+        assert.equal(err.cid, hostile.shared.toString())
+        return true
+      })
+      const asked = broker.asked.flat().map(cidKey)
+      assert.equal(new Set(asked).size, asked.length)
+      await store.discardStaged(hostile.did)
+      await release()
     } finally {
       await store.close()
     }

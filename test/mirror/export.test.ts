@@ -9,6 +9,7 @@ import { MirrorStore } from '../../src/mirror/store.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
 import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 import { collect } from '../helpers/bytes.ts'
+import { hostileRepo } from '../helpers/hostile-mst.ts'
 
 describe('export', () => {
   let root: string
@@ -59,5 +60,24 @@ describe('export', () => {
     assert.ok(record !== undefined)
     await unlink(store.blockstore.pathOf(record.cid))
     await assert.rejects(collect(exportRepoCar(store.blocks, other.commit)), { name: 'MissingBlockError' })
+  })
+
+  it('fails with MstInvalidError on a node reached twice, writing each block once', { timeout: 60_000 }, async () => {
+    // 3^40 paths through 40 nodes: an export that followed every link would not end
+    const hostile = hostileRepo(40)
+    const release = await store.beginWrite()
+    await store.putBlocks(hostile.did, hostile.blocks)
+    await release()
+    const written: string[] = []
+    await assert.rejects(async () => {
+      for await (const block of repoBlocks(store.blocks, hostile.commit)) written.push(block.cid.toString())
+    }, (err: Error & { cid?: string }) => {
+      assert.equal(err.name, 'MstInvalidError')
+      assert.match(err.message, /reached twice/)
+      assert.equal(err.cid, hostile.shared.toString())
+      return true
+    })
+    assert.equal(new Set(written).size, written.length)
+    await assert.rejects(collect(exportRepoCar(store.blocks, hostile.commit)), { name: 'MstInvalidError' })
   })
 })

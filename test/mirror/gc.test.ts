@@ -4,13 +4,14 @@ import { mkdtemp, rm, unlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { holdKeys, repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
+import { HoldDelta, holdKeys, repoBlocksDelta, repoHoldDelta } from '../../src/mirror/gc.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
 import { encodeCbor } from '../../src/repo/cbor.ts'
 import { cidForBytes } from '../../src/repo/cid.ts'
 import { hexOf, storedBlocks } from '../helpers/blocks.ts'
 import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
+import { hostileRepo } from '../helpers/hostile-mst.ts'
 
 /** What the syncer does around an advance, without the network: stage + write, delta, one batch, GC. */
 async function advance (store: MirrorStore, from: RepoVersion | undefined, to: RepoVersion, options: { collect?: boolean } = {}): Promise<{ candidates: number, holds: number }> {
@@ -266,6 +267,32 @@ describe('garbage collection', () => {
       await unlink(store.blockstore.pathOf(v1.data))
       await syncerlessUnpin(store, v1.did)
       assert.equal(await store.holds.holdsAny(v1.did), false)
+      assert.deepEqual(await storedBlocks(dir), [])
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('a tree with a node reached twice is refused, not counted twice, and still released whole', { timeout: 60_000 }, async () => {
+    const { dir, store } = await open()
+    try {
+      // 3^40 paths through 40 nodes: a count that followed every link would not end
+      const hostile = hostileRepo(40)
+      const release = await store.beginWrite()
+      await store.putBlocks(hostile.did, hostile.blocks)
+      await assert.rejects(repoBlocksDelta(store.blocks, hostile.commit), (err: Error & { cid?: string }) => {
+        assert.equal(err.name, 'MstInvalidError')
+        assert.match(err.message, /reached twice/)
+        assert.equal(err.cid, hostile.shared.toString())
+        return true
+      })
+      // held as a sync that trusted it would have held it: each block once
+      const delta = new HoldDelta()
+      for (const { cid } of hostile.blocks) delta.add(cid)
+      await store.commitRepo({ did: hostile.did, commit: hostile.commit.toString(), rev: '3l3qo2vutsw2b', data: hostile.data.toString(), status: 'active', syncedAt: new Date().toISOString() }, delta, { pin: true, fresh: true })
+      await release()
+      await syncerlessUnpin(store, hostile.did)
+      assert.equal(await store.holds.holdsAny(hostile.did), false)
       assert.deepEqual(await storedBlocks(dir), [])
     } finally {
       await store.close()

@@ -28,6 +28,7 @@ import { cidForBytes, parseCid, type CID } from '../../src/repo/cid.ts'
 import { generateRepo } from '../../support/generated-repo.ts'
 import { splitCar } from '../helpers/car-tools.ts'
 import { until } from '../helpers/until.ts'
+import { hostileRepo } from '../helpers/hostile-mst.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
 const OTHER = 'did:plc:44ybard66vv44zksje25o7dz'
@@ -209,6 +210,32 @@ describe('reprovider', () => {
       await all.withdraw(repo.did)
       await all.onIdle()
       for (const { cid } of raw) assert.equal(await hasSelfRecord(aData, a, cid), false)
+    } finally {
+      await all.stop()
+    }
+  })
+
+  it("provide 'all' on a tree with a node reached twice lists each block once and stops", { timeout: 60_000 }, async () => {
+    // 3^40 paths through 40 nodes: a listing that followed every link would not end
+    const hostile = hostileRepo(40)
+    const blocks = new MemoryBlockStore()
+    for (const { cid, bytes } of hostile.blocks) blocks.put(cid, bytes)
+    await store.pins.add(hostile.did)
+    await store.putState(state(hostile.did, hostile.commit))
+    const { routing, provides } = countingRouting()
+    const all = new Reprovider({ routing, store: { pins: store.pins, getState: async (did) => await store.getState(did), blocks } }, { provide: 'all', passOnStart: false, intervalMs: 0 })
+    all.start()
+    try {
+      await all.announce(hostile.did)
+      await all.onIdle()
+      assert.ok(provides(hostile.commit) >= 1)
+      // (the commit goes out as the head and as a block of the repo)
+      for (const { cid } of hostile.blocks) if (!cid.equals(hostile.commit)) assert.ok(provides(cid) <= 1, `${cid.toString()} provided once at most`)
+      const listed = all.announcedFor(hostile.did)?.blocks ?? 0
+      assert.ok(listed >= 1 && listed < hostile.blocks.length, `the listing stopped at the repeat (${listed} blocks)`)
+      await store.pins.remove(hostile.did)
+      await all.withdraw(hostile.did)
+      await all.onIdle()
     } finally {
       await all.stop()
     }

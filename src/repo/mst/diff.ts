@@ -9,16 +9,22 @@
  * nodes are ever loaded. Every key sits in exactly one node per tree, so the
  * record changes are exactly the differences between the entries of the
  * created nodes and those of the deleted nodes.
+ *
+ * Each tree is read through its own {@link MstTraversal} (./traverse.ts), which
+ * checks and places every node and refuses one reached twice; only the order
+ * is the diff's own: both trees in step, layer by layer, so that a subtree
+ * common to both is seen at the same layer and never entered.
+ * {@link proofNodesFor} is a key search along one path, not a traversal.
  */
 import type { CID } from 'multiformats/cid'
 import { MissingBlockError } from '../../errors.ts'
 import type { ReadonlyBlockStore } from '../block-store.ts'
 import { cidKey } from '../cid.ts'
-import { DEFAULT_MAX_NODE_ENTRIES, checkNode, getBlocks, isPromise, rootLayer } from './check.ts'
+import { DEFAULT_MAX_NODE_ENTRIES, getBlocks, isPromise, rootLayer } from './check.ts'
 import { keyHeight } from './key.ts'
 import { decodeMstNode, type MstNode } from './node.ts'
 import { invertCommitOps, type CommitOp } from './proof.ts'
-import { type MissingMstNode, missingNodeError } from './walk.ts'
+import { MstTraversal, type MstPlace, type MstVisit } from './traverse.ts'
 
 /** One record change. */
 export interface MstRecordOp {
@@ -57,8 +63,9 @@ export interface DiffMstOptions {
   maxNodeEntries?: number
 }
 
-interface Pending extends MissingMstNode {
-  node?: MstNode
+interface Pending {
+  place: MstPlace
+  visit?: MstVisit
 }
 
 /**
@@ -68,7 +75,7 @@ interface Pending extends MissingMstNode {
  */
 export async function diffMst (store: ReadonlyBlockStore, before: CID | null, after: CID, options: DiffMstOptions = {}): Promise<MstDiff> {
   const { signal } = options
-  const maxEntries = options.maxNodeEntries ?? DEFAULT_MAX_NODE_ENTRIES
+  const maxNodeEntries = options.maxNodeEntries ?? DEFAULT_MAX_NODE_ENTRIES
   const getOptions = { signal }
   signal?.throwIfAborted()
   if (before !== null && before.equals(after)) {
@@ -80,24 +87,31 @@ export async function diffMst (store: ReadonlyBlockStore, before: CID | null, af
   const newValues = new Map<string, CID>()
   const oldValues = new Map<string, CID>()
   const newNodes = new Map<string, MstNode>()
+  // one traversal per tree: each side's nodes are checked and placed by it
+  const traversals = [before, after].map(root => root === null ? undefined : new MstTraversal(root, { maxNodeEntries }))
   // levels[side][layer]: nodes of that side waiting at that layer
   const levels: [Pending[][], Pending[][]] = [[], []]
 
-  const roots: Array<{ cid: CID, side: 0 | 1 }> = [{ cid: after, side: 1 }]
-  if (before !== null) roots.push({ cid: before, side: 0 })
-  let rootAnswers = getBlocks(store, roots.map(r => r.cid), getOptions)
+  const roots: Array<{ traversal: MstTraversal, side: 0 | 1 }> = []
+  for (const side of [1, 0] as const) {
+    const traversal = traversals[side]
+    if (traversal !== undefined) roots.push({ traversal, side })
+  }
+  let rootAnswers = getBlocks(store, roots.map(r => r.traversal.root.cid), getOptions)
   if (isPromise(rootAnswers)) rootAnswers = await rootAnswers
   let top = -1
   for (let i = 0; i < roots.length; i++) {
-    const { cid, side } = roots[i]
+    const { traversal, side } = roots[i]
+    const place = traversal.root
     const bytes = rootAnswers[i]
-    if (bytes === undefined) throw missingNodeError({ cid, layer: -1, after: null, before: null, parent: null })
-    const node = decodeMstNode(bytes, cid)
-    const layer = rootLayer(node, cid)
-    if (layer >= 0) checkNode(node, cid, { layer, after: null, before: null, root: true }, maxEntries)
-    const level = (levels[side][layer + 1] ??= [])
-    level.push({ cid, layer, after: null, before: null, parent: null, node })
-    if (layer > top) top = layer
+    if (bytes === undefined) {
+      traversal.missing(place)
+      continue
+    }
+    const visit = traversal.enter(place, bytes)
+    const level = (levels[side][place.layer + 1] ??= [])
+    level.push({ place, visit })
+    if (place.layer > top) top = place.layer
   }
 
   for (let layer = top; layer >= -1; layer--) {
@@ -105,51 +119,50 @@ export async function diffMst (store: ReadonlyBlockStore, before: CID | null, af
     const news = levels[1][layer + 1] ?? []
     if (olds.length === 0 && news.length === 0) continue
     // A node on both sides at the same layer is the same subtree: skip it whole.
-    const oldKeys = new Set(olds.map(item => cidKey(item.cid)))
+    const oldKeys = new Set(olds.map(item => cidKey(item.place.cid)))
     const common = new Set<string>()
     for (const item of news) {
-      const key = cidKey(item.cid)
+      const key = cidKey(item.place.cid)
       if (oldKeys.has(key)) common.add(key)
     }
     const work: Array<{ item: Pending, side: 0 | 1 }> = []
-    for (const item of olds) if (!common.has(cidKey(item.cid))) work.push({ item, side: 0 })
-    for (const item of news) if (!common.has(cidKey(item.cid))) work.push({ item, side: 1 })
+    for (const item of olds) if (!common.has(cidKey(item.place.cid))) work.push({ item, side: 0 })
+    for (const item of news) if (!common.has(cidKey(item.place.cid))) work.push({ item, side: 1 })
 
-    const toLoad = work.filter(w => w.item.node === undefined)
+    const toLoad = work.filter(w => w.item.visit === undefined)
     if (toLoad.length > 0) {
       signal?.throwIfAborted()
-      let answers = getBlocks(store, toLoad.map(w => w.item.cid), getOptions)
+      let answers = getBlocks(store, toLoad.map(w => w.item.place.cid), getOptions)
       if (isPromise(answers)) answers = await answers
       for (let i = 0; i < toLoad.length; i++) {
-        const { item } = toLoad[i]
+        const { item, side } = toLoad[i]
+        const traversal = traversals[side] as MstTraversal
         const bytes = answers[i]
-        if (bytes === undefined) throw missingNodeError(item)
-        const node = decodeMstNode(bytes, item.cid)
-        checkNode(node, item.cid, { layer, after: item.after, before: item.before, root: false }, maxEntries)
-        item.node = node
+        if (bytes === undefined) {
+          traversal.missing(item.place)
+          continue
+        }
+        item.visit = traversal.enter(item.place, bytes)
       }
     }
 
     for (const { item, side } of work) {
-      const node = item.node as MstNode
+      const { node, left, rights } = item.visit as MstVisit
       if (side === 1) {
-        createdNodes.push(item.cid)
-        newNodes.set(cidKey(item.cid), node)
+        createdNodes.push(item.place.cid)
+        newNodes.set(cidKey(item.place.cid), node)
       } else {
-        deletedNodes.push(item.cid)
+        deletedNodes.push(item.place.cid)
       }
       const values = side === 1 ? newValues : oldValues
       const { entries } = node
       const below = (levels[side][layer] ??= [])
-      if (node.left !== null) {
-        below.push({ cid: node.left, layer: layer - 1, after: item.after, before: entries.length > 0 ? entries[0].key : item.before, parent: item.cid })
-      }
+      if (left !== null) below.push({ place: left })
       for (let j = 0; j < entries.length; j++) {
         const entry = entries[j]
         values.set(entry.key, entry.value)
-        if (entry.right !== null) {
-          below.push({ cid: entry.right, layer: layer - 1, after: entry.key, before: j + 1 < entries.length ? entries[j + 1].key : item.before, parent: item.cid })
-        }
+        const right = rights[j]
+        if (right !== null) below.push({ place: right })
       }
     }
   }

@@ -139,9 +139,14 @@ describe('walkMst rejects broken trees', () => {
     ['an invalid record path', t => t.raw(dagCbor.encode({ e: [{ p: 0, k: new TextEncoder().encode('com.example.test'), v: record(1), t: null }], l: null })), 'InvalidRecordPathError', /no "\/"/],
     ['a key repeated in another node', t => {
       const top = h1[10]
+      const [low, next] = h0.filter(k => k < top)
+      return t.node(t.node(null, [[low]]), [[top, t.node(null, [[low], [next]])]])
+    }, 'MstInvalidError', /not after/],
+    ['a node linked twice', t => {
+      const top = h1[10]
       const low = h0.find(k => k < top) as string
       return t.node(t.node(null, [[low]]), [[top, t.node(null, [[low]])]])
-    }, 'MstInvalidError', /not after/],
+    }, 'MstInvalidError', /reached twice/],
     ['a key outside its subtree range', t => {
       const top = h1[10]
       const high = h0.find(k => k > top) as string
