@@ -118,9 +118,16 @@ export class CidMismatchError extends RepoVerificationError {
 /** A CAR file is malformed (header, varint, section or CID). */
 export class CarParseError extends RepoVerificationError {
   readonly offset?: number
-  constructor (reason: string, init: { offset?: number } = {}, options?: AtmirrorErrorOptions) {
+  /**
+   * The input ended inside a structure (header, varint, section): a cut-off
+   * stream as much as a malformed file. A download reader reports it as an
+   * interrupted download.
+   */
+  readonly truncated: boolean
+  constructor (reason: string, init: { offset?: number, truncated?: boolean } = {}, options?: AtmirrorErrorOptions) {
     super(`malformed CAR: ${reason}`, { offset: init.offset }, options)
     this.offset = init.offset
+    this.truncated = init.truncated === true
   }
 }
 
@@ -315,6 +322,34 @@ export class BodyTooLargeError extends AtmirrorError {
   constructor (limit: number) {
     super(`response body larger than ${limit} bytes`, { limit })
     this.limit = limit
+  }
+}
+
+/**
+ * An outbound request was not made because the address it would connect to is in a
+ * range the address policy refuses (loopback, private, link-local, …; see
+ * src/http/policy.ts). `host` is what was asked for, `address` what it resolved to.
+ */
+export class AddressNotAllowedError extends AtmirrorError {
+  readonly host: string
+  readonly address: string
+  readonly range: string
+  constructor (host: string, address: string, range: string) {
+    super('outbound address refused by the address policy', { host, address, range })
+    this.host = host
+    this.address = address
+    this.range = range
+  }
+}
+
+/** A redirect was not followed: too many hops, a scheme other than http(s), or https → http. */
+export class RedirectRefusedError extends AtmirrorError {
+  readonly url: string
+  readonly location: string
+  constructor (reason: string, init: { url: string, location: string }) {
+    super(`redirect refused: ${reason}`, { url: init.url, location: init.location })
+    this.url = init.url
+    this.location = init.location
   }
 }
 

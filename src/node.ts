@@ -66,6 +66,13 @@ export interface MirrorNodeInit {
    */
   allowHttpLocalhost?: boolean
   /**
+   * Allow outbound HTTP to private, loopback and link-local addresses (a PDS or
+   * PLC on a private network; see src/http/policy.ts).
+   *
+   * @default false
+   */
+  allowPrivateNetwork?: boolean
+  /**
    * The peer-to-peer network (libp2p + Helia + Bitswap), or `false` for none
    * (one-shot CLI commands, `--offline`).
    *
@@ -96,7 +103,10 @@ export interface MirrorNodeInit {
    * @default 4
    */
   concurrency?: number
-  /** The fetch used for PLC, handles and PDS calls. @default globalThis.fetch */
+  /**
+   * The fetch used for PLC, handles and PDS calls (it then decides which addresses
+   * may be reached). @default the address policy's (src/http/policy.ts)
+   */
   fetch?: typeof globalThis.fetch
 }
 
@@ -446,7 +456,8 @@ function syncResultJson (result: SyncResult): SyncResultJson {
     full: result.full,
     fetched: { ...result.fetched },
     bytes: result.bytes,
-    seconds: result.seconds
+    seconds: result.seconds,
+    ...(result.rollback === undefined ? {} : { rollback: { rev: result.rollback.rev, commit: result.rollback.commit.toString() } })
   }
 }
 
@@ -474,9 +485,10 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       plcUrl: init.plcUrl,
       handleResolverUrl: init.handleResolverUrl,
       allowHttpLocalhost: init.allowHttpLocalhost,
+      allowPrivateNetwork: init.allowPrivateNetwork,
       fetch: init.fetch
     })
-    const pdsHeads = new PdsHeadResolver({ identity }, { fetch: init.fetch })
+    const pdsHeads = new PdsHeadResolver({ identity })
     let heads: HeadResolver = pdsHeads
     let p2p: PeerServices | undefined
     let network: MirrorNetwork | undefined
@@ -513,7 +525,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         mirrors
       }, init.network?.bitswap)
     }
-    const pdsClient = new PdsClient({ fetch: init.fetch })
+    const pdsClient = new PdsClient({ fetch: identity.fetch })
     // local → bitswap (when there is a network) → the DID's PDS
     const fetcher = new BlockFetcher({
       store,
@@ -523,7 +535,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         new PdsBroker({ identity }, { client: pdsClient })
       ]
     })
-    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: { fetch: init.fetch } })
+    const syncer = new RepoSyncer({ store, identity, heads, fetcher })
     return new MirrorNode({
       dataDir: init.dataDir,
       lock,

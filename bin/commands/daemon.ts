@@ -107,8 +107,11 @@ export const command = defineCommand({
       ctx.stdout.write((json ? JSON.stringify(line) : String(line)) + '\n')
     }
     node.events.addEventListener('repo:synced', (evt) => {
-      if (json) print({ event: 'repo:synced', ...evt.detail, commit: evt.detail.commit.toString() })
-      else if (evt.detail.changed) print(`synced ${formatSync({ ...evt.detail, commit: evt.detail.commit.toString() })}`)
+      const { rollback, ...detail } = evt.detail
+      const result = { ...detail, commit: detail.commit.toString(), ...(rollback === undefined ? {} : { rollback: { rev: rollback.rev, commit: rollback.commit.toString() } }) }
+      if (json) print({ event: 'repo:synced', ...result })
+      else if (rollback !== undefined) ctx.stderr.write(`warning: ${formatSync(result)}\n`)
+      else if (evt.detail.changed) print(`synced ${formatSync(result)}`)
     })
     node.events.addEventListener('repo:error', (evt) => {
       const { did, error } = evt.detail

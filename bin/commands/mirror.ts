@@ -91,12 +91,15 @@ async function mirrorHere (dir: string, id: string, values: { plc?: string, 'han
 }
 
 function toJson (result: SyncResult): SyncResultJson {
-  return { ...result, commit: result.commit.toString(), fetched: { ...result.fetched } }
+  const { rollback, ...rest } = result
+  return { ...rest, commit: result.commit.toString(), fetched: { ...result.fetched }, ...(rollback === undefined ? {} : { rollback: { rev: rollback.rev, commit: rollback.commit.toString() } }) }
 }
 
 function formatSummary (result: SyncResultJson): string {
   const { fetched } = result
-  const what = !result.changed ? 'unchanged (fetched the head only)' : result.full ? 'full sync' : 'incremental sync'
+  const what = result.rollback !== undefined
+    ? `unchanged: the PDS rolled back to rev ${result.rollback.rev} (older than the stored rev), kept the stored repo`
+    : !result.changed ? 'unchanged (fetched the head only)' : result.full ? 'full sync' : 'incremental sync'
   return [
     `did:      ${result.did}`,
     `rev:      ${result.rev}`,

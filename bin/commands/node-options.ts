@@ -9,27 +9,32 @@ import { CommandUsageError, plcUrl } from './context.ts'
 
 /** Flags for identity resolution, on top of the global --plc. */
 export const identityOptions = {
-  'handle-resolver': { type: 'string' }
+  'handle-resolver': { type: 'string' },
+  'allow-private-network': { type: 'boolean' }
 } as const satisfies NonNullable<ParseArgsConfig['options']>
 
 export interface IdentityConfig {
   plcUrl: string
   handleResolverUrl?: string
   allowHttpLocalhost: boolean
+  allowPrivateNetwork: boolean
 }
 
 /**
- * --plc / ATMIRROR_PLC and --handle-resolver / ATMIRROR_HANDLE_RESOLVER. A PLC
+ * --plc / ATMIRROR_PLC, --handle-resolver / ATMIRROR_HANDLE_RESOLVER and
+ * --allow-private-network / ATMIRROR_ALLOW_PRIVATE_NETWORK. A PLC
  * directory or handle resolver on http://localhost means a local test network, whose
  * PDS and did:web documents are plain http on localhost too: that is allowed then,
  * and only then.
  */
-export function identityConfig (values: { plc?: string, 'handle-resolver'?: string }, env: NodeJS.ProcessEnv): IdentityConfig {
+export function identityConfig (values: { plc?: string, 'handle-resolver'?: string, 'allow-private-network'?: boolean }, env: NodeJS.ProcessEnv): IdentityConfig {
   const plc = checkUrl('--plc', plcUrl(values.plc, env))
   const resolver = values['handle-resolver'] ?? env.ATMIRROR_HANDLE_RESOLVER
   const handleResolverUrl = resolver === undefined || resolver === '' ? undefined : checkUrl('--handle-resolver', resolver)
   const allowHttpLocalhost = [plc, handleResolverUrl].some(url => url !== undefined && isHttpLocalhost(url))
-  return { plcUrl: plc, handleResolverUrl, allowHttpLocalhost }
+  // --allow-private-network / ATMIRROR_ALLOW_PRIVATE_NETWORK=1: outbound HTTP may reach private addresses
+  const allowPrivateNetwork = values['allow-private-network'] === true || env.ATMIRROR_ALLOW_PRIVATE_NETWORK === '1'
+  return { plcUrl: plc, handleResolverUrl, allowHttpLocalhost, allowPrivateNetwork }
 }
 
 function checkUrl (flag: string, value: string): string {
@@ -63,7 +68,9 @@ export function integerFlag (flag: string, value: string | undefined, fallback: 
 /** One line about a sync: `did rev=… records=… fetched pds=… bitswap=… local=… 1.2 s`. */
 export function formatSync (result: SyncResultJson): string {
   const { fetched } = result
-  const what = !result.changed ? 'unchanged' : result.full ? 'full sync' : 'incremental sync'
+  const what = result.rollback !== undefined
+    ? `unchanged: PDS rolled back to rev ${result.rollback.rev}, kept the stored rev`
+    : !result.changed ? 'unchanged' : result.full ? 'full sync' : 'incremental sync'
   return `${result.did} rev=${result.rev} commit=${result.commit} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}, ${result.seconds.toFixed(1)} s)`
 }
 

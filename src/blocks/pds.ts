@@ -14,6 +14,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { PdsBlockNotFoundError, PdsResponseError, PdsUnavailableError } from '../errors.ts'
+import { describeFetchError } from '../http/fetch.ts'
 import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../http/xrpc.ts'
 import type { Block } from '../repo/block-store.ts'
 import { readCar } from '../repo/car.ts'
@@ -26,6 +27,8 @@ const log = logger('atmirror:blocks:pds')
 /** Finds a DID's PDS (an IdentityResolver fits). */
 export interface PdsLocator {
   resolve: (did: string, options?: { signal?: AbortSignal }) => Promise<{ did: string, pds: string }>
+  /** The fetch (with its address policy) the PDS it names is reached through. */
+  readonly fetch?: FetchLike
 }
 
 export interface PdsClientInit {
@@ -35,6 +38,7 @@ export interface PdsClientInit {
   repoTimeoutMs?: number
   /** A download fails when no byte arrives for this long. @default 30_000 */
   idleTimeoutMs?: number
+  /** @default the address policy's fetch with nothing relaxed (src/http/policy.ts) */
   fetch?: FetchLike
 }
 
@@ -43,13 +47,13 @@ export class PdsClient {
   readonly #timeoutMs: number
   readonly #repoTimeoutMs: number
   readonly #idleTimeoutMs: number
-  readonly #fetch: FetchLike
+  readonly #fetch: FetchLike | undefined
 
   constructor (init: PdsClientInit = {}) {
     this.#timeoutMs = init.timeoutMs ?? 30_000
     this.#repoTimeoutMs = init.repoTimeoutMs ?? 1_800_000
     this.#idleTimeoutMs = init.idleTimeoutMs ?? 30_000
-    this.#fetch = init.fetch ?? fetch
+    this.#fetch = init.fetch
   }
 
   /**
@@ -89,10 +93,14 @@ export class PdsClient {
       timer = setTimeout(() => { idle.abort(new DOMException('no data', 'TimeoutError')) }, this.#idleTimeoutMs)
     }
     const url = xrpcUrl(pds, nsid, params).href
+    let received = 0
     const fail = (err: unknown): unknown => {
       if (signal?.aborted === true) return signal.reason ?? err
-      if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms`, { did, url }, { cause: err })
-      return mapFetchError(err, nsid, url, { did })
+      if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms after ${received} bytes`, { did, url }, { cause: err })
+      const mapped = mapFetchError(err, nsid, url, { did })
+      // the body broke off: say so, with how far it got
+      if (received > 0 && mapped instanceof PdsUnavailableError) return new PdsUnavailableError(`${nsid}: download interrupted after ${received} bytes (${describeFetchError(err)})`, { did, url }, { cause: err })
+      return mapped
     }
     arm()
     try {
@@ -107,6 +115,7 @@ export class PdsClient {
       try {
         for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
           arm()
+          received += chunk.byteLength
           yield chunk
         }
       } catch (err) {
@@ -155,7 +164,7 @@ export class PdsBroker implements BlockBroker {
 
   constructor (components: { identity: PdsLocator }, init: PdsBrokerInit = {}) {
     this.#identity = components.identity
-    this.#client = init.client ?? new PdsClient(init)
+    this.#client = init.client ?? new PdsClient({ fetch: components.identity.fetch, ...init })
     this.#batchSize = init.batchSize ?? 200
     this.#maxUrlLength = init.maxUrlLength ?? 8000
     this.#concurrency = init.concurrency ?? 4

@@ -39,6 +39,7 @@ export interface PdsHeadResolverComponents {
 export interface PdsHeadResolverInit {
   /** Per-request time budget. @default 10_000 */
   timeoutMs?: number
+  /** @default the identity resolver's (its address policy) */
   fetch?: FetchLike
 }
 
@@ -52,7 +53,7 @@ export class PdsHeadResolver implements HeadResolver {
   constructor (components: PdsHeadResolverComponents, init: PdsHeadResolverInit = {}) {
     this.identity = components.identity
     this.timeoutMs = init.timeoutMs
-    this.fetchFn = init.fetch
+    this.fetchFn = init.fetch ?? components.identity.fetch
   }
 
   async resolveHead (did: string, options: ResolveHeadOptions = {}): Promise<Head> {

@@ -2,35 +2,73 @@
  * Bounded HTTP for identity and XRPC requests: every request gets a timeout,
  * combined with the caller's signal, and every body read has a size cap so a
  * hostile server cannot make us buffer without end.
+ *
+ * Redirects are followed here, one hop at a time (`redirect: 'manual'`), so each
+ * hop goes through the same fetch and so the same address policy (policy.ts) as
+ * the first request: at most `maxRedirects` hops, only to http(s), never from
+ * https down to http. All our requests are GET queries (XRPC queries, DID
+ * documents, handle lookups), which HTTP lets a server redirect; a PDS may send a
+ * sync query elsewhere (a CDN for blobs), so refusing every redirect would break
+ * real hosts, while three hops are more than any of them uses.
  */
 import { isIP } from 'node:net'
-import { BodyTooLargeError } from '../errors.ts'
+import { BodyTooLargeError, RedirectRefusedError } from '../errors.ts'
+import { defaultPolicyFetch } from './policy.ts'
 
 /** A `fetch`-compatible function (injected in tests or to add a proxy). */
 export type FetchLike = (input: string | URL, init?: RequestInit) => Promise<Response>
 
 export interface BoundedFetchOptions {
   signal?: AbortSignal
-  /** Abort the request (headers and body) after this long. @default 10_000 */
+  /** Abort the request (headers and body, every hop) after this long. @default 10_000 */
   timeoutMs?: number
+  /**
+   * The fetch every hop goes through. @default the address policy's fetch with
+   * nothing relaxed (see policy.ts)
+   */
   fetch?: FetchLike
   headers?: Record<string, string>
+  /** Redirect hops followed. @default 3 */
+  maxRedirects?: number
 }
 
 /** Default time budget of one request. */
 export const DEFAULT_TIMEOUT_MS = 10_000
 
+/** Default of {@link BoundedFetchOptions.maxRedirects}. */
+export const DEFAULT_MAX_REDIRECTS = 3
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308])
+
 /**
- * `fetch` bounded by `timeoutMs` and the caller's signal. The same signal keeps
- * bounding the body read. Errors are fetch's own (`TimeoutError`, `AbortError`,
- * `TypeError`); callers rethrow the caller's own abort (`signal.throwIfAborted()`)
- * and map the rest.
+ * `fetch` bounded by `timeoutMs` and the caller's signal, following redirects hop
+ * by hop (see the file header). The same signal keeps bounding the body read.
+ * Errors are fetch's own (`TimeoutError`, `AbortError`, `TypeError`), the
+ * policy's AddressNotAllowedError and RedirectRefusedError; callers rethrow the
+ * caller's own abort (`signal.throwIfAborted()`) and map the rest.
  */
 export async function boundedFetch (url: string | URL, options: BoundedFetchOptions = {}): Promise<Response> {
   const timeout = AbortSignal.timeout(options.timeoutMs ?? DEFAULT_TIMEOUT_MS)
   const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
-  const doFetch = options.fetch ?? fetch
-  return await doFetch(url, { signal, headers: options.headers, redirect: 'follow' })
+  const doFetch = options.fetch ?? defaultPolicyFetch()
+  const maxRedirects = options.maxRedirects ?? DEFAULT_MAX_REDIRECTS
+  let current = new URL(url)
+  for (let hop = 0; ; hop++) {
+    const res = await doFetch(current, { signal, headers: options.headers, redirect: 'manual' })
+    const location = REDIRECTS.has(res.status) ? res.headers.get('location') : null
+    if (location === null) return res
+    await res.body?.cancel().catch(() => {})
+    let next: URL
+    try {
+      next = new URL(location, current)
+    } catch {
+      throw new RedirectRefusedError('not a URL', { url: current.href, location })
+    }
+    if (hop >= maxRedirects) throw new RedirectRefusedError(`more than ${maxRedirects} hops`, { url: current.href, location: next.href })
+    if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new RedirectRefusedError(`${next.protocol} is not http(s)`, { url: current.href, location: next.href })
+    if (current.protocol === 'https:' && next.protocol === 'http:') throw new RedirectRefusedError('https to http', { url: current.href, location: next.href })
+    current = next
+  }
 }
 
 // Lives in errors.ts with every other error; re-exported here, where it was first defined.
@@ -107,7 +145,7 @@ export function isLoopbackHost (hostname: string): boolean {
 export function describeFetchError (err: unknown): string {
   const e = err as Error & { cause?: Error & { code?: string } }
   if (e?.name === 'TimeoutError') return 'timed out'
-  if (e?.name === 'BodyTooLargeError') return e.message
+  if (e?.name === 'BodyTooLargeError' || e?.name === 'AddressNotAllowedError' || e?.name === 'RedirectRefusedError') return e.message
   if (e?.name === 'SyntaxError') return `invalid JSON (${e.message})`
   if (e instanceof TypeError && e.cause !== undefined) return `${e.message}: ${e.cause.code ?? e.cause.message}`
   return e?.message ?? String(err)

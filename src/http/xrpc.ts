@@ -7,16 +7,20 @@
  *   `RepoSuspended`, `RepoDeactivated`, `BlockNotFound` → the matching class;
  * - `MethodNotImplemented`, 501, or a 404 without an XRPC error → MethodNotImplementedError;
  * - network failure, timeout, 5xx, 429 → PdsUnavailableError;
+ * - an address the policy refuses, a redirect refused → AddressNotAllowedError,
+ *   RedirectRefusedError (see policy.ts, fetch.ts);
  * - anything else that is not a valid answer (HTML, bad JSON, other 4xx) → PdsResponseError.
  *
  * The caller's own abort is rethrown untouched.
  */
 import {
+  AddressNotAllowedError,
   MethodNotImplementedError,
   PdsBlockNotFoundError,
   PdsError,
   PdsResponseError,
   PdsUnavailableError,
+  RedirectRefusedError,
   RepoDeactivatedError,
   RepoNotFoundError,
   RepoSuspendedError,
@@ -124,6 +128,8 @@ export async function readXrpcBytes (res: Response, nsid: string, maxBytes: numb
 export function mapFetchError (err: unknown, nsid: string, url: URL | string | undefined, options: XrpcRequestOptions = {}): unknown {
   if (options.signal?.aborted === true) return options.signal.reason ?? err
   if (err instanceof PdsError) return err
+  // the address policy's answer is not the PDS being down: say what it is
+  if (err instanceof AddressNotAllowedError || err instanceof RedirectRefusedError) return err
   const href = url?.toString()
   if ((err as Error)?.name === 'BodyTooLargeError') return new PdsResponseError(`${nsid}: ${(err as Error).message}`, { did: options.did, url: href }, { cause: err })
   return new PdsUnavailableError(`${nsid}: ${describeFetchError(err)}`, { did: options.did, url: href }, { cause: err })

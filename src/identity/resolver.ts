@@ -21,6 +21,7 @@ import { parseAtprotoDocument, type DidDocument } from './did-document.ts'
 import { DEFAULT_PLC_URL, getResolver, type DidResolutionOptions } from './did-resolvers.ts'
 import { normalizeHandle, resolveHandleDirect, resolveHandleXrpc } from './handle.ts'
 import type { FetchLike } from '../http/fetch.ts'
+import { defaultPolicyFetch } from '../http/policy.ts'
 
 const log = logger('atmirror:identity')
 
@@ -56,6 +57,12 @@ export interface IdentityResolver {
   resolve: (didOrHandle: string, options?: ResolveIdentityOptions) => Promise<Identity>
   /** Resolves the DID again, ignoring and replacing any cached identity. */
   refresh: (did: string, options?: ResolveIdentityOptions) => Promise<Identity>
+  /**
+   * The fetch, with its address policy, that the hosts these identities name (their
+   * PDS) are reached through; PDS clients built on this resolver use it unless given
+   * their own.
+   */
+  readonly fetch?: FetchLike
 }
 
 export interface AtprotoIdentityResolverInit {
@@ -88,6 +95,14 @@ export interface AtprotoIdentityResolverInit {
    * @default false
    */
   allowHttpLocalhost?: boolean
+  /**
+   * Allow outbound requests to private, loopback and link-local addresses (a PDS or
+   * PLC on a private network). Without it only a local test network
+   * (`allowHttpLocalhost`) may use loopback, and nothing may use the rest (see
+   * src/http/policy.ts). Ignored when `fetch` is given.
+   * @default false
+   */
+  allowPrivateNetwork?: boolean
   /** DNS servers for handle TXT lookups instead of the system's. */
   dnsServers?: string[]
   /** The clock cache expiry is measured with (tests pass a fake one). @default Date.now */
@@ -117,7 +132,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   private readonly failureTtl: number
   private readonly maxEntries: number
   private readonly timeoutMs?: number
-  private readonly fetchFn?: FetchLike
+  readonly fetch: FetchLike
   private readonly dnsServers?: string[]
   private readonly allowHttpLocalhost: boolean
   private readonly now: () => number
@@ -131,14 +146,20 @@ export class AtprotoIdentityResolver implements IdentityResolver {
     this.failureTtl = Math.min(init.failureCacheTtlMs ?? DEFAULT_FAILURE_CACHE_TTL_MS, this.ttl)
     this.maxEntries = init.cacheSize ?? 10_000
     this.timeoutMs = init.timeoutMs
-    this.fetchFn = init.fetch
     this.dnsServers = init.dnsServers
     this.allowHttpLocalhost = init.allowHttpLocalhost === true
+    // one address policy for PLC, did:web, handles and, through `fetch`, the PDS
+    this.fetch = init.fetch ?? defaultPolicyFetch({
+      allowLoopback: this.allowHttpLocalhost,
+      allowPrivateNetwork: init.allowPrivateNetwork,
+      // the configured services are reached wherever they are
+      allowEndpoints: [this.plcUrl, ...(this.handleResolverUrl === undefined ? [] : [this.handleResolverUrl])]
+    })
     this.now = init.now ?? Date.now
     this.didResolver = new Resolver(getResolver({
       plcUrl: this.plcUrl,
       timeoutMs: init.timeoutMs,
-      fetch: init.fetch,
+      fetch: this.fetch,
       allowHttpLocalhost: this.allowHttpLocalhost
     }))
   }
@@ -179,7 +200,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   async resolveHandle (handle: string, options: { signal?: AbortSignal } = {}): Promise<string> {
     const cached = this.cached(this.handles, handle)
     if (cached !== undefined) return cached
-    const lookup = { signal: options.signal, timeoutMs: this.timeoutMs, fetch: this.fetchFn, dnsServers: this.dnsServers }
+    const lookup = { signal: options.signal, timeoutMs: this.timeoutMs, fetch: this.fetch, dnsServers: this.dnsServers }
     const did = this.handleResolverUrl !== undefined
       ? await resolveHandleXrpc(this.handleResolverUrl, handle, lookup)
       : await resolveHandleDirect(handle, lookup)

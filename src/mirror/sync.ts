@@ -19,6 +19,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
 import {
+  CarParseError,
   DidNotFoundError,
   MethodNotImplementedError,
   NotPinnedError,
@@ -68,6 +69,12 @@ export interface SyncResult {
   /** Bytes downloaded. */
   bytes: number
   seconds: number
+  /**
+   * Set when the head offered was a validly signed commit older than the stored
+   * rev: the PDS rolled the repo back (or served a stale copy). The stored repo
+   * is kept (`changed` is false); this says why.
+   */
+  rollback?: { rev: string, commit: CID }
 }
 
 /** Progress of a sync, for a terminal display. */
@@ -225,7 +232,7 @@ export class RepoSyncer {
     this.#store = components.store
     this.#identity = components.identity
     this.#heads = components.heads
-    this.#client = new PdsClient(init.pds)
+    this.#client = new PdsClient({ fetch: components.identity.fetch, ...init.pds })
     this.#fetcher = components.fetcher ?? new BlockFetcher({
       store: components.store,
       brokers: [
@@ -327,13 +334,18 @@ export class RepoSyncer {
       const same = state.commit === head.cid.toString()
       const older = compareRevs(head.rev, state.rev) < 0
       if (same || older) {
-        if (older) log('%s: head rev %s is older than the stored rev %s; keeping the stored repo', did, head.rev, state.rev)
+        // a signed commit older than one already verified: the host went back in
+        // time. Not taken, and said loudly (the logger's levels are debug, error
+        // and trace: error is the one an operator sees)
+        if (older) log.error('%s: PDS rollback: the head offered, rev %s (commit %c), is older than the stored rev %s; keeping the stored repo', did, head.rev, head.cid, state.rev)
         const next: RepoState = { ...state, status: 'active', syncedAt: now, pds: identity.pds, handle: identity.handle ?? state.handle }
         delete next.error
         await this.#store.putState(next)
         if (pin && !await this.#store.pins.has(did)) await this.#store.pins.add(did)
         await this.#store.collectGarbage()
-        return unchanged(next, state.records)
+        const result = unchanged(next, state.records)
+        if (older) result.rollback = { rev: head.rev, commit: head.cid }
+        return result
       }
     }
 
@@ -377,7 +389,12 @@ export class RepoSyncer {
           if (batch.length >= this.#writeBatch) await flush()
         }
         await flush()
-      } catch (err) {
+      } catch (caught) {
+        // a CAR cut off mid-structure is a download that broke off (the connection
+        // closed early), not a malformed repo
+        const err = caught instanceof CarParseError && caught.truncated
+          ? new PdsUnavailableError(`com.atproto.sync.getRepo: download interrupted after ${bytesIn} bytes (${caught.message})`, { did, url: identity.pds }, { cause: caught })
+          : caught
         // a PDS without getRepo (or without `since`) can still serve getBlocks, and a
         // PDS that cannot be reached at all (the head came from peers) leaves the other
         // mirrors: the walk below fetches everything that is missing. Anything else (a

@@ -166,7 +166,7 @@ export async function * writeCar (roots: CID[], blocks: AsyncIterable<Block> | I
 
 async function readRoots (reader: CarBytes, allowNoRoots: boolean): Promise<CID[]> {
   const length = await reader.peekVarint('header length')
-  if (length === undefined) throw new CarParseError('empty input (no header)', { offset: 0 })
+  if (length === undefined) throw new CarParseError('empty input (no header)', { offset: 0, truncated: true })
   if (length.value === 0) throw new CarParseError('header length is zero', { offset: 0 })
   if (length.value > MAX_HEADER_BYTES) {
     throw new CarParseError(`header length ${length.value} exceeds ${MAX_HEADER_BYTES} bytes`, { offset: 0 })
@@ -177,7 +177,8 @@ async function readRoots (reader: CarBytes, allowNoRoots: boolean): Promise<CID[
     // strictVersion 1: a CARv2 pragma is refused here instead of being followed.
     header = await readHeader(reader.asBytesReader, 1)
   } catch (err) {
-    if (err instanceof CarParseError) throw err
+    // the source's own failure (a network error, an abort) is not a parse error
+    if (err instanceof CarParseError || reader.isSourceError(err)) throw err
     throw new CarParseError(`invalid header (${(err as Error).message})`, { offset: 0 }, { cause: err })
   }
   reader.unlimit()
@@ -214,7 +215,7 @@ async function * readBlocks (reader: CarBytes, maxBlockBytes: number, signal: Ab
       try {
         head = await readBlockHead(reader.asBytesReader)
       } catch (err) {
-        if (err instanceof CarParseError) throw err
+        if (err instanceof CarParseError || reader.isSourceError(err)) throw err
         throw new CarParseError(`invalid section CID (${(err as Error).message})`, { offset: start }, { cause: err })
       }
       const cidLength = reader.pos - start - length.size
@@ -252,6 +253,7 @@ class CarBytes {
   #endWhat = ''
   #endStart = 0
   readonly #signal: AbortSignal | undefined
+  #sourceError: unknown
 
   constructor (source: Uint8Array | AsyncIterable<Uint8Array>, signal: AbortSignal | undefined) {
     this.#signal = signal
@@ -268,6 +270,11 @@ class CarBytes {
   /** This reader as the library's `BytesReader` (whose methods it may answer without a promise). */
   get asBytesReader (): BytesReader {
     return this as unknown as BytesReader
+  }
+
+  /** Whether `err` is what the source threw (passed on as it is, never as a parse error). */
+  isSourceError (err: unknown): boolean {
+    return err !== undefined && err === this.#sourceError
   }
 
   get pos (): number {
@@ -333,7 +340,7 @@ class CarBytes {
   #exactly (length: number, seek: boolean): Uint8Array {
     const available = this.#buf.length - this.#off
     if (available < length) {
-      throw new CarParseError(`truncated ${this.#endWhat || 'data'}: need ${length} bytes at offset ${this.#pos}, input ends after ${available}`, { offset: this.#endStart })
+      throw new CarParseError(`truncated ${this.#endWhat || 'data'}: need ${length} bytes at offset ${this.#pos}, input ends after ${available}`, { offset: this.#endStart, truncated: true })
     }
     const out = this.#buf.subarray(this.#off, this.#off + length)
     if (seek) this.seek(length)
@@ -351,7 +358,7 @@ class CarBytes {
       const message = (err as Error).message
       if (message.includes('not minimally encoded')) throw new CarParseError(`${what} varint is not minimally encoded`, { offset: this.#pos }, { cause: err })
       // (the window is shorter than the maximum only where the input or the limit ends)
-      if (window.length < MAX_VARINT_BYTES) throw new CarParseError(`${what} varint is truncated`, { offset: this.#pos }, { cause: err })
+      if (window.length < MAX_VARINT_BYTES) throw new CarParseError(`${what} varint is truncated`, { offset: this.#pos, truncated: this.#ended && this.#pos + window.length < this.#end }, { cause: err })
       throw new CarParseError(`${what} varint is longer than ${MAX_VARINT_BYTES} bytes`, { offset: this.#pos }, { cause: err })
     }
   }
@@ -363,7 +370,13 @@ class CarBytes {
     if (have > 0) parts.push(this.#buf.subarray(this.#off))
     while (have < length && this.#iterator !== undefined) {
       this.#signal?.throwIfAborted()
-      const next = await this.#iterator.next()
+      let next: IteratorResult<Uint8Array>
+      try {
+        next = await this.#iterator.next()
+      } catch (err) {
+        this.#sourceError = err
+        throw err
+      }
       if (next.done === true) {
         this.#ended = true
         this.#iterator = undefined

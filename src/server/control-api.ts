@@ -98,6 +98,8 @@ export interface SyncResultJson {
   fetched: { local: number, bitswap: number, pds: number }
   bytes: number
   seconds: number
+  /** The PDS offered an older signed rev than the stored one (kept); see SyncResult. */
+  rollback?: { rev: string, commit: string }
 }
 
 export interface PinResult {

@@ -115,6 +115,34 @@ describe('mirroring from a hostile PDS', () => {
     await assertUnchanged()
   })
 
+  it('a download that breaks off mid-header is an interrupted download naming the URL and the bytes received, not a malformed CAR', async () => {
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.write(sinceCar().subarray(0, 10), () => { res.socket?.destroy() })
+    })
+    await assert.rejects(syncer.sync(v1.did), (err: Error & { url?: string }) => {
+      assert.equal(err.name, 'PdsUnavailableError')
+      assert.match(err.message, /download interrupted after 10 bytes/)
+      assert.match(err.url ?? '', /com\.atproto\.sync\.getRepo/)
+      return true
+    })
+    await assertUnchanged()
+  })
+
+  it('a response that ends inside a block is an interrupted download too', async () => {
+    pds.handle('getRepo', (_req, res) => {
+      const car = sinceCar()
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(car.subarray(0, car.byteLength - 5))
+    })
+    await assert.rejects(syncer.sync(v1.did), (err: Error) => {
+      assert.equal(err.name, 'PdsUnavailableError')
+      assert.match(err.message, /download interrupted after \d+ bytes/)
+      return true
+    })
+    await assertUnchanged()
+  })
+
   it('fails with AllSourcesFailedError naming the PDS when getBlocks answers 500', async () => {
     // getRepo leaves out the new record, so the walk must ask getBlocks for it
     pds.handle('getRepo', (_req, res) => {
@@ -150,6 +178,42 @@ describe('mirroring from a hostile PDS', () => {
     assert.ok(result.fetched.pds <= 8, `fetched ${result.fetched.pds}`)
     assert.ok(pds.requests.some(r => r.route === 'getBlocks'))
     assert.deepEqual(await storedBlocks(store.dir), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
+  })
+})
+
+describe('a PDS that rolls back', () => {
+  it('an older signed rev than stored is not taken, and the sync result says it was a rollback', async () => {
+    const pds = await startFakePds()
+    const root = await mkdtemp(join(tmpdir(), 'atmirror-rollback-'))
+    const store = await MirrorStore.open(join(root, 'data'))
+    try {
+      const identity = new AtprotoIdentityResolver({ plcUrl: pds.url, allowHttpLocalhost: true })
+      const syncer = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }) })
+      const repo = await EvolvingRepo.create(51, posts(5))
+      const old = await repo.version()
+      const current = await repo.write([{ action: 'create', value: post('3zzzzzzzzzzzz', 'later') }])
+      pds.setRepo(current.did, repo.keypair, current)
+      assert.equal((await syncer.sync(current.did)).rev, current.rev)
+      const stored = await store.getState(current.did)
+      // the PDS now serves the older, validly signed commit as its head
+      pds.handle('getLatestCommit', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ cid: old.commit.toString(), rev: old.rev }))
+      })
+      pds.handle('getBlocks', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+        res.end(joinCar([], old.blocks.filter(b => b.cid.equals(old.commit))))
+      })
+      const result = await syncer.sync(current.did)
+      assert.equal(result.changed, false)
+      assert.equal(result.rev, current.rev)
+      assert.deepEqual(result.rollback, { rev: old.rev, commit: old.commit })
+      assert.equal((await store.getState(current.did))?.commit, stored?.commit)
+    } finally {
+      await store.close()
+      await pds.stop()
+      await rm(root, { recursive: true, force: true })
+    }
   })
 })
 
