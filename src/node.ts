@@ -20,7 +20,7 @@ import { AtprotoIdentityResolver, type IdentityResolver } from './identity/resol
 import type { BlockBroker } from './blocks/broker.ts'
 import { BlockFetcher } from './blocks/fetcher.ts'
 import { LocalBroker } from './blocks/local.ts'
-import { PdsBroker, PdsClient } from './blocks/pds.ts'
+import { PdsBroker, PdsClient, type PdsClientInit } from './blocks/pds.ts'
 import type { HeadResolver } from './head/head-resolver.ts'
 import { PdsHeadResolver } from './head/pds-head-resolver.ts'
 import { CompositeHeadResolver } from './head/composite-head-resolver.ts'
@@ -103,6 +103,13 @@ export interface MirrorNodeInit {
    * @default 4
    */
   concurrency?: number
+  /**
+   * Bounds of PDS downloads: timeouts, the idle timeout and the throughput floor
+   * of `getRepo` (see {@link PdsClientInit} for each default).
+   *
+   * @default {}
+   */
+  pds?: Omit<PdsClientInit, 'fetch'>
   /**
    * The fetch used for PLC, handles and PDS calls (it then decides which addresses
    * may be reached). @default the address policy's (src/http/policy.ts)
@@ -525,7 +532,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         mirrors
       }, init.network?.bitswap)
     }
-    const pdsClient = new PdsClient({ fetch: identity.fetch })
+    const pdsClient = new PdsClient({ ...init.pds, fetch: identity.fetch })
     // local → bitswap (when there is a network) → the DID's PDS
     const fetcher = new BlockFetcher({
       store,
@@ -535,7 +542,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         new PdsBroker({ identity }, { client: pdsClient })
       ]
     })
-    const syncer = new RepoSyncer({ store, identity, heads, fetcher })
+    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds })
     return new MirrorNode({
       dataDir: init.dataDir,
       lock,

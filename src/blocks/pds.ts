@@ -3,9 +3,16 @@
  * downloads: a DID's PDS over HTTP.
  *
  * - `com.atproto.sync.getRepo` (optionally `since` a rev) is streamed: the caller
- *   reads the CAR as it arrives. The request is bounded twice: an overall deadline,
- *   and an idle timeout that fires when the body stops moving (a PDS that stalls
- *   mid-stream fails in seconds rather than holding the sync forever).
+ *   reads the CAR as it arrives. The download is bounded three ways: an idle
+ *   timeout that fires when the body stops moving; a throughput floor, so a host
+ *   that drips a byte now and then (never idle, never done) fails once a grace
+ *   period is over and a whole window brought less than the floor; and an overall
+ *   deadline as the last backstop. The floor is what keeps a slow host from holding
+ *   one of the node's few sync slots for the 30 minutes of the deadline: a repo of
+ *   a few MB at a normal rate is done within the grace period, and a large one at
+ *   the floor's 4 KiB/s would take days, far past any useful download. (Bytes are
+ *   counted as the sync reads them, so the floor is far below what a local disk
+ *   can take.)
  * - `com.atproto.sync.getBlocks` takes many CIDs per request (batched by count and
  *   URL length), a few requests in flight. The reference PDS fails the whole request
  *   when any CID is missing and names the missing ones in its message; the broker
@@ -38,8 +45,36 @@ export interface PdsClientInit {
   repoTimeoutMs?: number
   /** A download fails when no byte arrives for this long. @default 30_000 */
   idleTimeoutMs?: number
+  /**
+   * The throughput floor of a getRepo download, in bytes per second: once
+   * `rateGraceMs` is over, a download fails when a whole `rateWindowMs` brought
+   * less than this. 0 turns the floor off.
+   *
+   * @default 4096
+   */
+  minBytesPerSecond?: number
+  /**
+   * How long a getRepo download may run before the floor applies (the host may
+   * take a moment to start streaming a large repo).
+   *
+   * @default 30_000
+   */
+  rateGraceMs?: number
+  /**
+   * The window the floor is measured over.
+   *
+   * @default 30_000
+   */
+  rateWindowMs?: number
   /** @default the address policy's fetch with nothing relaxed (src/http/policy.ts) */
   fetch?: FetchLike
+}
+
+/** The throughput floor of one stream: `bytesPerSecond` over each `windowMs`, from `graceMs` on. */
+interface RateFloor {
+  bytesPerSecond: number
+  graceMs: number
+  windowMs: number
 }
 
 /** Bounded XRPC calls to a PDS, with atproto's error names mapped to atmirror errors. */
@@ -47,12 +82,17 @@ export class PdsClient {
   readonly #timeoutMs: number
   readonly #repoTimeoutMs: number
   readonly #idleTimeoutMs: number
+  readonly #repoFloor: RateFloor | undefined
   readonly #fetch: FetchLike | undefined
 
   constructor (init: PdsClientInit = {}) {
     this.#timeoutMs = init.timeoutMs ?? 30_000
     this.#repoTimeoutMs = init.repoTimeoutMs ?? 1_800_000
     this.#idleTimeoutMs = init.idleTimeoutMs ?? 30_000
+    const bytesPerSecond = init.minBytesPerSecond ?? 4096
+    this.#repoFloor = bytesPerSecond > 0
+      ? { bytesPerSecond, graceMs: Math.max(0, init.rateGraceMs ?? 30_000), windowMs: Math.max(1, init.rateWindowMs ?? 30_000) }
+      : undefined
     this.#fetch = init.fetch
   }
 
@@ -61,11 +101,11 @@ export class PdsClient {
    * `since`) as CAR bytes.
    *
    * @throws RepoNotFoundError, RepoTakendownError, RepoSuspendedError,
-   * RepoDeactivatedError, PdsUnavailableError (unreachable, 5xx, deadline, stalled),
-   * PdsResponseError
+   * RepoDeactivatedError, PdsUnavailableError (unreachable, 5xx, deadline, stalled,
+   * below the throughput floor), PdsResponseError
    */
   async * getRepo (pds: string, did: string, options: { since?: string, signal?: AbortSignal } = {}): AsyncGenerator<Uint8Array> {
-    yield * this.#stream('com.atproto.sync.getRepo', pds, { did, since: options.since }, did, this.#repoTimeoutMs, options.signal)
+    yield * this.#stream('com.atproto.sync.getRepo', pds, { did, since: options.since }, did, this.#repoTimeoutMs, options.signal, this.#repoFloor)
   }
 
   /**
@@ -84,10 +124,11 @@ export class PdsClient {
     }
   }
 
-  async * #stream (nsid: string, pds: string, params: Record<string, string | string[] | undefined>, did: string, timeoutMs: number, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+  async * #stream (nsid: string, pds: string, params: Record<string, string | string[] | undefined>, did: string, timeoutMs: number, signal: AbortSignal | undefined, floor?: RateFloor): AsyncGenerator<Uint8Array> {
     const idle = new AbortController()
     const combined = signal === undefined ? idle.signal : AbortSignal.any([signal, idle.signal])
     let timer: NodeJS.Timeout | undefined
+    let slow: string | undefined
     const arm = (): void => {
       clearTimeout(timer)
       timer = setTimeout(() => { idle.abort(new DOMException('no data', 'TimeoutError')) }, this.#idleTimeoutMs)
@@ -96,12 +137,19 @@ export class PdsClient {
     let received = 0
     const fail = (err: unknown): unknown => {
       if (signal?.aborted === true) return signal.reason ?? err
+      if (slow !== undefined) return new PdsUnavailableError(`${nsid}: PDS too slow, ${slow}`, { did, url }, { cause: err })
       if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms after ${received} bytes`, { did, url }, { cause: err })
       const mapped = mapFetchError(err, nsid, url, { did })
       // the body broke off: say so, with how far it got
       if (received > 0 && mapped instanceof PdsUnavailableError) return new PdsUnavailableError(`${nsid}: download interrupted after ${received} bytes (${describeFetchError(err)})`, { did, url }, { cause: err })
       return mapped
     }
+    const watch = floor === undefined
+      ? undefined
+      : watchRate(floor, () => received, (reason) => {
+        slow = reason
+        idle.abort(new DOMException(reason, 'TimeoutError'))
+      })
     arm()
     try {
       let res: Response
@@ -123,10 +171,36 @@ export class PdsClient {
       }
     } finally {
       clearTimeout(timer)
+      watch?.stop()
       // a consumer that stops early must not leave the response streaming
       if (!combined.aborted) idle.abort(new DOMException('done', 'AbortError'))
     }
   }
+}
+
+/**
+ * Calls `tooSlow` when a whole window after the grace period brought fewer bytes
+ * than the floor asks for. One timer: the grace period, then a tick per window.
+ */
+function watchRate (floor: RateFloor, received: () => number, tooSlow: (reason: string) => void): { stop: () => void } {
+  const needed = floor.bytesPerSecond * floor.windowMs / 1000
+  let mark = 0
+  let timer: NodeJS.Timeout | undefined
+  const tick = (): void => {
+    const got = received() - mark
+    if (got < needed) {
+      tooSlow(`${got} bytes in the last ${floor.windowMs} ms, below the floor of ${floor.bytesPerSecond} bytes/s`)
+      return
+    }
+    mark = received()
+    timer = setTimeout(tick, floor.windowMs)
+  }
+  const start = (): void => {
+    mark = received()
+    timer = setTimeout(tick, floor.windowMs)
+  }
+  timer = setTimeout(start, floor.graceMs)
+  return { stop: () => { clearTimeout(timer) } }
 }
 
 /** A getBlocks failure that means "some of these CIDs are not there", with the CIDs when the PDS names them. */
