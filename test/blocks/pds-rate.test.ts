@@ -10,10 +10,13 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { PdsClient } from '../../src/blocks/pds.ts'
+import { defaultPolicyFetch } from '../../src/http/policy.ts'
 import { drip, type Drip } from '../helpers/drip.ts'
 import { until } from '../helpers/until.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
+/** A local test network: loopback allowed. */
+const fetch = defaultPolicyFetch({ allowLoopback: true })
 
 describe('getRepo throughput floor', () => {
   let server: Server
@@ -45,7 +48,7 @@ describe('getRepo throughput floor', () => {
   it('a host dripping below the floor fails with PdsUnavailableError, and the server sees the client leave', async () => {
     // one byte every 10 ms is 100 bytes/s; the floor asks for 1000
     answer = { body: new Uint8Array(100_000), intervalMs: 10, bytesPerWrite: 1 }
-    const client = new PdsClient({ minBytesPerSecond: 1000, rateGraceMs: 100, rateWindowMs: 100, idleTimeoutMs: 10_000 })
+    const client = new PdsClient({ minBytesPerSecond: 1000, rateGraceMs: 100, rateWindowMs: 100, idleTimeoutMs: 10_000, fetch })
     await assert.rejects(read(client), (err: Error) => {
       assert.equal(err.name, 'PdsUnavailableError')
       assert.match(err.message, /too slow.*below the floor of 1000 bytes\/s.*did=did:plc:/)
@@ -60,21 +63,21 @@ describe('getRepo throughput floor', () => {
   it('a host above the floor is read to the end', async () => {
     // 4 KiB every 10 ms is about 400 KB/s, far above a 1000 bytes/s floor, for a few windows
     answer = { body: new Uint8Array(400_000).fill(7), intervalMs: 10, bytesPerWrite: 4096 }
-    const client = new PdsClient({ minBytesPerSecond: 1000, rateGraceMs: 100, rateWindowMs: 300, idleTimeoutMs: 10_000 })
+    const client = new PdsClient({ minBytesPerSecond: 1000, rateGraceMs: 100, rateWindowMs: 300, idleTimeoutMs: 10_000, fetch })
     assert.equal(await read(client), answer.body.length)
     assert.equal(drips.at(-1)?.finished, true)
   })
 
   it('with the floor off (0) a slow host is read to the end', async () => {
     answer = { body: new Uint8Array(40).fill(1), intervalMs: 10, bytesPerWrite: 1 }
-    const client = new PdsClient({ minBytesPerSecond: 0, rateGraceMs: 10, rateWindowMs: 10, idleTimeoutMs: 10_000 })
+    const client = new PdsClient({ minBytesPerSecond: 0, rateGraceMs: 10, rateWindowMs: 10, idleTimeoutMs: 10_000, fetch })
     assert.equal(await read(client), 40)
     assert.equal(drips.at(-1)?.finished, true)
   })
 
   it("the caller's abort ends a drip at once, as the caller's own AbortError", async () => {
     answer = { body: new Uint8Array(100_000), intervalMs: 10, bytesPerWrite: 1 }
-    const client = new PdsClient({ minBytesPerSecond: 0, idleTimeoutMs: 10_000 })
+    const client = new PdsClient({ minBytesPerSecond: 0, idleTimeoutMs: 10_000, fetch })
     const controller = new AbortController()
     const reading = (async () => {
       for await (const chunk of client.getRepo(url, DID, { signal: controller.signal })) assert.ok(chunk.byteLength > 0)
