@@ -12,6 +12,7 @@ const commands: Record<string, { summary: string, load: () => Promise<Command> }
   head: { summary: "fetch and verify a repo's latest signed commit", load: async () => (await import('./commands/head.ts')).command },
   mirror: { summary: 'mirror a repo once (resolve, sync, verify, store, pin)', load: async () => (await import('./commands/mirror.ts')).command },
   export: { summary: 'write a stored repo as a CAR file', load: async () => (await import('./commands/export.ts')).command },
+  verify: { summary: 'check stored repos end to end and refetch damaged blocks', load: async () => (await import('./commands/verify.ts')).command },
   block: { summary: 'print a block by CID (block get CID [--offline])', load: async () => (await import('./commands/block.ts')).command },
   pin: { summary: 'pin add|rm|ls DID-or-handle', load: async () => (await import('./commands/pin.ts')).command },
   daemon: { summary: 'run the node: keep pinned repos current and serve them', load: async () => (await import('./commands/daemon.ts')).command },

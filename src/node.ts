@@ -30,6 +30,7 @@ import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
 import { DidRunner } from './mirror/runner.ts'
 import { PRIORITY, RepoScheduler } from './mirror/scheduler.ts'
+import { BlockRepairer, type StoredRepoReport } from './mirror/repair.ts'
 import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
@@ -302,6 +303,38 @@ export class MirrorNode implements ControlApiTarget {
     return await this.#request(pinned, signal, { pin: false })
   }
 
+  /**
+   * Checks stored repos end to end, like fsck (every block hash-checked, the commit
+   * signature against the DID's current key, the MST structure, every record), and
+   * refetches damaged or missing blocks through the fetch chain: `did`'s repo (DID
+   * or a stored handle), or every stored one. A repo whose key cannot be resolved is
+   * checked without its signature (`signature: 'unchecked'`).
+   */
+  async verify (didOrHandle?: string, options: { signal?: AbortSignal, repair?: boolean } = {}): Promise<StoredRepoReport[]> {
+    const signal = this.#signal(options.signal)
+    const states = await this.store.listStates()
+    let dids = states.map(state => state.did)
+    if (didOrHandle !== undefined) {
+      const handle = didOrHandle.replace(/^@/, '').toLowerCase()
+      const did = didOrHandle.startsWith('did:') ? didOrHandle : states.find(state => state.handle?.toLowerCase() === handle)?.did
+      if (did === undefined || !dids.includes(did)) throw new RepoNotMirroredError(did ?? didOrHandle)
+      dids = [did]
+    }
+    const reports: StoredRepoReport[] = []
+    for (const did of dids) {
+      signal.throwIfAborted()
+      let key
+      try {
+        key = (await this.identity.resolve(did, { signal, verifyHandle: false })).signingKey
+      } catch (err) {
+        if (signal.aborted) throw err
+        log('verify %s: cannot resolve its signing key (%e); checking without the signature', did, err)
+      }
+      reports.push(await this.syncer.verifyStored(did, { signal, key, repair: options.repair }))
+    }
+    return reports
+  }
+
   /** The peers this node is connected to (none without a network). */
   async peers (): Promise<PeersResult> {
     return { peerId: this.network?.peerId.toString() ?? null, peers: this.p2p?.connectedPeers() ?? [] }
@@ -509,6 +542,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         blockstore: store.blockstore,
         datastore: store.datastore,
         holders: datastoreHolderIndex(store.datastore),
+        verified: store,
         privateKey: await loadOrCreatePeerKey(init.dataDir)
       }, { version: VERSION, ...init.network, peers: [...(init.network?.peers ?? []), ...(init.network?.mirrors?.peers ?? [])] })
       const { helia, libp2p } = network
@@ -542,6 +576,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         new PdsBroker({ identity }, { client: pdsClient })
       ]
     })
+    // damaged blocks found by checked reads (export, Bitswap, verify) are refetched through the same chain
+    store.setRepairer(new BlockRepairer({ store, fetcher }))
     const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds })
     return new MirrorNode({
       dataDir: init.dataDir,

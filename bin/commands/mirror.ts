@@ -17,7 +17,8 @@ const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
 Mirrors a repo once: resolves the identity, fetches and verifies the head commit,
 downloads what is missing (everything the first time, then only what changed),
 verifies the whole repo, stores it and pins it. Running it again on an unchanged
-repo fetches nothing but the head.
+repo fetches nothing but the head, and checks the stored copy (every block's hash,
+the signature, the tree, every record), refetching any block a damaged disk spoiled.
 
 With a daemon running on the data directory, the daemon does the work.
 
@@ -80,6 +81,8 @@ async function mirrorHere (dir: string, id: string, values: { plc?: string, 'han
     const identity = await node.identity.resolve(id, { signal: ctx.signal })
     const result = await node.syncer.sync(identity.did, {
       signal: ctx.signal,
+      // an unchanged repo's stored copy is checked (and repaired) rather than trusted
+      check: true,
       onProgress: progress === undefined ? undefined : (p) => { progress.update(p) }
     })
     progress?.done()
@@ -97,9 +100,12 @@ function toJson (result: SyncResult): SyncResultJson {
 
 function formatSummary (result: SyncResultJson): string {
   const { fetched } = result
+  const repaired = result.repaired ?? 0
   const what = result.rollback !== undefined
     ? `unchanged: the PDS rolled back to rev ${result.rollback.rev} (older than the stored rev), kept the stored repo`
-    : !result.changed ? 'unchanged (fetched the head only)' : result.full ? 'full sync' : 'incremental sync'
+    : !result.changed
+        ? repaired > 0 ? `unchanged; the stored copy had ${repaired} damaged or missing block${repaired === 1 ? '' : 's'}, refetched` : 'unchanged (fetched the head only)'
+        : result.full ? 'full sync' : 'incremental sync'
   return [
     `did:      ${result.did}`,
     `rev:      ${result.rev}`,

@@ -8,12 +8,14 @@
  * the tree and one batch of the walk, not the repo. The tree is read through the
  * repo's one MST traversal (../repo/mst/walk.ts), without structure checks (it
  * was verified when stored); a node linked twice fails the export rather than
- * being written again.
+ * being written again. Every block is hash-checked before it is written out, so a
+ * damaged one fails the export rather than landing in the CAR (give a store that
+ * repairs, MirrorStore.verifiedBlocks, to have it refetched instead).
  */
 import { MissingBlockError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { writeCar } from '../repo/car.ts'
-import { cidKey, type CID } from '../repo/cid.ts'
+import { cidKey, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { getBlocks, isPromise } from '../repo/mst/check.ts'
 import { walkMstSteps, type MstLeaf } from '../repo/mst/walk.ts'
@@ -31,12 +33,14 @@ export async function * exportRepoCar (store: ReadonlyBlockStore, commit: CID, o
  * Every block of the repo at `commit`, commit first, then the MST in pre-order.
  *
  * @throws MissingBlockError when the store lacks a block the repo needs;
- * MstInvalidError for a node reached twice
+ * MstInvalidError for a node reached twice; CidMismatchError when a block's bytes
+ * do not hash to its CID
  */
 export async function * repoBlocks (store: ReadonlyBlockStore, commit: CID, options: ExportOptions = {}): AsyncGenerator<Block> {
   const { signal } = options
   const commitBytes = await store.get(commit, { signal })
   if (commitBytes === undefined) throw new MissingBlockError(commit, { what: 'commit' })
+  verifyBlock(commit, commitBytes)
   yield { cid: commit, bytes: commitBytes }
   const { data } = decodeCommit(commitBytes, commit)
   const seen = new Set<string>()
@@ -61,11 +65,14 @@ export async function * repoBlocks (store: ReadonlyBlockStore, commit: CID, opti
     }
     for (const step of batch) {
       if ('node' in step) {
+        verifyBlock(step.cid, step.bytes)
         yield { cid: step.cid, bytes: step.bytes }
         continue
       }
       const value = bytes.get(step)
-      if (value !== undefined) yield { cid: step.cid, bytes: value }
+      if (value === undefined) continue
+      verifyBlock(step.cid, value)
+      yield { cid: step.cid, bytes: value }
     }
   }
 }

@@ -251,6 +251,13 @@ export class BlockHolds {
     return keys.length > 0
   }
 
+  /** The DIDs whose stored repo holds the block (at most `limit`). */
+  async holders (cid: CID, options: { limit?: number } = {}): Promise<string[]> {
+    const prefix = holdKeys.holderPrefix(blockKey(cid))
+    const keys = await this.#db.keys({ gte: prefix, lt: prefix + '\xff', limit: options.limit ?? 16 }).all()
+    return keys.map(key => key.slice(prefix.length))
+  }
+
   /** Whether `did`'s stored repo holds each of `cids`. */
   async heldBy (did: string, cids: readonly CID[]): Promise<boolean[]> {
     return (await this.#counts(did, cids.map(blockKey))).map(n => n > 0)

@@ -13,14 +13,15 @@
  * a killed process left behind for DIDs that are not pinned (see gc.ts) and
  * collects their blocks.
  */
+import { unlinkSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { LevelDatastore } from 'datastore-level'
 import { CID } from 'multiformats/cid'
-import { DataDirLockedError } from '../errors.ts'
+import { DamagedBlockError, DataDirLockedError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
-import { verifyBlock } from '../repo/cid.ts'
+import { SHA2_256, cidForBytes, sha256, verifyBlock } from '../repo/cid.ts'
 import { MirrorBlockstore } from './blockstore.ts'
 import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
 import { holdsBlocks, type RepoStatus } from './status-policy.ts'
@@ -63,6 +64,37 @@ export interface StoreOptions {
   signal?: AbortSignal
 }
 
+/** Options of {@link MirrorStore.getVerified}. */
+export interface VerifiedReadOptions {
+  signal?: AbortSignal
+  /** The repo the block is read for: a repair asks that repo's sources (default: those of every repo holding it). */
+  did?: string
+  /**
+   * What to do about a damaged block once its file is removed: `'wait'` refetches
+   * it through the repairer and answers with the good bytes; `'background'` starts
+   * the refetch and answers `undefined` at once (a peer asking over Bitswap is told
+   * the block is not here); `false` only throws DamagedBlockError.
+   *
+   * @default 'wait'
+   */
+  repair?: 'wait' | 'background' | false
+  /**
+   * Refetch a block that is absent too, the same way (for checks of a repo that
+   * holds it, such as `verify`).
+   *
+   * @default false
+   */
+  fetchMissing?: boolean
+  /** Called for each block refetched by a `'wait'` repair: `damaged`, or `missing` (with `fetchMissing`). */
+  onRepaired?: (cid: CID, was: 'damaged' | 'missing') => void
+}
+
+/** Refetches a block a stored repo holds and stores it (BlockRepairer, set by the node). */
+export interface BlockRepairSource {
+  /** The good bytes, stored; throws when no source has them. */
+  repair: (cid: CID, options: { did?: string, signal?: AbortSignal }) => Promise<Uint8Array>
+}
+
 const KEYS = {
   pin: (did: string) => `/atmirror/pins/${did}`,
   pinPrefix: '/atmirror/pins/',
@@ -92,6 +124,7 @@ export class MirrorStore {
   /** The blockstore as the repo engine's small store interface (whole-block reads). */
   readonly blocks: ReadonlyBlockStore
   readonly #sync: boolean
+  #repairer: BlockRepairSource | undefined
   #writers = 0
   #collecting: Promise<void> | undefined
   #gcPending = false
@@ -195,6 +228,81 @@ export class MirrorStore {
   /** The block's bytes from local storage, or `undefined`. */
   async getBlock (cid: CID, options: StoreOptions = {}): Promise<Uint8Array | undefined> {
     return await this.blockstore.getBytes(cid, options)
+  }
+
+  /**
+   * Where damaged (and, when asked, missing) blocks are refetched from; without one,
+   * a damaged block is removed and reported, not replaced.
+   */
+  setRepairer (repairer: BlockRepairSource | undefined): void {
+    this.#repairer = repairer
+  }
+
+  /**
+   * The block's bytes, hash-checked against its CID: the read for everything that
+   * leaves the node (export, Bitswap, and the HTTP API to come). Blocks were checked
+   * when written, but a disk can damage them since. A damaged block's file is
+   * removed at once, so it is never served, and the block is refetched through the
+   * repairer as `repair` says; `undefined` when the block is not stored (or is being
+   * repaired in the background).
+   *
+   * @throws DamagedBlockError when the block is damaged and not repaired (its `cause`
+   * says why the refetch failed); the repairer's error when a missing block asked
+   * for with `fetchMissing` cannot be refetched
+   */
+  async getVerified (cid: CID, options: VerifiedReadOptions = {}): Promise<Uint8Array | undefined> {
+    options.signal?.throwIfAborted()
+    const bytes = this.blockstore.getBytesSync(cid)
+    let damage: DamagedBlockError | undefined
+    if (bytes !== undefined) {
+      const actual = actualDigest(cid, bytes)
+      if (actual === undefined) return bytes
+      damage = new DamagedBlockError(cid, { did: options.did, actual: cidForBytes(bytes, cid.code) })
+      this.#removeDamaged(cid, actual)
+    } else if (options.fetchMissing !== true) {
+      return undefined
+    }
+    const mode = options.repair ?? 'wait'
+    if (this.#repairer === undefined || mode === false) {
+      if (damage !== undefined) throw damage
+      return undefined
+    }
+    const repairing = this.#repairer.repair(cid, { did: options.did, signal: mode === 'background' ? undefined : options.signal })
+    if (mode === 'background') {
+      repairing.catch(() => {}) // the repairer logs its failures
+      return undefined
+    }
+    try {
+      const good = await repairing
+      options.onRepaired?.(cid, damage === undefined ? 'missing' : 'damaged')
+      return good
+    } catch (err) {
+      if (damage === undefined || (err as Error).name === 'AbortError') throw err
+      throw new DamagedBlockError(cid, { did: options.did, repaired: false }, { cause: err })
+    }
+  }
+
+  /**
+   * The stored blocks as the repo engine's store interface, read through
+   * {@link getVerified} with `options` (for export and checks of a stored repo).
+   */
+  verifiedBlocks (options: VerifiedReadOptions = {}): ReadonlyBlockStore {
+    return {
+      get: async (cid, getOptions) => await this.getVerified(cid, { ...options, signal: getOptions?.signal ?? options.signal }),
+      has: (cid) => this.blockstore.hasSync(cid)
+    }
+  }
+
+  #removeDamaged (cid: CID, actual: Buffer): void {
+    // checked again right before the unlink: a block rewritten meanwhile is good now
+    const again = this.blockstore.getBytesSync(cid)
+    if (again === undefined || actualDigest(cid, again) === undefined) return
+    try {
+      unlinkSync(this.blockstore.pathOf(cid))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    log.error('block %c is damaged on disk (its bytes hash to sha256 %s); removed it so it is never served', cid, actual.toString('hex'))
   }
 
   async hasBlock (cid: CID, options: StoreOptions = {}): Promise<boolean> {
@@ -342,6 +450,18 @@ export class MirrorStore {
   async [Symbol.asyncDispose] (): Promise<void> {
     await this.close()
   }
+}
+
+/**
+ * The SHA-256 of `bytes` when it is not the digest `cid` names; `undefined` when
+ * they match (or the CID names another hash, which the store never holds: `put`
+ * accepts sha2-256 only).
+ */
+function actualDigest (cid: CID, bytes: Uint8Array): Buffer | undefined {
+  if (cid.multihash.code !== SHA2_256) return undefined
+  const digest = sha256(bytes)
+  const want = cid.multihash.digest
+  return Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).equals(want) ? undefined : Buffer.from(digest)
 }
 
 function pinRecord (did: string): Uint8Array {

@@ -40,6 +40,7 @@ import { CID, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
 import { exportRepoCar } from './export.ts'
+import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { HoldDelta, repoHoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks, isExportable, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
@@ -75,6 +76,8 @@ export interface SyncResult {
    * is kept (`changed` is false); this says why.
    */
   rollback?: { rev: string, commit: CID }
+  /** Damaged or missing blocks of the stored repo refetched by the `check` of an unchanged repo. */
+  repaired?: number
 }
 
 /** Progress of a sync, for a terminal display. */
@@ -96,6 +99,14 @@ export interface SyncOptions {
    * before anything is fetched. @default true
    */
   pin?: boolean
+  /**
+   * When the head is the stored commit, check the stored repo end to end
+   * (verifyStoredRepo: every block hash-checked, signature, MST, every record) and
+   * refetch what is damaged or missing, rather than trusting the disk. Costs a read
+   * of the whole repo; a one-shot `atmirror mirror` does it, the scheduler does not.
+   * @default false
+   */
+  check?: boolean
 }
 
 export interface RepoSyncerComponents {
@@ -294,10 +305,16 @@ export class RepoSyncer {
     try {
       const state = await this.#store.getState(did)
       if (!isExportable(state)) throw new RepoNotMirroredError(did)
-      yield * exportRepoCar(this.#store.blocks, CID.parse(state.commit), options)
+      // hash-checked reads: a damaged block is refetched (or the export fails), never exported
+      yield * exportRepoCar(this.#store.verifiedBlocks({ did, signal: options.signal }), CID.parse(state.commit), options)
     } finally {
       await release()
     }
+  }
+
+  /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
+  async verifyStored (did: string, options: VerifyStoredOptions = {}): Promise<StoredRepoReport> {
+    return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
   }
 
   async #sync (identity: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
@@ -345,6 +362,13 @@ export class RepoSyncer {
         await this.#store.collectGarbage()
         const result = unchanged(next, state.records)
         if (older) result.rollback = { rev: head.rev, commit: head.cid }
+        if (options.check === true) {
+          const report = await verifyStoredRepo(this.#store, did, { signal, key: identity.signingKey })
+          if (report.error !== undefined) throw report.error
+          if (report.repaired.length > 0) log.error('%s: the stored repo at rev %s had %d damaged or missing blocks; refetched them', did, state.rev, report.repaired.length)
+          result.repaired = report.repaired.length
+          result.seconds = (performance.now() - started) / 1000
+        }
         return result
       }
     }

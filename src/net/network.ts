@@ -41,7 +41,7 @@ import { createHeliaLight, type Helia } from 'helia'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, parsePeerAddress, type NetworkMode } from './addresses.ts'
 import { Libp2pRouter } from './routing.ts'
-import { ServingBlockstore, type BlockHolderIndex } from './serving-blockstore.ts'
+import { ServingBlockstore, type BlockHolderIndex, type VerifiedBlockReader } from './serving-blockstore.ts'
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Blockstore } from 'interface-blockstore'
@@ -80,6 +80,8 @@ export interface NetworkComponents {
    * (see ServingBlockstore). Without it nothing is withheld.
    */
   holders?: BlockHolderIndex
+  /** The mirror's hash-checked read, which Bitswap serves through (see ServingBlockstore). */
+  verified?: VerifiedBlockReader
   /** The node's identity (see `loadOrCreatePeerKey`). */
   privateKey: PrivateKey
 }
@@ -339,7 +341,7 @@ export async function createNetwork (components: NetworkComponents, init: Networ
   }
 
   const libp2p = await createLibp2p(options)
-  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: components.holders })
+  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: components.holders, verified: components.verified })
   const light = createHeliaLight({
     blockstore: serving,
     datastore: components.datastore,

@@ -19,12 +19,19 @@
  * injected by the node) is not withheld, so a block shared with an active repo
  * still is. A block no repo holds yet (staged by a running sync) is
  * served as before.
+ *
+ * Every block handed out is hash-checked first: through the mirror's checked read
+ * (`verified`, MirrorStore.getVerified), which removes a damaged block's file and
+ * refetches it in the background, or, without one, by hashing it here. A damaged
+ * block is answered as not found: a peer is never sent bytes that do not match
+ * their CID.
  */
 import { logger } from '@libp2p/logger'
 import { NotFoundError } from 'interface-store'
 import type { AbortOptions } from '@libp2p/interface'
 import type { Blockstore, InputPair, Pair } from 'interface-blockstore'
 import type { CID } from 'multiformats/cid'
+import { SHA2_256, sha256 } from '../repo/cid.ts'
 
 const log = logger('atmirror:net:serving')
 
@@ -34,9 +41,17 @@ export interface BlockHolderIndex {
   holders: (cid: CID, options?: AbortOptions) => AsyncIterable<string>
 }
 
+/** Hash-checked reads that repair what they find damaged (MirrorStore fits). */
+export interface VerifiedBlockReader {
+  /** The block's bytes, hash-checked; `undefined` when absent or damaged (then refetched in the background). */
+  getVerified: (cid: CID, options: { signal?: AbortSignal, repair: 'background' }) => Promise<Uint8Array | undefined>
+}
+
 export interface ServingBlockstoreComponents {
   /** The mirror's blockstore. */
   blockstore: Blockstore
+  /** The mirror's checked read; without it blocks are hash-checked here (and a damaged one is only refused). */
+  verified?: VerifiedBlockReader
   /** Where the holders of a block are looked up while some repo is withheld; without it nothing is withheld. */
   holders?: BlockHolderIndex
 }
@@ -49,12 +64,14 @@ export interface ServingStats {
 export class ServingBlockstore implements Blockstore {
   readonly #store: Blockstore
   readonly #holders: BlockHolderIndex | undefined
+  readonly #verified: VerifiedBlockReader | undefined
   readonly #withheld = new Set<string>()
   #refused = 0
 
   constructor (components: ServingBlockstoreComponents) {
     this.#store = components.blockstore
     this.#holders = components.holders
+    this.#verified = components.verified
   }
 
   /** Marks `did`'s repo as served (active) or withheld (suspended, deactivated…). */
@@ -96,25 +113,38 @@ export class ServingBlockstore implements Blockstore {
     return this.#servable(cid, options).then(async ok => ok && await this.#store.has(cid, options))
   }
 
-  get (cid: CID, options?: AbortOptions): Generator<Uint8Array> | AsyncGenerator<Uint8Array> {
-    if (this.#withheld.size === 0) return this.#store.get(cid, options)
-    return this.#getChecked(cid, options)
+  get (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
+    return this.#get(cid, options)
   }
 
-  async * #getChecked (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
+  async * #get (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
     if (!await this.#servable(cid, options)) throw new NotFoundError(`block not found: ${cid.toString()}`)
-    yield * this.#store.get(cid, options)
+    yield await this.#checkedBytes(cid, options)
   }
 
-  getMany (cids: Iterable<CID> | AsyncIterable<CID>, options?: AbortOptions): Generator<Pair> | AsyncGenerator<Pair> {
-    if (this.#withheld.size === 0) return this.#store.getMany(cids, options)
-    return this.#getManyChecked(cids, options)
+  /** The block's bytes, hash-checked; NotFoundError when absent or damaged. */
+  async #checkedBytes (cid: CID, options?: AbortOptions): Promise<Uint8Array> {
+    let bytes: Uint8Array | undefined
+    if (this.#verified !== undefined) {
+      bytes = await this.#verified.getVerified(cid, { signal: options?.signal, repair: 'background' })
+    } else {
+      const parts: Uint8Array[] = []
+      for await (const part of this.#store.get(cid, options)) parts.push(part)
+      bytes = parts.length === 1 ? parts[0] : Buffer.concat(parts)
+      if (!hashMatches(cid, bytes)) {
+        log.error('not serving %c: its stored bytes do not hash to it', cid)
+        bytes = undefined
+      }
+    }
+    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    return bytes
   }
 
-  async * #getManyChecked (cids: Iterable<CID> | AsyncIterable<CID>, options?: AbortOptions): AsyncGenerator<Pair> {
+  async * getMany (cids: Iterable<CID> | AsyncIterable<CID>, options?: AbortOptions): AsyncGenerator<Pair> {
     for await (const cid of cids) {
       if (!await this.#servable(cid, options)) throw new NotFoundError(`block not found: ${cid.toString()}`)
-      yield { cid, bytes: this.#store.get(cid, options) }
+      const bytes = await this.#checkedBytes(cid, options)
+      yield { cid, bytes: (function * () { yield bytes })() }
     }
   }
 
@@ -137,4 +167,10 @@ export class ServingBlockstore implements Blockstore {
   async * deleteMany (source: Iterable<CID> | AsyncIterable<CID>): AsyncGenerator<CID> {
     for await (const cid of source) yield cid
   }
+}
+
+/** Whether `bytes` hash to `cid` (the mirror stores sha2-256 blocks only). */
+function hashMatches (cid: CID, bytes: Uint8Array): boolean {
+  if (cid.multihash.code !== SHA2_256) return false
+  return Buffer.from(sha256(bytes)).equals(cid.multihash.digest)
 }

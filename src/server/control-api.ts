@@ -100,6 +100,8 @@ export interface SyncResultJson {
   seconds: number
   /** The PDS offered an older signed rev than the stored one (kept); see SyncResult. */
   rollback?: { rev: string, commit: string }
+  /** Damaged or missing blocks refetched when an unchanged repo's stored copy was checked. */
+  repaired?: number
 }
 
 export interface PinResult {
