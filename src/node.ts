@@ -549,8 +549,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       const net = network
       const mirrors = new MirrorFinder({ libp2p, routingTableSize: () => net.dhtPeerCount() }, init.network?.mirrors)
       p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount(), serving: net.serving }, init.network?.services)
-      // the PDS and the other mirrors together: the highest verified rev wins, peers decide when the PDS is down
-      heads = new CompositeHeadResolver([pdsHeads, p2p.heads])
+      // the PDS and the other mirrors at once: the PDS's verified answer is taken, peers decide when it fails
+      heads = new CompositeHeadResolver({ pds: pdsHeads, peers: [p2p.heads], identity })
       bitswap = new BitswapBroker({
         // Helia's session blockstore, seen as the broker's small session interface
         blocks: {

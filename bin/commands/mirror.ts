@@ -78,8 +78,8 @@ async function mirrorHere (dir: string, id: string, values: { plc?: string, 'han
   const progress = values.progress === true || (!json && tty) ? new ProgressLine(ctx.stderr, { tty }) : undefined
   try {
     if (peers.length > 0) await node.start()
-    const identity = await node.identity.resolve(id, { signal: ctx.signal })
-    const result = await node.syncer.sync(identity.did, {
+    // the syncer resolves the identity, once for the whole sync
+    const result = await node.syncer.sync(id, {
       signal: ctx.signal,
       // an unchanged repo's stored copy is checked (and repaired) rather than trusted
       check: true,

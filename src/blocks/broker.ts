@@ -15,6 +15,12 @@ import type { Multiaddr } from '@multiformats/multiaddr'
 export interface BrokerOptions {
   /** The repo the blocks belong to (the PDS broker asks that DID's PDS). */
   did?: string
+  /**
+   * The PDS that the sync's identity names: the PDS broker asks it rather than
+   * resolving the DID again (a second resolution could name another host than the
+   * one the head came from). @default resolved from `did`
+   */
+  pds?: string
   signal?: AbortSignal
 }
 

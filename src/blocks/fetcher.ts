@@ -21,6 +21,8 @@ export interface BlockSink {
 export interface FetchOptions {
   /** The repo the blocks belong to: the PDS broker asks its PDS, and stored blocks are staged for it. */
   did?: string
+  /** The PDS to ask for `did`'s blocks, as the sync's identity names it (see {@link BrokerOptions.pds}). */
+  pds?: string
   signal?: AbortSignal
   /**
    * Store blocks that remote sources yield. Needs `did` (blocks are staged for
@@ -91,7 +93,7 @@ export class BlockFetcher {
       }
       let error: Error | undefined
       try {
-        for await (const block of broker.getMany([...missing.values()], { did: options.did, signal: options.signal })) {
+        for await (const block of broker.getMany([...missing.values()], { did: options.did, pds: options.pds, signal: options.signal })) {
           const key = cidKey(block.cid)
           const wanted = missing.get(key)
           if (wanted === undefined) continue // unasked or a duplicate

@@ -248,7 +248,7 @@ export class PdsBroker implements BlockBroker {
     if (cids.length === 0) return
     if (options.did === undefined) throw new PdsBlockNotFoundError('the PDS broker needs the DID whose repo the blocks belong to')
     const did = options.did
-    const { pds } = await this.#identity.resolve(did, { signal: options.signal })
+    const pds = options.pds ?? (await this.#identity.resolve(did, { signal: options.signal })).pds
     const batches = this.#batches(pds, did, cids)
     let firstError: Error | undefined
     const results = parallel(batches, async (batch) => {

@@ -32,6 +32,8 @@ import type { BlockFetcher, FetchOptions } from './fetcher.ts'
 
 export interface CompleteMstOptions {
   did: string
+  /** The PDS the sync's identity names, passed to the fetch chain (see {@link FetchOptions.pds}). */
+  pds?: string
   signal?: AbortSignal
   /** For each CID, whether its block (and, for a node, its whole subtree) is known to be stored. */
   known?: (cids: CID[]) => Promise<boolean[]>
@@ -120,7 +122,7 @@ export async function completeMst (store: ReadonlyBlockStore, fetcher: BlockFetc
     if (nodes !== undefined) nodesInFlight += size
     else recordsInFlight += size
     const run: Promise<void> = (async (): Promise<void> => {
-      for await (const block of fetcher.getMany(cids, { did, signal, onBlock: options.onBlock })) {
+      for await (const block of fetcher.getMany(cids, { did, pds: options.pds, signal, onBlock: options.onBlock })) {
         count(block.source)
         const key = cidKey(block.cid)
         const place = nodes?.get(key)

@@ -2,10 +2,17 @@
  * Head from the account's PDS: `com.atproto.sync.getLatestCommit` (or, where it is
  * not implemented, the deprecated `getHead`, whose `root` is the commit CID),
  * then the commit block through `getBlocks`, hash-checked, decoded, checked for
- * the DID and verified against the DID's signing key. When the signature fails
- * the identity is refreshed once and the head fetched again (keys rotate); when
- * the PDS says the repo is not there or deactivated, a refreshed identity naming
- * another PDS is tried once (accounts migrate).
+ * the DID and verified against the DID's signing key.
+ *
+ * The identity is the caller's (one per sync) unless none is given. It is refreshed
+ * once, and the refreshed one returned with the head, when:
+ * - the signature fails: keys rotate, and a head signed by the new key must be
+ *   taken at the first attempt;
+ * - the PDS answers with an account status (`RepoNotFound`, `RepoDeactivated`,
+ *   `RepoSuspended`, `RepoTakendown`): accounts move, and a status counts only from
+ *   the PDS the current DID document names. When the refreshed document names
+ *   another PDS, that one is asked; when the refresh fails, its error is thrown
+ *   rather than a status nobody could confirm.
  */
 import { logger } from '@libp2p/logger'
 import {
@@ -15,7 +22,9 @@ import {
   PdsBlockNotFoundError,
   PdsResponseError,
   RepoDeactivatedError,
-  RepoNotFoundError
+  RepoNotFoundError,
+  RepoSuspendedError,
+  RepoTakendownError
 } from '../errors.ts'
 import { readCar } from '../repo/car.ts'
 import { DAG_CBOR, parseCid, type CID } from '../repo/cid.ts'
@@ -57,18 +66,19 @@ export class PdsHeadResolver implements HeadResolver {
   }
 
   async resolveHead (did: string, options: ResolveHeadOptions = {}): Promise<Head> {
-    const identity = await this.identity.resolve(did, { signal: options.signal, verifyHandle: false })
+    const identity = options.identity ?? await this.identity.resolve(did, { signal: options.signal, verifyHandle: false })
     try {
       return await this.fromPds(identity, options)
     } catch (err) {
       if (err instanceof CommitSignatureError) {
-        const fresh = await this.refreshOr(identity, err, options)
+        const fresh = await this.refresh(identity, options, err)
         if (publicKeyEquals(fresh.signingKey, identity.signingKey) && fresh.pds === identity.pds) throw err
         log('signature failed for %s; retrying with refreshed key %s', identity.did, fresh.didKey)
         return await this.fromPds(fresh, options)
       }
-      if (err instanceof RepoNotFoundError || err instanceof RepoDeactivatedError) {
-        const fresh = await this.refreshOr(identity, err, options)
+      if (isAccountStatus(err)) {
+        // only the PDS the DID document names now speaks for the account
+        const fresh = await this.refresh(identity, options)
         if (fresh.pds === identity.pds) throw err
         log('%s moved from %s to %s', identity.did, identity.pds, fresh.pds)
         return await this.fromPds(fresh, options)
@@ -77,14 +87,17 @@ export class PdsHeadResolver implements HeadResolver {
     }
   }
 
-  /** The identity resolved again; if that fails, the error that prompted it is the one worth reporting. */
-  private async refreshOr (identity: Identity, original: Error, options: ResolveHeadOptions): Promise<Identity> {
+  /**
+   * The identity resolved again. When that fails, `original` (if given) is the error
+   * worth reporting; otherwise the refresh's own error is thrown.
+   */
+  private async refresh (identity: Identity, options: ResolveHeadOptions, original?: Error): Promise<Identity> {
     try {
       return await this.identity.refresh(identity.did, { signal: options.signal, verifyHandle: false })
     } catch (err) {
       options.signal?.throwIfAborted()
       log('refreshing %s failed: %e', identity.did, err)
-      throw original
+      throw original ?? err
     }
   }
 
@@ -100,7 +113,7 @@ export class PdsHeadResolver implements HeadResolver {
       throw new PdsResponseError(`getLatestCommit said rev ${latest.rev} but the commit has rev ${commit.rev}`, { did, url: pds, cid: latest.cid })
     }
     verifyCommitSignature(commit, identity.signingKey, { cid: latest.cid })
-    return { did, cid: latest.cid, rev: commit.rev, data: commit.data, commit, bytes, source: `pds:${pds}` }
+    return { did, cid: latest.cid, rev: commit.rev, data: commit.data, commit, bytes, source: `pds:${pds}`, identity }
   }
 
   private async latestCommit (pds: string, did: string, request: XrpcRequestOptions): Promise<{ cid: CID, rev?: string }> {
@@ -138,6 +151,11 @@ export class PdsHeadResolver implements HeadResolver {
     }
     throw new PdsBlockNotFoundError(`${nsid}: the commit block is not in the CAR`, { did, url: pds, cid })
   }
+}
+
+/** An answer about the account rather than the request: it may come from a PDS the account has left. */
+function isAccountStatus (err: unknown): boolean {
+  return err instanceof RepoNotFoundError || err instanceof RepoDeactivatedError || err instanceof RepoSuspendedError || err instanceof RepoTakendownError
 }
 
 function responseCid (value: unknown, nsid: string, field: string, pds: string, did: string): CID {

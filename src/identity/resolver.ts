@@ -1,10 +1,19 @@
 /**
  * DID or handle → {@link Identity}: the signing key, the PDS and the handle
  * (checked both ways), from a DID document resolved through did-resolver with one
- * method resolver per blessed method (did:plc, did:web). Identities are cached
- * for `cacheTtlMs` (a failed handle check for `failureCacheTtlMs` only);
- * `refresh(did)` bypasses the cache, which head verification does once when a
- * signature fails (keys rotate).
+ * method resolver per blessed method (did:plc, did:web).
+ *
+ * Caching. A DID document holds the key every commit is verified against, and a
+ * key rotates when it is compromised, so documents are reused for a short window
+ * only (`cacheTtlMs`, one minute by default): that window is the longest a running
+ * node can accept a commit signed by a key the DID has rotated out without having
+ * seen the rotation. Whatever the node has seen it acts on at once: `refresh(did)`
+ * replaces the cached document, which head resolution does when a signature fails
+ * (an honest PDS signs with the new key, so its first commit after a rotation
+ * triggers it) and before it reports an account status; every later resolution,
+ * and every head that is then picked, goes by the refreshed key. Handle answers
+ * (handle → DID) carry no key and are kept longer (`handleCacheTtlMs`), a failed
+ * handle check for `failureCacheTtlMs` only.
  */
 import { logger } from '@libp2p/logger'
 import { Resolver, type DIDResolutionResult } from 'did-resolver'
@@ -73,8 +82,15 @@ export interface AtprotoIdentityResolverInit {
    * When set, handles resolve through it instead of DNS and HTTPS.
    */
   handleResolverUrl?: string
-  /** How long a resolved identity (and a handle's DID) is reused. @default 600_000 */
+  /**
+   * How long a resolved DID document (signing key, PDS) is reused: the window in
+   * which a key rotation the node has not seen goes unnoticed (see the file header).
+   * Each pinned DID costs at most one directory lookup per window.
+   * @default 60_000
+   */
   cacheTtlMs?: number
+  /** How long a handle's DID (an answer, found or not) is reused. @default 600_000 */
+  handleCacheTtlMs?: number
   /**
    * How long the result of a handle check that failed (timeout, DNS or server
    * error) is reused before the handle is looked up again. The DID document is
@@ -120,6 +136,9 @@ interface CachedIdentity {
   handleCheckedUntil: number
 }
 
+/** Default of {@link AtprotoIdentityResolverInit.cacheTtlMs}. */
+export const DEFAULT_CACHE_TTL_MS = 60_000
+
 /** Default of {@link AtprotoIdentityResolverInit.failureCacheTtlMs}. */
 export const DEFAULT_FAILURE_CACHE_TTL_MS = 30_000
 
@@ -129,6 +148,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   readonly handleResolverUrl?: string
   private readonly didResolver: Resolver
   private readonly ttl: number
+  private readonly handleTtl: number
   private readonly failureTtl: number
   private readonly maxEntries: number
   private readonly timeoutMs?: number
@@ -142,7 +162,8 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   constructor (init: AtprotoIdentityResolverInit = {}) {
     this.plcUrl = init.plcUrl ?? DEFAULT_PLC_URL
     this.handleResolverUrl = init.handleResolverUrl
-    this.ttl = init.cacheTtlMs ?? 600_000
+    this.ttl = init.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS
+    this.handleTtl = init.handleCacheTtlMs ?? 600_000
     this.failureTtl = Math.min(init.failureCacheTtlMs ?? DEFAULT_FAILURE_CACHE_TTL_MS, this.ttl)
     this.maxEntries = init.cacheSize ?? 10_000
     this.timeoutMs = init.timeoutMs
@@ -187,7 +208,8 @@ export class AtprotoIdentityResolver implements IdentityResolver {
         : `the DID document claims ${identity.handle} instead`, { did })
     }
     const verified = { ...identity, handleVerified: true }
-    this.store(this.identities, did, { identity: verified, handleCheckedUntil: this.now() + this.ttl })
+    // the document keeps its own expiry: resolving by handle must not stretch the key window
+    this.store(this.identities, did, { identity: verified, handleCheckedUntil: this.now() + this.ttl }, this.identities.get(did)?.expires)
     return verified
   }
 
@@ -204,7 +226,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
     const did = this.handleResolverUrl !== undefined
       ? await resolveHandleXrpc(this.handleResolverUrl, handle, lookup)
       : await resolveHandleDirect(handle, lookup)
-    this.store(this.handles, handle, did)
+    this.store(this.handles, handle, did, this.now() + this.handleTtl)
     return did
   }
 

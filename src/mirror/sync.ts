@@ -1,6 +1,13 @@
 /**
  * Syncing one repo: head → blocks → verification → one atomic advance → GC.
  *
+ * One identity per sync: it is resolved once, handed to the head resolver, and
+ * from then on the identity the head was verified against (the refreshed one when
+ * the key rotated or the account moved) is the only one used: `getRepo` and the
+ * PDS broker ask its PDS, verification uses its key, the stored state records its
+ * PDS and handle. An account status (deactivated, taken down, …) is recorded only
+ * when it comes from the PDS the current DID document names.
+ *
  * Full sync (nothing stored): `getRepo` is streamed through the CAR reader and
  * stored in batches as it arrives; only MST nodes, the commit and a set of the
  * CIDs seen stay in memory, never the records. Incremental sync: `getRepo?since=`
@@ -21,6 +28,7 @@ import { logger } from '@libp2p/logger'
 import {
   CarParseError,
   DidNotFoundError,
+  HeadUnavailableError,
   MethodNotImplementedError,
   NotPinnedError,
   PdsResponseError,
@@ -317,7 +325,8 @@ export class RepoSyncer {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
   }
 
-  async #sync (identity: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
+  async #sync (resolved: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
+    let identity = resolved
     const { signal } = options
     const did = identity.did
     const pin = options.pin ?? true
@@ -328,12 +337,19 @@ export class RepoSyncer {
 
     let head: Head
     try {
-      head = await this.#heads.resolveHead(did, { signal })
+      head = await this.#heads.resolveHead(did, { signal, identity })
     } catch (err) {
       const status = statusOf(err)
-      if (status !== undefined && !(signal?.aborted ?? false)) await this.#applyStatus(did, status, identity, err as Error)
+      if (status !== undefined && !(signal?.aborted ?? false)) {
+        // the head resolver refreshes the identity before it reports a status: the cache holds the current one
+        const current = await this.#identity.resolve(did, { signal, verifyHandle: false }).catch(() => undefined)
+        if (current !== undefined && namesSourceOf(current, err)) await this.#applyStatus(did, status, current, err as Error)
+        else log('%s: %s said by a host the DID document does not name (%s); status unchanged', did, status, (err as Error).message)
+      }
       throw err
     }
+    // from here on, the identity the head was verified against
+    identity = head.identity
 
     const now = new Date().toISOString()
     const unchanged = (current: RepoState, records: number | undefined): SyncResult => ({
@@ -456,6 +472,7 @@ export class RepoSyncer {
       const fullDelta = full ? new HoldDelta() : undefined
       const walk = await completeMst(view, this.#fetcher, target.data, {
         did,
+        pds: identity.pds,
         signal,
         onNode: fullDelta === undefined
           ? undefined
@@ -566,4 +583,24 @@ export class RepoSyncer {
     await this.#store.putState(next)
     log('%s: %s; keeping the blocks of rev %s', did, status, state.rev)
   }
+}
+
+/**
+ * Whether a status error came from where `identity` says the account lives: its PDS
+ * (a status from any other host is one the account has left), or the DID directory
+ * itself (a tombstone carries no PDS URL).
+ */
+function namesSourceOf (identity: Identity, err: unknown): boolean {
+  const said = err instanceof HeadUnavailableError
+    ? err.errors.map(({ error }) => error).filter(error => statusOf(error) !== undefined)
+    : [err]
+  return said.every(error => {
+    const url = (error as { url?: unknown }).url
+    if (error instanceof DidNotFoundError || typeof url !== 'string') return true
+    try {
+      return new URL(url).origin === new URL(identity.pds).origin
+    } catch {
+      return false
+    }
+  })
 }

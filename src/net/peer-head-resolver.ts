@@ -13,8 +13,8 @@
 import { logger } from '@libp2p/logger'
 import { CommitSignatureError, HeadStaleError, HeadUnavailableError, PeerError } from '../errors.ts'
 import { verifyCommitSignature } from '../repo/commit.ts'
-import { publicKeyEquals, type PublicKey } from '../repo/keys.ts'
-import type { IdentityResolver } from '../identity/resolver.ts'
+import { publicKeyEquals } from '../repo/keys.ts'
+import type { Identity, IdentityResolver } from '../identity/resolver.ts'
 import type { HeadExchange, PeerHeadAnswer } from './head-exchange.ts'
 import type { MirrorLocator, MirrorPeer } from '../blocks/broker.ts'
 import { compareRevs, type Head, type HeadResolver, type ResolveHeadOptions } from '../head/head-resolver.ts'
@@ -74,35 +74,36 @@ export class PeerHeadResolver implements HeadResolver {
   async resolveFrom (did: string, peers: AsyncIterable<MirrorPeer | PeerId> | Iterable<MirrorPeer | PeerId>, options: ResolveHeadOptions = {}): Promise<Head> {
     const timeout = AbortSignal.timeout(this.#timeoutMs)
     const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
-    const identity = await this.#identity.resolve(did, { signal, verifyHandle: false })
-    let key: PublicKey = identity.signingKey
-    let refreshed: Promise<PublicKey> | undefined
+    let identity: Identity = options.identity ?? await this.#identity.resolve(did, { signal, verifyHandle: false })
+    let refreshed: Promise<Identity> | undefined
     const stored = await this.#store?.getState(did)
 
     const errors: Array<{ source: string, error: Error }> = []
-    let best: Head | undefined
+    const heads: Head[] = []
     const running = new Set<Promise<void>>()
 
     const ask = async (peer: PeerId): Promise<void> => {
       const source = `peer:${peer.toString()}`
       try {
         const answer = await this.#headExchange.requestHead(peer, did, { signal })
+        let verifiedBy = identity
         try {
-          verifyCommitSignature(answer.commit, key, { cid: answer.cid })
+          verifyCommitSignature(answer.commit, verifiedBy.signingKey, { cid: answer.cid })
         } catch (err) {
           if (!(err instanceof CommitSignatureError)) throw err
           // The key may have rotated since we resolved it: look once, for all peers.
-          refreshed ??= this.#identity.refresh(did, { signal, verifyHandle: false }).then(fresh => fresh.signingKey)
+          refreshed ??= this.#identity.refresh(did, { signal, verifyHandle: false })
           const fresh = await refreshed
-          if (publicKeyEquals(fresh, key)) throw err
-          key = fresh
-          verifyCommitSignature(answer.commit, key, { cid: answer.cid })
+          if (publicKeyEquals(fresh.signingKey, verifiedBy.signingKey)) throw err
+          identity = fresh
+          verifiedBy = fresh
+          verifyCommitSignature(answer.commit, verifiedBy.signingKey, { cid: answer.cid })
         }
-        const head = toHead(did, answer, source)
+        const head = toHead(did, answer, source, verifiedBy)
         if (stored !== undefined && compareRevs(head.rev, stored.rev) < 0) {
           throw new HeadStaleError(did, head.rev, stored.rev, { source })
         }
-        if (best === undefined || compareRevs(head.rev, best.rev) > 0) best = head
+        heads.push(head)
         log('%p has %s at rev %s', peer, did, head.rev)
       } catch (err) {
         const error = err instanceof Error ? err : new Error(String(err))
@@ -128,12 +129,30 @@ export class PeerHeadResolver implements HeadResolver {
     }
     await Promise.all(running)
     options.signal?.throwIfAborted()
-    if (best !== undefined) return best
+    // the highest rev; a head verified before another answer made us refresh must hold under the refreshed key
+    heads.sort((a, b) => compareRevs(b.rev, a.rev))
+    for (const head of heads) {
+      const verified = head.identity === identity ? head : reverify(head, identity, errors)
+      if (verified !== undefined) return verified
+    }
     if (asked === 0) errors.push({ source: 'peers', error: new PeerError('no mirrors found', { did }) })
     throw new HeadUnavailableError(did, errors)
   }
 }
 
-function toHead (did: string, answer: PeerHeadAnswer, source: string): Head {
-  return { did, cid: answer.cid, rev: answer.commit.rev, data: answer.commit.data, commit: answer.commit, bytes: answer.bytes, source }
+function toHead (did: string, answer: PeerHeadAnswer, source: string, identity: Identity): Head {
+  return { did, cid: answer.cid, rev: answer.commit.rev, data: answer.commit.data, commit: answer.commit, bytes: answer.bytes, source, identity }
+}
+
+/** `head` checked against `identity`'s key, or undefined (and the reason listed) when it does not verify. */
+function reverify (head: Head, identity: Identity, errors: Array<{ source: string, error: Error }>): Head | undefined {
+  try {
+    verifyCommitSignature(head.commit, identity.signingKey, { cid: head.cid })
+    return { ...head, identity }
+  } catch (err) {
+    if (!(err instanceof CommitSignatureError)) throw err
+    log('ignoring head of %s from %s: signed by a key the refreshed document no longer names', head.did, head.source)
+    errors.push({ source: head.source, error: err })
+    return undefined
+  }
 }

@@ -238,7 +238,7 @@ describe('identity and heads against a real PDS and PLC', () => {
 
     it('a composite keeps the verified head when another source fails', async () => {
       const failing: HeadResolver = { name: 'broken', resolveHead: async () => { throw new Error('no peers') } }
-      const head = await new CompositeHeadResolver([failing, new PdsHeadResolver({ identity: resolverFor() })]).resolveHead(alice.did)
+      const head = await new CompositeHeadResolver({ pds: new PdsHeadResolver({ identity: resolverFor() }), peers: [failing] }).resolveHead(alice.did)
       assert.equal(head.cid.toString(), (await net.getLatestCommit(alice.did)).cid)
     })
 
@@ -246,7 +246,7 @@ describe('identity and heads against a real PDS and PLC', () => {
       const account = await net.createAccount('gone')
       await net.deactivateAccount(account)
       const failing: HeadResolver = { name: 'peers', resolveHead: async () => { throw new Error('no peers') } }
-      await assert.rejects(new CompositeHeadResolver([new PdsHeadResolver({ identity: resolverFor() }), failing]).resolveHead(account.did), (err: Error & { errors?: Array<{ source: string, error: Error }> }) => {
+      await assert.rejects(new CompositeHeadResolver({ pds: new PdsHeadResolver({ identity: resolverFor() }), peers: [failing] }).resolveHead(account.did), (err: Error & { errors?: Array<{ source: string, error: Error }> }) => {
         assert.equal(err.name, 'HeadUnavailableError')
         assert.deepEqual(err.errors?.map(e => [e.source, e.error.name]), [['pds', 'RepoDeactivatedError'], ['peers', 'Error']])
         assert.match(err.message, /pds: .*RepoDeactivated.*\| peers: no peers/)

@@ -46,8 +46,9 @@ export function posts (n: number, prefix = 'post', start = 0): TestRecordValue[]
 
 export class EvolvingRepo {
   readonly did: string
-  readonly keypair: Keypair
-  readonly key: PublicKey
+  /** Signs every later commit; {@link rotateKey} replaces it. */
+  keypair: Keypair
+  key: PublicKey
   readonly #storage: MemoryBlockstore
   #repo: Repo
 
@@ -66,6 +67,12 @@ export class EvolvingRepo {
     const storage = new MemoryBlockstore()
     const repo = await Repo.create(storage, did, keypair, records.map((r): RecordCreateOp => ({ action: WriteOpAction.Create, collection: r.collection, rkey: r.rkey, record: r.record as RecordCreateOp['record'] })))
     return new EvolvingRepo(did, keypair, storage, repo)
+  }
+
+  /** Signs later commits with the fixture key of `keySeed` (a key rotation). */
+  async rotateKey (keySeed: number): Promise<void> {
+    this.keypair = await fixtureKeypair('k256', keySeed)
+    this.key = parseDidKey(this.keypair.did())
   }
 
   /** Applies writes as one commit. */

@@ -33,6 +33,8 @@ export interface FakePds {
   url: string
   /** Serves `did` with `keypair`'s key; `version` becomes its current repo (earlier versions are kept for `since`). */
   setRepo: (did: string, keypair: Keypair, version: RepoVersion) => void
+  /** The PDS that `did`'s document names from now on (an account that moved). @default this server */
+  setPdsEndpoint: (did: string, pds: string) => void
   /** Overrides a route until `reset()`. */
   handle: (route: Route, fn: RouteHandler) => void
   /** Drops route overrides and the request log. */
@@ -49,6 +51,7 @@ interface Account {
 
 export async function startFakePds (): Promise<FakePds> {
   const accounts = new Map<string, Account>()
+  const endpoints = new Map<string, string>()
   const overrides = new Map<Route, RouteHandler>()
   const requests: FakePds['requests'] = []
   let url = ''
@@ -72,7 +75,7 @@ export async function startFakePds (): Promise<FakePds> {
         id: did,
         alsoKnownAs: [],
         verificationMethod: [{ id: `${did}#atproto`, type: 'Multikey', controller: did, publicKeyMultibase: account.keypair.did().slice('did:key:'.length) }],
-        service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: url }]
+        service: [{ id: '#atproto_pds', type: 'AtprotoPersonalDataServer', serviceEndpoint: endpoints.get(did) ?? url }]
       })
     },
     getLatestCommit (_req, res, u) {
@@ -136,6 +139,9 @@ export async function startFakePds (): Promise<FakePds> {
       account.keypair = keypair
       account.versions.push(version)
       for (const block of splitCar(version.car).blocks) account.blocks.set(block.cid.toString(), block.bytes)
+    },
+    setPdsEndpoint (did, pds) {
+      endpoints.set(did, pds)
     },
     handle (route, fn) {
       overrides.set(route, fn)
