@@ -39,6 +39,17 @@ export interface TestAccount {
   /** Refreshed by `login()`; valid for a couple of hours, long enough for any test. */
   accessJwt: string
   refreshJwt: string
+  /** The PDS that hosts the account, once it moved (`migrateAccount`). @default the network's PDS */
+  host?: string
+}
+
+/** Another PDS on the same PLC directory (see `addPds`). */
+export interface TestPdsHost {
+  /** `http://localhost:PORT`, as DID documents name it. */
+  readonly url: string
+  readonly pds: PDS
+  /** Path and query of every request this PDS received, in order. */
+  readonly requests: string[]
 }
 
 /** One record to create; `value.$type` defaults to `collection`. */
@@ -77,6 +88,19 @@ export interface TestNetwork {
   readonly adminPassword: string
   /** The running PDS, for tests that need its internals (`pds.ctx`). Undefined while stopped. */
   readonly pds: PDS | undefined
+  /** Path and query of every request the PDS received, in order (tests may clear it). */
+  readonly pdsRequests: string[]
+  /** Starts another PDS on the same PLC directory (stopped by `stop()`). */
+  addPds: () => Promise<TestPdsHost>
+  /**
+   * Moves an account to another PDS, in the essential steps of the standard
+   * migration: the new host creates the account for the existing DID (authorised by
+   * a service token from the old host), imports the repo, the PLC document is
+   * updated (the new host's rotation key, signing key and endpoint, signed with the
+   * old host's rotation key), the account is activated on the new host and
+   * deactivated on the old one. `account` then talks to the new host.
+   */
+  migrateAccount: (account: TestAccount, to: TestPdsHost) => Promise<void>
   /** Creates an account with handle `<prefix><n>.test` (n counts accounts; the prefix is at most 15 characters). */
   createAccount: (handlePrefix?: string) => Promise<TestAccount>
   /** Logs in again (new tokens); updates `account` in place and returns it. */
@@ -127,13 +151,13 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
   const pdsPort = await freePort()
   const pdsUrl = `http://localhost:${pdsPort}`
 
-  const env: ServerEnvironment = {
-    port: pdsPort,
+  const envFor = async (port: number, dataDirectory: string, blobs: string): Promise<ServerEnvironment> => ({
+    port,
     hostname: 'localhost',
     version: '0.0.0',
     devMode: true,
     dataDirectory,
-    blobstoreDiskLocation: join(dir, 'blobs'),
+    blobstoreDiskLocation: blobs,
     didPlcUrl: plcUrl,
     recoveryDidKey: (await Secp256k1Keypair.create()).did(),
     adminPassword: ADMIN_PASSWORD,
@@ -144,24 +168,37 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     disableSsrfProtection: true,
     rateLimitsEnabled: false,
     crawlers: []
-  }
+  })
+  const env = await envFor(pdsPort, dataDirectory, join(dir, 'blobs'))
 
   let pds: PDS | undefined
   let pdsServer: Server | undefined
+  const pdsRequests: string[] = []
+  const hosts: Array<TestPdsHost & { server: Server }> = []
 
-  async function startPds (): Promise<void> {
-    if (pds !== undefined) return
-    const created = await PDS.create(envToCfg(env), envToSecrets(env))
-    // What PDS.start() does, minus listening on every interface.
+  /** What PDS.start() does, minus listening on every interface; every request is logged in `log`. */
+  async function launchPds (pdsEnv: ServerEnvironment, log: string[]): Promise<{ pds: PDS, server: Server }> {
+    const created = await PDS.create(envToCfg(pdsEnv), envToSecrets(pdsEnv))
     await created.ctx.sequencer.start()
+    let server: Server
     try {
-      pdsServer = await listenLocal(created.app, pdsPort)
+      server = await listenLocal((req, res) => {
+        log.push(req.url ?? '')
+        created.app(req, res)
+      }, pdsEnv.port)
     } catch (err) {
       await created.destroy()
       throw err
     }
-    pdsServer.keepAliveTimeout = 90_000
-    pds = created
+    server.keepAliveTimeout = 90_000
+    return { pds: created, server }
+  }
+
+  async function startPds (): Promise<void> {
+    if (pds !== undefined) return
+    const launched = await launchPds(env, pdsRequests)
+    pdsServer = launched.server
+    pds = launched.pds
   }
 
   async function stopPds (): Promise<void> {
@@ -183,16 +220,18 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
 
   let accounts = 0
 
-  async function xrpc<T> (method: 'GET' | 'POST', nsid: string, init: { params?: Record<string, string>, body?: unknown, auth?: string } = {}): Promise<T> {
-    const url = new URL(`/xrpc/${nsid}`, pdsUrl)
+  /** An XRPC call to `init.host` (the network's PDS by default); a Uint8Array body is sent as a CAR. */
+  async function xrpc<T> (method: 'GET' | 'POST', nsid: string, init: { params?: Record<string, string>, body?: unknown, auth?: string, host?: string } = {}): Promise<T> {
+    const url = new URL(`/xrpc/${nsid}`, init.host ?? pdsUrl)
     for (const [key, value] of Object.entries(init.params ?? {})) url.searchParams.set(key, value)
     const headers: Record<string, string> = {}
     if (init.auth !== undefined) headers.authorization = init.auth
-    if (init.body !== undefined) headers['content-type'] = 'application/json'
+    const raw = init.body instanceof Uint8Array
+    if (init.body !== undefined) headers['content-type'] = raw ? 'application/vnd.ipld.car' : 'application/json'
     const res = await fetch(url, {
       method,
       headers,
-      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      body: init.body === undefined ? undefined : raw ? init.body as Uint8Array<ArrayBuffer> : JSON.stringify(init.body),
       signal: AbortSignal.timeout(60_000)
     })
     if (!res.ok) {
@@ -205,6 +244,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
   }
 
   const bearer = (account: TestAccount): string => `Bearer ${account.accessJwt}`
+  const hostOf = (account: TestAccount): string => account.host ?? pdsUrl
   const adminAuth = `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString('base64')}`
 
   function toWrite (type: 'create' | 'update', record: TestRecord): Record<string, unknown> {
@@ -228,6 +268,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     pdsPort,
     adminPassword: ADMIN_PASSWORD,
     get pds () { return pds },
+    pdsRequests,
 
     async createAccount (handlePrefix = 'user') {
       const n = ++accounts
@@ -244,6 +285,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
 
     async login (account) {
       const out = await xrpc<{ accessJwt: string, refreshJwt: string }>('POST', 'com.atproto.server.createSession', {
+        host: hostOf(account),
         body: { identifier: account.did, password: account.password }
       })
       account.accessJwt = out.accessJwt
@@ -257,6 +299,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
       for (let i = 0; i < records.length; i += 200) {
         const batch = records.slice(i, i + 200)
         const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+          host: hostOf(account),
           auth: bearer(account),
           body: { repo: account.did, validate: false, writes: batch.map(record => toWrite('create', record)) }
         })
@@ -273,6 +316,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
 
     async updateRecord (account, record) {
       const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+        host: hostOf(account),
         auth: bearer(account),
         body: { repo: account.did, validate: false, writes: [toWrite('update', record)] }
       })
@@ -283,6 +327,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
 
     async deleteRecord (account, collection, rkey) {
       const out = await xrpc<ApplyWritesOutput>('POST', 'com.atproto.repo.applyWrites', {
+        host: hostOf(account),
         auth: bearer(account),
         body: { repo: account.did, writes: [{ $type: 'com.atproto.repo.applyWrites#delete', collection, rkey }] }
       })
@@ -300,11 +345,11 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     },
 
     async deactivateAccount (account) {
-      await xrpc('POST', 'com.atproto.server.deactivateAccount', { auth: bearer(account), body: {} })
+      await xrpc('POST', 'com.atproto.server.deactivateAccount', { host: hostOf(account), auth: bearer(account), body: {} })
     },
 
     async activateAccount (account) {
-      await xrpc('POST', 'com.atproto.server.activateAccount', { auth: bearer(account) })
+      await xrpc('POST', 'com.atproto.server.activateAccount', { host: hostOf(account), auth: bearer(account) })
     },
 
     async takedownAccount (did, applied = true) {
@@ -338,11 +383,59 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
       return { didKey: keypair.did(), commit }
     },
 
+    async addPds () {
+      const port = await freePort()
+      const base = join(dir, `pds-${hosts.length + 2}`)
+      await mkdir(base, { recursive: true })
+      const requests: string[] = []
+      const launched = await launchPds(await envFor(port, base, join(base, 'blobs')), requests)
+      const host = { url: `http://localhost:${port}`, pds: launched.pds, server: launched.server, requests }
+      hosts.push(host)
+      return host
+    },
+
+    async migrateAccount (account, to) {
+      const from = hostOf(account)
+      const fromPds = from === pdsUrl ? pds : hosts.find(h => h.url === from)?.pds
+      if (fromPds === undefined) throw new Error(`migrateAccount: ${from} is not running`)
+      const did = account.did
+      const { token } = await xrpc<{ token: string }>('GET', 'com.atproto.server.getServiceAuth', {
+        host: from,
+        auth: bearer(account),
+        params: { aud: to.pds.ctx.cfg.service.did, lxm: 'com.atproto.server.createAccount' }
+      })
+      const created = await xrpc<{ accessJwt: string, refreshJwt: string }>('POST', 'com.atproto.server.createAccount', {
+        host: to.url,
+        auth: `Bearer ${token}`,
+        body: { did, handle: account.handle, email: account.email, password: account.password }
+      })
+      const moved = `Bearer ${created.accessJwt}`
+      await xrpc('POST', 'com.atproto.repo.importRepo', { host: to.url, auth: moved, body: await xrpc<Uint8Array>('GET', 'com.atproto.sync.getRepo', { host: from, params: { did } }) })
+      const { ctx } = fromPds
+      const key = await to.pds.ctx.actorStore.keypair(did)
+      // one operation, as signPlcOperation makes it: the new host may rotate, signs, and serves
+      await ctx.plcClient.updateData(did, ctx.plcRotationKey, (last) => ({
+        ...last,
+        rotationKeys: [to.pds.ctx.plcRotationKey.did(), ...last.rotationKeys],
+        verificationMethods: { ...last.verificationMethods, atproto: key.did() },
+        services: { ...last.services, atproto_pds: { type: 'AtprotoPersonalDataServer', endpoint: to.url } }
+      }))
+      await xrpc('POST', 'com.atproto.server.activateAccount', { host: to.url, auth: moved })
+      await xrpc('POST', 'com.atproto.server.deactivateAccount', { host: from, auth: bearer(account), body: {} })
+      account.host = to.url
+      account.accessJwt = created.accessJwt
+      account.refreshJwt = created.refreshJwt
+    },
+
     stopPds,
     startPds,
 
     async stop () {
       try {
+        for (const host of hosts.splice(0)) {
+          await closeServer(host.server)
+          await host.pds.destroy()
+        }
         await stopPds()
       } finally {
         try {

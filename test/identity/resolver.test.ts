@@ -11,7 +11,7 @@ import { BodyTooLargeError } from '../../src/errors.ts'
 import { DID_DOCUMENT_MAX_BYTES } from '../../src/identity/did-resolvers.ts'
 import { BodyTooLargeError as HttpBodyTooLargeError } from '../../src/http/fetch.ts'
 import { resolveHandleDns } from '../../src/identity/handle.ts'
-import { AtprotoIdentityResolver, DEFAULT_FAILURE_CACHE_TTL_MS } from '../../src/identity/resolver.ts'
+import { AtprotoIdentityResolver, DEFAULT_CACHE_TTL_MS, DEFAULT_FAILURE_CACHE_TTL_MS } from '../../src/identity/resolver.ts'
 import { didDocument, json, startPlc, startServer, testDid, testKey, type Handler, type TestServer } from '../helpers/fake-servers.ts'
 import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts'
 import { startHttpsServer, type TestHttpsServer } from '../helpers/https-server.ts'
@@ -185,6 +185,33 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
     await r.resolve(DID, { verifyHandle: false })
     assert.equal(plc.requests.length, 1)
     clock += 1
+    await r.resolve(DID, { verifyHandle: false })
+    assert.equal(plc.requests.length, 2)
+  })
+
+  it(`key material is reused for ${DEFAULT_CACHE_TTL_MS} ms by default, a handle's DID for longer`, async () => {
+    let clock = 1_000_000
+    const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: handles.url, now: () => clock })
+    const asked = handles.requests.length
+    const lookups = (): number => handles.requests.length - asked
+    await r.resolve('carol.example.com')
+    assert.deepEqual([plc.requests.length, lookups()], [1, 1])
+    clock += DEFAULT_CACHE_TTL_MS - 1
+    await r.resolve('carol.example.com')
+    assert.deepEqual([plc.requests.length, lookups()], [1, 1])
+    clock += 1
+    await r.resolve('carol.example.com')
+    assert.deepEqual([plc.requests.length, lookups()], [2, 1])
+  })
+
+  it("resolving by handle does not stretch the document's window", async () => {
+    let clock = 1_000_000
+    const r = new AtprotoIdentityResolver({ plcUrl: plc.url, handleResolverUrl: handles.url, cacheTtlMs: 1000, now: () => clock })
+    await r.resolve(DID, { verifyHandle: false })
+    clock += 600
+    await r.resolve('carol.example.com')
+    clock += 400
+    // 1000 ms after the document was fetched, whichever way it was asked for since
     await r.resolve(DID, { verifyHandle: false })
     assert.equal(plc.requests.length, 2)
   })
