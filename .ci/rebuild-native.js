@@ -1,4 +1,5 @@
-// Rebuilds native addons against the pinned Node's own headers.
+// Rebuilds native test dependencies against the pinned Node's own headers; run by
+// `npm test` (its `pretest` script), never by an install of the package.
 // npm on some machines points `nodedir` at another Node's headers, and prebuilt
 // binaries cannot be downloaded everywhere, so better-sqlite3 (needed only by the
 // reference PDS used in tests) may be compiled for the wrong ABI. This checks,

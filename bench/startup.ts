@@ -1,0 +1,120 @@
+/**
+ * Start-up time of the installed CLI against bare Node, in the same run.
+ *
+ *   node bench/startup.ts [--runs 21] [--warmup 3] [--records 2000]
+ *
+ * Packs this repository and installs the tarball into an empty project with
+ * `--omit=dev` (test/package/install.ts, what a user gets), then times, each as a
+ * fresh process on the pinned Node, interleaved run by run so load on the machine
+ * hits every command alike:
+ *
+ * - bare Node: `node -e 0`, the baseline;
+ * - `atmirror --help`;
+ * - `atmirror status` on a data directory with no daemon (the "no daemon" answer);
+ * - `atmirror block get CID --offline` on a data directory holding a stored repo
+ *   (a `--records`-record repo made by @atproto/repo, its blocks written with
+ *   atmirror's MirrorBlockstore).
+ *
+ * The CLI runs through `<project>/node_modules/.bin/atmirror` as a user's shell
+ * would. Prints each command's median and min wall time and its median above
+ * bare Node next to the target; `BELOW TARGET` when one is missed.
+ */
+import { spawnSync } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { packAndInstall } from '../test/package/install.ts'
+import { generateRepo, openRepo } from '../test/repo/fixtures.ts'
+import { MirrorBlockstore } from '../src/mirror/blockstore.ts'
+import { readCar } from '../src/repo/car.ts'
+import type { Block } from '../src/repo/block-store.ts'
+
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '21' },
+    warmup: { type: 'string', default: '3' },
+    records: { type: 'string', default: '2000' }
+  }
+})
+const runs = Number(values.runs)
+const warmup = Number(values.warmup)
+
+const dir = await mkdtemp(join(tmpdir(), 'atmirror-startup-'))
+try {
+  process.stderr.write('packing and installing the package (npm pack, npm install --omit=dev)…\n')
+  const pkg = await packAndInstall(dir)
+  process.stderr.write(`  npm pack (build included) ${pkg.seconds.pack.toFixed(1)} s, npm install ${pkg.seconds.install.toFixed(1)} s\n`)
+
+  // a stored repo: every block of a generated repo in <data>/blocks
+  const data = join(dir, 'data')
+  const repo = await generateRepo({ records: Number(values.records), seed: 3 })
+  const blockstore = new MirrorBlockstore(join(data, 'blocks'))
+  await blockstore.open()
+  const blocks: Block[] = []
+  for await (const block of (await readCar(repo.car)).blocks) blocks.push(block)
+  await blockstore.putVerified(blocks)
+  await blockstore.close()
+  const record = openRepo(repo.car).recordCids[Math.floor(blocks.length / 3)]
+  const expected = openRepo(repo.car).blocks.get(record)!.bytes
+  const empty = join(dir, 'empty')
+
+  interface Case { label: string, file: string, args: string[], target?: number, check: (r: ReturnType<typeof spawnSync>) => string | undefined }
+  const cases: Case[] = [
+    { label: 'node -e 0 (bare Node)', file: pkg.node, args: ['-e', '0'], check: r => r.status === 0 ? undefined : `exit ${r.status}` },
+    {
+      label: 'atmirror --help',
+      file: pkg.bin,
+      args: ['--help'],
+      target: 150,
+      check: r => r.status === 0 && String(r.stdout).startsWith('usage: atmirror') ? undefined : `exit ${r.status}: ${String(r.stderr)}`
+    },
+    {
+      label: 'atmirror status (no daemon)',
+      file: pkg.bin,
+      args: ['status', '--data', empty],
+      target: 250,
+      check: r => r.status === 1 && /no daemon/.test(String(r.stderr) + String(r.stdout)) ? undefined : `exit ${r.status}: ${String(r.stderr)}`
+    },
+    {
+      label: 'atmirror block get CID --offline',
+      file: pkg.bin,
+      args: ['block', 'get', record, '--offline', '--data', data],
+      target: 300,
+      check: r => r.status === 0 && Buffer.compare(r.stdout as Buffer, expected) === 0 ? undefined : `exit ${r.status}: ${String(r.stderr)}`
+    }
+  ]
+
+  const times = cases.map(() => [] as number[])
+  for (let i = 0; i < warmup + runs; i++) {
+    cases.forEach((c, j) => {
+      const start = performance.now()
+      const result = spawnSync(c.file, c.args, { cwd: pkg.app, env: pkg.env, maxBuffer: 16 << 20 })
+      const ms = performance.now() - start
+      const problem = c.check(result)
+      if (problem !== undefined) throw new Error(`${c.label}: ${problem}`)
+      if (i >= warmup) times[j].push(ms)
+    })
+  }
+
+  const median = (xs: number[]): number => {
+    const s = [...xs].sort((a, b) => a - b)
+    return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+  }
+  const bare = median(times[0])
+  const version = spawnSync(pkg.node, ['--version'], { encoding: 'utf8' }).stdout.trim()
+  console.log(`installed atmirror (${pkg.tarball.split('/').pop()}), Node ${version}, ${runs} runs each after ${warmup} warm-up, interleaved`)
+  console.log(`${'command'.padEnd(36)}${'median'.padStart(10)}${'min'.padStart(10)}${'above bare'.padStart(13)}   target`)
+  let pass = true
+  cases.forEach((c, j) => {
+    const m = median(times[j])
+    const above = m - bare
+    const ok = c.target === undefined || above <= c.target
+    pass &&= ok
+    const target = c.target === undefined ? '' : `<= ${c.target} ms above  ${ok ? 'ok' : 'BELOW TARGET'}`
+    console.log(`${c.label.padEnd(36)}${`${m.toFixed(1)} ms`.padStart(10)}${`${Math.min(...times[j]).toFixed(1)} ms`.padStart(10)}${(j === 0 ? '' : `${above.toFixed(1)} ms`).padStart(13)}   ${target}`)
+  })
+  console.log(pass ? 'PASS' : 'BELOW TARGET')
+} finally {
+  await rm(dir, { recursive: true, force: true })
+}
