@@ -4,7 +4,7 @@
  *   node bench/startup.ts [--runs 21] [--warmup 3] [--records 2000]
  *
  * Packs this repository and installs the tarball into an empty project with
- * `--omit=dev` (test/package/install.ts, what a user gets), then times, each as a
+ * `--omit=dev` (support/package-install.ts: what a user gets), then times, each as a
  * fresh process on the pinned Node, interleaved run by run so load on the machine
  * hits every command alike:
  *
@@ -16,16 +16,19 @@
  *   atmirror's MirrorBlockstore).
  *
  * The CLI runs through `<project>/node_modules/.bin/atmirror` as a user's shell
- * would. Prints each command's median and min wall time and its median above
- * bare Node next to the target; `BELOW TARGET` when one is missed.
+ * would. Prints each command's median and min wall time, its mean CPU time (user +
+ * system; steadier than wall time when other work shares the machine, whose load
+ * average is printed too), and its median wall time above bare Node next to the
+ * target; `BELOW TARGET` when one is missed.
  */
 import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { packAndInstall } from '../test/package/install.ts'
-import { generateRepo, openRepo } from '../test/repo/fixtures.ts'
+import { packAndInstall } from '../support/package-install.ts'
+import { generateRepo } from '../support/generated-repo.ts'
 import { MirrorBlockstore } from '../src/mirror/blockstore.ts'
 import { readCar } from '../src/repo/car.ts'
 import type { Block } from '../src/repo/block-store.ts'
@@ -55,8 +58,8 @@ try {
   for await (const block of (await readCar(repo.car)).blocks) blocks.push(block)
   await blockstore.putVerified(blocks)
   await blockstore.close()
-  const record = openRepo(repo.car).recordCids[Math.floor(blocks.length / 3)]
-  const expected = openRepo(repo.car).blocks.get(record)!.bytes
+  const record = repo.records[Math.floor(repo.records.length / 3)].cid
+  const expected = blocks.find(block => block.cid.toString() === record)!.bytes
   const empty = join(dir, 'empty')
 
   interface Case { label: string, file: string, args: string[], target?: number, check: (r: ReturnType<typeof spawnSync>) => string | undefined }
@@ -86,14 +89,19 @@ try {
   ]
 
   const times = cases.map(() => [] as number[])
+  const cpu = cases.map(() => 0)
   for (let i = 0; i < warmup + runs; i++) {
     cases.forEach((c, j) => {
+      const cpuBefore = childCpuMs()
       const start = performance.now()
       const result = spawnSync(c.file, c.args, { cwd: pkg.app, env: pkg.env, maxBuffer: 16 << 20 })
       const ms = performance.now() - start
       const problem = c.check(result)
       if (problem !== undefined) throw new Error(`${c.label}: ${problem}`)
-      if (i >= warmup) times[j].push(ms)
+      if (i >= warmup) {
+        times[j].push(ms)
+        cpu[j] += childCpuMs() - cpuBefore
+      }
     })
   }
 
@@ -103,8 +111,8 @@ try {
   }
   const bare = median(times[0])
   const version = spawnSync(pkg.node, ['--version'], { encoding: 'utf8' }).stdout.trim()
-  console.log(`installed atmirror (${pkg.tarball.split('/').pop()}), Node ${version}, ${runs} runs each after ${warmup} warm-up, interleaved`)
-  console.log(`${'command'.padEnd(36)}${'median'.padStart(10)}${'min'.padStart(10)}${'above bare'.padStart(13)}   target`)
+  console.log(`installed atmirror (${pkg.tarball.split('/').pop()}), Node ${version}, ${runs} runs each after ${warmup} warm-up, interleaved; load average ${loadavg().map(x => x.toFixed(1)).join(' ')} on ${availableParallelism()} CPUs`)
+  console.log(`${'command'.padEnd(36)}${'median'.padStart(10)}${'min'.padStart(10)}${'CPU mean'.padStart(10)}${'above bare'.padStart(13)}   target (median above bare)`)
   let pass = true
   cases.forEach((c, j) => {
     const m = median(times[j])
@@ -112,9 +120,23 @@ try {
     const ok = c.target === undefined || above <= c.target
     pass &&= ok
     const target = c.target === undefined ? '' : `<= ${c.target} ms above  ${ok ? 'ok' : 'BELOW TARGET'}`
-    console.log(`${c.label.padEnd(36)}${`${m.toFixed(1)} ms`.padStart(10)}${`${Math.min(...times[j]).toFixed(1)} ms`.padStart(10)}${(j === 0 ? '' : `${above.toFixed(1)} ms`).padStart(13)}   ${target}`)
+    const cpuMean = Number.isNaN(cpu[j]) ? '-' : `${(cpu[j] / runs).toFixed(0)} ms`
+    console.log(`${c.label.padEnd(36)}${`${m.toFixed(1)} ms`.padStart(10)}${`${Math.min(...times[j]).toFixed(1)} ms`.padStart(10)}${cpuMean.padStart(10)}${(j === 0 ? '' : `${above.toFixed(1)} ms`).padStart(13)}   ${target}`)
   })
   console.log(pass ? 'PASS' : 'BELOW TARGET')
 } finally {
   await rm(dir, { recursive: true, force: true })
+}
+
+/**
+ * User + system CPU time of this process's waited-for children so far (Linux:
+ * /proc/self/stat, in clock ticks of 10 ms, hence a mean over the runs); NaN elsewhere.
+ */
+function childCpuMs (): number {
+  try {
+    const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[13]) + Number(fields[14])) * 10
+  } catch {
+    return Number.NaN
+  }
 }

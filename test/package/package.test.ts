@@ -16,8 +16,8 @@ import assert from 'node:assert/strict'
 import { glob, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { generateRepo, type GeneratedRepo } from '../repo/fixtures.ts'
-import { packAndInstall, root, run, type InstalledPackage } from './install.ts'
+import { generateRepo, type GeneratedRepo } from '../../support/generated-repo.ts'
+import { packAndInstall, root, run, type InstalledPackage } from '../../support/package-install.ts'
 
 const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8'))
 

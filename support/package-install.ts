@@ -11,7 +11,7 @@ import { execFile } from 'node:child_process'
 import { mkdir, realpath, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 
-export const root = join(import.meta.dirname, '..', '..')
+export const root = join(import.meta.dirname, '..')
 
 export interface Run { code: number, stdout: string, stderr: string }
 
