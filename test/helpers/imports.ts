@@ -19,6 +19,11 @@ export async function sourceFiles (dir: string): Promise<string[]> {
 
 /** Every relative module specifier a file imports or re-exports (type-only ones too: they still couple the layers). */
 export function relativeImports (file: string, text: string): string[] {
+  return moduleSpecifiers(file, text).filter(spec => spec.startsWith('.'))
+}
+
+/** Every module specifier a file imports or re-exports, statically or with `import()`, type-only ones too. */
+export function moduleSpecifiers (file: string, text: string): string[] {
   const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, false, ts.ScriptKind.TS)
   const out: string[] = []
   const visit = (node: ts.Node): void => {
@@ -30,5 +35,5 @@ export function relativeImports (file: string, text: string): string[] {
     ts.forEachChild(node, visit)
   }
   visit(sf)
-  return out.filter(spec => spec.startsWith('.'))
+  return out
 }
