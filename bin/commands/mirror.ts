@@ -22,9 +22,10 @@ the signature, the tree, every record), refetching any block a damaged disk spoi
 
 With a daemon running on the data directory, the daemon does the work.
 
-With --peer, a temporary private-mode node connects to those peers first: the head
-may come from them by head exchange (the highest verified rev among the PDS and the
-peers wins) and blocks by Bitswap, so the repo can be mirrored while its PDS is down.
+With --peer, a temporary private-mode node connects to those peers first: when the
+PDS gives no verified head, the head comes from them by head exchange (the highest
+verified rev among them), and blocks by Bitswap, so the repo can be mirrored while
+its PDS is down.
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)

@@ -1,6 +1,6 @@
 /**
- * Heads: a repo's latest signed commit, verified, from the PDS (and later from
- * peers), plus the XRPC client the PDS brokers share.
+ * Heads: a repo's latest signed commit, verified, from the PDS or (through a
+ * composite) from peers, plus the XRPC client the PDS brokers share.
  */
 export { compareRevs, type Head, type HeadResolver, type ResolveHeadOptions } from './head-resolver.ts'
 export { PdsHeadResolver, type PdsHeadResolverComponents, type PdsHeadResolverInit } from './pds-head-resolver.ts'
