@@ -28,7 +28,7 @@
  *
  * Any FsBlockstore (and Helia) can open the same directory.
  */
-import { close, closeSync, existsSync, fsync, open as openFile, rename, unlink, write, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
+import { close, closeSync, existsSync, fsync, open as openFile, rename, unlink, write, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { FsBlockstore } from 'blockstore-fs'
@@ -39,6 +39,7 @@ import type { AbortOptions } from '@libp2p/interface'
 import type { InputPair, Pair } from 'interface-blockstore'
 import type { Block } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
+import { blockFilePath, readBlockFile } from './block-file.ts'
 
 export interface MirrorBlockstoreInit {
   /**
@@ -120,8 +121,7 @@ export class MirrorBlockstore extends FsBlockstore {
 
   /** The file a block lives in. */
   pathOf (cid: CID): string {
-    const { dir, file } = this.#sharding.encode(cid)
-    return join(this.path, dir, file)
+    return blockFilePath(this.path, cid)
   }
 
   override async put (cid: CID, value: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>, options: AbortOptions = {}): Promise<CID> {
@@ -213,13 +213,7 @@ export class MirrorBlockstore extends FsBlockstore {
 
   /** The block's bytes in one piece, or `undefined` when it is not stored. */
   getBytesSync (cid: CID): Uint8Array | undefined {
-    try {
-      const buf = readFileSync(this.pathOf(cid))
-      return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-      throw err
-    }
+    return readBlockFile(this.path, cid)
   }
 
   /** The block's bytes in one piece, or `undefined` when it is not stored. */
