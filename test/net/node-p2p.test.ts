@@ -31,6 +31,7 @@ import { cidKey, type CID } from '../../src/repo/cid.ts'
 import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 import { until } from '../helpers/until.ts'
 import type { PeerId } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
 
 /** Writes a repo version into the store as a sync would, pinned, with `status`. */
 async function storeVersion (store: MirrorStore, version: RepoVersion, status: RepoState['status']): Promise<void> {
@@ -119,19 +120,51 @@ describe('Bitswap withholds the blocks of repos that are not active', () => {
     await node?.stop()
   })
 
-  /** Asks the node for `blocks` over Bitswap from a fresh broker on the fetcher; the CIDs that arrived. */
-  async function fetchFromNode (blocks: Block[]): Promise<Set<string>> {
-    const mirrors = new MirrorFinder({ libp2p: fetcher.libp2p }, { peers: [node.network?.getMultiaddrs()[0]?.toString() as string], timeoutMs: 1000 })
-    const broker = new BitswapBroker({ blocks: fetcher.helia.blockstore, libp2p: fetcher.libp2p, mirrors }, { blockTimeoutMs: 1000, maxSessionResets: 1 })
-    const got = new Set<string>()
-    for await (const block of broker.getMany(blocks.map(b => b.cid), { did: deactivated.did })) got.add(cidKey(block.cid))
-    return got
+  /**
+   * Asks the node for `blocks` over Bitswap from a fresh peer; the CIDs that
+   * arrived. The fetch ends once every block of `expect.served` is in and the node
+   * has refused `expect.refused` more requests, not after some time: a want the
+   * node refuses ends only by the broker's time limit, and a tight limit fails the
+   * wants for blocks that must arrive on a loaded machine (the limit here only
+   * bounds a failure). A fresh peer each time, because the node's Bitswap keeps
+   * per-peer state: for a few seconds it does not answer again a want for a block
+   * it sent that peer, and it sends a block a peer wanted earlier once that block
+   * becomes servable, so a reused peer could see neither a refusal nor a block.
+   */
+  async function fetchFromNode (blocks: Block[], expect: { served: Block[], refused: number }): Promise<Set<string>> {
+    const serving = node.network?.serving
+    assert.ok(serving !== undefined)
+    const refusedBefore = serving.stats().refused
+    const peer = await createNetwork({ blockstore: new MemoryBlockstore(), datastore: new MemoryDatastore(), privateKey: await generateKeyPair('Ed25519') }, { mode: 'private' })
+    await peer.start()
+    try {
+      const mirrors = new MirrorFinder({ libp2p: peer.libp2p }, { peers: [node.network?.getMultiaddrs()[0]?.toString() as string], timeoutMs: 1000 })
+      const broker = new BitswapBroker({ blocks: peer.helia.blockstore, libp2p: peer.libp2p, mirrors }, { blockTimeoutMs: 60_000 })
+      const got = new Set<string>()
+      const controller = new AbortController()
+      let ended = false
+      const fetching = (async () => {
+        try {
+          for await (const block of broker.getMany(blocks.map(b => b.cid), { did: deactivated.did, signal: controller.signal })) got.add(cidKey(block.cid))
+        } catch (err) {
+          if (!controller.signal.aborted) throw err
+        } finally {
+          ended = true
+        }
+      })()
+      await until('the node to serve and refuse what it should', () => ended || (expect.served.every(b => got.has(cidKey(b.cid))) && serving.stats().refused >= refusedBefore + expect.refused), { timeout: 120_000 })
+      controller.abort()
+      await fetching
+      return got
+    } finally {
+      await peer.stop()
+    }
   }
 
   it('serves the active repo, and a block the active and the deactivated repo share, but not what only the deactivated repo holds', async () => {
     assert.deepEqual([...node.network?.serving.withheld ?? []], [deactivated.did])
     const refusedBefore = node.network?.serving.stats().refused ?? 0
-    const got = await fetchFromNode([...activeOnly, ...shared, ...deactivatedOnly])
+    const got = await fetchFromNode([...activeOnly, ...shared, ...deactivatedOnly], { served: [...activeOnly, ...shared], refused: deactivatedOnly.length })
     for (const b of activeOnly) assert.ok(got.has(cidKey(b.cid)), `active block ${b.cid.toString()} served`)
     for (const b of shared) assert.ok(got.has(cidKey(b.cid)), `shared block ${b.cid.toString()} served`)
     for (const b of deactivatedOnly) assert.equal(got.has(cidKey(b.cid)), false, `deactivated block ${b.cid.toString()} withheld`)
@@ -141,6 +174,7 @@ describe('Bitswap withholds the blocks of repos that are not active', () => {
     // the head exchange agrees: the active repo's head, nothing for the deactivated one
     const asker = new HeadExchange({ libp2p: fetcher.libp2p })
     const peerId = node.network?.peerId as PeerId
+    await fetcher.libp2p.dial(node.network?.getMultiaddrs()[0] as Multiaddr)
     assert.equal((await asker.requestHead(peerId, active.did)).cid.toString(), active.commit.toString())
     await assert.rejects(asker.requestHead(peerId, deactivated.did), { name: 'PeerHeadNotFoundError' })
   })
@@ -148,13 +182,15 @@ describe('Bitswap withholds the blocks of repos that are not active', () => {
   it('serves the repo again once it is active, and withholds it when it is suspended', async () => {
     await setStatus(node, deactivated.did, 'active')
     assert.equal(node.network?.serving.withheld.size, 0)
-    const got = await fetchFromNode(deactivatedOnly)
+    const got = await fetchFromNode(deactivatedOnly, { served: deactivatedOnly, refused: 0 })
     assert.equal(got.size, deactivatedOnly.length)
 
     await setStatus(node, deactivated.did, 'suspended')
     assert.deepEqual([...node.network?.serving.withheld ?? []], [deactivated.did])
-    const again = await fetchFromNode(deactivatedOnly.slice(0, 3))
+    const refusedBefore = node.network?.serving.stats().refused ?? 0
+    const again = await fetchFromNode(deactivatedOnly.slice(0, 3), { served: [], refused: 3 })
     assert.equal(again.size, 0)
+    assert.ok((node.network?.serving.stats().refused ?? 0) > refusedBefore, 'the node was asked and refused')
   })
 
   it('an unpinned repo is no longer withheld (its holds are gone with it)', async () => {
