@@ -177,8 +177,9 @@ describe('identity and heads against a real PDS and PLC', () => {
       assert.equal((await identity.resolve(account.did)).didKey, old.didKey)
       const head = await heads.resolveHead(account.did)
       assert.throws(() => { verifyCommitSignature(head.commit, old.signingKey) }, { name: 'CommitSignatureError' })
-      // ...so the resolver refreshed once and verified with the new key.
+      // ...so the resolver refreshed once, verified with the new key, and says so.
       assert.equal(head.cid.toString(), rotated.commit?.cid)
+      assert.equal(head.identity.didKey, rotated.didKey)
       assert.equal((await identity.resolve(account.did)).didKey, rotated.didKey)
     })
 

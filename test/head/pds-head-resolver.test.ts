@@ -276,6 +276,8 @@ describe('PdsHeadResolver with hand-made servers', () => {
       const head = await new PdsHeadResolver({ identity }).resolveHead(DID)
       assert.equal(head.source, `pds:${newPds.localhostUrl}`)
       assert.ok(head.cid.equals(commit.cid))
+      // the head carries the refreshed identity, the one its caller must sync with
+      assert.equal(head.identity.pds, newPds.localhostUrl)
       assert.deepEqual(pds.requests.map(path => path.split('?')[0]), oldRequests)
     } finally {
       await newPds.close()
@@ -284,6 +286,39 @@ describe('PdsHeadResolver with hand-made servers', () => {
 
   it('an account that moved: RepoNotFound at the old PDS, head from the new PDS named by the refreshed document', async () => {
     await headAfterMove((_req, res) => json(res, 400, { error: 'RepoNotFound', message: 'gone' }), wellBehaved(commit), ['/xrpc/com.atproto.sync.getLatestCommit'])
+  })
+
+  it('an account that moved: RepoTakendown at the old PDS is not its status; the head comes from the new PDS', async () => {
+    await headAfterMove((_req, res) => json(res, 400, { error: 'RepoTakendown', message: 'taken down here' }), wellBehaved(commit), ['/xrpc/com.atproto.sync.getLatestCommit'])
+  })
+
+  it('a status the directory cannot confirm is not reported: the directory\'s error is', async () => {
+    handler = (_req, res) => json(res, 400, { error: 'RepoTakendown', message: 'taken down' })
+    const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
+    const resolved = await identity.resolve(DID, { verifyHandle: false })
+    docs.delete(DID)
+    await assert.rejects(new PdsHeadResolver({ identity }).resolveHead(DID, { identity: resolved }), { name: 'DidNotFoundError', tombstoned: false })
+  })
+
+  it("the caller's identity is used as given: no lookup, and the head carries it", async () => {
+    const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
+    const resolved = await identity.resolve(DID, { verifyHandle: false })
+    plc.requests.length = 0
+    const head = await new PdsHeadResolver({ identity }).resolveHead(DID, { identity: resolved })
+    assert.equal(head.identity, resolved)
+    assert.deepEqual(plc.requests, [])
+  })
+
+  it('after a rotation the head carries the refreshed identity, not the one it was given', async () => {
+    const identity = new AtprotoIdentityResolver({ plcUrl: plc.url, allowHttpLocalhost: true })
+    const resolved = await identity.resolve(DID, { verifyHandle: false })
+    const rotated = testKey('alice-rotated')
+    docs.set(DID, didDocument(DID, rotated, pds.localhostUrl))
+    commit = signedCommit(DID, rotated)
+    handler = wellBehaved(commit)
+    const head = await new PdsHeadResolver({ identity }).resolveHead(DID, { identity: resolved })
+    assert.equal(head.identity.didKey, rotated.didKey)
+    assert.notEqual(resolved.didKey, rotated.didKey)
   })
   it('a getHead-only PDS serves the head (getLatestCommit is 501)', async () => {
     handler = getHeadOnly(new Map([[DID, commit]]))

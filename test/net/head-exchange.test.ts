@@ -16,6 +16,7 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { createHash } from 'node:crypto'
 import { HEAD_PROTOCOL, HeadExchange, encodeFrame, readFrame, type LocalHead } from '../../src/net/head-exchange.ts'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { MirrorFinder } from '../../src/net/mirrors.ts'
 import { PeerHeadResolver } from '../../src/net/peer-head-resolver.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
@@ -386,6 +387,23 @@ describe('head exchange', () => {
       const head = await resolver(peers).resolveHead(DID)
       assert.equal(head.rev, '3l3qo2vutsw2b')
       assert.equal(identity.refreshes, 1, 'the key is looked up again once before the answer is refused')
+    })
+
+    it('once an answer reveals a rotation, a higher head signed by the rotated-out key is dropped', async () => {
+      const rotated = await Secp256k1Keypair.create()
+      const stale = await identity.resolve(DID)
+      const fresh: Identity = { ...stale, signingKey: parseDidKey(rotated.did()), didKey: rotated.did() }
+      const rotating: IdentityResolver = { resolve: async () => stale, refresh: async () => fresh }
+      const replayed = await signedCommit(keypair, { rev: '3l3qo2vutsz2z' })
+      const genuine = await signedCommit(rotated, { rev: '3l3qo2vutsw4z' })
+      const peers = [await responder(replayed), await responder(genuine)]
+      const mirrors = new MirrorFinder({ libp2p: asker }, { peers, timeoutMs: 1000 })
+      const peerHeads = new PeerHeadResolver({ headExchange: askExchange, identity: rotating, mirrors }, { timeoutMs: 5000 })
+      const head = await peerHeads.resolveHead(DID, { identity: stale })
+      assert.equal(head.rev, '3l3qo2vutsw4z')
+      assert.equal(head.identity, fresh)
+      // and with the rotation known from the start, the replay alone is refused
+      await assert.rejects(peerHeads.resolveFrom(DID, [peerIdFromString(peers[0]?.split('/p2p/')[1] as string)], { identity: fresh }), { name: 'HeadUnavailableError' })
     })
 
     it('fails with every reason when the only answer is mis-signed', async () => {
