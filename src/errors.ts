@@ -382,6 +382,24 @@ export class PdsBlockNotFoundError extends PdsError {}
 export class PdsUnavailableError extends PdsError {}
 /** The PDS answered something that is not a valid response (HTML, wrong JSON, bad CAR). */
 export class PdsResponseError extends PdsError {}
+/**
+ * A download went past a limit (src/mirror/download-guard.ts): more blocks or bytes
+ * than a repo may have, or more blocks not reachable from the commit than allowed,
+ * or a getBlocks answer full of blocks nobody asked for. `limit` names the limit,
+ * `max` its value.
+ */
+export class DownloadLimitError extends PdsError {
+  /** What went past the limit, e.g. `more than 10000 blocks not reachable from the commit`. */
+  readonly what: string
+  readonly limit: string
+  readonly max: number
+  constructor (what: string, init: { did?: string, url?: string, limit: string, max: number }, options?: AtmirrorErrorOptions) {
+    super(`download limit: ${what} (${init.limit})`, { did: init.did, url: init.url }, options)
+    this.what = what
+    this.limit = init.limit
+    this.max = init.max
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Heads (src/head)

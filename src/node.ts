@@ -28,6 +28,7 @@ import { datastoreHolderIndex } from './mirror/gc.ts'
 import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
+import type { DownloadLimits } from './mirror/download-guard.ts'
 import { DidRunner } from './mirror/runner.ts'
 import { PRIORITY, RepoScheduler } from './mirror/scheduler.ts'
 import { BlockRepairer, type StoredRepoReport } from './mirror/repair.ts'
@@ -111,6 +112,13 @@ export interface MirrorNodeInit {
    * @default {}
    */
   pds?: Omit<PdsClientInit, 'fetch'>
+  /**
+   * What one sync may download: size limits and the allowance of blocks not
+   * reachable from the commit (src/mirror/download-guard.ts).
+   *
+   * @default 20 million blocks, 8 GiB, 10,000 unreachable blocks or 16 MiB
+   */
+  downloadLimits?: DownloadLimits
   /**
    * The fetch used for PLC, handles and PDS calls (it then decides which addresses
    * may be reached). @default the address policy's (src/http/policy.ts)
@@ -578,7 +586,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     })
     // damaged blocks found by checked reads (export, Bitswap, verify) are refetched through the same chain
     store.setRepairer(new BlockRepairer({ store, fetcher }))
-    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds })
+    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds, limits: init.downloadLimits })
     return new MirrorNode({
       dataDir: init.dataDir,
       lock,

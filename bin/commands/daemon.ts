@@ -2,6 +2,7 @@
  * `atmirror daemon`: runs the mirror node in the foreground until SIGINT/SIGTERM.
  */
 import { once } from 'node:events'
+import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT } from '../../src/server/control-api.ts'
 import { CommandUsageError, dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
@@ -21,6 +22,8 @@ options:
                           exposes the token-protected API beyond this machine)
   --interval SECONDS      re-check every pinned repo this often; 0 = only at start (default 60)
   --concurrency N         repos synced at once by the re-check (default 4)
+  --max-repo-blocks N     most blocks one sync may download (default 20000000)
+  --max-repo-mb N         most MiB one sync may download (default 8192)
   --private               private network: no public bootstrap, no autoNAT/UPnP, DHT
                           server mode on any address incl. loopback, dials only
                           loopback and the hosts of --listen/--bootstrap/--announce/
@@ -50,6 +53,8 @@ const options = {
   'api-host': { type: 'string' },
   interval: { type: 'string' },
   concurrency: { type: 'string' },
+  'max-repo-blocks': { type: 'string' },
+  'max-repo-mb': { type: 'string' },
   private: { type: 'boolean', default: false },
   listen: { type: 'string', multiple: true },
   bootstrap: { type: 'string', multiple: true },
@@ -86,6 +91,10 @@ export const command = defineCommand({
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
       intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
+      downloadLimits: {
+        maxBlocks: integerFlag('--max-repo-blocks', values['max-repo-blocks'], DEFAULT_DOWNLOAD_LIMITS.maxBlocks, { min: 1 }),
+        maxBytes: integerFlag('--max-repo-mb', values['max-repo-mb'], DEFAULT_DOWNLOAD_LIMITS.maxBytes / 1024 / 1024, { min: 1 }) * 1024 * 1024
+      },
       network: values.offline
         ? false
         : {

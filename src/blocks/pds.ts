@@ -17,10 +17,12 @@
  *   URL length), a few requests in flight. The reference PDS fails the whole request
  *   when any CID is missing and names the missing ones in its message; the broker
  *   then asks again for the rest, so one absent block does not hide its batch.
- *   Without a list of names it bisects.
+ *   Without a list of names it bisects. An answer that brings more than 64 blocks
+ *   beyond those asked for is cut off (DownloadLimitError): a few duplicates are
+ *   harmless, a stream of junk is not.
  */
 import { logger } from '@libp2p/logger'
-import { PdsBlockNotFoundError, PdsResponseError, PdsUnavailableError } from '../errors.ts'
+import { DownloadLimitError, PdsBlockNotFoundError, PdsResponseError, PdsUnavailableError } from '../errors.ts'
 import { describeFetchError } from '../http/fetch.ts'
 import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../http/xrpc.ts'
 import type { Block } from '../repo/block-store.ts'
@@ -30,6 +32,9 @@ import { parallel } from './parallel.ts'
 import type { BlockBroker, BrokerOptions } from './broker.ts'
 
 const log = logger('atmirror:blocks:pds')
+
+/** Blocks a getBlocks answer may bring on top of one per CID asked for (duplicates). */
+const UNWANTED_SLACK = 64
 
 /** Finds a DID's PDS (an IdentityResolver fits). */
 export interface PdsLocator {
@@ -119,8 +124,16 @@ export class PdsClient {
     const strings = cids.map(cid => cid.toString())
     const wanted = new Set(strings)
     const car = await readCar(this.#stream('com.atproto.sync.getBlocks', pds, { did, cids: strings }, did, this.#timeoutMs, options.signal), { signal: options.signal, allowNoRoots: true })
+    // blocks nobody asked for are dropped, and a response made of them is cut off:
+    // a few (duplicates) are tolerated, a stream of junk is not
+    const maxUnwanted = UNWANTED_SLACK + strings.length
+    let unwanted = 0
     for await (const block of car.blocks) {
-      if (wanted.delete(block.cid.toString())) yield block
+      if (wanted.delete(block.cid.toString())) {
+        yield block
+      } else if (++unwanted > maxUnwanted) {
+        throw new DownloadLimitError(`getBlocks answered more than ${maxUnwanted} blocks that were not asked for`, { did, url: xrpcUrl(pds, 'com.atproto.sync.getBlocks', { did }).href, limit: 'unwantedBlocks', max: maxUnwanted })
+      }
     }
   }
 

@@ -28,9 +28,10 @@
  * with its holds plus a staging list, or the new state with candidates still listed
  * (the next collection finishes them). A staging list found when the store opens
  * belongs to no running sync (the data directory is locked to one process, and
- * this one has started none yet). Opening turns the lists of DIDs that are not
- * pinned into candidates and collects them: a killed first sync of a DID that is
- * never run again leaves nothing behind. A pinned DID's list stays for its next
+ * this one has started none yet). Opening releases the lists of DIDs that are not
+ * pinned, list by list, deleting the blocks no repo holds: a killed first sync of
+ * a DID that is never run again leaves nothing behind, and cleaning up costs about
+ * what writing did (a seek and an unlink per block, memory flat). A pinned DID's list stays for its next
  * sync, which reuses the blocks already stored (a peer-to-peer walk fetches only
  * what is missing) and releases the rest when it advances or fails. Blocks shared by several repos survive while any
  * holder remains.
@@ -368,44 +369,46 @@ export class BlockHolds {
     return { candidates: candidates + staged.candidates }
   }
 
-  /** Adds to `batch` what turns `did`'s staging list into candidates (after a failed sync). */
+  /** Adds to `batch` what turns `did`'s staging list into candidates (with a release). */
   async planDiscardStaged (did: string, batch: PlanBatch): Promise<HoldPlan> {
     return await this.#discard(this.#staged(did), batch)
   }
 
   /**
-   * Adds to `batch` what turns every DID's staging list into candidates, except
-   * those of DIDs `keep` names, and says whose lists they were. Only for when no
-   * sync runs on the store at all: when it opens, a staging list can only be left
-   * by a process killed mid-sync.
+   * Turns `did`'s staging list into candidates after a failed sync, a few lists per
+   * batch (each list's key dropped in the batch that lists its blocks), so a large
+   * failed download never builds one huge batch.
    */
-  async planDiscardAllStaged (batch: PlanBatch, keep: ReadonlySet<string> = new Set()): Promise<HoldPlan & { dids: string[] }> {
-    const dids = new Set<string>()
-    const lists = this.#staged()
-    const plan = await this.#discard((async function * () {
-      for await (const list of lists) {
-        // `<prefix><did>/<seq>`: DIDs have no slash
-        const rest = list.key.slice(holdKeys.stagedAll.length)
-        const did = rest.slice(0, rest.lastIndexOf('/'))
-        if (keep.has(did)) continue
-        dids.add(did)
-        yield list
+  async discardStaged (did: string): Promise<HoldPlan> {
+    let candidates = 0
+    let batch = this.#db.batch()
+    try {
+      for await (const list of this.#staged(did)) {
+        candidates += (await this.#discard([list], batch)).candidates
+        if (batch.length >= CHUNK * 4) {
+          await batch.write()
+          batch = this.#db.batch()
+        }
       }
-    })(), batch)
-    return { ...plan, dids: [...dids] }
+      if (batch.length > 0) await batch.write()
+    } finally {
+      // a written batch is closed already; this is for one left by an error
+      await batch.close().catch(() => {})
+    }
+    return { candidates }
   }
 
-  async #discard (lists: AsyncIterable<{ key: string, blocks: string[] }>, batch: PlanBatch): Promise<HoldPlan> {
-    const seen = new Set<string>()
+  async #discard (lists: AsyncIterable<{ key: string, blocks: string[] }> | Iterable<{ key: string, blocks: string[] }>, batch: PlanBatch): Promise<HoldPlan> {
+    // a block listed twice is put twice: the same key, and no set of every block
+    let candidates = 0
     for await (const { key, blocks } of lists) {
       batch.del(key)
       for (const block of blocks) {
-        if (seen.has(block)) continue
-        seen.add(block)
         batch.put(holdKeys.candidate(block), EMPTY)
+        candidates++
       }
     }
-    return { candidates: seen.size }
+    return { candidates }
   }
 
   /** Whether any collection work is waiting. */
@@ -418,34 +421,117 @@ export class BlockHolds {
   /**
    * Deletes every candidate block that no repo holds, and forgets the candidates.
    * Must not run while a sync is storing blocks (MirrorStore serialises the two).
+   *
+   * Cheap per block and flat in memory, so that it costs about what writing the
+   * blocks did: one iterator walks the candidates (a fresh seek from the prefix per
+   * chunk would step over every tombstone the chunks before left), one more answers
+   * "held by anyone?" with a seek each, and the candidates are dropped chunk by chunk.
    */
   async collect (options: { signal?: AbortSignal } = {}): Promise<{ checked: number, deleted: number }> {
     let checked = 0
     let deleted = 0
     const prefix = holdKeys.candidatePrefix
-    while (true) {
-      options.signal?.throwIfAborted()
-      const keys = await this.#db.keys({ gte: prefix, lt: prefix + '\xff', limit: CHUNK }).all()
-      if (keys.length === 0) break
-      const doomed: CID[] = []
-      for (const key of keys) {
-        const block = key.slice(prefix.length)
-        if (await this.isHeld(block)) continue
-        try {
-          doomed.push(cidOfBlockKey(block))
-        } catch {
-          log.error('ignoring malformed GC candidate %s', key)
-        }
+    const candidates = this.#db.keys({ gte: prefix, lt: prefix + '\xff' })
+    const holders = this.#holderProbe()
+    try {
+      while (true) {
+        options.signal?.throwIfAborted()
+        const keys = await candidates.nextv(CHUNK)
+        if (keys.length === 0) break
+        const result = await this.#deleteUnheld(keys.map(key => key.slice(prefix.length)), holders)
+        deleted += result.deleted
+        const done = this.#db.batch()
+        for (const key of keys) done.del(key)
+        await done.write()
+        checked += keys.length
       }
-      for await (const _ of this.#blockstore.deleteMany(doomed)) deleted++
-      const done = this.#db.batch()
-      for (const key of keys) done.del(key)
-      await done.write()
-      checked += keys.length
+    } finally {
+      await candidates.close()
+      await holders.close()
     }
     if (checked > 0) log('collected: %d candidates checked, %d blocks deleted', checked, deleted)
     return { checked, deleted }
   }
+
+  /**
+   * Releases the staging lists of every DID but those `keep` names, deleting the
+   * listed blocks no repo holds, list by list: a list's key goes only once its
+   * blocks are dealt with, so a crash halfway leaves the rest listed. Only for when
+   * no sync runs on the store at all (at open: a staging list can then only be left
+   * by a process killed mid-sync). Time and memory go with the blocks listed, a
+   * seek and an unlink each, and a chunk of them at a time.
+   */
+  async releaseStaged (keep: ReadonlySet<string> = new Set(), options: { signal?: AbortSignal } = {}): Promise<{ dids: string[], checked: number, deleted: number }> {
+    const dids = new Set<string>()
+    let checked = 0
+    let deleted = 0
+    let keys: string[] = []
+    let blocks: string[] = []
+    const holders = this.#holderProbe()
+    const flush = async (): Promise<void> => {
+      if (keys.length === 0) return
+      options.signal?.throwIfAborted()
+      deleted += (await this.#deleteUnheld(blocks, holders)).deleted
+      checked += blocks.length
+      const done = this.#db.batch()
+      for (const key of keys) done.del(key)
+      await done.write()
+      keys = []
+      blocks = []
+    }
+    try {
+      for await (const list of this.#staged()) {
+        // `<prefix><did>/<seq>`: DIDs have no slash
+        const rest = list.key.slice(holdKeys.stagedAll.length)
+        const did = rest.slice(0, rest.lastIndexOf('/'))
+        if (keep.has(did)) continue
+        dids.add(did)
+        keys.push(list.key)
+        for (const block of list.blocks) blocks.push(block)
+        if (blocks.length >= CHUNK) await flush()
+      }
+      await flush()
+    } finally {
+      await holders.close()
+    }
+    if (checked > 0) log('released the staging lists of %d DIDs: %d blocks checked, %d deleted', dids.size, checked, deleted)
+    return { dids: [...dids], checked, deleted }
+  }
+
+  /** Deletes the files of `blocks` (named by {@link blockKey}) that no repo holds. */
+  async #deleteUnheld (blocks: readonly string[], holders: HolderProbe): Promise<{ deleted: number }> {
+    const doomed: CID[] = []
+    for (const block of blocks) {
+      if (await holders.held(block)) continue
+      try {
+        doomed.push(cidOfBlockKey(block))
+      } catch {
+        log.error('ignoring malformed block name %s', block)
+      }
+    }
+    let deleted = 0
+    for await (const _ of this.#blockstore.deleteMany(doomed)) deleted++
+    return { deleted }
+  }
+
+  /** One iterator over the holder index answering "held by anyone?" by seeking. */
+  #holderProbe (): HolderProbe {
+    const iterator = this.#db.keys({ gte: holdKeys.holdersPrefix, lt: holdKeys.holdersPrefix + '\xff' })
+    return {
+      held: async (block) => {
+        const prefix = holdKeys.holderPrefix(block)
+        iterator.seek(prefix)
+        const key = await iterator.next()
+        return key !== undefined && key.startsWith(prefix)
+      },
+      close: async () => { await iterator.close() }
+    }
+  }
+}
+
+interface HolderProbe {
+  held: (block: string) => Promise<boolean>
+  close: () => Promise<void>
 }
 
 /** The holder index read through the datastore it lives in, for whoever must know which repos hold a block (Bitswap serving). */

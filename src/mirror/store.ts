@@ -10,8 +10,8 @@
  * collection against block writers: syncs enter as writers, and collection runs only
  * when the last writer leaves, so it can never delete a block that a running sync
  * has just found present and is about to hold. Opening releases the staging lists
- * a killed process left behind for DIDs that are not pinned (see gc.ts) and
- * collects their blocks.
+ * a killed process left behind for DIDs that are not pinned (see gc.ts), deleting
+ * their blocks that no repo holds as it goes.
  */
 import { unlinkSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
@@ -188,24 +188,17 @@ export class MirrorStore {
    * Staging lists present at open belong to syncs that no longer run: one process
    * has the data directory (the lock, and LevelDB's own LOCK, see to that) and this
    * one has started none yet, so they were left by a process killed mid-sync. Those
-   * of DIDs that are not pinned become candidates and are collected now (blocks a
-   * stored repo holds stay): nothing would ever sync such a DID again, so without
+   * of DIDs that are not pinned are released now, their blocks deleted unless a
+   * stored repo holds them: nothing would ever sync such a DID again, so without
    * this a killed first sync would leave its blocks on disk for good. A pinned
    * DID's list waits for its next sync, which reuses what is stored.
    */
   async #releaseOrphanedStaging (): Promise<void> {
-    const batch = this.datastore.db.batch()
-    let plan: { candidates: number, dids: string[] }
-    try {
-      plan = await this.holds.planDiscardAllStaged(batch, new Set(await this.pins.list()))
-      if (batch.length > 0) await batch.write({ sync: this.#sync })
-    } finally {
-      await batch.close()
-    }
-    if (plan.dids.length === 0) return
-    log('releasing the staged blocks of interrupted syncs (%s): %d blocks to check', plan.dids.join(', '), plan.candidates)
-    this.#gcPending = true
-    await this.collectGarbage()
+    // streamed list by list, a seek and an unlink per block: what a killed sync
+    // left costs about what writing it did (see BlockHolds.releaseStaged)
+    const { dids, checked, deleted } = await this.holds.releaseStaged(new Set(await this.pins.list()))
+    if (dids.length === 0) return
+    log('released the staged blocks of interrupted syncs (%s): %d blocks checked, %d deleted', dids.join(', '), checked, deleted)
   }
 
   /** The last verified state of `did`'s repo, if any. */
@@ -380,15 +373,9 @@ export class MirrorStore {
 
   /** After a failed sync: its staged blocks become candidates (collected when writers leave). */
   async discardStaged (did: string): Promise<{ candidates: number }> {
-    const batch = this.datastore.db.batch()
-    try {
-      const plan = await this.holds.planDiscardStaged(did, batch)
-      if (batch.length > 0) await batch.write()
-      if (plan.candidates > 0) this.#gcPending = true
-      return { candidates: plan.candidates }
-    } finally {
-      await batch.close()
-    }
+    const plan = await this.holds.discardStaged(did)
+    if (plan.candidates > 0) this.#gcPending = true
+    return { candidates: plan.candidates }
   }
 
   /**

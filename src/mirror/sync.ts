@@ -29,6 +29,7 @@ import {
   CarParseError,
   DidNotFoundError,
   HeadUnavailableError,
+  DownloadLimitError,
   MethodNotImplementedError,
   NotPinnedError,
   PdsResponseError,
@@ -49,6 +50,7 @@ import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
 import { exportRepoCar } from './export.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
+import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
 import { HoldDelta, repoHoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks, isExportable, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
@@ -142,6 +144,8 @@ export interface RepoSyncerInit {
    * @default 0
    */
   cacheBytes?: number
+  /** What one sync may download (see download-guard.ts for the defaults and why). */
+  limits?: DownloadLimits
 }
 
 /** Serialises work per key: one writer per DID. */
@@ -245,6 +249,7 @@ export class RepoSyncer {
   readonly #writeBatch: number
   readonly #decodeRecords: boolean
   readonly #cacheBytes: number
+  readonly #limits: DownloadLimits | undefined
   readonly #mutex = new KeyedMutex()
 
   constructor (components: RepoSyncerComponents, init: RepoSyncerInit = {}) {
@@ -262,6 +267,7 @@ export class RepoSyncer {
     this.#writeBatch = init.writeBatch ?? 256
     this.#decodeRecords = init.decodeRecords ?? false
     this.#cacheBytes = init.cacheBytes ?? 0
+    this.#limits = init.limits
   }
 
   /** The fetch chain this syncer uses. */
@@ -411,6 +417,18 @@ export class RepoSyncer {
       })()
       let root: CID | undefined
       let batch: Block[] = []
+      // what the repo can need: blocks not reachable from the commit are bounded,
+      // and so is the whole download
+      const guard = new DownloadGuard({
+        did,
+        key: identity.signingKey,
+        head: { cid: head.cid, data: head.data },
+        url: identity.pds,
+        limits: this.#limits,
+        read: (cid) => view.cached(cid) ?? batch.find(b => b.cid.equals(cid))?.bytes ?? this.#store.blockstore.getBytesSync(cid)
+      })
+      /** The download stopped at the allowance of unreachable blocks; the walk fetches the rest. */
+      let stopped: DownloadLimitError | undefined
       const flush = async (): Promise<void> => {
         if (batch.length === 0) return
         const blocks = batch
@@ -423,6 +441,7 @@ export class RepoSyncer {
         const car = await readCar(counted, { signal })
         root = car.roots[0]
         for await (const block of car.blocks) {
+          guard.admit(block, root)
           view.note(block, looksLikeMstNode(block.bytes) || (root !== undefined && block.cid.equals(root)))
           batch.push(block)
           fetched.pds++
@@ -440,9 +459,18 @@ export class RepoSyncer {
         // mirrors: the walk below fetches everything that is missing. Anything else (a
         // download that broke off midway included) is a failure.
         const unreachable = err instanceof PdsUnavailableError && bytesIn === 0
-        if (!(err instanceof MethodNotImplementedError || err instanceof PdsResponseError || unreachable)) throw err
+        // past the allowance of unreachable blocks: stop writing what may be junk; a
+        // CAR in CID order (an imported repo) gets here too, and the walk fetches
+        // exactly what the tree still lacks
+        const overAllowance = err instanceof DownloadLimitError && err.limit.startsWith('unreachable')
+        if (!(err instanceof MethodNotImplementedError || err instanceof PdsResponseError || unreachable || overAllowance)) throw err
         await flush()
-        log('%s: getRepo%s refused (%s); fetching through the block chain instead', did, full ? '' : '?since', err.message)
+        if (overAllowance) {
+          stopped = err
+          log.error('%s: getRepo%s stopped: %s; completing the tree through the block chain', did, full ? '' : '?since', err.message)
+        } else {
+          log('%s: getRepo%s refused (%s); fetching through the block chain instead', did, full ? '' : '?since', err.message)
+        }
       }
 
       // 2. the target: the head, or the CAR's commit when the PDS has moved on since
@@ -470,7 +498,7 @@ export class RepoSyncer {
       // a full sync holds every block of the new tree: count them as the walk visits
       // them, rather than walking the tree again afterwards
       const fullDelta = full ? new HoldDelta() : undefined
-      const walk = await completeMst(view, this.#fetcher, target.data, {
+      const walking = completeMst(view, this.#fetcher, target.data, {
         did,
         pds: identity.pds,
         signal,
@@ -482,12 +510,20 @@ export class RepoSyncer {
             },
         known: full ? undefined : async (cids) => await this.#store.holds.heldBy(did, cids),
         onBlock: (block) => {
+          guard.count(block)
           progress.blocks++
           progress.bytes += block.bytes.byteLength
           bytesIn += block.bytes.byteLength
           options.onProgress?.({ ...progress })
         }
       })
+      const walk = stopped === undefined
+        ? await walking
+        : await walking.catch((err: unknown) => {
+          if (signal?.aborted === true || stopped === undefined) throw err
+          // the download was cut short for what it sent; that is the news
+          throw new DownloadLimitError(`${stopped.what}, and the block chain could not complete the tree`, { did, url: stopped.url, limit: stopped.limit, max: stopped.max }, { cause: err })
+        })
       for (const [source, n] of Object.entries(walk.fetched)) {
         if (source === 'local' || source === 'bitswap' || source === 'pds') fetched[source] += n
       }

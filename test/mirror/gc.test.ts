@@ -223,6 +223,65 @@ describe('garbage collection', () => {
     }
   })
 
+  it('thousands of leftover blocks in many staging lists are all released when the store opens, held ones kept', async () => {
+    const { dir, store } = await open()
+    const repo = await EvolvingRepo.create(13, posts(20))
+    const kept = await repo.version()
+    await advance(store, undefined, kept)
+    // a killed flood: 5,000 junk blocks over 40 staging lists (several release
+    // chunks), one list also naming blocks the pinned repo holds
+    await store.beginWrite()
+    const stray = 'did:plc:strayfloodaaaaaaaaaaaaa'
+    const junk = Array.from({ length: 5000 }, (_, i) => {
+      const bytes = encodeCbor({ junk: i })
+      return { cid: cidForBytes(bytes), bytes }
+    })
+    for (let i = 0; i < junk.length; i += 125) await store.putBlocks(stray, junk.slice(i, i + 125))
+    await store.putBlocks(stray, kept.blocks.slice(0, 10))
+    assert.equal((await storedBlocks(dir)).length, kept.blocks.length + junk.length)
+    await store.datastore.close()
+
+    const reopened = await MirrorStore.open(dir)
+    try {
+      assert.deepEqual(await storedBlocks(dir), hexes(kept))
+      assert.deepEqual(await stagingKeys(reopened), [])
+      assert.equal(await reopened.holds.hasCandidates(), false)
+    } finally {
+      await reopened.close()
+    }
+    // and opening again finds nothing more to do
+    const again = await MirrorStore.open(dir)
+    try {
+      assert.deepEqual(await storedBlocks(dir), hexes(kept))
+    } finally {
+      await again.close()
+    }
+  })
+
+  it('a failed sync of thousands of blocks: every one becomes a candidate and is collected, held ones kept', async () => {
+    const { dir, store } = await open()
+    const repo = await EvolvingRepo.create(14, posts(20))
+    const kept = await repo.version()
+    await advance(store, undefined, kept)
+    const release = await store.beginWrite()
+    const junk = Array.from({ length: 3000 }, (_, i) => {
+      const bytes = encodeCbor({ failed: i })
+      return { cid: cidForBytes(bytes), bytes }
+    })
+    for (let i = 0; i < junk.length; i += 100) await store.putBlocks(kept.did, junk.slice(i, i + 100))
+    await store.putBlocks(kept.did, kept.blocks)
+    const { candidates } = await store.discardStaged(kept.did)
+    assert.equal(candidates, junk.length + kept.blocks.length)
+    await release()
+    try {
+      assert.deepEqual(await storedBlocks(dir), hexes(kept))
+      assert.deepEqual(await stagingKeys(store), [])
+      assert.equal(await store.holds.hasCandidates(), false)
+    } finally {
+      await store.close()
+    }
+  })
+
   it('opening a store with no staging list left collects nothing', async () => {
     const { dir, store } = await open()
     const repo = await EvolvingRepo.create(12, posts(10))
