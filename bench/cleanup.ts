@@ -18,7 +18,7 @@
  * about what writing did, in time, and memory does not grow with N).
  */
 import { spawn } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -26,7 +26,6 @@ import { randomBytes } from 'node:crypto'
 import { HoldDelta } from '../src/mirror/gc.ts'
 import { MirrorStore } from '../src/mirror/store.ts'
 import { cidForBytes, RAW } from '../src/repo/cid.ts'
-import { storedBlocks } from '../test/helpers/blocks.ts'
 
 const { values } = parseArgs({
   options: {
@@ -37,6 +36,17 @@ const { values } = parseArgs({
     owner: { type: 'string' }
   }
 })
+
+/** Block files under a data directory. */
+async function countBlockFiles (dataDir: string): Promise<number> {
+  let n = 0
+  const base = join(dataDir, 'blocks')
+  for (const shard of await readdir(base)) {
+    if (shard.startsWith('.')) continue
+    n += (await readdir(join(base, shard))).filter(name => name.endsWith('.data')).length
+  }
+  return n
+}
 
 const DID = 'did:plc:benchcleanupaaaaaaaaaaaa'
 const PINNED = 'did:plc:benchpinnedaaaaaaaaaaaaa'
@@ -110,20 +120,20 @@ if (values.child !== undefined) {
     // (a) + (b): leftovers of an unpinned DID, released when the store opens
     const a = await child('write', join(root, 'b'))
     const b = await child('reopen', join(root, 'b'))
-    const leftB = (await storedBlocks(join(root, 'b'))).length
+    const leftB = await countBlockFiles(join(root, 'b'))
     // (a') + (c): the same leftovers staged by the pinned DID are kept at open (its
     // next sync may use them); a failed sync discards them into candidates, and
     // they are collected when the writer leaves
     const a2 = await child('write', join(root, 'c'), 'pinned')
     const c = await child('collect', join(root, 'c'))
-    const leftC = (await storedBlocks(join(root, 'c'))).length
+    const leftC = await countBlockFiles(join(root, 'c'))
     const held = Number(values.held)
     console.log(`(a)  write ${n} leftover blocks (putBlocks, batches of 256): ${(a.ms / 1000).toFixed(2)} s, ${(n / a.ms * 1000).toFixed(0)} blocks/s, peak RSS ${a.rssMb.toFixed(0)} MB`)
     console.log(`(b)  reopen after SIGKILL, release the staging lists: ${(b.ms / 1000).toFixed(2)} s, ${(n / b.ms * 1000).toFixed(0)} blocks/s, peak RSS ${b.rssMb.toFixed(0)} MB; ${leftB - held} leftovers remain (want 0)`)
     console.log(`(a') write again: ${(a2.ms / 1000).toFixed(2)} s`)
     console.log(`(c)  discardStaged + collect: ${(c.ms / 1000).toFixed(2)} s, ${(n / c.ms * 1000).toFixed(0)} blocks/s, peak RSS ${c.rssMb.toFixed(0)} MB; ${leftC - held} leftovers remain (want 0)`)
-    console.log(`(b)/(a) = ${(b.ms / a.ms).toFixed(2)}  (target <= 1.5)  ${b.ms / a.ms <= 1.5 ? 'OK' : 'OVER'}`)
-    console.log(`(c)/(a') = ${(c.ms / a2.ms).toFixed(2)}  (target <= 1.5)  ${c.ms / a2.ms <= 1.5 ? 'OK' : 'OVER'}`)
+    console.log(`(b)/(a) = ${(b.ms / a.ms).toFixed(2)}  (target <= 1.5)  ${b.ms / a.ms <= 1.5 ? 'OK' : 'BELOW TARGET'}`)
+    console.log(`(c)/(a') = ${(c.ms / a2.ms).toFixed(2)}  (target <= 1.5)  ${c.ms / a2.ms <= 1.5 ? 'OK' : 'BELOW TARGET'}`)
   } finally {
     await rm(root, { recursive: true, force: true })
   }
