@@ -83,6 +83,8 @@ describe('peer to peer with the PDS down', () => {
         listen: ['/ip4/127.0.0.1/tcp/0'],
         bootstrap: bootstrap.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string),
         mirrors: { timeoutMs: 5000 },
+        // blocks from a mirror must arrive, however loaded the machine: the limit only bounds a failure
+        bitswap: { blockTimeoutMs: 60_000 },
         // a PDS that is down answers at once; the wait is for peers
         services: { peerHeads: { timeoutMs: 10_000 } }
       },
@@ -215,17 +217,24 @@ describe('peer to peer with the PDS down', () => {
     const commitBytes = await a.store.getBlock(parseCid(stateA.commit))
     const h = await hostilePeer(corrupt, [], () => ({ cid: parseCid(stateA.commit), bytes: commitBytes as Uint8Array }))
     bare.push(h)
-    const d = await createMirrorNode({
-      dataDir: join(root, 'd'),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [h.net.getMultiaddrs()[0]?.toString() as string], mirrors: { timeoutMs: 3000 }, bitswap: { blockTimeoutMs: 2000 } },
-      api: false,
-      checkOnStart: false,
-      intervalMs: 0
-    })
-    nodes.push(d)
-    await d.start()
+    // D's wants to H end only by the block time limit, so it is short; once D knows
+    // A, A's blocks must arrive however loaded the machine is, so D restarts on the
+    // same data directory with a limit that only bounds a failure
+    const nodeD = async (init: { blockTimeoutMs: number, peers?: string[] }): Promise<MirrorNode> => {
+      const created = await createMirrorNode({
+        dataDir: join(root, 'd'),
+        plcUrl: net.plcUrl,
+        allowHttpLocalhost: true,
+        network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [h.net.getMultiaddrs()[0]?.toString() as string], mirrors: { timeoutMs: 30_000, peers: init.peers }, bitswap: { blockTimeoutMs: init.blockTimeoutMs } },
+        api: false,
+        checkOnStart: false,
+        intervalMs: 0
+      })
+      nodes.push(created)
+      await created.start()
+      return created
+    }
+    let d = await nodeD({ blockTimeoutMs: 2000 })
     // provided once H's DHT knows D, so the record reaches D
     await until('H and D to see each other in the DHT', async () => h.net.dhtPeerCount() > 0 && (d.network?.dhtPeerCount() ?? 0) > 0)
     await h.net.libp2p.contentRouting.provide(rendezvousCid(account.did))
@@ -237,7 +246,8 @@ describe('peer to peer with the PDS down', () => {
       if (bytes !== undefined) verifyBlock(cid, bytes)
     }
     // now D also knows A: the same sync succeeds with A's bytes, H's still refused
-    d.p2p?.mirrors.addPeer(a.network?.getMultiaddrs()[0]?.toString() as string)
+    await d.stop()
+    d = await nodeD({ blockTimeoutMs: 60_000, peers: [a.network?.getMultiaddrs()[0]?.toString() as string] })
     const result = await d.pinAndSync(account.did)
     assert.equal(result.sync.commit, stateA.commit)
     for (const cid of repoBlocks) verifyBlock(cid, await d.store.getBlock(cid) as Uint8Array)
