@@ -37,6 +37,7 @@ import { NotFoundError } from 'interface-store'
 import type { CID } from 'multiformats/cid'
 import type { AbortOptions } from '@libp2p/interface'
 import type { InputPair, Pair } from 'interface-blockstore'
+import { eachParallel } from '../blocks/parallel.ts'
 import type { Block } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { blockFilePath, readBlockFile } from './block-file.ts'
@@ -139,21 +140,10 @@ export class MirrorBlockstore extends FsBlockstore {
    * either complete in its place or absent. Everything else goes through `put`.
    */
   async putVerified (blocks: readonly Block[], options: AbortOptions = {}): Promise<void> {
-    let next = 0
-    let failure: { error: unknown } | undefined
-    const worker = async (): Promise<void> => {
-      while (failure === undefined && next < blocks.length) {
-        const block = blocks[next++]
-        try {
-          options.signal?.throwIfAborted()
-          await this.#writeAsync(block.cid, block.bytes)
-        } catch (err) {
-          failure ??= { error: err }
-        }
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(this.#writers, blocks.length) }, worker))
-    if (failure !== undefined) throw failure.error
+    await eachParallel(blocks, async (block) => {
+      options.signal?.throwIfAborted()
+      await this.#writeAsync(block.cid, block.bytes)
+    }, this.#writers)
   }
 
   #shardDir (dir: string): void {

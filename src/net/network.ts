@@ -34,6 +34,7 @@ import { autoNAT } from '@libp2p/autonat'
 import { identify, identifyPush, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT, type SingleKadDHT } from '@libp2p/kad-dht'
 import { logger } from '@libp2p/logger'
+import { repeatingTask, type RepeatingTask } from '@libp2p/utils'
 import { ping, type Ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { uPnPNAT } from '@libp2p/upnp-nat'
@@ -170,7 +171,7 @@ export class MirrorNetwork {
   readonly #dialTimeoutMs: number
   readonly #reconnectIntervalMs: number
   readonly #allowList: DialAllowList | undefined
-  #timer: NodeJS.Timeout | undefined
+  #reconnect: RepeatingTask | undefined
   #stopping: AbortController | undefined
 
   constructor (init: { mode: NetworkMode, libp2p: Libp2p<NetworkServices>, helia: MirrorHelia, serving: ServingBlockstore, bootstrap: Multiaddr[], dialTimeoutMs: number, reconnectIntervalMs: number, allowList?: DialAllowList }) {
@@ -229,16 +230,17 @@ export class MirrorNetwork {
     log('started %p in %s mode on %s', this.peerId, this.mode, this.getMultiaddrs().map(ma => ma.toString()).join(', '))
     await this.#connectBootstrap()
     if (this.#bootstrap.length > 0) {
-      this.#timer = setInterval(() => {
-        this.#connectBootstrap().catch(err => { log.error('bootstrap reconnect failed - %e', err) })
+      // the next round starts an interval after the last one ended, never on top of it
+      this.#reconnect = repeatingTask(async () => {
+        await this.#connectBootstrap().catch(err => { log.error('bootstrap reconnect failed - %e', err) })
       }, this.#reconnectIntervalMs)
-      this.#timer.unref()
+      this.#reconnect.start()
     }
   }
 
   async stop (): Promise<void> {
-    clearInterval(this.#timer)
-    this.#timer = undefined
+    this.#reconnect?.stop()
+    this.#reconnect = undefined
     this.#stopping?.abort()
     try {
       await this.helia.stop()

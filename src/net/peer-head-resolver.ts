@@ -17,6 +17,7 @@ import { publicKeyEquals } from '../repo/keys.ts'
 import type { Identity, IdentityResolver } from '../identity/resolver.ts'
 import type { HeadExchange, PeerHeadAnswer } from './head-exchange.ts'
 import type { MirrorLocator, MirrorPeer } from '../blocks/broker.ts'
+import { eachParallel } from '../blocks/parallel.ts'
 import { compareRevs, type Head, type HeadResolver, type ResolveHeadOptions } from '../head/head-resolver.ts'
 import type { PeerId } from '@libp2p/interface'
 
@@ -80,7 +81,6 @@ export class PeerHeadResolver implements HeadResolver {
 
     const errors: Array<{ source: string, error: Error }> = []
     const heads: Head[] = []
-    const running = new Set<Promise<void>>()
 
     const ask = async (peer: PeerId): Promise<void> => {
       const source = `peer:${peer.toString()}`
@@ -115,19 +115,21 @@ export class PeerHeadResolver implements HeadResolver {
     }
 
     let asked = 0
-    try {
+    const maxPeers = this.#maxPeers
+    const first = async function * (): AsyncGenerator<PeerId> {
       for await (const item of peers) {
-        const peer = 'id' in item && 'source' in item ? item.id : item as PeerId
-        if (asked++ >= this.#maxPeers) break
-        const task = ask(peer).finally(() => { running.delete(task) })
-        running.add(task)
-        if (running.size >= this.#concurrency) await Promise.race(running)
+        if (asked >= maxPeers) return
+        asked++
+        yield 'id' in item && 'source' in item ? item.id : item as PeerId
       }
+    }
+    try {
+      // `ask` never throws; a failure here is the peer search's, once every ask in flight has settled
+      await eachParallel(first(), ask, this.#concurrency)
     } catch (err) {
       options.signal?.throwIfAborted()
       if (!timeout.aborted) throw err
     }
-    await Promise.all(running)
     options.signal?.throwIfAborted()
     // the highest rev; a head verified before another answer made us refresh must hold under the refreshed key
     heads.sort((a, b) => compareRevs(b.rev, a.rev))

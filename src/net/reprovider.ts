@@ -25,6 +25,7 @@
  * All work goes through one bounded queue with bounded concurrency.
  */
 import { logger } from '@libp2p/logger'
+import { Queue } from '@libp2p/utils'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { base32 } from 'multiformats/bases/base32'
@@ -123,7 +124,6 @@ export class Reprovider {
   readonly #records: ReproviderComponents['providerRecords']
   readonly #intervalMs: number
   readonly #passOnStart: boolean
-  readonly #concurrency: number
   readonly #maxQueue: number
   readonly #provideTimeoutMs: number
   readonly #routingTableSize: (() => number) | undefined
@@ -136,13 +136,12 @@ export class Reprovider {
   readonly #keyRefs = new Map<string, number>()
   /** `all` mode: how many announced DIDs hold each block (blocks can be shared). */
   readonly #blockHolders = new Map<string, number>()
-  readonly #queue: Op[] = []
+  /** DHT operations, `concurrency` at once. */
+  readonly #ops: Queue<void>
+  /** Operations waiting in `#ops`, by key: a later one on the same key only changes the kind. */
   readonly #pending = new Map<string, Op>()
-  readonly #idle: Array<() => void> = []
-  readonly #room: Array<() => void> = []
   /** One announce/withdraw per DID at a time, in call order. */
   readonly #didLocks = new Map<string, Promise<void>>()
-  #running = 0
   #stats = { provided: 0, cancelled: 0, failed: 0 }
   #lastPassAt: string | undefined
   #passes = 0
@@ -159,7 +158,7 @@ export class Reprovider {
     this.mode = init.provide ?? 'heads'
     this.#intervalMs = init.intervalMs ?? 43_200_000
     this.#passOnStart = init.passOnStart ?? true
-    this.#concurrency = Math.max(1, init.concurrency ?? 8)
+    this.#ops = new Queue({ concurrency: Math.max(1, init.concurrency ?? 8) })
     this.#maxQueue = Math.max(1, init.maxQueue ?? 4096)
     this.#provideTimeoutMs = init.provideTimeoutMs ?? 60_000
     this.#routingTableSize = components.routingTableSize
@@ -186,9 +185,8 @@ export class Reprovider {
     clearTimeout(this.#timer)
     this.#nextPassAt = undefined
     this.#stopping.abort(new DOMException('the reprovider is stopping', 'AbortError'))
-    this.#queue.length = 0
+    // what is still queued finds the reprovider stopped and does nothing
     this.#pending.clear()
-    for (const wake of this.#room.splice(0)) wake()
     await this.#pass?.catch(() => {})
     await this.onIdle()
   }
@@ -196,7 +194,7 @@ export class Reprovider {
   stats (): ReproviderStats {
     const announced = this.#announced.size * 2 + this.#blockHolders.size
     const nextPassAt = this.#nextPassAt === undefined ? undefined : new Date(this.#nextPassAt).toISOString()
-    return { ...this.#stats, queued: this.#queue.length, running: this.#running, announced, passes: this.#passes, lastPassAt: this.#lastPassAt, nextPassAt }
+    return { ...this.#stats, queued: this.#ops.queued, running: this.#ops.running, announced, passes: this.#passes, lastPassAt: this.#lastPassAt, nextPassAt }
   }
 
   /** The keys announced for `did` now, if any. */
@@ -207,8 +205,7 @@ export class Reprovider {
 
   /** Resolves when nothing is queued or running. */
   async onIdle (): Promise<void> {
-    if (this.#queue.length === 0 && this.#running === 0) return
-    await new Promise<void>(resolve => { this.#idle.push(resolve) })
+    await this.#ops.onIdle()
   }
 
   /**
@@ -383,36 +380,23 @@ export class Reprovider {
 
   /** Queues an operation, waiting for room when the queue is full; a later op on the same key replaces an earlier queued one. */
   async #enqueue (op: Op): Promise<void> {
-    if (!this.#started) return
+    const stopping = this.#stopping.signal
     const key = cidKey(op.cid)
-    const queued = this.#pending.get(key)
-    if (queued !== undefined) {
-      queued.kind = op.kind
-      return
+    while (this.#started && !stopping.aborted) {
+      const queued = this.#pending.get(key)
+      if (queued !== undefined) {
+        queued.kind = op.kind
+        return
+      }
+      if (this.#ops.queued < this.#maxQueue) break
+      await this.#ops.onSizeLessThan(this.#ops.running + this.#maxQueue, { signal: stopping }).catch(() => {})
     }
-    while (this.#queue.length >= this.#maxQueue && this.#started) {
-      await new Promise<void>(resolve => { this.#room.push(resolve) })
-    }
-    if (!this.#started) return
+    if (!this.#started || stopping.aborted) return
     this.#pending.set(key, op)
-    this.#queue.push(op)
-    this.#drain()
-  }
-
-  #drain (): void {
-    while (this.#running < this.#concurrency && this.#queue.length > 0) {
-      const op = this.#queue.shift() as Op
-      this.#pending.delete(cidKey(op.cid))
-      this.#room.shift()?.()
-      this.#running++
-      void this.#run(op).finally(() => {
-        this.#running--
-        this.#drain()
-        if (this.#queue.length === 0 && this.#running === 0) {
-          for (const wake of this.#idle.splice(0)) wake()
-        }
-      })
-    }
+    this.#ops.add(async () => {
+      if (this.#pending.get(key) === op) this.#pending.delete(key)
+      if (!stopping.aborted) await this.#run(op)
+    }).catch(err => { log.error('%s of %c failed - %e', op.kind, op.cid, err) })
   }
 
   async #run (op: Op): Promise<void> {
