@@ -135,8 +135,9 @@ export class DidRunner {
     await untilAborted(previous, signal)
     signal.throwIfAborted()
     if (options.slot === false) return await this.#running(lane, fn, signal)
-    // the queue rejects a job at once when its signal fires, even a running one: keep
-    // the function's own promise so the lane is only released once it has settled
+    // the queue rejects a job at once when its signal fires, even a running one, and
+    // frees its slot then (a job that unwinds slowly may briefly overlap the next):
+    // keep the function's own promise so the DID is only released once it has settled
     let work: Promise<T> | undefined
     try {
       return await this.#slots.add(async () => {
