@@ -498,6 +498,17 @@ export class InvalidMultiaddrError extends AtmirrorError {
   }
 }
 
+/** The node cannot listen on a configured address (`code`: EADDRINUSE, …). */
+export class ListenError extends AtmirrorError {
+  readonly address: string
+  readonly code?: string
+  constructor (reason: string, init: { address: string, code?: string }, options?: AtmirrorErrorOptions) {
+    super(`cannot listen: ${reason}`, { address: init.address, code: init.code }, options)
+    this.address = init.address
+    this.code = init.code
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Mirror state, daemon and control API (src/mirror, src/server)
 // ---------------------------------------------------------------------------
@@ -511,6 +522,20 @@ export class DataDirLockedError extends MirrorError {
   constructor (path: string, init: { pid?: number } = {}) {
     super('data directory is in use by another atmirror process', { path, pid: init.pid })
     this.path = path
+  }
+}
+
+/**
+ * The data directory cannot be used: it cannot be created or written, or the path
+ * names a file. `code` is the system error code (EACCES, ENOTDIR, EROFS, …).
+ */
+export class DataDirError extends MirrorError {
+  readonly path: string
+  readonly code?: string
+  constructor (path: string, reason: string, init: { code?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(`data directory not usable: ${reason}`, { path, code: init.code }, options)
+    this.path = path
+    this.code = init.code
   }
 }
 
@@ -562,6 +587,22 @@ export class ControlApiError extends MirrorError {
   readonly status?: number
   constructor (message: string, init: { url?: string, status?: number } = {}, options?: AtmirrorErrorOptions) {
     super(message, { status: init.status, url: init.url }, options)
+    this.url = init.url
+    this.status = init.status
+  }
+}
+
+/**
+ * An error a running daemon answered with, under the name it had there (e.g.
+ * `DidNotFoundError`) and with its message, so that a verb fails alike with and
+ * without a daemon. `status` is the HTTP status of the answer.
+ */
+export class DaemonError extends MirrorError {
+  readonly url?: string
+  readonly status?: number
+  constructor (name: string, message: string, init: { url?: string, status?: number } = {}) {
+    super(message)
+    this.name = name
     this.url = init.url
     this.status = init.status
   }

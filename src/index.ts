@@ -21,7 +21,7 @@
  * })
  * await node.start()
  *
- * const { did, sync } = await node.pinAndSync('alice.example.com')
+ * const { did, sync } = await node.pin('alice.example.com')
  * console.info('mirrored %s: %d records', did, sync.records)
  *
  * await node.stop()
@@ -30,7 +30,8 @@
 export { createMirrorNode, MirrorNode, VERSION, type MirrorNodeInit, type MirrorNodeEvents } from './node.ts'
 export type { NetworkInit } from './net/network.ts'
 export type { NetworkMode } from './net/addresses.ts'
-export type { NodeStatus, PinnedRepo, PinResult, UnpinResult, SyncResultJson } from './server/control-api.ts'
+export type { MirrorApi, MirrorApiOptions, MirrorSyncOptions, GetBlockOptions, NodeStatus, PinnedRepo, PinResult, UnpinResult, PeersResult, MirrorsResult } from './mirror/api.ts'
+export type { SyncResultJson, PinResultJson } from './server/control-api.ts'
 export { ControlClient, type ControlClientInit } from './server/control-client.ts'
 export { DataDirLock, acquireDataDirLock } from './mirror/lock.ts'
 export * from './errors.ts'
@@ -51,4 +52,5 @@ export { PdsHeadResolver, CompositeHeadResolver, type Head, type HeadResolver } 
 
 // Storage and sync
 export { MirrorStore, type RepoState } from './mirror/store.ts'
-export { RepoSyncer, type SyncResult } from './mirror/sync.ts'
+export { RepoSyncer, type SyncResult, type SyncProgress } from './mirror/sync.ts'
+export { exportStoredRepo } from './mirror/export.ts'

@@ -5,12 +5,12 @@
  * identity resolver, head resolver and syncer, plus (unless turned off) libp2p with
  * Helia/Bitswap and the control API. `start()` brings up the network and the API and
  * starts the re-check scheduler (mirror/scheduler.ts). Every job on one repo (a
- * re-check, `sync`, `pinAndSync`, `unpin`) goes through the per-DID runner
+ * re-check, `sync`, `pin`, `unpin`) goes through the per-DID runner
  * (mirror/runner.ts): one at a time per DID, `concurrency` syncs at once overall.
  * `stop()` undoes it all in order and releases the lock.
  *
- * Background work logs and goes on; the request paths (`pinAndSync`, `syncRepo`, …)
- * throw. Domain events (`repo:synced`, `repo:error`, `repo:pinned`, `repo:unpinned`)
+ * Background work logs and goes on; the request paths (`pin`, `sync`, …: the
+ * {@link MirrorApi} the control API serves) throw. Domain events (`repo:synced`, `repo:error`, `repo:pinned`, `repo:unpinned`)
  * are typed events on `node.events`.
  */
 import { logger } from '@libp2p/logger'
@@ -36,7 +36,10 @@ import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
 import type { PeerServices, PeerServicesInit } from './net/peer-services.ts'
-import { ControlApi, type ControlApiTarget, type MirrorsResult, type PeersResult, type NodeStatus, type PinResult, type PinnedRepo, type SyncResultJson, type UnpinResult } from './server/control-api.ts'
+import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, MirrorsResult, NodeStatus, PeersResult, PinResult, PinnedRepo, UnpinResult } from './mirror/api.ts'
+import { exportStoredRepo } from './mirror/export.ts'
+import type { CID } from './repo/cid.ts'
+import { ControlApi } from './server/control-api.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
 
@@ -142,7 +145,7 @@ interface RepoRuntime {
 }
 
 /** A running (or runnable) mirror node. Create it with {@link createMirrorNode}. */
-export class MirrorNode implements ControlApiTarget {
+export class MirrorNode implements MirrorApi {
   readonly dataDir: string
   readonly store: MirrorStore
   readonly identity: IdentityResolver
@@ -271,17 +274,17 @@ export class MirrorNode implements ControlApiTarget {
    * so a wrong handle pins nothing; if the first mirror fails the pin stays (the
    * scheduler retries it) and the error is thrown.
    */
-  async pinAndSync (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<PinResult> {
+  async pin (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<PinResult> {
     const signal = this.#signal(options.signal)
     const identity = await this.identity.resolve(didOrHandle, { signal })
     await this.store.pins.add(identity.did)
     this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
-    const result = await this.#request(identity.did, signal, { pin: true })
-    return { did: identity.did, handle: identity.handle, pinned: true, sync: syncResultJson(result) }
+    const sync = await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
+    return { did: identity.did, handle: identity.handle, pinned: true, sync }
   }
 
-  /** Pins a repo without mirroring it (the scheduler or `syncRepo` will). */
-  async pin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<string> {
+  /** Pins a repo without mirroring it (the scheduler or `sync` will); returns its DID. */
+  async addPin (didOrHandle: string, options: MirrorApiOptions = {}): Promise<string> {
     const identity = await this.identity.resolve(didOrHandle, { signal: this.#signal(options.signal) })
     await this.store.pins.add(identity.did)
     this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
@@ -293,7 +296,7 @@ export class MirrorNode implements ControlApiTarget {
    * sync of the repo that is running or waiting is aborted first, so a slow host
    * does not hold the unpin.
    */
-  async unpin (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<UnpinResult> {
+  async unpin (didOrHandle: string, options: MirrorApiOptions = {}): Promise<UnpinResult> {
     const signal = this.#signal(options.signal)
     const did = await this.#pinnedDid(didOrHandle, signal)
     this.#runner.abort(did, new DOMException(`unpinned; did=${did}`, 'AbortError'))
@@ -304,11 +307,11 @@ export class MirrorNode implements ControlApiTarget {
     return { did, pinned: false }
   }
 
-  /** Syncs one pinned repo now. */
-  async sync (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResult> {
+  /** Syncs one pinned repo (DID, or the handle it was stored under) now. */
+  async sync (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
     const signal = this.#signal(options.signal)
-    const pinned = await this.#pinnedDid(did, signal)
-    return await this.#request(pinned, signal, { pin: false })
+    const pinned = await this.#pinnedDid(didOrHandle, signal)
+    return await this.#request(pinned, signal, { pin: false, onProgress: options.onProgress, check: options.check })
   }
 
   /**
@@ -344,28 +347,39 @@ export class MirrorNode implements ControlApiTarget {
   }
 
   /** The peers this node is connected to (none without a network). */
-  async peers (): Promise<PeersResult> {
+  async peers (_options: MirrorApiOptions = {}): Promise<PeersResult> {
     return { peerId: this.network?.peerId.toString() ?? null, peers: this.p2p?.connectedPeers() ?? [] }
   }
 
   /** Who announces `did` on the DHT, plus the configured peers (none without a network). */
-  async mirrors (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<MirrorsResult> {
+  async mirrors (didOrHandle: string, options: MirrorApiOptions = {}): Promise<MirrorsResult> {
     const signal = this.#signal(options.signal)
     const did = didOrHandle.startsWith('did:') ? didOrHandle : (await this.identity.resolve(didOrHandle, { signal })).did
     const found = await this.p2p?.findMirrors(did, { signal }) ?? []
     return { did, mirrors: found.map(peer => ({ peerId: peer.id.toString(), addresses: peer.multiaddrs.map(ma => ma.toString()), source: peer.source })) }
   }
 
-  async syncRepo (did: string, options: { signal?: AbortSignal } = {}): Promise<SyncResultJson> {
-    return syncResultJson(await this.sync(did, options))
+  /**
+   * A block through the fetch chain: the store, Bitswap (with a network), and the
+   * PDS of `options.did`. Fetched blocks are not stored: the mirror only keeps
+   * blocks some pinned repo holds.
+   */
+  async getBlock (cid: CID, options: GetBlockOptions = {}): Promise<Uint8Array> {
+    const [block] = await this.syncer.fetcher.fetchAll([cid], { did: options.did, store: false, signal: this.#signal(options.signal) })
+    return block.bytes
   }
 
-  async listPins (): Promise<PinnedRepo[]> {
+  /** The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is stored. */
+  exportCar (did: string, options: MirrorApiOptions = {}): AsyncGenerator<Uint8Array> {
+    return exportStoredRepo(this.store, did, { signal: options.signal })
+  }
+
+  async listPins (_options: MirrorApiOptions = {}): Promise<PinnedRepo[]> {
     const dids = await this.store.pins.list()
     return await Promise.all(dids.map(async did => this.#report(did, await this.store.getState(did))))
   }
 
-  async repoStatus (didOrHandle: string, options: { signal?: AbortSignal } = {}): Promise<PinnedRepo> {
+  async repo (didOrHandle: string, options: MirrorApiOptions = {}): Promise<PinnedRepo> {
     const did = await this.#pinnedDid(didOrHandle, this.#signal(options.signal))
     return this.#report(did, await this.store.getState(did))
   }
@@ -377,7 +391,7 @@ export class MirrorNode implements ControlApiTarget {
     return state
   }
 
-  async status (): Promise<NodeStatus> {
+  async status (_options: MirrorApiOptions = {}): Promise<NodeStatus> {
     return {
       state: this.#state,
       pid: process.pid,
@@ -399,20 +413,20 @@ export class MirrorNode implements ControlApiTarget {
   }
 
   /** A sync someone waits for: ahead of background re-checks in the runner. */
-  async #request (did: string, signal: AbortSignal, options: { pin: boolean }): Promise<SyncResult> {
-    return await this.#runner.run(did, async (jobSignal) => await this.#sync(did, jobSignal, { request: true, pin: options.pin }), { signal, priority: PRIORITY.request })
+  async #request (did: string, signal: AbortSignal, options: { pin: boolean, onProgress?: MirrorSyncOptions['onProgress'], check?: boolean }): Promise<SyncResult> {
+    return await this.#runner.run(did, async (jobSignal) => await this.#sync(did, jobSignal, { ...options, request: true }), { signal, priority: PRIORITY.request })
   }
 
   /**
    * One sync, inside the runner's job for the DID; reports it (events, runtime
    * state). `pin: false` for re-checks: a repo unpinned meanwhile must not come back.
    */
-  async #sync (did: string, signal: AbortSignal, options: { request: boolean, pin: boolean }): Promise<SyncResult> {
-    const { request, pin } = options
+  async #sync (did: string, signal: AbortSignal, options: { request: boolean, pin: boolean, onProgress?: MirrorSyncOptions['onProgress'], check?: boolean }): Promise<SyncResult> {
+    const { request, pin, onProgress } = options
     const runtime = this.#runtime(did)
     const started = new Date().toISOString()
     try {
-      const result = await this.syncer.sync(did, { signal, pin })
+      const result = await this.syncer.sync(did, { signal, pin, onProgress, check: options.check })
       runtime.lastCheckAt = started
       runtime.error = undefined
       this.events.safeDispatchEvent('repo:synced', { detail: result })
@@ -494,25 +508,10 @@ export class MirrorNode implements ControlApiTarget {
   }
 }
 
-function syncResultJson (result: SyncResult): SyncResultJson {
-  return {
-    did: result.did,
-    rev: result.rev,
-    commit: result.commit.toString(),
-    records: result.records,
-    changed: result.changed,
-    full: result.full,
-    fetched: { ...result.fetched },
-    bytes: result.bytes,
-    seconds: result.seconds,
-    ...(result.rollback === undefined ? {} : { rollback: { rev: result.rollback.rev, commit: result.rollback.commit.toString() } })
-  }
-}
-
 /**
  * Creates a mirror node on a data directory: takes the lock (DataDirLockedError when
  * another process holds it), opens the store and builds every part. Nothing runs
- * until `start()`; one-shot users can call `pinAndSync`, `unpin`, `listPins` without
+ * until `start()`; one-shot users can call `pin`, `unpin`, `listPins` without
  * starting, then `stop()` to close the store and release the lock.
  *
  * @example
@@ -520,7 +519,7 @@ function syncResultJson (result: SyncResult): SyncResultJson {
  * const node = await createMirrorNode({ dataDir: '/var/lib/atmirror', network: { mode: 'private' } })
  * await node.start()
  * node.events.addEventListener('repo:synced', (evt) => { console.info(evt.detail.did, evt.detail.rev) })
- * await node.pinAndSync('alice.example.com')
+ * await node.pin('alice.example.com')
  * await node.stop()
  * ```
  */

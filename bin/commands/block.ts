@@ -1,24 +1,21 @@
 /**
- * `atmirror block get <cid> [--offline] [--did DID]`: a block's raw bytes on stdout.
+ * `atmirror block get <cid> [--offline] [--did DID] [--json]`: a block's bytes.
  *
- * The local store is read straight from its block files (no lock needed, so this
- * works next to a running daemon). Without `--offline`, a block that is not stored
- * goes through the fetch chain; a bare CID names no repo, so the PDS can only be
- * asked with `--did`, and bitswap needs the peer-to-peer network, which one-shot
- * commands do not start. Fetched blocks are printed, not stored: the mirror only
- * keeps blocks some pinned repo holds.
+ * The local store is read first, straight from its block files (no lock needed, so
+ * this works next to a running daemon). A block that is not stored goes, without
+ * `--offline`, through the fetch chain of the backend (backend.ts): a running
+ * daemon's (its store, Bitswap, and with `--did` that DID's PDS), or, with no daemon,
+ * a node opened here without the peer-to-peer network (the PDS with `--did`).
+ * Fetched blocks are printed, not stored: the mirror only keeps blocks some pinned
+ * repo holds.
  */
 import { join } from 'node:path'
-import { AllSourcesFailedError, BlockNotFoundError } from '../../src/errors.ts'
-import { BlockFetcher } from '../../src/blocks/fetcher.ts'
-import { LocalBroker } from '../../src/blocks/local.ts'
-import { PdsBroker } from '../../src/blocks/pds.ts'
-import type { BlockBroker } from '../../src/blocks/broker.ts'
-import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
+import { BlockNotFoundError } from '../../src/errors.ts'
 import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
-import { parseCid, verifyBlock } from '../../src/repo/cid.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
-import { identityConfig, identityOptions } from './node-options.ts'
+import { parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
+import { openBackend } from './backend.ts'
+import { UsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
+import { identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror block get CID [--offline] [--did DID] [options]
 
@@ -27,14 +24,16 @@ Prints a block's raw bytes to stdout (hash-checked against the CID first).
   --offline               only the local store; never touches the network
   --did DID               the repo the block belongs to: lets the fetch chain ask
                           that DID's PDS when the block is not stored here
+  --json                  one JSON object instead of raw bytes:
+                          {"ok":true,"cid","size","base64"}
 
-Without --offline and without --did, only the local store can be asked: a bare CID
-names no PDS, and bitswap needs the peer-to-peer network of a running node.
-Fetched blocks are printed, not stored.
+A block not stored here is fetched through the running daemon (Bitswap from other
+mirrors, and the PDS with --did); without a daemon only the PDS can be asked, with
+--did. Fetched blocks are printed, not stored.
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
-  --plc URL               PLC directory, with --did (ATMIRROR_PLC)
+  --plc URL               PLC directory, with --did and no daemon (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)`
 
 const options = {
@@ -49,34 +48,35 @@ export const command = defineCommand({
   options,
   async run ({ values, positionals }, ctx) {
     const [verb, text, ...rest] = positionals
-    if (verb !== 'get') throw new CommandUsageError(`${verb === undefined ? 'missing subcommand' : `unknown subcommand ${JSON.stringify(verb)}`} (get)\n${USAGE}`)
-    if (text === undefined || rest.length > 0) throw new CommandUsageError(`block get takes one CID\n${USAGE}`)
-    if (values.offline && values.did !== undefined) throw new CommandUsageError('--did asks the PDS, --offline forbids it: pick one')
+    if (verb !== 'get') throw new UsageError(`${verb === undefined ? 'missing subcommand' : `unknown subcommand ${JSON.stringify(verb)}`} (get)`)
+    if (text === undefined || rest.length > 0) throw new UsageError('block get takes one CID')
+    if (values.offline && values.did !== undefined) throw new UsageError('--did asks the PDS, --offline forbids it: pick one')
     const cid = parseCid(text)
     const blockstore = new MirrorBlockstore(join(dataDir(values.data, ctx.env), 'blocks')) // read only: never opened
     const local = blockstore.getBytesSync(cid)
     if (local !== undefined) {
       verifyBlock(cid, local)
-      ctx.stdout.write(local)
-      return 0
+      return print(cid, local, values.json, ctx)
     }
     if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
-
-    const brokers: BlockBroker[] = [new LocalBroker({ store: { getBlock: async (c) => await blockstore.getBytes(c) } })]
-    if (values.did !== undefined) {
-      const identity = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
-      brokers.push(new PdsBroker({ identity }))
-    } else {
-      ctx.stderr.write('note: not stored here; without --did only the local store can be asked (bitswap needs a running node)\n')
-    }
-    const fetcher = new BlockFetcher({ brokers })
+    const backend = await openBackend(values, ctx)
     try {
-      const [block] = await fetcher.fetchAll([cid], { did: values.did, store: false, signal: ctx.signal })
-      ctx.stdout.write(block.bytes)
-      return 0
-    } catch (err) {
-      if (err instanceof AllSourcesFailedError && values.did === undefined) throw new BlockNotFoundError(cid, { source: 'local' })
-      throw err
+      if (backend.daemon === undefined && values.did === undefined) {
+        // the node opened here has no network, and a bare CID names no PDS
+        ctx.stderr.write('note: not stored here, and no daemon runs; only --did DID lets the PDS be asked\n')
+        throw new BlockNotFoundError(cid, { source: 'local' })
+      }
+      const bytes = await backend.api.getBlock(cid, { did: values.did, signal: ctx.signal })
+      verifyBlock(cid, bytes)
+      return print(cid, bytes, values.json, ctx)
+    } finally {
+      await backend.close()
     }
   }
 })
+
+function print (cid: CID, bytes: Uint8Array, json: boolean, ctx: CommandContext): number {
+  if (json) ctx.stdout.write(JSON.stringify({ ok: true, cid: cid.toString(), size: bytes.byteLength, base64: Buffer.from(bytes).toString('base64') }) + '\n')
+  else ctx.stdout.write(bytes)
+  return 0
+}

@@ -13,7 +13,7 @@ import { decodeCommit } from '../../src/repo/commit.ts'
 import { parseDidKey, formatDidKey, type PublicKey } from '../../src/repo/keys.ts'
 import { walkMstBatches } from '../../src/repo/mst/walk.ts'
 import { CarParseError, MissingBlockError } from '../../src/errors.ts'
-import { type CommandContext, CommandUsageError, defineCommand, globalOptions } from './context.ts'
+import { type CommandContext, UsageError, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions, type IdentityConfig } from './node-options.ts'
 
 const USAGE = `usage:
@@ -25,8 +25,8 @@ const USAGE = `usage:
       --plc or ATMIRROR_PLC). Without either, the signature is NOT checked and the
       output says so.
   atmirror car ls FILE.car [--json]
-      Lists the records in MST order: "collection/rkey<TAB>cid" per line, or
-      {"path","cid"} per line with --json.`
+      Lists the records in MST order: "collection/rkey<TAB>cid" per line, or with
+      --json one JSON array of {"path","cid"}, one element per line.`
 
 const options = {
   ...globalOptions,
@@ -43,16 +43,16 @@ export const command = defineCommand({
   options: options,
   async run ({ values, positionals }, ctx) {
     const [verb, file, ...extra] = positionals
-    if (verb === undefined) throw new CommandUsageError(`missing subcommand (verify or ls)\n${USAGE}`)
-    if (file === undefined) throw new CommandUsageError(`missing FILE.car\n${USAGE}`)
-    if (extra.length > 0) throw new CommandUsageError(`unexpected arguments: ${extra.join(' ')}\n${USAGE}`)
+    if (verb === undefined) throw new UsageError(`missing subcommand (verify or ls)`)
+    if (file === undefined) throw new UsageError(`missing FILE.car`)
+    if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`)
     const json = values.json
     if (verb === 'verify') return await verify(file, { did: values.did, key: values.key, identity: values, json }, ctx)
     if (verb === 'ls') {
-      if (values.did !== undefined || values.key !== undefined) throw new CommandUsageError('car ls takes no --did or --key (use car verify)')
+      if (values.did !== undefined || values.key !== undefined) throw new UsageError('car ls takes no --did or --key (use car verify)')
       return await list(file, { json }, ctx)
     }
-    throw new CommandUsageError(`unknown subcommand ${JSON.stringify(verb)} (verify or ls)\n${USAGE}`)
+    throw new UsageError(`unknown subcommand ${JSON.stringify(verb)} (verify or ls)`)
   }
 })
 
@@ -131,13 +131,18 @@ async function list (file: string, flags: { json: boolean }, ctx: CommandContext
   if (commitBytes === undefined) throw new MissingBlockError(roots[0], { what: 'commit' })
   const commit = decodeCommit(commitBytes, roots[0])
   const out = new LineWriter(ctx.stdout)
+  // --json: one JSON array, streamed one element per line ("[]" when empty)
+  let first = true
   // the tree's structure is checked as it is walked; record blocks are not read (that is car verify's job)
   for await (const batch of walkMstBatches(store, commit.data, { signal: ctx.signal })) {
     if (!out.open) break
     for (const { rpath, cid } of batch) {
-      await out.write(flags.json ? JSON.stringify({ path: rpath, cid: cid.toString() }) : `${rpath}\t${cid.toString()}`)
+      if (flags.json) await out.write(`${first ? '[' : ','}${JSON.stringify({ path: rpath, cid: cid.toString() })}`)
+      else await out.write(`${rpath}\t${cid.toString()}`)
+      first = false
     }
   }
+  if (flags.json) await out.write(first ? '[]' : ']')
   await out.end()
   return 0
 }

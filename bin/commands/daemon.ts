@@ -4,8 +4,8 @@
 import { once } from 'node:events'
 import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
-import { DEFAULT_API_PORT } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
+import { DEFAULT_API_PORT, syncResultJson } from '../../src/server/control-api.ts'
+import { UsageError, dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
 import { formatSync, identityConfig, identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
@@ -70,19 +70,19 @@ export const command = defineCommand({
   usage: USAGE,
   options: options,
   async run ({ values, positionals }, ctx) {
-    expectPositionals(positionals, [], USAGE)
+    expectPositionals(positionals, [])
     const json = values.json
     const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial', 'peer', 'provide'] as const
     if (values.offline) {
       for (const flag of networkFlags) {
-        if (values[flag] !== undefined) throw new CommandUsageError(`--${flag} makes no sense with --offline`)
+        if (values[flag] !== undefined) throw new UsageError(`--${flag} makes no sense with --offline`)
       }
-      if (values.private) throw new CommandUsageError('--private makes no sense with --offline')
+      if (values.private) throw new UsageError('--private makes no sense with --offline')
     }
-    if (!values.private && values['allow-dial'] !== undefined) throw new CommandUsageError('--allow-dial only applies with --private')
-    if ((values.private || values.offline) && values['no-upnp']) throw new CommandUsageError('--no-upnp only applies to the public network (without --private or --offline)')
+    if (!values.private && values['allow-dial'] !== undefined) throw new UsageError('--allow-dial only applies with --private')
+    if ((values.private || values.offline) && values['no-upnp']) throw new UsageError('--no-upnp only applies to the public network (without --private or --offline)')
     const provide = values.provide ?? 'heads'
-    if (provide !== 'heads' && provide !== 'all') throw new CommandUsageError(`--provide must be heads or all, got ${JSON.stringify(provide)}`)
+    if (provide !== 'heads' && provide !== 'all') throw new UsageError(`--provide must be heads or all, got ${JSON.stringify(provide)}`)
 
     const init: MirrorNodeInit = {
       dataDir: dataDir(values.data, ctx.env),
@@ -112,20 +112,20 @@ export const command = defineCommand({
 
     if (ctx.signal.aborted) return 130
     const node = await createMirrorNode(init)
-    const print = (line: unknown): void => {
-      ctx.stdout.write((json ? JSON.stringify(line) : String(line)) + '\n')
+    // every line and event carries the time it happened (ISO 8601, UTC)
+    const print = (line: string | Record<string, unknown>, out = ctx.stdout): void => {
+      const time = new Date().toISOString()
+      out.write((json ? JSON.stringify({ time, ...(line as Record<string, unknown>) }) : `${time} ${String(line).replaceAll('\n', `\n${' '.repeat(time.length + 1)}`)}`) + '\n')
     }
     node.events.addEventListener('repo:synced', (evt) => {
-      const { rollback, ...detail } = evt.detail
-      const result = { ...detail, commit: detail.commit.toString(), ...(rollback === undefined ? {} : { rollback: { rev: rollback.rev, commit: rollback.commit.toString() } }) }
-      if (json) print({ event: 'repo:synced', ...result })
-      else if (rollback !== undefined) ctx.stderr.write(`warning: ${formatSync(result)}\n`)
-      else if (evt.detail.changed) print(`synced ${formatSync(result)}`)
+      if (json) print({ event: 'repo:synced', ...syncResultJson(evt.detail) })
+      else if (evt.detail.rollback !== undefined) print(`warning: ${formatSync(evt.detail)}`, ctx.stderr)
+      else if (evt.detail.changed) print(`synced ${formatSync(evt.detail)}`)
     })
     node.events.addEventListener('repo:error', (evt) => {
       const { did, error } = evt.detail
       if (json) print({ event: 'repo:error', did, error: { name: error.name, message: error.message } })
-      else ctx.stderr.write(`sync failed: ${did}: ${error.name}: ${error.message}\n`)
+      else print(`sync failed: ${did}: ${error.message} (${error.name})`, ctx.stderr)
     })
     try {
       await node.start()

@@ -14,14 +14,14 @@ import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable } from 'node:stream'
 import { MissingBlockError, NotPinnedError, RepoNotMirroredError } from '../../src/errors.ts'
-import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import type { MirrorNode } from '../../src/node.ts'
 import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { exportRepoCar } from '../../src/mirror/export.ts'
 import { isExportable } from '../../src/mirror/status-policy.ts'
-import { ControlClient } from '../../src/server/control-client.ts'
 import { parseCid, type CID } from '../../src/repo/cid.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
-import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
+import { openBackend } from './backend.ts'
+import { UsageError, defineCommand, globalOptions } from './context.ts'
+import { formatBytes, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror export DID-or-HANDLE -o FILE.car [options]
 
@@ -42,21 +42,21 @@ export const command = defineCommand({
   usage: USAGE,
   options,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
-    if (values.output === undefined || values.output === '') throw new CommandUsageError(`missing -o FILE.car\n${USAGE}`)
+    if (positionals.length !== 1) throw new UsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle`)
+    if (values.output === undefined || values.output === '') throw new UsageError(`missing -o FILE.car`)
     const id = positionals[0] as string
     const output = values.output
     const json = values.json
-    if (output === '-' && json) throw new CommandUsageError('--json cannot be combined with -o - (the CAR goes to stdout)')
-    const dir = dataDir(values.data, ctx.env)
-    const daemon = await ControlClient.forDataDir(dir)
+    if (output === '-' && json) throw new UsageError('--json cannot be combined with -o - (the CAR goes to stdout)')
+    const backend = await openBackend(values, ctx)
     let written: { did: string, commit: string, rev: string, bytes: number }
-    if (daemon !== undefined) {
+    const { node, dir } = backend
+    if (node === undefined) {
       const blockstore = new MirrorBlockstore(join(dir, 'blocks')) // read only: never opened (open sweeps temp files)
       const store = { get: (cid: CID) => blockstore.getBytesSync(cid), has: (cid: CID) => blockstore.hasSync(cid) }
       const attempt = async (): Promise<typeof written> => {
-        const repo = await daemon.client.repo(id, { signal: ctx.signal })
-        if (repo.commit === undefined || repo.rev === undefined || (repo.status !== 'active' && repo.status !== 'suspended' && repo.status !== 'deactivated')) {
+        const repo = await backend.api.repo(id, { signal: ctx.signal })
+        if (repo.commit === undefined || repo.rev === undefined || !isExportable(repo)) {
           throw new RepoNotMirroredError(repo.did)
         }
         const bytes = await writeOutput(output, exportRepoCar(store, parseCid(repo.commit), { signal: ctx.signal }), ctx.stdout)
@@ -69,15 +69,14 @@ export const command = defineCommand({
         written = await attempt() // the repo advanced under us; its new state is complete
       }
     } else {
-      const node: MirrorNode = await createMirrorNode({ dataDir: dir, ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
       try {
         const did = await storedDid(node, id, ctx.signal)
         const state = await node.store.getState(did)
         if (!isExportable(state)) throw new RepoNotMirroredError(did)
-        const bytes = await writeOutput(output, node.syncer.exportCar(did, { signal: ctx.signal }), ctx.stdout)
+        const bytes = await writeOutput(output, node.exportCar(did, { signal: ctx.signal }), ctx.stdout)
         written = { did, commit: state.commit, rev: state.rev, bytes }
       } finally {
-        await node.stop()
+        await backend.close()
       }
     }
     if (output !== '-') {

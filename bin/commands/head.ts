@@ -23,7 +23,7 @@ export const command = defineCommand({
   options: options,
   async run ({ values, positionals }, ctx) {
     const json = values.json
-    const [input] = expectPositionals(positionals, ['DID or handle'], USAGE) as [string]
+    const [input] = expectPositionals(positionals, ['DID or handle']) as [string]
     const timeoutMs = integerFlag('--timeout', values.timeout, 10_000, { min: 1 })
     const identity = new AtprotoIdentityResolver({ ...identityConfig(values, ctx.env), timeoutMs })
     const did = input.startsWith('did:') ? input : (await identity.resolve(input, { signal: ctx.signal })).did

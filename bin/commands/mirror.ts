@@ -4,13 +4,12 @@
  * daemon does it (through its control API); otherwise the directory is opened here
  * (taking its lock) without the peer-to-peer network.
  */
-import { createMirrorNode } from '../../src/node.ts'
-import { ControlClient } from '../../src/server/control-client.ts'
-import type { SyncResultJson } from '../../src/server/control-api.ts'
 import type { SyncResult } from '../../src/mirror/sync.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
-import { formatBytes, identityConfig, identityOptions } from './node-options.ts'
-import { ProgressLine } from './progress.ts'
+import { syncResultJson } from '../../src/server/control-api.ts'
+import { openBackend } from './backend.ts'
+import { UsageError, defineCommand, globalOptions } from './context.ts'
+import { formatBytes, identityOptions } from './node-options.ts'
+import { progressFor } from './progress.ts'
 
 const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
 
@@ -20,7 +19,9 @@ verifies the whole repo, stores it and pins it. Running it again on an unchanged
 repo fetches nothing but the head, and checks the stored copy (every block's hash,
 the signature, the tree, every record), refetching any block a damaged disk spoiled.
 
-With a daemon running on the data directory, the daemon does the work.
+With a daemon running on the data directory, the daemon does the work (with its
+own --plc, --handle-resolver and --peer; those given here are then ignored, with
+a warning).
 
 With --peer, a temporary private-mode node connects to those peers first: when the
 PDS gives no verified head, the head comes from them by head exchange (the highest
@@ -35,7 +36,8 @@ options:
                           also the DHT entry point for finding other mirrors
   --progress              show progress on stderr even when it is not a terminal
                           (one line per update, at most 10 a second; also with --json)
-  --json                  print the result as one JSON object
+  --json                  print the result as one JSON object ({"ok":true,…}; "source"
+                          names where the head came from: pds:<url> or peer:<id>)
 
 On a terminal (and without --json), progress (phase, blocks, bytes, rate) is redrawn
 on one stderr line at most 10 times a second.`
@@ -46,60 +48,34 @@ export const command = defineCommand({
   usage: USAGE,
   options,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
+    if (positionals.length !== 1) throw new UsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle`)
     const id = positionals[0] as string
     const json = values.json
-    const dir = dataDir(values.data, ctx.env)
-    const daemon = await ControlClient.forDataDir(dir)
-    let result: SyncResultJson
-    if (daemon !== undefined) {
-      if (!json) ctx.stderr.write(`a daemon runs on ${dir} (pid ${daemon.daemon.pid}); asking it to mirror ${id}\n`)
-      result = (await daemon.client.pin(id, { signal: ctx.signal })).sync
-    } else {
-      result = await mirrorHere(dir, id, values, ctx, json)
+    const peers = values.peer ?? []
+    const backend = await openBackend(values, ctx, {
+      daemonIgnores: ['peer'],
+      // with --peer, a temporary private-mode node that connects to those peers first
+      local: peers.length === 0
+        ? {}
+        : { network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: peers, mirrors: { peers }, services: { reprovide: false } } },
+      start: peers.length > 0
+    })
+    const progress = progressFor(ctx, { progress: values.progress, json })
+    try {
+      if (backend.daemon !== undefined && !json) ctx.stderr.write(`a daemon runs on ${backend.dir} (pid ${backend.daemon.pid}); asking it to mirror ${id}\n`)
+      // an unchanged repo's stored copy is checked (and repaired) rather than trusted
+      const { sync } = await backend.api.pin(id, { signal: ctx.signal, onProgress: progress?.onProgress, check: true })
+      progress?.done()
+      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...syncResultJson(sync) }) : formatSummary(sync)) + '\n')
+      return 0
+    } finally {
+      progress?.done()
+      await backend.close()
     }
-    ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatSummary(result)) + '\n')
-    return 0
   }
 })
 
-async function mirrorHere (dir: string, id: string, values: { plc?: string, 'handle-resolver'?: string, peer?: string[], progress?: boolean }, ctx: CommandContext, json: boolean): Promise<SyncResultJson> {
-  const peers = values.peer ?? []
-  const node = await createMirrorNode({
-    dataDir: dir,
-    ...identityConfig(values, ctx.env),
-    network: peers.length === 0
-      ? false
-      : { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: peers, mirrors: { peers }, services: { reprovide: false } },
-    api: false,
-    checkOnStart: false,
-    intervalMs: 0
-  })
-  const tty = ctx.stderr.isTTY === true
-  const progress = values.progress === true || (!json && tty) ? new ProgressLine(ctx.stderr, { tty }) : undefined
-  try {
-    if (peers.length > 0) await node.start()
-    // the syncer resolves the identity, once for the whole sync
-    const result = await node.syncer.sync(id, {
-      signal: ctx.signal,
-      // an unchanged repo's stored copy is checked (and repaired) rather than trusted
-      check: true,
-      onProgress: progress === undefined ? undefined : (p) => { progress.update(p) }
-    })
-    progress?.done()
-    return toJson(result)
-  } finally {
-    progress?.done()
-    await node.stop()
-  }
-}
-
-function toJson (result: SyncResult): SyncResultJson {
-  const { rollback, ...rest } = result
-  return { ...rest, commit: result.commit.toString(), fetched: { ...result.fetched }, ...(rollback === undefined ? {} : { rollback: { rev: rollback.rev, commit: rollback.commit.toString() } }) }
-}
-
-function formatSummary (result: SyncResultJson): string {
+function formatSummary (result: SyncResult): string {
   const { fetched } = result
   const repaired = result.repaired ?? 0
   const what = result.rollback !== undefined
@@ -110,9 +86,10 @@ function formatSummary (result: SyncResultJson): string {
   return [
     `did:      ${result.did}`,
     `rev:      ${result.rev}`,
-    `commit:   ${result.commit}`,
+    `commit:   ${result.commit.toString()}`,
     `records:  ${result.records}`,
     `sync:     ${what}`,
+    `head:     ${result.source}`,
     `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})`,
     `seconds:  ${result.seconds.toFixed(2)}`
   ].join('\n')

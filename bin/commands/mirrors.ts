@@ -4,11 +4,10 @@
  * is one; otherwise starts a short-lived node on the data directory (no control API,
  * no announcements), looks the DID up and stops.
  */
-import { createMirrorNode } from '../../src/node.ts'
-import { ControlClient } from '../../src/server/control-client.ts'
-import type { MirrorsResult } from '../../src/server/control-api.ts'
-import { type CommandContext, CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
-import { identityConfig, identityOptions, integerFlag } from './node-options.ts'
+import type { MirrorsResult } from '../../src/mirror/api.ts'
+import { openBackend } from './backend.ts'
+import { UsageError, defineCommand, globalOptions } from './context.ts'
+import { identityOptions, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror mirrors DID-or-HANDLE [options]
 
@@ -45,47 +44,33 @@ export const command = defineCommand({
   usage: USAGE,
   options: options,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length !== 1) throw new CommandUsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle\n${USAGE}`)
+    if (positionals.length !== 1) throw new UsageError(`${positionals.length === 0 ? 'missing' : 'one'} DID or handle`)
     const id = positionals[0] as string
     const json = values.json
     const timeoutMs = integerFlag('--timeout', values.timeout, 10, { min: 1, max: 600 }) * 1000
-    const dir = dataDir(values.data, ctx.env)
-    const daemon = await ControlClient.forDataDir(dir)
-    if (daemon !== undefined) {
-      // GET /v1/mirrors/:did takes no options: the daemon uses its own --peer list and time budget
-      const ignored = (['peer', 'timeout', 'private', 'bootstrap', 'listen'] as const).filter(flag => flag === 'private' ? values.private : values[flag] !== undefined)
-      if (ignored.length > 0) ctx.stderr.write(`warning: a daemon is running on ${dir}; it looks the DID up with its own configuration, ignoring ${ignored.map(flag => `--${flag}`).join(', ')}\n`)
+    // GET /v1/mirrors/:did takes no options: the daemon uses its own --peer list and time budget
+    const backend = await openBackend(values, ctx, {
+      daemonIgnores: ['peer', 'timeout', 'private', 'bootstrap', 'listen'],
+      local: {
+        network: {
+          mode: values.private ? 'private' : 'public',
+          listen: values.listen ?? (values.private ? undefined : ['/ip4/127.0.0.1/tcp/0']),
+          bootstrap: values.bootstrap ?? [],
+          mirrors: { peers: values.peer ?? [], timeoutMs },
+          services: { reprovide: false }
+        }
+      },
+      start: true
+    })
+    try {
+      const result = await backend.api.mirrors(id, { signal: ctx.signal })
+      ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatMirrors(result)) + '\n')
+      return 0
+    } finally {
+      await backend.close()
     }
-    const result = daemon !== undefined
-      ? await daemon.client.mirrors(id, { signal: ctx.signal })
-      : await lookupHere(dir, id, { ...values, timeoutMs }, ctx)
-    ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatMirrors(result)) + '\n')
-    return 0
   }
 })
-
-async function lookupHere (dir: string, id: string, values: { private: boolean, bootstrap?: string[], listen?: string[], peer?: string[], plc?: string, 'handle-resolver'?: string, timeoutMs: number }, ctx: CommandContext): Promise<MirrorsResult> {
-  const node = await createMirrorNode({
-    dataDir: dir,
-    ...identityConfig(values, ctx.env),
-    network: {
-      mode: values.private ? 'private' : 'public',
-      listen: values.listen ?? (values.private ? undefined : ['/ip4/127.0.0.1/tcp/0']),
-      bootstrap: values.bootstrap ?? [],
-      mirrors: { peers: values.peer ?? [], timeoutMs: values.timeoutMs },
-      services: { reprovide: false }
-    },
-    api: false,
-    checkOnStart: false,
-    intervalMs: 0
-  })
-  try {
-    await node.start()
-    return await node.mirrors(id, { signal: ctx.signal })
-  } finally {
-    await node.stop()
-  }
-}
 
 function formatMirrors (result: MirrorsResult): string {
   if (result.mirrors.length === 0) return `no mirrors of ${result.did} found`

@@ -4,8 +4,8 @@
  * results print.
  */
 import type { ParseArgsConfig } from 'node:util'
-import type { SyncResultJson } from '../../src/server/control-api.ts'
-import { CommandUsageError, plcUrl } from './context.ts'
+import type { SyncResult } from '../../src/mirror/sync.ts'
+import { UsageError, plcUrl } from './context.ts'
 
 /** Flags for identity resolution, on top of the global --plc. */
 export const identityOptions = {
@@ -42,9 +42,9 @@ function checkUrl (flag: string, value: string): string {
   try {
     url = new URL(value)
   } catch {
-    throw new CommandUsageError(`${flag} must be a URL, got ${JSON.stringify(value)}`)
+    throw new UsageError(`${flag} must be a URL, got ${JSON.stringify(value)}`)
   }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new CommandUsageError(`${flag} must be an http(s) URL, got ${JSON.stringify(value)}`)
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UsageError(`${flag} must be an http(s) URL, got ${JSON.stringify(value)}`)
   return value
 }
 
@@ -60,22 +60,23 @@ export function integerFlag (flag: string, value: string | undefined, fallback: 
   const min = range.min ?? 0
   const max = range.max ?? Number.MAX_SAFE_INTEGER
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw new CommandUsageError(`${flag} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`)
+    throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`)
   }
   return n
 }
 
-/** One line about a sync: `did rev=… records=… fetched pds=… bitswap=… local=… 1.2 s`. */
-export function formatSync (result: SyncResultJson): string {
+/** One line about a sync: `did rev=… records=… (… fetched pds=… bitswap=… local=…, head from pds:…, 1.2 s)`. */
+export function formatSync (result: SyncResult): string {
   const { fetched } = result
   const what = result.rollback !== undefined
     ? `unchanged: PDS rolled back to rev ${result.rollback.rev}, kept the stored rev`
     : !result.changed ? 'unchanged' : result.full ? 'full sync' : 'incremental sync'
-  return `${result.did} rev=${result.rev} commit=${result.commit} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}, ${result.seconds.toFixed(1)} s)`
+  return `${result.did} rev=${result.rev} commit=${result.commit.toString()} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}; head from ${result.source}; ${result.seconds.toFixed(1)} s)`
 }
 
+/** `512 B`, `1.5 KiB`, `3.2 MiB` (whole bytes: a rate is rarely whole). */
 export function formatBytes (bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`
+  if (bytes < 1024) return `${Math.round(bytes)} B`
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`
 }

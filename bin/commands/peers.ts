@@ -2,9 +2,9 @@
  * `atmirror peers [--json]`: the running daemon's connected peers, through its
  * control API (GET /v1/peers).
  */
-import { ControlClient } from '../../src/server/control-client.ts'
-import type { PeersResult } from '../../src/server/control-api.ts'
-import { dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
+import type { PeersResult } from '../../src/mirror/api.ts'
+import { openBackend } from './backend.ts'
+import { defineCommand, expectPositionals, globalOptions } from './context.ts'
 
 const USAGE = `usage: atmirror peers [--data DIR] [--json]
 
@@ -15,11 +15,10 @@ export const command = defineCommand({
   usage: USAGE,
   options: globalOptions,
   async run ({ values, positionals }, ctx) {
-    expectPositionals(positionals, [], USAGE)
+    expectPositionals(positionals, [])
     const json = values.json
-    const dir = dataDir(values.data, ctx.env)
-    const client = await ControlClient.requireForDataDir(dir)
-    const result = await client.peers({ signal: ctx.signal })
+    const { api } = await openBackend(values, ctx, { daemonOnly: true })
+    const result = await api.peers({ signal: ctx.signal })
     ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : formatPeers(result)) + '\n')
     return 0
   }

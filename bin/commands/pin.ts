@@ -1,12 +1,12 @@
 /**
  * `atmirror pin add|rm|ls`: through the running daemon's control API, or, when no
- * daemon runs, directly on the data directory (taking its lock).
+ * daemon runs, directly on the data directory (taking its lock); see backend.ts.
  */
-import type { MirrorNode } from '../../src/node.ts'
-import { ControlClient } from '../../src/server/control-client.ts'
-import type { PinResult, PinnedRepo, UnpinResult } from '../../src/server/control-api.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
-import { formatSync, identityConfig, identityOptions } from './node-options.ts'
+import { pinResultJson } from '../../src/server/control-api.ts'
+import { openBackend } from './backend.ts'
+import { UsageError, defineCommand, globalOptions } from './context.ts'
+import { formatSync, identityOptions } from './node-options.ts'
+import { progressFor } from './progress.ts'
 import { formatRepo } from './status.ts'
 
 const USAGE = `usage:
@@ -22,45 +22,44 @@ options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
   --plc URL               PLC directory, direct mode (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service, direct mode (ATMIRROR_HANDLE_RESOLVER)
-  --json                  one JSON object per repo (ls: one per line)`
+  --progress              add: progress on stderr even when it is not a terminal
+  --json                  ls: one JSON array of repos; add/rm: one JSON object per
+                          repo and line ({"ok":true,…} or {"ok":false,"error":…})`
 
-const options = { ...globalOptions, ...identityOptions } as const
-
-/** What pin add/rm/ls need, from the daemon or from a node opened here. */
-interface PinBackend {
-  pinAndSync: (id: string, options: { signal?: AbortSignal }) => Promise<PinResult>
-  unpin: (id: string, options: { signal?: AbortSignal }) => Promise<UnpinResult>
-  listPins: (options: { signal?: AbortSignal }) => Promise<PinnedRepo[]>
-  close: () => Promise<void>
-}
+const options = { ...globalOptions, ...identityOptions, progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,
   options,
   async run ({ values, positionals }, ctx) {
     const [verb, ...ids] = positionals
-    if (verb === undefined) throw new CommandUsageError(`missing subcommand (add, rm or ls)\n${USAGE}`)
-    if (verb !== 'add' && verb !== 'rm' && verb !== 'ls') throw new CommandUsageError(`unknown subcommand ${JSON.stringify(verb)} (add, rm or ls)\n${USAGE}`)
-    if (verb === 'ls' && ids.length > 0) throw new CommandUsageError(`pin ls takes no arguments\n${USAGE}`)
-    if (verb !== 'ls' && ids.length === 0) throw new CommandUsageError(`pin ${verb} needs a DID or handle\n${USAGE}`)
+    if (verb === undefined) throw new UsageError('missing subcommand (add, rm or ls)')
+    if (verb !== 'add' && verb !== 'rm' && verb !== 'ls') throw new UsageError(`unknown subcommand ${JSON.stringify(verb)} (add, rm or ls)`)
+    if (verb === 'ls' && ids.length > 0) throw new UsageError('pin ls takes no arguments')
+    if (verb !== 'ls' && ids.length === 0) throw new UsageError(`pin ${verb} needs a DID or handle`)
     const json = values.json
-    let backend: PinBackend | undefined
+    const backend = await openBackend(values, ctx)
     try {
-      backend = await openBackend(values, ctx)
       if (verb === 'ls') {
-        const pins = await backend.listPins({ signal: ctx.signal })
-        for (const repo of pins) ctx.stdout.write((json ? JSON.stringify(repo) : formatRepo(repo)) + '\n')
-        if (!json && pins.length === 0) ctx.stdout.write('no pinned repos\n')
+        const pins = await backend.api.listPins({ signal: ctx.signal })
+        if (json) ctx.stdout.write(JSON.stringify(pins) + '\n')
+        else ctx.stdout.write(pins.length === 0 ? 'no pinned repos\n' : pins.map(repo => formatRepo(repo) + '\n').join(''))
         return 0
       }
       let failed = 0
       for (const id of ids) {
         try {
           if (verb === 'add') {
-            const result = await backend.pinAndSync(id, { signal: ctx.signal })
-            ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : `pinned ${result.handle ?? ''}${result.handle === undefined ? '' : ' '}${formatSync(result.sync)}`) + '\n')
+            const progress = progressFor(ctx, { progress: values.progress, json })
+            try {
+              const result = await backend.api.pin(id, { signal: ctx.signal, onProgress: progress?.onProgress })
+              progress?.done()
+              ctx.stdout.write((json ? JSON.stringify({ ok: true, ...pinResultJson(result) }) : `pinned ${result.handle ?? ''}${result.handle === undefined ? '' : ' '}${formatSync(result.sync)}`) + '\n')
+            } finally {
+              progress?.done()
+            }
           } else {
-            const result = await backend.unpin(id, { signal: ctx.signal })
+            const result = await backend.api.unpin(id, { signal: ctx.signal })
             ctx.stdout.write((json ? JSON.stringify({ ok: true, ...result }) : `unpinned ${result.did}`) + '\n')
           }
         } catch (err) {
@@ -71,36 +70,7 @@ export const command = defineCommand({
       }
       return failed === 0 ? 0 : 1
     } finally {
-      await backend?.close()
+      await backend.close()
     }
   }
 })
-
-async function openBackend (values: { data?: string, plc?: string, 'handle-resolver'?: string }, ctx: CommandContext): Promise<PinBackend> {
-  const dir = dataDir(values.data, ctx.env)
-  const daemon = await ControlClient.forDataDir(dir)
-  if (daemon !== undefined) {
-    const { client } = daemon
-    return {
-      pinAndSync: async (id, options) => await client.pin(id, options),
-      unpin: async (id, options) => await client.unpin(id, options),
-      listPins: async (options) => await client.listPins(options),
-      close: async () => {}
-    }
-  }
-  const { createMirrorNode } = await import('../../src/node.ts')
-  const node: MirrorNode = await createMirrorNode({
-    dataDir: dir,
-    ...identityConfig(values, ctx.env),
-    network: false,
-    api: false,
-    checkOnStart: false,
-    intervalMs: 0
-  })
-  return {
-    pinAndSync: async (id, options) => await node.pinAndSync(id, options),
-    unpin: async (id, options) => await node.unpin(id, options),
-    listPins: async () => await node.listPins(),
-    close: async () => { await node.stop() }
-  }
-}

@@ -9,6 +9,7 @@
  * verification, still shows), and a final line with the last figures on `done()`.
  */
 import type { SyncProgress } from '../../src/mirror/sync.ts'
+import type { CommandContext } from './context.ts'
 import { formatBytes } from './node-options.ts'
 
 export interface ProgressLineInit {
@@ -21,6 +22,15 @@ export interface ProgressLineInit {
   intervalMs?: number
   /** The clock, in ms. @default performance.now */
   now?: () => number
+}
+
+/**
+ * The progress line of a syncing verb, or undefined when none shows: on a terminal
+ * without --json, or anywhere with --progress.
+ */
+export function progressFor (ctx: CommandContext, flags: { progress?: boolean, json: boolean }): ProgressLine | undefined {
+  const tty = ctx.stderr.isTTY === true
+  return flags.progress === true || (!flags.json && tty) ? new ProgressLine(ctx.stderr, { tty }) : undefined
 }
 
 /** A throttled progress line on a stream (stderr). */
@@ -61,6 +71,9 @@ export class ProgressLine {
       this.#timer.unref()
     }
   }
+
+  /** The callback to hand a sync. */
+  readonly onProgress = (progress: SyncProgress): void => { this.update(progress) }
 
   /** Draws the last report (if any) as the final line and ends it. Idempotent. */
   done (): void {

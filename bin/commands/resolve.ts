@@ -25,7 +25,7 @@ export const command = defineCommand({
   options: options,
   async run ({ values, positionals }, ctx) {
     const json = values.json
-    const [input] = expectPositionals(positionals, ['DID or handle'], USAGE) as [string]
+    const [input] = expectPositionals(positionals, ['DID or handle']) as [string]
     const resolver = new AtprotoIdentityResolver(identityConfig(values, ctx.env))
     const identity = await resolver.resolve(input, { signal: ctx.signal })
     const peerId = peerIdForKey(identity.signingKey).toString()

@@ -2,9 +2,9 @@
  * `atmirror status [--json]`: asks the running daemon (through its control API) for
  * its peer id, addresses and pinned repos.
  */
-import { ControlClient } from '../../src/server/control-client.ts'
-import type { NodeStatus, PinnedRepo } from '../../src/server/control-api.ts'
-import { dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
+import type { NodeStatus, PinnedRepo } from '../../src/mirror/api.ts'
+import { openBackend } from './backend.ts'
+import { defineCommand, expectPositionals, globalOptions } from './context.ts'
 
 const USAGE = `usage: atmirror status [--data DIR] [--json]
 
@@ -15,15 +15,15 @@ export const command = defineCommand({
   usage: USAGE,
   options: globalOptions,
   async run ({ values, positionals }, ctx) {
-    expectPositionals(positionals, [], USAGE)
+    expectPositionals(positionals, [])
     const json = values.json
-    const dir = dataDir(values.data, ctx.env)
-    const client = await ControlClient.requireForDataDir(dir)
-    const status = await client.status({ signal: ctx.signal })
+    const { api, daemon } = await openBackend(values, ctx, { daemonOnly: true })
+    const status = await api.status({ signal: ctx.signal })
+    const url = daemon?.api ?? ''
     if (json) {
-      ctx.stdout.write(JSON.stringify({ ok: true, api: client.url, ...status }) + '\n')
+      ctx.stdout.write(JSON.stringify({ ok: true, api: url, ...status }) + '\n')
     } else {
-      ctx.stdout.write(formatStatus(status, client.url) + '\n')
+      ctx.stdout.write(formatStatus(status, url) + '\n')
     }
     return 0
   }

@@ -8,7 +8,7 @@ import { DataDirLockedError } from '../../src/errors.ts'
 import { createMirrorNode } from '../../src/node.ts'
 import type { StoredRepoReport } from '../../src/mirror/repair.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
-import { CommandUsageError, dataDir, defineCommand, globalOptions } from './context.ts'
+import { UsageError, dataDir, defineCommand, globalOptions } from './context.ts'
 import { identityConfig, identityOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror verify [DID-or-HANDLE] [options]
@@ -35,7 +35,7 @@ export const command = defineCommand({
   usage: USAGE,
   options,
   async run ({ values, positionals }, ctx) {
-    if (positionals.length > 1) throw new CommandUsageError(`unexpected arguments: ${positionals.slice(1).join(' ')}\n${USAGE}`)
+    if (positionals.length > 1) throw new UsageError(`unexpected arguments: ${positionals.slice(1).join(' ')}`)
     const dir = dataDir(values.data, ctx.env)
     const daemon = await ControlClient.forDataDir(dir)
     if (daemon !== undefined) throw new DataDirLockedError(dir, { pid: daemon.daemon.pid })

@@ -147,6 +147,8 @@ export function describeFetchError (err: unknown): string {
   if (e?.name === 'TimeoutError') return 'timed out'
   if (e?.name === 'BodyTooLargeError' || e?.name === 'AddressNotAllowedError' || e?.name === 'RedirectRefusedError') return e.message
   if (e?.name === 'SyntaxError') return `invalid JSON (${e.message})`
+  if (e instanceof TypeError && e.cause?.message === 'bad port') return 'fetch refuses this port (one of the ports browsers block, such as 1, 25 or 6000): use another'
+  if (e instanceof TypeError && e.cause?.code === 'ECONNREFUSED') return 'connection refused: nothing listens there'
   if (e instanceof TypeError && e.cause !== undefined) return `${e.message}: ${e.cause.code ?? e.cause.message}`
   return e?.message ?? String(err)
 }

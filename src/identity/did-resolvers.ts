@@ -55,7 +55,7 @@ export function plcResolver (init: DidResolversInit = {}): DIDResolver {
   const base = (init.plcUrl ?? DEFAULT_PLC_URL).replace(/\/+$/, '')
   return async (did: string, _parsed: ParsedDID, _resolver, options: DidResolutionOptions) => {
     if (!isPlcDid(did)) return failure('invalidDid', 'did:plc must be 24 base32 characters')
-    return await fetchDocument(did, `${base}/${did}`, init, options)
+    return await fetchDocument(did, `${base}/${did}`, init, options, 'plc')
   }
 }
 
@@ -64,7 +64,7 @@ export function webResolver (init: DidResolversInit = {}): DIDResolver {
   return async (did: string, parsed: ParsedDID, _resolver, options: DidResolutionOptions) => {
     const target = webDocumentUrl(parsed.id, init.allowHttpLocalhost === true)
     if (typeof target !== 'string') return failure('invalidDid', target.error)
-    return await fetchDocument(did, target, init, options)
+    return await fetchDocument(did, target, init, options, 'web')
   }
 }
 
@@ -96,7 +96,10 @@ export function webDocumentUrl (id: string, allowHttpLocalhost = false): string 
   return `https://${hostname}/.well-known/did.json`
 }
 
-async function fetchDocument (did: string, url: string, init: DidResolversInit, options: DidResolutionOptions): Promise<DIDResolutionResult> {
+/** How a PLC directory says a DID does not exist (`{"message":"DID not registered: did:plc:…"}`). */
+const PLC_NOT_REGISTERED = /DID not registered/
+
+async function fetchDocument (did: string, url: string, init: DidResolversInit, options: DidResolutionOptions, method: 'plc' | 'web'): Promise<DIDResolutionResult> {
   let res: Response
   try {
     res = await boundedFetch(url, { signal: options.signal, timeoutMs: init.timeoutMs, fetch: init.fetch, headers: { accept: 'application/did+ld+json, application/json' } })
@@ -106,7 +109,12 @@ async function fetchDocument (did: string, url: string, init: DidResolversInit, 
     return failure('internalError', describeFetchError(err), url, err)
   }
   if (res.status === 404) {
-    await res.body?.cancel().catch(() => {})
+    // any other server (a PDS, a web server) 404s too: only a PLC directory's own
+    // answer says the DID does not exist
+    const body = method === 'plc' ? await readTextLimited(res, 4096).catch(() => '') : await res.body?.cancel().catch(() => {})
+    if (method === 'plc' && !PLC_NOT_REGISTERED.test(body ?? '')) {
+      return failure('internalError', 'not a PLC directory: it answered 404 without "DID not registered"', url)
+    }
     return failure('notFound', 'not found', url)
   }
   if (res.status === 410) {

@@ -12,16 +12,35 @@
  * damaged one fails the export rather than landing in the CAR (give a store that
  * repairs, MirrorStore.verifiedBlocks, to have it refetched instead).
  */
-import { MissingBlockError } from '../errors.ts'
+import { MissingBlockError, RepoNotMirroredError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { writeCar } from '../repo/car.ts'
-import { cidKey, verifyBlock, type CID } from '../repo/cid.ts'
+import { CID, cidKey, verifyBlock } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { getBlocks, isPromise } from '../repo/mst/check.ts'
 import { walkMstSteps, type MstLeaf } from '../repo/mst/walk.ts'
+import { isExportable } from './status-policy.ts'
+import type { MirrorStore } from './store.ts'
 
 export interface ExportOptions {
   signal?: AbortSignal
+}
+
+/**
+ * The stored repo of `did` as a CAR (commit first); RepoNotMirroredError when
+ * nothing is stored. Garbage collection waits while the CAR is read, so a sync that
+ * advances the repo meanwhile cannot pull blocks from under it.
+ */
+export async function * exportStoredRepo (store: MirrorStore, did: string, options: ExportOptions = {}): AsyncGenerator<Uint8Array> {
+  const release = await store.beginWrite()
+  try {
+    const state = await store.getState(did)
+    if (!isExportable(state)) throw new RepoNotMirroredError(did)
+    // hash-checked reads: a damaged block is refetched (or the export fails), never exported
+    yield * exportRepoCar(store.verifiedBlocks({ did, signal: options.signal }), CID.parse(state.commit), options)
+  } finally {
+    await release()
+  }
 }
 
 /** The CAR bytes of the repo whose commit is `commit`, streamed. */

@@ -23,10 +23,10 @@
 import { randomBytes } from 'node:crypto'
 import { link, mkdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { logger } from '@libp2p/logger'
-import { DataDirLockedError } from '../errors.ts'
+import { DataDirError, DataDirLockedError } from '../errors.ts'
 
 const log = logger('atmirror:lock')
 
@@ -109,11 +109,15 @@ export function lockPath (dir: string): string {
 export async function acquireDataDirLock (dir: string, init: DataDirLockInit = {}): Promise<DataDirLock> {
   const attempts = init.attempts ?? 20
   const staleGuardMs = init.staleGuardMs ?? 10_000
-  await mkdir(dir, { recursive: true, mode: 0o700 })
+  await ensureDataDir(dir)
   const path = lockPath(dir)
   const holder = await selfHolder()
   const tmp = `${path}.${process.pid}.${holder.nonce}.tmp`
-  await writeFile(tmp, JSON.stringify(holder) + '\n', { mode: 0o600, flag: 'wx' })
+  try {
+    await writeFile(tmp, JSON.stringify(holder) + '\n', { mode: 0o600, flag: 'wx' })
+  } catch (err) {
+    throw dataDirError(dir, err)
+  }
   try {
     for (let attempt = 0; attempt < attempts; attempt++) {
       try {
@@ -135,6 +139,57 @@ export async function acquireDataDirLock (dir: string, init: DataDirLockInit = {
   } finally {
     await unlink(tmp).catch(() => {})
   }
+}
+
+/**
+ * Creates the data directory (mode 0700) and any missing parents, or checks that the
+ * path is a directory. Failures are {@link DataDirError}.
+ *
+ * @NOTE not `mkdir(dir, { recursive: true })`: on a filesystem that refuses to
+ * create anything and answers ENOENT (`/proc/x`), Node's recursive mkdir retries
+ * forever, busy, and the process ignores SIGINT/SIGTERM. Here each level is
+ * created once, at most twice.
+ */
+export async function ensureDataDir (dir: string): Promise<void> {
+  const parent = dirname(dir)
+  try {
+    await mkdir(dir, { mode: 0o700 })
+    return
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') {
+      const info = await stat(dir).catch((statErr: unknown) => { throw dataDirError(dir, statErr) })
+      if (!info.isDirectory()) throw new DataDirError(dir, 'the path names a file, not a directory', { code: 'ENOTDIR' })
+      return
+    }
+    if (code !== 'ENOENT') throw dataDirError(dir, err)
+    // the parent is there, yet the directory cannot be made: the filesystem will not have it
+    if (parent === dir || await stat(parent).then(() => true, () => false)) {
+      throw new DataDirError(dir, 'this filesystem does not allow creating it', { code }, { cause: err })
+    }
+  }
+  await ensureDataDir(parent)
+  try {
+    await mkdir(dir, { mode: 0o700 })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw dataDirError(dir, err)
+  }
+}
+
+/** A system error about the data directory, as a {@link DataDirError} that says what is wrong. */
+export function dataDirError (dir: string, err: unknown): Error {
+  if (err instanceof DataDirError || (err as Error)?.name === 'AbortError') return err as Error
+  const code = (err as NodeJS.ErrnoException)?.code
+  const reason = code === 'EACCES' || code === 'EPERM'
+    ? 'permission denied'
+    : code === 'ENOTDIR'
+      ? 'the path (or a parent) names a file, not a directory'
+      : code === 'EROFS'
+        ? 'read-only filesystem'
+        : code === 'ENOSPC'
+          ? 'no space left on the device'
+          : (err as Error)?.message ?? String(err)
+  return new DataDirError(dir, reason, { code }, { cause: err })
 }
 
 /** Reads the holder record of a lock file; undefined when there is none (or it is unreadable). */
@@ -168,6 +223,8 @@ export async function isHolderAlive (holder: LockHolder): Promise<boolean> {
     // EPERM: it exists but belongs to another user
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false
   }
+  // a killed process its parent has not reaped yet still answers kill(pid, 0)
+  if (await readProcessState(holder.pid) === 'Z') return false
   if (holder.bootId !== undefined && holder.startTime !== undefined) {
     const bootId = await readBootId()
     if (bootId !== undefined && bootId !== holder.bootId) return false // rebooted since
@@ -228,13 +285,22 @@ async function readBootId (): Promise<string | undefined> {
   }
 }
 
-async function readStartTime (pid: number): Promise<string | undefined> {
+/** Linux: the fields of `/proc/<pid>/stat` from field 3 (state) on; undefined elsewhere or when gone. */
+async function readStatFields (pid: number): Promise<string[] | undefined> {
   try {
     const text = await readFile(`/proc/${pid}/stat`, 'utf8')
     // The command name (field 2) is in parentheses and may contain spaces.
-    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ')
-    return fields[19] // field 22 overall; fields[0] is field 3
+    return text.slice(text.lastIndexOf(')') + 2).split(' ')
   } catch {
     return undefined
   }
+}
+
+async function readStartTime (pid: number): Promise<string | undefined> {
+  return (await readStatFields(pid))?.[19] // field 22 overall
+}
+
+/** `R`, `S`, … or `Z` for a zombie (dead, not yet reaped). */
+async function readProcessState (pid: number): Promise<string | undefined> {
+  return (await readStatFields(pid))?.[0]
 }

@@ -14,7 +14,6 @@
  * their blocks that no repo holds as it goes.
  */
 import { unlinkSync } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { LevelDatastore } from 'datastore-level'
@@ -23,6 +22,7 @@ import { DamagedBlockError, DataDirLockedError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { SHA2_256, cidForBytes, sha256, verifyBlock } from '../repo/cid.ts'
 import { MirrorBlockstore } from './blockstore.ts'
+import { ensureDataDir } from './lock.ts'
 import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
 import { holdsBlocks, type RepoStatus } from './status-policy.ts'
 
@@ -155,7 +155,7 @@ export class MirrorStore {
    * when another process has the datastore open.
    */
   static async open (dataDir: string, init: MirrorStoreInit = {}): Promise<MirrorStore> {
-    await mkdir(dataDir, { recursive: true, mode: 0o700 })
+    await ensureDataDir(dataDir)
     const datastore = new LevelDatastore(join(dataDir, 'datastore'))
     try {
       // opened here rather than by datastore.open(), which hides the reason

@@ -33,8 +33,7 @@ import {
   MethodNotImplementedError,
   NotPinnedError,
   PdsResponseError,
-  PdsUnavailableError,
-  RepoNotMirroredError
+  PdsUnavailableError
 } from '../errors.ts'
 import { LocalBroker } from '../blocks/local.ts'
 import { BlockFetcher } from '../blocks/fetcher.ts'
@@ -48,12 +47,11 @@ import { readCar } from '../repo/car.ts'
 import { CID, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
-import { exportRepoCar } from './export.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
 import { HoldDelta, repoHoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
-import { holdsBlocks, isExportable, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
+import { holdsBlocks, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
 
 const log = logger('atmirror:mirror:sync')
 const repoLog = logger('atmirror:repo')
@@ -88,6 +86,8 @@ export interface SyncResult {
   rollback?: { rev: string, commit: CID }
   /** Damaged or missing blocks of the stored repo refetched by the `check` of an unchanged repo. */
   repaired?: number
+  /** Where the head came from: `pds:<url>` or `peer:<peer id>`. */
+  source: string
 }
 
 /** Progress of a sync, for a terminal display. */
@@ -309,23 +309,6 @@ export class RepoSyncer {
     })
   }
 
-  /**
-   * The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is
-   * stored. Garbage collection waits while the CAR is read, so a sync that advances
-   * the repo meanwhile cannot pull blocks from under it.
-   */
-  async * exportCar (did: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Uint8Array> {
-    const release = await this.#store.beginWrite()
-    try {
-      const state = await this.#store.getState(did)
-      if (!isExportable(state)) throw new RepoNotMirroredError(did)
-      // hash-checked reads: a damaged block is refetched (or the export fails), never exported
-      yield * exportRepoCar(this.#store.verifiedBlocks({ did, signal: options.signal }), CID.parse(state.commit), options)
-    } finally {
-      await release()
-    }
-  }
-
   /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
   async verifyStored (did: string, options: VerifyStoredOptions = {}): Promise<StoredRepoReport> {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
@@ -367,7 +350,8 @@ export class RepoSyncer {
       full: false,
       fetched: { local: 0, bitswap: 0, pds: 0 },
       bytes: 0,
-      seconds: (performance.now() - started) / 1000
+      seconds: (performance.now() - started) / 1000,
+      source: head.source
     })
     if (holdsBlocks(state)) {
       const same = state.commit === head.cid.toString()
@@ -576,7 +560,8 @@ export class RepoSyncer {
         full,
         fetched,
         bytes: bytesIn,
-        seconds: (performance.now() - started) / 1000
+        seconds: (performance.now() - started) / 1000,
+        source: head.source
       }
     } catch (err) {
       if (!committed) {

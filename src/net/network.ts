@@ -41,6 +41,7 @@ import { uPnPNAT } from '@libp2p/upnp-nat'
 import { createHeliaLight, type Helia } from 'helia'
 import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, parsePeerAddress, type NetworkMode } from './addresses.ts'
+import { ListenError } from '../errors.ts'
 import { Libp2pRouter } from './routing.ts'
 import { ServingBlockstore, type BlockHolderIndex, type VerifiedBlockReader } from './serving-blockstore.ts'
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
@@ -220,7 +221,11 @@ export class MirrorNetwork {
    */
   async start (): Promise<void> {
     this.#stopping = new AbortController()
-    await this.libp2p.start()
+    try {
+      await this.libp2p.start()
+    } catch (err) {
+      throw listenError(err)
+    }
     try {
       await this.helia.start()
     } catch (err) {
@@ -363,4 +368,17 @@ export async function createNetwork (components: NetworkComponents, init: Networ
     reconnectIntervalMs: init.reconnectIntervalMs ?? 30_000,
     allowList
   })
+}
+
+/**
+ * libp2p's "some configured addresses failed to be listened on" (its
+ * `faultTolerance` advice) as a {@link ListenError} naming each address and its
+ * system reason (`EADDRINUSE`, `EADDRNOTAVAIL`, …); anything else as it was.
+ */
+function listenError (err: unknown): unknown {
+  if ((err as Error)?.name !== 'UnsupportedListenAddressesError') return err
+  const failures = [...(err as Error).message.matchAll(/^\s*(\/\S+): \w*Error: (.*)$/gm)].map(([, address, reason]) => ({ address: address as string, reason: reason as string }))
+  const code = failures.map(f => /\b(E[A-Z]+)\b/.exec(f.reason)?.[1]).find(c => c !== undefined)
+  const said = code === 'EADDRINUSE' ? 'address already in use' : code === 'EADDRNOTAVAIL' ? 'address not available on this machine' : code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : 'cannot listen'
+  return new ListenError(said, { address: failures.map(f => f.address).join(','), code }, { cause: err })
 }

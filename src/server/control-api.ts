@@ -13,16 +13,23 @@
  * | ------ | ---------------------- | ---------------------------------------------- |
  * | GET    | /v1/status             | NodeStatus                                     |
  * | GET    | /v1/pins               | { pins: PinnedRepo[] }                         |
- * | POST   | /v1/pins               | body { did } or { handle }: pins, mirrors once; PinResult |
+ * | POST   | /v1/pins[?check=1]     | body { did } or { handle }: pins, mirrors once; PinResultJson |
  * | DELETE | /v1/pins/:did          | UnpinResult                                    |
  * | GET    | /v1/repos/:did         | PinnedRepo                                     |
- * | POST   | /v1/repos/:did/sync    | SyncResultJson                                 |
+ * | POST   | /v1/repos/:did/sync[?check=1] | SyncResultJson                          |
  * | GET    | /v1/peers              | PeersResult (connected peers)                  |
  * | GET    | /v1/mirrors/:did       | MirrorsResult (who announces the DID)          |
+ * | GET    | /v1/blocks/:cid[?did=] | the block's bytes (application/vnd.ipld.raw), through the fetch chain |
+ *
+ * The types are those of {@link MirrorApi} (src/mirror/api.ts), CIDs as strings.
+ * The two syncing routes stream when asked with `Accept: application/x-ndjson`:
+ * `{"progress":…}` lines, then one `{"result":…}` or `{"error":{name,message,status}}`
+ * line ({@link StreamLine}).
  *
  * Errors are `{ error: <error name>, message }` with 400 (bad input), 401 (token),
  * 404 (not pinned / not mirrored / unknown DID or route), 405, 413, 502 (the PDS or
- * the network failed), 503 (shutting down) or 500.
+ * the network failed), 503 (shutting down) or 500. The client throws them under
+ * their own name (DaemonError), so a verb fails alike with and without a daemon.
  */
 import { randomBytes, createHash, timingSafeEqual } from 'node:crypto'
 import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises'
@@ -30,9 +37,12 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
+import type { GetBlockOptions, MirrorApi, MirrorSyncOptions, PinResult } from '../mirror/api.ts'
+import type { SyncProgress, SyncResult } from '../mirror/sync.ts'
+import { CID, parseCid } from '../repo/cid.ts'
 import {
-  BadRequestError, BlockFetchError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
-  IdentityError, InvalidIdentifierError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
+  BadRequestError, BlockFetchError, BlockNotFoundError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
+  IdentityError, InvalidIdentifierError, ListenError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
   RepoNotMirroredError, RepoVerificationError, RouteNotFoundError
 } from '../errors.ts'
 
@@ -41,51 +51,14 @@ const log = logger('atmirror:api')
 /** The default control API port. */
 export const DEFAULT_API_PORT = 5176
 
+/** The media type of streamed answers (JSON lines). */
+export const NDJSON = 'application/x-ndjson'
+
+/** Least time between two streamed progress lines of one phase. */
+const PROGRESS_INTERVAL_MS = 100
+
 /** The longest request body the API reads. */
 const MAX_BODY_BYTES = 16 * 1024
-
-/** One pinned repo as the API reports it. */
-export interface PinnedRepo {
-  did: string
-  handle?: string
-  /** Rev of the stored commit; absent until the first sync completes. */
-  rev?: string
-  /** CID of the stored commit. */
-  commit?: string
-  /** MST root of the stored commit. */
-  data?: string
-  pds?: string
-  /** The stored state's status, or `pending` before the first successful sync. */
-  status: string
-  /** ISO time the stored state last advanced or was confirmed current. */
-  syncedAt?: string
-  /** ISO time of the last sync attempt by this node, successful or not. */
-  lastCheckAt?: string
-  /** The last attempt's error, when it failed. */
-  error?: string
-  /** A sync of this repo is running now. */
-  syncing: boolean
-}
-
-/** What GET /v1/status answers. */
-export interface NodeStatus {
-  /** `running` or `stopping`. */
-  state: string
-  pid: number
-  version: string
-  dataDir: string
-  startedAt: string
-  /** Seconds between re-checks of every pinned repo; 0 when only checked at start. */
-  intervalSeconds: number
-  /** Null when the node runs without the peer-to-peer network. */
-  peerId: string | null
-  /** `public`, `private`, or null without network. */
-  network: string | null
-  addresses: string[]
-  /** Peers connected now. */
-  peers: number
-  repos: PinnedRepo[]
-}
 
 /** A sync result in JSON form (CIDs as strings). */
 export interface SyncResultJson {
@@ -98,51 +71,62 @@ export interface SyncResultJson {
   fetched: { local: number, bitswap: number, pds: number }
   bytes: number
   seconds: number
+  /** Where the head came from: `pds:<url>` or `peer:<peer id>`. */
+  source: string
   /** The PDS offered an older signed rev than the stored one (kept); see SyncResult. */
   rollback?: { rev: string, commit: string }
   /** Damaged or missing blocks refetched when an unchanged repo's stored copy was checked. */
   repaired?: number
 }
 
-export interface PinResult {
-  did: string
-  handle?: string
-  pinned: true
+/** A pin result in JSON form. */
+export interface PinResultJson extends Omit<PinResult, 'sync'> {
   sync: SyncResultJson
 }
 
-export interface UnpinResult {
-  did: string
-  pinned: false
+/**
+ * One line of a streamed answer (`Accept: application/x-ndjson` on POST /v1/pins and
+ * POST /v1/repos/:did/sync): progress lines, then one result or one error line.
+ */
+export type StreamLine<T> = { progress: SyncProgress } | { result: T } | { error: { name: string, message: string, status: number } }
+
+export function syncResultJson (result: SyncResult): SyncResultJson {
+  return {
+    did: result.did,
+    rev: result.rev,
+    commit: result.commit.toString(),
+    records: result.records,
+    changed: result.changed,
+    full: result.full,
+    fetched: { ...result.fetched },
+    bytes: result.bytes,
+    seconds: result.seconds,
+    source: result.source,
+    ...(result.repaired === undefined ? {} : { repaired: result.repaired }),
+    ...(result.rollback === undefined ? {} : { rollback: { rev: result.rollback.rev, commit: result.rollback.commit.toString() } })
+  }
 }
 
-/** GET /v1/peers: the peers the node holds connections to. */
-export interface PeersResult {
-  /** Null without the peer-to-peer network. */
-  peerId: string | null
-  peers: Array<{ peerId: string, addresses: string[], directions: string[] }>
+export function syncResultFromJson (json: SyncResultJson): SyncResult {
+  const { rollback, ...rest } = json
+  return {
+    ...rest,
+    commit: CID.parse(json.commit),
+    fetched: { ...json.fetched },
+    ...(rollback === undefined ? {} : { rollback: { rev: rollback.rev, commit: CID.parse(rollback.commit) } })
+  }
 }
 
-/** GET /v1/mirrors/:did: the peers that announce the DID (DHT rendezvous key) or are configured. */
-export interface MirrorsResult {
-  did: string
-  mirrors: Array<{ peerId: string, addresses: string[], source: string }>
+export function pinResultJson (result: PinResult): PinResultJson {
+  return { ...result, sync: syncResultJson(result.sync) }
 }
 
-/** What the control API drives; MirrorNode implements it. */
-export interface ControlApiTarget {
-  status: (options?: { signal?: AbortSignal }) => Promise<NodeStatus>
-  listPins: (options?: { signal?: AbortSignal }) => Promise<PinnedRepo[]>
-  pinAndSync: (didOrHandle: string, options?: { signal?: AbortSignal }) => Promise<PinResult>
-  unpin: (didOrHandle: string, options?: { signal?: AbortSignal }) => Promise<UnpinResult>
-  repoStatus: (did: string, options?: { signal?: AbortSignal }) => Promise<PinnedRepo>
-  syncRepo: (did: string, options?: { signal?: AbortSignal }) => Promise<SyncResultJson>
-  peers?: (options?: { signal?: AbortSignal }) => Promise<PeersResult>
-  mirrors?: (did: string, options?: { signal?: AbortSignal }) => Promise<MirrorsResult>
+export function pinResultFromJson (json: PinResultJson): PinResult {
+  return { ...json, sync: syncResultFromJson(json.sync) }
 }
 
 export interface ControlApiComponents {
-  target: ControlApiTarget
+  target: MirrorApi
 }
 
 export interface ControlApiInit {
@@ -218,7 +202,7 @@ export async function readApiToken (dataDir: string): Promise<string | undefined
 /** The HTTP status an error is answered with. */
 export function httpStatusFor (err: unknown): number {
   if (err instanceof BadRequestError || err instanceof InvalidIdentifierError) return 400
-  if (err instanceof NotPinnedError || err instanceof RepoNotMirroredError || err instanceof DidNotFoundError ||
+  if (err instanceof NotPinnedError || err instanceof RepoNotMirroredError || err instanceof DidNotFoundError || err instanceof BlockNotFoundError ||
     err instanceof HandleNotFoundError || err instanceof RouteNotFoundError) return 404
   if (err instanceof MethodNotAllowedError) return 405
   if (err instanceof PayloadTooLargeError) return 413
@@ -232,7 +216,7 @@ export function httpStatusFor (err: unknown): number {
 
 /** The control API server. */
 export class ControlApi {
-  readonly #target: ControlApiTarget
+  readonly #target: MirrorApi
   readonly #dataDir: string
   readonly #port: number
   readonly #host: string
@@ -271,9 +255,13 @@ export class ControlApi {
     server.requestTimeout = 60_000
     server.headersTimeout = 30_000
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
+      const fail = (err: NodeJS.ErrnoException): void => {
+        const reason = err.code === 'EADDRINUSE' ? 'address already in use' : err.code === 'EADDRNOTAVAIL' ? 'address not available on this machine' : err.message
+        reject(new ListenError(reason, { address: `${this.#host}:${this.#port} (control API)`, code: err.code }, { cause: err }))
+      }
+      server.once('error', fail)
       server.listen(this.#port, this.#host, () => {
-        server.off('error', reject)
+        server.off('error', fail)
         resolve()
       })
     })
@@ -305,8 +293,10 @@ export class ControlApi {
         send(res, 401, { error: 'Unauthorized', message: `missing or wrong bearer token (see ${apiTokenPath(this.#dataDir)})` })
         return
       }
-      const body = await this.#route(req)
-      send(res, 200, body)
+      const answer = await this.#route(req)
+      if (answer instanceof Uint8Array) sendBytes(res, answer)
+      else if (answer instanceof Streamed) await stream(res, answer.run, req)
+      else send(res, 200, answer)
     } catch (err) {
       const status = httpStatusFor(err)
       const e = err instanceof Error ? err : new Error(String(err))
@@ -324,6 +314,7 @@ export class ControlApi {
     return timingSafeEqual(digest(match[1] as string), this.#token)
   }
 
+  /** A JSON body, block bytes, or (NDJSON requested) a sync to stream. */
   async #route (req: IncomingMessage): Promise<unknown> {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const parts = url.pathname.split('/').filter(part => part !== '').map(part => {
@@ -335,6 +326,14 @@ export class ControlApi {
     })
     const method = req.method ?? 'GET'
     const signal = this.#stopping.signal
+    const streamed = (req.headers.accept ?? '').includes(NDJSON)
+    /** The sync's answer: at once as JSON, or later, streamed with its progress. */
+    // ?check=1: an unchanged repo's stored copy is checked and repaired (MirrorSyncOptions.check)
+    const check = url.searchParams.get('check') === '1'
+    const syncAnswer = async <T>(run: (options: MirrorSyncOptions) => Promise<T>, toJson: (value: T) => unknown): Promise<unknown> => {
+      if (!streamed) return toJson(await run({ signal, check }))
+      return new Streamed(async (onProgress) => toJson(await run({ signal, check, onProgress })))
+    }
     if (parts[0] !== 'v1') throw new RouteNotFoundError(url.pathname)
     const [, resource, id, action] = parts
 
@@ -345,8 +344,8 @@ export class ControlApi {
     if (resource === 'pins' && id === undefined) {
       allow(method, ['GET', 'POST'])
       if (method === 'GET') return { pins: await this.#target.listPins({ signal }) }
-      const body = await readJson(req)
-      return await this.#target.pinAndSync(identifierFromBody(body), { signal })
+      const target = identifierFromBody(await readJson(req))
+      return await syncAnswer(async (options) => await this.#target.pin(target, options), pinResultJson)
     }
     if (resource === 'pins' && id !== undefined && action === undefined) {
       allow(method, ['DELETE'])
@@ -354,21 +353,42 @@ export class ControlApi {
     }
     if (resource === 'repos' && id !== undefined && action === undefined) {
       allow(method, ['GET'])
-      return await this.#target.repoStatus(id, { signal })
+      return await this.#target.repo(id, { signal })
     }
     if (resource === 'repos' && id !== undefined && action === 'sync' && parts.length === 4) {
       allow(method, ['POST'])
-      return await this.#target.syncRepo(id, { signal })
+      return await syncAnswer(async (options) => await this.#target.sync(id, options), syncResultJson)
     }
-    if (resource === 'peers' && id === undefined && this.#target.peers !== undefined) {
+    if (resource === 'peers' && id === undefined) {
       allow(method, ['GET'])
       return await this.#target.peers({ signal })
     }
-    if (resource === 'mirrors' && id !== undefined && action === undefined && this.#target.mirrors !== undefined) {
+    if (resource === 'mirrors' && id !== undefined && action === undefined) {
       allow(method, ['GET'])
       return await this.#target.mirrors(id, { signal })
     }
+    if (resource === 'blocks' && id !== undefined && action === undefined) {
+      allow(method, ['GET'])
+      let cid: CID
+      try {
+        cid = parseCid(id)
+      } catch (err) {
+        throw new BadRequestError('not a CID', { cid: JSON.stringify(id) }, { cause: err })
+      }
+      const options: GetBlockOptions = { signal }
+      const did = url.searchParams.get('did')
+      if (did !== null) options.did = did
+      return await this.#target.getBlock(cid, options)
+    }
     throw new RouteNotFoundError(url.pathname)
+  }
+}
+
+/** A route's answer that is streamed as the work goes on. */
+class Streamed {
+  readonly run: (onProgress: (progress: SyncProgress) => void) => Promise<unknown>
+  constructor (run: Streamed['run']) {
+    this.run = run
   }
 }
 
@@ -406,6 +426,44 @@ async function readJson (req: IncomingMessage): Promise<unknown> {
   } catch {
     throw new BadRequestError('request body is not valid JSON')
   }
+}
+
+function sendBytes (res: ServerResponse, bytes: Uint8Array): void {
+  res.writeHead(200, {
+    'content-type': 'application/vnd.ipld.raw',
+    'content-length': bytes.byteLength,
+    'cache-control': 'no-store'
+  })
+  res.end(bytes)
+}
+
+/**
+ * Streams a sync: its progress as it goes (at most one line per
+ * {@link PROGRESS_INTERVAL_MS}, and on every phase change), then the result or the
+ * error, each a JSON line ({@link StreamLine}). The status is 200 once streaming
+ * starts; an error is the last line.
+ */
+async function stream (res: ServerResponse, run: (onProgress: (p: SyncProgress) => void) => Promise<unknown>, req: IncomingMessage): Promise<void> {
+  res.writeHead(200, { 'content-type': `${NDJSON}; charset=utf-8`, 'cache-control': 'no-store' })
+  const write = (line: StreamLine<unknown>): void => { res.write(JSON.stringify(line) + '\n') }
+  let last = 0
+  let phase = ''
+  try {
+    const result = await run((progress) => {
+      const now = performance.now()
+      if (progress.phase === phase && now - last < PROGRESS_INTERVAL_MS) return
+      phase = progress.phase
+      last = now
+      write({ progress })
+    })
+    write({ result })
+  } catch (err) {
+    const e = err instanceof Error ? err : new Error(String(err))
+    const status = httpStatusFor(e)
+    if (status >= 500) log.error('%s %s failed - %e', req.method, req.url, e)
+    write({ error: { name: e.name, message: e.message, status } })
+  }
+  res.end()
 }
 
 function send (res: ServerResponse, status: number, body: unknown): void {

@@ -7,7 +7,7 @@
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DaemonInfoError } from '../errors.ts'
-import { isHolderAlive, lockPath, readHolder } from '../mirror/lock.ts'
+import { dataDirError, isHolderAlive, lockPath, readHolder } from '../mirror/lock.ts'
 
 export interface DaemonInfo {
   pid: number
@@ -61,7 +61,7 @@ export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | und
     text = await readFile(path, 'utf8')
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw err
+    throw dataDirError(dataDir, err)
   }
   let info: unknown
   try {
@@ -95,6 +95,16 @@ function isHttpUrl (text: string): boolean {
  * with no live holder is ignored
  */
 export async function findRunningDaemon (dataDir: string): Promise<DaemonInfo | undefined> {
+  return (await inspectDaemon(dataDir)).running
+}
+
+/**
+ * What daemon.json says: a daemon that runs now (`running`), or one that is gone
+ * and left the file behind (`stale`: killed, or its machine lost power).
+ *
+ * @throws DaemonInfoError as {@link findRunningDaemon}
+ */
+export async function inspectDaemon (dataDir: string): Promise<{ running?: DaemonInfo, stale?: DaemonInfo }> {
   let info: DaemonInfo | undefined
   let malformed: DaemonInfoError | undefined
   try {
@@ -103,9 +113,12 @@ export async function findRunningDaemon (dataDir: string): Promise<DaemonInfo | 
     if (!(err instanceof DaemonInfoError)) throw err
     malformed = err
   }
-  if (info === undefined && malformed === undefined) return undefined
+  if (info === undefined && malformed === undefined) return {}
   const holder = await readHolder(lockPath(dataDir))
-  if (holder === undefined || !await isHolderAlive(holder)) return undefined
-  if (malformed !== undefined) throw malformed
-  return holder.pid === info?.pid ? info : undefined
+  const alive = holder !== undefined && await isHolderAlive(holder)
+  if (malformed !== undefined) {
+    if (alive) throw malformed
+    return {}
+  }
+  return alive && holder?.pid === info?.pid ? { running: info } : { stale: info }
 }

@@ -58,7 +58,7 @@ describe('one identity per sync, on a running node (real PLC and PDS)', () => {
   it('after the signing key rotates, the next sync succeeds at the first attempt and keeps its one download', async () => {
     const account = await net.createAccount('rotate')
     await net.writeRecords(account, posts(20, 'before'))
-    await node.pinAndSync(account.did)
+    await node.pin(account.did)
     const oldKey = (await node.identity.resolve(account.did)).didKey
 
     const rotated = await net.rotateSigningKey(account)
@@ -82,7 +82,7 @@ describe('one identity per sync, on a running node (real PLC and PDS)', () => {
   it('once it has seen a rotation, the node refuses a commit signed by the rotated-out key', async () => {
     const account = await net.createAccount('revoked')
     await net.writeRecords(account, posts(5, 'before'))
-    await node.pinAndSync(account.did)
+    await node.pin(account.did)
     const { keyLocation } = await net.pds!.ctx.actorStore.getLocation(account.did)
     const oldKeyFile = await readFile(keyLocation)
 
@@ -100,7 +100,7 @@ describe('one identity per sync, on a running node (real PLC and PDS)', () => {
   it('after the account moves to another PDS, the next sync asks only the new host', async () => {
     const account = await net.createAccount('move')
     await net.writeRecords(account, posts(20, 'old host'))
-    await node.pinAndSync(account.did)
+    await node.pin(account.did)
     const second = await net.addPds()
     await net.migrateAccount(account, second)
     const written = await net.writeRecords(account, posts(3, 'new host'))

@@ -75,8 +75,8 @@ describe('slow-drip hosts', () => {
     dripGetRepo()
     const node = await startNode('starved', true)
     try {
-      await node.pinAndSync(healthyV1.did)
-      for (const version of dripping.slice(0, 4)) await node.pin(version.did)
+      await node.pin(healthyV1.did)
+      for (const version of dripping.slice(0, 4)) await node.addPin(version.did)
       const dripsBefore = drips.length
       await node.start()
       // every slot is taken by a dripping download
@@ -107,7 +107,7 @@ describe('slow-drip hosts', () => {
     const node = await startNode('unpin', false)
     const version = dripping[4] as RepoVersion
     try {
-      await node.pin(version.did)
+      await node.addPin(version.did)
       const syncing = node.sync(version.did).then(() => 'synced', (err: Error) => err.name)
       await until('the dripping download to start', () => drips.some(d => d.did === version.did && d.sent > 0))
       const download = drips.find(d => d.did === version.did) as Drip

@@ -20,6 +20,7 @@ import type { CID } from '../../src/repo/cid.ts'
 import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
 import { storedBlocks } from '../helpers/blocks.ts'
 import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
+import { exportStoredRepo } from '../../src/mirror/export.ts'
 
 /** The policy, row by row: blocks kept, served to peers, exportable. */
 const TABLE: Record<RepoStatus, { store: boolean, serve: boolean, export: boolean }> = {
@@ -111,7 +112,7 @@ describe('every path asks the status policy', () => {
       // export
       const exporting = (async () => {
         let bytes = 0
-        for await (const chunk of syncer.exportCar(v1.did)) bytes += chunk.byteLength
+        for await (const chunk of exportStoredRepo(store, v1.did)) bytes += chunk.byteLength
         return bytes
       })()
       if (rules.export) assert.ok(await exporting > 0)

@@ -11,11 +11,12 @@ import { after, before, describe, it } from 'node:test'
 import { createCommandContext } from '../../bin/commands/context.ts'
 import { command as status } from '../../bin/commands/status.ts'
 import { acquireDataDirLock } from '../../src/mirror/lock.ts'
-import { ControlApi, apiTokenPath, type ControlApiTarget } from '../../src/server/control-api.ts'
+import type { MirrorApi } from '../../src/mirror/api.ts'
+import { ControlApi, apiTokenPath } from '../../src/server/control-api.ts'
 import { daemonInfoPath, findRunningDaemon } from '../../src/server/daemon-info.ts'
 
 /** Never called: these tests only start and stop the API. */
-const target = {} as unknown as ControlApiTarget
+const target = {} as unknown as MirrorApi
 
 async function startApi (dir: string): Promise<string> {
   const api = new ControlApi({ target }, { dataDir: dir, port: 0 })
