@@ -581,6 +581,15 @@ export class DaemonInfoError extends MirrorError {
   }
 }
 
+/** The stored repo has no record at this path. */
+export class RecordNotFoundError extends MirrorError {
+  readonly uri: string
+  constructor (uri: string, init: { rev?: string } = {}) {
+    super('record not found in the stored repo', { uri, rev: init.rev })
+    this.uri = uri
+  }
+}
+
 /** A control API request failed (daemon down, 401, bad answer). */
 export class ControlApiError extends MirrorError {
   readonly url?: string

@@ -7,13 +7,13 @@
  */
 import { createReadStream } from 'node:fs'
 import { logger } from '@libp2p/logger'
-import { once } from 'node:events'
 import { loadCar, verifyRepoCar, type RepoCarSummary } from '../../src/repo/verify.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { parseDidKey, formatDidKey, type PublicKey } from '../../src/repo/keys.ts'
 import { walkMstBatches } from '../../src/repo/mst/walk.ts'
 import { CarParseError, MissingBlockError } from '../../src/errors.ts'
 import { type CommandContext, UsageError, defineCommand, globalOptions } from './context.ts'
+import { LineWriter } from './line-writer.ts'
 import { identityConfig, identityOptions, type IdentityConfig } from './node-options.ts'
 
 const USAGE = `usage:
@@ -145,49 +145,4 @@ async function list (file: string, flags: { json: boolean }, ctx: CommandContext
   if (flags.json) await out.write(first ? '[]' : ']')
   await out.end()
   return 0
-}
-
-/**
- * Batches lines into larger writes and waits for 'drain' so output never piles up
- * in memory. A reader that goes away (`| head`) ends the listing quietly.
- */
-class LineWriter {
-  readonly #stream: NodeJS.WritableStream
-  #buffer = ''
-  #error: NodeJS.ErrnoException | undefined
-  readonly #onError = (err: NodeJS.ErrnoException): void => { this.#error ??= err }
-
-  constructor (stream: NodeJS.WritableStream) {
-    this.#stream = stream
-    stream.on('error', this.#onError)
-  }
-
-  /** False once the reader is gone: stop producing lines. */
-  get open (): boolean {
-    return this.#error === undefined
-  }
-
-  async write (line: string): Promise<void> {
-    this.#buffer += line + '\n'
-    if (this.#buffer.length >= 64 * 1024) await this.flush()
-  }
-
-  async flush (): Promise<void> {
-    if (this.#buffer === '' || this.#error !== undefined) return
-    const ok = this.#stream.write(this.#buffer)
-    this.#buffer = ''
-    if (!ok) {
-      try {
-        await once(this.#stream, 'drain')
-      } catch (err) {
-        this.#onError(err as NodeJS.ErrnoException)
-      }
-    }
-  }
-
-  async end (): Promise<void> {
-    await this.flush()
-    this.#stream.off('error', this.#onError)
-    if (this.#error !== undefined && this.#error.code !== 'EPIPE') throw this.#error
-  }
 }

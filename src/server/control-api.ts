@@ -39,7 +39,7 @@ import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import type { GetBlockOptions, MirrorApi, MirrorSyncOptions, PinResult } from '../mirror/api.ts'
 import type { SyncProgress, SyncResult } from '../mirror/sync.ts'
-import { CID, parseCid } from '../repo/cid.ts'
+import { CID } from 'multiformats/cid'
 import {
   BadRequestError, BlockFetchError, BlockNotFoundError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
   IdentityError, InvalidIdentifierError, ListenError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
@@ -371,7 +371,7 @@ export class ControlApi {
       allow(method, ['GET'])
       let cid: CID
       try {
-        cid = parseCid(id)
+        cid = CID.parse(id)
       } catch (err) {
         throw new BadRequestError('not a CID', { cid: JSON.stringify(id) }, { cause: err })
       }

@@ -9,7 +9,7 @@ import { request as httpRequest } from 'node:http'
 import { ControlApiError, DaemonError } from '../errors.ts'
 import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, MirrorsResult, NodeStatus, PeersResult, PinResult, PinnedRepo, UnpinResult } from '../mirror/api.ts'
 import type { SyncResult } from '../mirror/sync.ts'
-import type { CID } from '../repo/cid.ts'
+import type { CID } from 'multiformats/cid'
 import {
   NDJSON, pinResultFromJson, readApiToken, syncResultFromJson, type PinResultJson, type StreamLine, type SyncResultJson
 } from './control-api.ts'
