@@ -81,7 +81,7 @@ describe('malformed daemon.json', () => {
         await assert.rejects(findRunningDaemon(dir), { name: 'DaemonInfoError' })
         const run = await runStatus(dir)
         assert.equal(run.code, 1)
-        assert.match(run.stderr, /^error: DaemonInfoError: daemon\.json is malformed: .+; path=/)
+        assert.match(run.stderr, /^error: daemon\.json is malformed: .+; path=.* \(DaemonInfoError\)\n/)
         assert.doesNotMatch(run.stderr, /TypeError/)
       } finally {
         await lock.release()
@@ -94,6 +94,6 @@ describe('malformed daemon.json', () => {
     assert.equal(await findRunningDaemon(dir), undefined)
     const run = await runStatus(dir)
     assert.equal(run.code, 1)
-    assert.match(run.stderr, /ControlApiError: no daemon is running/)
+    assert.match(run.stderr, /^error: no daemon is running on .* \(ControlApiError\)\n/)
   })
 })
