@@ -581,6 +581,15 @@ export class DaemonInfoError extends MirrorError {
   }
 }
 
+/** A setting from a config file or the environment is wrong (unknown key, wrong type). */
+export class ConfigError extends MirrorError {
+  readonly path?: string
+  constructor (message: string, init: { path?: string } = {}, options?: AtmirrorErrorOptions) {
+    super(message, { path: init.path }, options)
+    this.path = init.path
+  }
+}
+
 /** The stored repo has no record at this path. */
 export class RecordNotFoundError extends MirrorError {
   readonly uri: string

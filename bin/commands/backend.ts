@@ -2,14 +2,18 @@
  * Where a verb's work happens, decided in this one place: the daemon running on the
  * data directory (through its control API), or, when none runs, a node opened here
  * on the data directory (taking its lock; no control API, no scheduler, and no
- * peer-to-peer network unless the verb asks for one). Both are a {@link MirrorApi}
+ * peer-to-peer network unless the verb asks for one; `plc` and `handle-resolver`
+ * from the flags, the environment or `<data>/config.json`, as the daemon takes
+ * them). Both are a {@link MirrorApi}
  * with the same operations, types and errors, so a verb behaves the same either way.
  */
 import type { MirrorApi } from '../../src/mirror/api.ts'
 import type { MirrorNode, MirrorNodeInit } from '../../src/node.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import type { DaemonInfo } from '../../src/server/daemon-info.ts'
+import { applySettings, configPath, readConfig } from './config.ts'
 import { dataDir, type CommandContext } from './context.ts'
+import { daemonOptions } from './daemon-options.ts'
 import { identityConfig } from './node-options.ts'
 
 export interface Backend {
@@ -60,10 +64,13 @@ export async function openBackend (values: BackendValues, ctx: CommandContext, i
     }
     return { api: found.client, dir, daemon: found.daemon, close: async () => {} }
   }
+  // the identity settings as the daemon would take them: flag > environment > config file
+  const config = await readConfig(configPath(undefined, ctx.env, dir), daemonOptions)
+  const { values: identity } = applySettings(values, ['plc', 'handle-resolver'], daemonOptions, ctx.env, config)
   const { createMirrorNode } = await import('../../src/node.ts')
   const node = await createMirrorNode({
     dataDir: dir,
-    ...identityConfig(values, ctx.env),
+    ...identityConfig(identity, ctx.env),
     network: false,
     api: false,
     checkOnStart: false,

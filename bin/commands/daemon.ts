@@ -5,8 +5,10 @@ import { once } from 'node:events'
 import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT, syncResultJson } from '../../src/server/control-api.ts'
-import { UsageError, dataDir, defineCommand, expectPositionals, globalOptions } from './context.ts'
-import { formatSync, identityConfig, identityOptions, integerFlag } from './node-options.ts'
+import { UsageError, dataDir, defineCommand, expectPositionals } from './context.ts'
+import { applySettings, configPath, readConfig } from './config.ts'
+import { daemonOptions, daemonSettings } from './daemon-options.ts'
+import { formatSync, identityConfig, integerFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
 
@@ -44,34 +46,28 @@ options:
   --offline               no peer-to-peer network at all (no libp2p); repos still sync from their PDS
   --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
   --handle-resolver URL   resolve handles through this XRPC service (ATMIRROR_HANDLE_RESOLVER)
-  --json                  print the startup info and events as JSON lines`
+  --config FILE           settings file (ATMIRROR_CONFIG; default <data>/config.json)
+  --json                  print the startup info and events as JSON lines, each
+                          with "time"
 
-const options = {
-  ...globalOptions,
-  ...identityOptions,
-  api: { type: 'string' },
-  'api-host': { type: 'string' },
-  interval: { type: 'string' },
-  concurrency: { type: 'string' },
-  'max-repo-blocks': { type: 'string' },
-  'max-repo-mb': { type: 'string' },
-  private: { type: 'boolean', default: false },
-  listen: { type: 'string', multiple: true },
-  bootstrap: { type: 'string', multiple: true },
-  announce: { type: 'string', multiple: true },
-  'allow-dial': { type: 'string', multiple: true },
-  peer: { type: 'string', multiple: true },
-  provide: { type: 'string' },
-  'no-upnp': { type: 'boolean', default: false },
-  offline: { type: 'boolean', default: false }
-} as const
+Every option above also comes from ATMIRROR_<OPTION> (e.g. ATMIRROR_LISTEN, comma-
+separated for repeatable ones) and from the config file, a JSON object keyed by the
+option names ({"private": true, "listen": ["/ip4/0.0.0.0/tcp/4001"]}). A flag wins
+over the environment, which wins over the file. See docs/CONFIGURATION.md.`
+
+const options = daemonOptions
 
 export const command = defineCommand({
   usage: USAGE,
   options: options,
-  async run ({ values, positionals }, ctx) {
+  async run ({ values: flags, positionals }, ctx) {
     expectPositionals(positionals, [])
-    const json = values.json
+    const json = flags.json
+    // flag > environment > config file > default (config.ts)
+    const file = configPath(flags.config, ctx.env, dataDir(flags.data, ctx.env))
+    const config = await readConfig(file, options)
+    const dir = flags.data ?? (ctx.env.ATMIRROR_DATA === '' ? undefined : ctx.env.ATMIRROR_DATA) ?? (file.required && typeof config.data === 'string' ? config.data : undefined)
+    const { values } = applySettings(flags, daemonSettings, options, ctx.env, config, file.path)
     const networkFlags = ['listen', 'bootstrap', 'announce', 'allow-dial', 'peer', 'provide'] as const
     if (values.offline) {
       for (const flag of networkFlags) {
@@ -85,7 +81,7 @@ export const command = defineCommand({
     if (provide !== 'heads' && provide !== 'all') throw new UsageError(`--provide must be heads or all, got ${JSON.stringify(provide)}`)
 
     const init: MirrorNodeInit = {
-      dataDir: dataDir(values.data, ctx.env),
+      dataDir: dataDir(dir, ctx.env),
       ...identityConfig(values, ctx.env),
       api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
