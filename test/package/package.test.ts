@@ -144,8 +144,8 @@ describe('the packed package, installed with --omit=dev', () => {
       await createMirrorNode({ api: false })
       // @ts-expect-error the network mode is 'public' or 'private'
       await createMirrorNode({ dataDir: '.', network: { mode: 'mesh' } })
-      // @ts-expect-error pinAndSync takes a DID or handle
-      await node.pinAndSync(42)
+      // @ts-expect-error pin takes a DID or handle
+      await node.pin(42)
     `)
     await writeFile(join(app, 'tsconfig.json'), JSON.stringify({
       compilerOptions: {
