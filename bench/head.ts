@@ -70,7 +70,7 @@ async function main (): Promise<void> {
       value: { text: `post ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i)).toISOString() }
     }))
     await net.writeRecords(account, records)
-    await node.pinAndSync(account.did)
+    await node.pin(account.did)
     const pds = new PdsHeadResolver({ identity: node.identity })
 
     const round: number[] = []

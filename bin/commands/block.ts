@@ -11,9 +11,8 @@
  */
 import { join } from 'node:path'
 import { BlockNotFoundError } from '../../src/errors.ts'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
+import { readBlockFile } from '../../src/mirror/block-file.ts'
 import { parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
-import { openBackend } from './backend.ts'
 import { UsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
 import { identityOptions } from './node-options.ts'
 
@@ -52,13 +51,14 @@ export const command = defineCommand({
     if (text === undefined || rest.length > 0) throw new UsageError('block get takes one CID')
     if (values.offline && values.did !== undefined) throw new UsageError('--did asks the PDS, --offline forbids it: pick one')
     const cid = parseCid(text)
-    const blockstore = new MirrorBlockstore(join(dataDir(values.data, ctx.env), 'blocks')) // read only: never opened
-    const local = blockstore.getBytesSync(cid)
+    const local = readBlockFile(join(dataDir(values.data, ctx.env), 'blocks'), cid) // read only: the store is never opened
     if (local !== undefined) {
       verifyBlock(cid, local)
       return print(cid, local, values.json, ctx)
     }
     if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
+    // loaded only past the local read: a stored block is printed without them
+    const { openBackend } = await import('./backend.ts')
     const backend = await openBackend(values, ctx)
     try {
       if (backend.daemon === undefined && values.did === undefined) {
