@@ -51,6 +51,11 @@ function heightOne (key: string): boolean {
   return (first & 0xc0) === 0 && (first & 0x30) !== 0
 }
 
+/** Whether `key` has MST height 0: its SHA-256 does not start with a zero 2-bit pair. */
+function heightZero (key: string): boolean {
+  return (createHash('sha256').update(key).digest()[0] & 0xc0) !== 0
+}
+
 /** Two keys of height 1 starting with `prefix`, in order. */
 function twoKeys (prefix: string): string[] {
   const found: string[] = []
@@ -74,4 +79,24 @@ export function hostileRepo (depth: number): HostileRepo {
   }
   const commit = put(blocks, { did: DID, version: 3, data: top, rev: '3l3qo2vutsw2b', prev: null, sig: new Uint8Array(64) })
   return { did: DID, commit, data: top, blocks, shared }
+}
+
+/**
+ * The smallest tree with a node linked twice that passes every check at the
+ * node's first place: a root with one height-1 key whose left and right subtree
+ * are the same leaf node, holding one height-0 key below the root's. Only the
+ * second place (keys after the root's) is wrong for it.
+ */
+export function linkedTwice (): { blocks: Array<{ cid: CID, bytes: Uint8Array }>, root: CID, shared: CID } {
+  const blocks: HostileRepo['blocks'] = []
+  const record = put(blocks, { $type: 'app.bsky.feed.post', text: 'twice', createdAt: '2024-01-01T00:00:00.000Z' })
+  const [top] = twoKeys('app.bsky.feed.post/m')
+  let low = ''
+  for (let n = 0; low === ''; n++) {
+    const key = `app.bsky.feed.post/a${n.toString().padStart(4, '0')}`
+    if (heightZero(key)) low = key
+  }
+  const shared = node(blocks, null, [low], record, null)
+  const root = node(blocks, shared, [top], record, shared)
+  return { blocks, root, shared }
 }

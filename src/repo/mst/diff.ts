@@ -11,7 +11,7 @@
  * created nodes and those of the deleted nodes.
  *
  * Each tree is read through its own {@link MstTraversal} (./traverse.ts), which
- * checks and places every node and refuses one reached twice; only the order
+ * checks, places and remembers every node and refuses one reached twice; only the order
  * is the diff's own: both trees in step, layer by layer, so that a subtree
  * common to both is seen at the same layer and never entered.
  * {@link proofNodesFor} is a key search along one path, not a traversal.
@@ -87,8 +87,10 @@ export async function diffMst (store: ReadonlyBlockStore, before: CID | null, af
   const newValues = new Map<string, CID>()
   const oldValues = new Map<string, CID>()
   const newNodes = new Map<string, MstNode>()
-  // one traversal per tree: each side's nodes are checked and placed by it
-  const traversals = [before, after].map(root => root === null ? undefined : new MstTraversal(root, { maxNodeEntries }))
+  // one traversal per tree: each side's nodes are checked and placed by it, and
+  // remembered: a subtree common to both trees is placed but never entered, so
+  // its checks cannot catch it being linked twice
+  const traversals = [before, after].map(root => root === null ? undefined : new MstTraversal(root, { maxNodeEntries, remember: true }))
   // levels[side][layer]: nodes of that side waiting at that layer
   const levels: [Pending[][], Pending[][]] = [[], []]
 

@@ -8,22 +8,27 @@
  * - decoding a node and, unless `check: false`, checking it against its place
  *   (layer, key range, root rules; see ./check.ts);
  * - the places of a node's subtrees, named once, in key order;
- * - a node reached twice. A canonical tree reaches each node once (a node's
- *   keys fix its range, and ranges of different places are disjoint), so a
- *   second link to a node is a DAG posing as a tree: {@link MstInvalidError},
- *   before a consumer walks (or counts, or exports) the shared subtree again,
- *   which nested repeats would make exponential;
+ * - a node reached twice. A tree reaches each node once, so a second link to a
+ *   node is a DAG posing as a tree: {@link MstInvalidError}, before a consumer
+ *   walks (or counts, or exports) the shared subtree again, which nested repeats
+ *   would make exponential. Without checks the traversal remembers every node it
+ *   places. With checks it need not, and by default does not (verification is
+ *   the hot path): places at one layer have disjoint key ranges (each node
+ *   splits its own range among its subtrees), so a node with keys fails its key
+ *   range or height check at its second place, and an entry-less one passes the
+ *   repeat on to its only subtree, one layer down, until a node with keys
+ *   fails. A caller that leaves placed subtrees unentered (the diff) asks for
+ *   `remember` as well;
  * - a node the store lacks: {@link MissingBlockError} naming its place, or,
  *   with `onMissing: 'skip'`, reported and its subtree left out.
  *
- * Nodes are remembered by CID for the whole traversal, so memory grows with the
- * number of nodes entered or named (about a quarter of the records), never with
- * the records. Records are the consumer's business: the same record CID may
+ * Remembered nodes are kept for the whole traversal, so memory grows with
+ * the number of nodes placed (about a quarter of the records), never with the
+ * records. Records are the consumer's business: the same record CID may
  * legitimately sit under two keys.
  */
 import type { CID } from 'multiformats/cid'
 import { MissingBlockError, MstInvalidError } from '../../errors.ts'
-import { cidKey } from '../cid.ts'
 import type { RepoLogger } from '../log.ts'
 import { DEFAULT_MAX_NODE_ENTRIES, checkNode, rootLayer } from './check.ts'
 import { keyHeight } from './key.ts'
@@ -68,6 +73,15 @@ export interface MstTraversalInit {
    * @default true
    */
   check?: boolean
+  /**
+   * Remember every node placed, so a node reached twice is refused where it is
+   * placed. Needed where checks cannot see a repeat: without checks, or where the
+   * caller leaves placed subtrees unentered (the diff skips subtrees common to
+   * both trees).
+   *
+   * @default true without `check`, false with it
+   */
+  remember?: boolean
   /** Most entries a node may hold (checked with `check`). @default 1024 */
   maxNodeEntries?: number
   /**
@@ -96,8 +110,12 @@ export class MstTraversal {
   readonly #skip: boolean
   readonly #onMissingNode?: (missing: MissingMstNode) => void
   readonly #log?: RepoLogger
-  /** Every node placed so far, by {@link cidKey}. */
-  readonly #placed = new Set<string>()
+  /**
+   * With `remember`: every node placed so far, by the first four bytes of its
+   * digest (a small integer hashes far faster than a string of the CID); CIDs
+   * that share them are told apart exactly.
+   */
+  readonly #placed: Map<number, CID | CID[]> | undefined
   #entered = 0
 
   constructor (root: CID, init: MstTraversalInit = {}) {
@@ -107,7 +125,10 @@ export class MstTraversal {
     this.#onMissingNode = init.onMissingNode
     this.#log = init.log
     this.root = { cid: root, layer: -1, depth: 0, after: null, before: null, parent: null }
-    this.#placed.add(cidKey(root))
+    if (init.remember ?? !this.#check) {
+      this.#placed = new Map()
+      this.#firstTime(root)
+    }
   }
 
   /** Nodes entered so far. */
@@ -157,12 +178,30 @@ export class MstTraversal {
     this.#onMissingNode?.(place)
   }
 
+  /** Remembers `cid`; false when it was placed before. */
+  #firstTime (cid: CID): boolean {
+    const placed = this.#placed as Map<number, CID | CID[]>
+    const d = cid.multihash.digest
+    const key = d[0] | (d[1] << 8) | (d[2] << 16) | (d[3] << 24)
+    const found = placed.get(key)
+    if (found === undefined) {
+      placed.set(key, cid)
+      return true
+    }
+    if (Array.isArray(found)) {
+      for (const other of found) if (other.equals(cid)) return false
+      found.push(cid)
+      return true
+    }
+    if (found.equals(cid)) return false
+    placed.set(key, [found, cid])
+    return true
+  }
+
   #place (cid: CID, parent: MstPlace, after: string | null, before: string | null): MstPlace {
-    const key = cidKey(cid)
-    if (this.#placed.has(key)) {
+    if (this.#placed !== undefined && !this.#firstTime(cid)) {
       throw new MstInvalidError(`node ${cid.toString()} reached twice (linked again from ${parent.cid.toString()})`, { cid, rpath: after ?? before ?? undefined })
     }
-    this.#placed.add(key)
     return { cid, layer: parent.layer - 1, depth: parent.depth + 1, after, before, parent: parent.cid }
   }
 }

@@ -12,7 +12,7 @@ import { buildMst } from '../../../src/repo/mst/build.ts'
 import { diffMst } from '../../../src/repo/mst/diff.ts'
 import { MstTraversal, type MstPlace, type MstVisit } from '../../../src/repo/mst/traverse.ts'
 import { missingMstBlocks, walkMst, walkMstSteps } from '../../../src/repo/mst/walk.ts'
-import { hostileRepo } from '../../helpers/hostile-mst.ts'
+import { hostileRepo, linkedTwice } from '../../helpers/hostile-mst.ts'
 
 const record = (n: number): CID => cidForBytes(dagCbor.encode({ n }))
 const keys = Array.from({ length: 400 }, (_, i) => `app.bsky.feed.post/${(i * 7919).toString(36).padStart(6, '0')}`).sort()
@@ -102,19 +102,40 @@ describe('MstTraversal', () => {
     assert.ok(visits.length < built.blocks.length - 1)
   })
 
-  for (const check of [true, false]) {
-    it(`refuses a node reached twice (check: ${String(check)}): MstInvalidError naming it`, () => {
-      const repo = hostileRepo(3)
-      const store = new MemoryBlockStore()
-      for (const block of repo.blocks) store.put(block.cid, block.bytes)
-      assert.throws(() => enterAll(new MstTraversal(repo.data, { check }), store), (err: Error & { cid?: string }) => {
-        assert.equal(err.name, 'MstInvalidError')
-        assert.match(err.message, /reached twice/)
-        assert.equal(err.cid, repo.shared.toString())
-        return true
-      })
+  it('refuses a node reached twice without checks: MstInvalidError naming it where it is placed again', () => {
+    const repo = hostileRepo(3)
+    const store = new MemoryBlockStore()
+    for (const block of repo.blocks) store.put(block.cid, block.bytes)
+    assert.throws(() => enterAll(new MstTraversal(repo.data, { check: false }), store), (err: Error & { cid?: string }) => {
+      assert.equal(err.name, 'MstInvalidError')
+      assert.match(err.message, /reached twice/)
+      assert.equal(err.cid, repo.shared.toString())
+      return true
     })
-  }
+  })
+
+  it('with checks, a node reached twice fails at its second place, even when valid at its first', () => {
+    const tree = linkedTwice()
+    const store = new MemoryBlockStore()
+    for (const block of tree.blocks) store.put(block.cid, block.bytes)
+    // each place alone is fine: entering only the first one succeeds
+    const traversal = new MstTraversal(tree.root)
+    const rootVisit = traversal.enter(traversal.root, store.get(tree.root) as Uint8Array)
+    assert.equal(traversal.enter(rootVisit.left as MstPlace, store.get(tree.shared) as Uint8Array).cid.toString(), tree.shared.toString())
+    assert.throws(() => traversal.enter(rootVisit.rights[0] as MstPlace, store.get(tree.shared) as Uint8Array), (err: Error & { cid?: string }) => {
+      assert.equal(err.name, 'MstInvalidError')
+      assert.match(err.message, /not after/)
+      assert.equal(err.cid, tree.shared.toString())
+      return true
+    })
+    // and with remember, where it is placed the second time, before either place is entered
+    assert.throws(() => enterAll(new MstTraversal(tree.root, { remember: true }), store), (err: Error & { cid?: string }) => {
+      assert.equal(err.name, 'MstInvalidError')
+      assert.match(err.message, /reached twice/)
+      assert.equal(err.cid, tree.shared.toString())
+      return true
+    })
+  })
 })
 
 describe('readers of a whole tree on a node reached twice', () => {
@@ -135,15 +156,19 @@ describe('readers of a whole tree on a node reached twice', () => {
     assert.equal(new Set(seen).size, seen.length)
   })
 
-  it('walkMst (checked) refuses it', { timeout: 60_000 }, async () => {
+  it('walkMst (checked) refuses it, and the smallest tree linking a valid node twice', { timeout: 60_000 }, async () => {
     const err = await rejection(async () => { for await (const _ of walkMst(store, repo.data)) { /* walk */ } })
     assert.equal(err.name, 'MstInvalidError')
+    const tree = linkedTwice()
+    for (const block of tree.blocks) store.put(block.cid, block.bytes)
+    const twice = await rejection(async () => { for await (const _ of walkMst(store, tree.root)) { /* walk */ } })
+    assert.equal(twice.name, 'MstInvalidError')
+    assert.equal(twice.cid, tree.shared.toString())
   })
 
   it('missingMstBlocks refuses it', { timeout: 60_000 }, async () => {
     const err = await rejection(async () => { for await (const _ of missingMstBlocks(store, repo.data)) { /* search */ } })
     assert.equal(err.name, 'MstInvalidError')
-    assert.match(err.message, /reached twice/)
   })
 
   it('diffMst refuses it, on either side', { timeout: 60_000 }, async () => {
