@@ -282,11 +282,7 @@ describe('daemon', () => {
 
     it('a daemon started later re-checks the pinned repo at start', async () => {
       const daemon = await startDaemon(dir)
-      const deadline = Date.now() + 30_000
-      while (!daemon.events.some(e => e.event === 'repo:synced' && e.did === alice.did) && Date.now() < deadline) {
-        await new Promise(resolve => setTimeout(resolve, 50))
-      }
-      const synced = daemon.events.find(e => e.event === 'repo:synced' && e.did === alice.did)
+      const synced = await waitForEvent(daemon, e => e.event === 'repo:synced' && e.did === alice.did, 'repo:synced at start')
       assert.equal(synced?.changed, false)
       assert.equal(synced?.fetched?.pds, 0)
       assert.equal(await stopDaemon(daemon), 0)

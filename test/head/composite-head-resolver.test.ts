@@ -7,6 +7,7 @@ import { PdsUnavailableError, RepoDeactivatedError } from '../../src/errors.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { parseDidKey } from '../../src/repo/keys.ts'
 import { signedCommit, testDid, testKey, type TestKey } from '../helpers/fake-servers.ts'
+import { until } from '../helpers/until.ts'
 
 const DID = testDid('composite')
 const OLD_KEY = testKey('composite-old')
@@ -40,13 +41,15 @@ function source (name: string, answer: (identity: Identity) => Head | Error, del
 }
 
 /** A peer source that never answers: it only ends when its signal aborts, and says so. */
-function silentPeer (): HeadResolver & { aborted: Promise<unknown> } {
+function silentPeer (): HeadResolver & { aborted: Promise<unknown>, asked: number } {
   let aborted!: (reason: unknown) => void
   const seen = new Promise<unknown>(resolve => { aborted = resolve })
-  return {
+  const peer = {
     name: 'peers',
     aborted: seen,
-    async resolveHead (_did, options = {}) {
+    asked: 0,
+    async resolveHead (_did: string, options: { signal?: AbortSignal } = {}) {
+      peer.asked++
       return await new Promise<Head>((_resolve, reject) => {
         options.signal?.addEventListener('abort', () => {
           aborted(options.signal?.reason)
@@ -55,6 +58,7 @@ function silentPeer (): HeadResolver & { aborted: Promise<unknown> } {
       })
     }
   }
+  return peer
 }
 
 /** An identity resolver whose current document names `current()`'s key. */
@@ -146,9 +150,12 @@ describe('CompositeHeadResolver', () => {
   it("the caller's abort is rethrown, not aggregated, and stops the peers", async () => {
     const controller = new AbortController()
     const peers = silentPeer()
-    setTimeout(() => { controller.abort() }, 5)
     const pds = source('pds', id => headOf('pds', '3l3qo2vutsw2b', OLD_KEY, id), 50)
-    await assert.rejects(new CompositeHeadResolver({ pds, peers: [peers] }).resolveHead(DID, { signal: controller.signal, identity: identityWith(OLD_KEY) }), { name: 'AbortError' })
+    const resolving = assert.rejects(new CompositeHeadResolver({ pds, peers: [peers] }).resolveHead(DID, { signal: controller.signal, identity: identityWith(OLD_KEY) }), { name: 'AbortError' })
+    // aborted while both are at work: the PDS answers only after 50 ms, the peers never
+    await until('both sources to be asked', () => pds.asked.length === 1 && peers.asked === 1)
+    controller.abort()
+    await resolving
     assert.equal((await peers.aborted as Error).name, 'AbortError')
   })
 })

@@ -11,18 +11,10 @@ import { resolveHandleDirect, resolveHandleDns, resolveHandleHttps, type HandleL
 import { testDid } from '../helpers/fake-servers.ts'
 import { startDnsServer, type TestDnsServer } from '../helpers/dns-server.ts'
 import { startHttpsServer, type TestHttpsServer } from '../helpers/https-server.ts'
+import { until } from '../helpers/until.ts'
 
 const ALICE = testDid('alice')
 const BOB = testDid('bob')
-
-/** Polls `check` until it holds or `ms` pass. */
-async function eventually (check: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail('condition not met before the deadline')
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
 
 function text (res: ServerResponse, status: number, body: string): void {
   res.writeHead(status, { 'content-type': 'text/plain' })
@@ -108,13 +100,16 @@ describe('handle lookups by DNS and HTTPS', () => {
     it('a server that never answers times out: a failure', async () => {
       const result = await resolveHandleHttps('webhang.example.test', lookup({ timeoutMs: 200 }))
       assert.deepEqual(result, { failed: true, reason: 'timed out' })
-      await eventually(() => https.requests.filter(r => r.host === 'webhang.example.test').every(r => r.closed))
+      await until('the hanging request to be closed', () => https.requests.filter(r => r.host === 'webhang.example.test').every(r => r.closed))
     })
 
     it("the caller's abort is rethrown as it is", async () => {
       const controller = new AbortController()
-      setTimeout(() => { controller.abort() }, 50)
-      await assert.rejects(resolveHandleHttps('webhang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      const asked = https.requests.length
+      const resolving = assert.rejects(resolveHandleHttps('webhang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      await until('the request to hang at the server', () => https.requests.slice(asked).some(r => r.host === 'webhang.example.test'))
+      controller.abort()
+      await resolving
     })
   })
 
@@ -127,8 +122,11 @@ describe('handle lookups by DNS and HTTPS', () => {
 
     it("the caller's abort during a DNS lookup is rethrown as it is", async () => {
       const controller = new AbortController()
-      setTimeout(() => { controller.abort() }, 50)
-      await assert.rejects(resolveHandleDns('hang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      const asked = dnsQueries('hang.example.test')
+      const resolving = assert.rejects(resolveHandleDns('hang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
+      await until('the query to reach the silent server', () => dnsQueries('hang.example.test') > asked)
+      controller.abort()
+      await resolving
     })
   })
 
@@ -163,7 +161,7 @@ describe('handle lookups by DNS and HTTPS', () => {
       const pending = https.requests.filter(r => r.host === 'slowweb.example.test')
       assert.equal(pending.length, 1)
       // The server sees the hanging request's connection close, long before its 10 s timeout.
-      await eventually(() => pending[0]?.closed === true)
+      await until('the losing lookup to be closed', () => pending[0]?.closed === true)
     })
 
     it('DNS timing out, well-known answering: the well-known DID', async () => {
@@ -205,7 +203,7 @@ describe('handle lookups by DNS and HTTPS', () => {
       await assert.rejects(resolveHandleDirect('hang.example.test', lookup({ timeoutMs: 10_000, signal: controller.signal })), { name: 'AbortError' })
       const pending = https.requests.filter(r => r.host === 'hang.example.test')
       assert.equal(pending.length, 1)
-      await eventually(() => pending[0]?.closed === true)
+      await until('the losing lookup to be closed', () => pending[0]?.closed === true)
     })
 
     for (const tld of ['example', 'local', 'localhost', 'arpa', 'onion', 'internal']) {

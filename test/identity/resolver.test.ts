@@ -144,8 +144,9 @@ describe('AtprotoIdentityResolver with hand-made servers', () => {
   it("the caller's signal firing while the directory hangs is rethrown as it is", async () => {
     plcHandler = () => {}
     await assert.rejects(resolver({ timeoutMs: 10_000 }).resolve(DID, { signal: AbortSignal.timeout(100) }), { name: 'TimeoutError' })
+    // aborted once the request is at the directory, which never answers it
     const controller = new AbortController()
-    setTimeout(() => { controller.abort() }, 50)
+    plcHandler = () => { controller.abort() }
     await assert.rejects(resolver({ timeoutMs: 10_000 }).resolve(DID, { signal: controller.signal }), { name: 'AbortError' })
   })
 

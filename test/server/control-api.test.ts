@@ -9,6 +9,7 @@ import type { MirrorApi } from '../../src/mirror/api.ts'
 import { ControlApi, apiTokenPath } from '../../src/server/control-api.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import { daemonInfoPath, readDaemonInfo } from '../../src/server/daemon-info.ts'
+import { until } from '../helpers/until.ts'
 
 /** Whether a TCP connection to host:port is accepted (refused, unreachable or silent for 2 s: no). */
 async function connects (host: string, port: number): Promise<boolean> {
@@ -272,11 +273,7 @@ describe('control client time limits', () => {
 
   /** Waits until the target holds `n` answers back. */
   async function heldBack (n: number): Promise<void> {
-    const deadline = Date.now() + 5000
-    while (held.length < n) {
-      if (Date.now() > deadline) throw new Error(`the target never got ${n} requests`)
-      await new Promise(resolve => setImmediate(resolve))
-    }
+    await until(`the target to get ${n} requests`, () => held.length >= n)
   }
 
   it('pin rm waits past the quick-request limit for as long as the daemon works', async () => {
