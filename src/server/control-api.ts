@@ -33,7 +33,7 @@
  */
 import { randomBytes, createHash, timingSafeEqual } from 'node:crypto'
 import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
@@ -45,6 +45,7 @@ import {
   IdentityError, InvalidIdentifierError, ListenError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
   RepoNotMirroredError, RepoVerificationError, RouteNotFoundError
 } from '../errors.ts'
+import { nodeHttp } from './node-http.ts'
 
 const log = logger('atmirror:api')
 
@@ -250,7 +251,7 @@ export class ControlApi {
     if (this.#server !== undefined) return
     this.#stopping = new AbortController()
     this.#token = digest((await loadOrCreateApiToken(this.#dataDir)))
-    const server = createServer((req, res) => { void this.#handle(req, res) })
+    const server = nodeHttp.createServer((req, res) => { void this.#handle(req, res) })
     // A pin's first mirror can take minutes; only idle keep-alive sockets time out.
     server.requestTimeout = 60_000
     server.headersTimeout = 30_000

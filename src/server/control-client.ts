@@ -5,7 +5,6 @@
  * node does: same operations, same domain types, and a daemon's error is thrown
  * under its own name ({@link DaemonError}).
  */
-import { request as httpRequest } from 'node:http'
 import { ControlApiError, DaemonError } from '../errors.ts'
 import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, MirrorsResult, NodeStatus, PeersResult, PinResult, PinnedRepo, UnpinResult } from '../mirror/api.ts'
 import type { SyncResult } from '../mirror/sync.ts'
@@ -14,6 +13,7 @@ import {
   NDJSON, pinResultFromJson, readApiToken, syncResultFromJson, type PinResultJson, type StreamLine, type SyncResultJson
 } from './control-api.ts'
 import { inspectDaemon, type DaemonInfo } from './daemon-info.ts'
+import { nodeHttp } from './node-http.ts'
 
 export interface ControlClientInit {
   /** Base URL, e.g. `http://127.0.0.1:5176`. */
@@ -212,7 +212,7 @@ export class ControlClient implements MirrorApi {
       return answer
     }
     return await new Promise((resolve, reject) => {
-      const req = httpRequest(url, { method, headers, signal: init.signal }, (res) => {
+      const req = nodeHttp.request(url, { method, headers, signal: init.signal }, (res) => {
         const status = res.statusCode ?? 0
         const type = res.headers['content-type'] ?? ''
         const onLine = status >= 200 && status <= 299 ? init.onLine : undefined
