@@ -5,7 +5,8 @@
  * process; nothing here needs the network.
  */
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -211,6 +212,25 @@ describe('CLI errors', () => {
   })
 
   describe('output', () => {
+    it('daemon log lines start with their time (ISO 8601, UTC)', async () => {
+      const child = spawn(process.execPath, [CLI, 'daemon', '--offline', '--api', '0', '--data', join(dir, 'log-lines')], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ATMIRROR_PLC: 'http://127.0.0.1:9', DEBUG: '' }
+      })
+      let stdout = ''
+      child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', () => { if (stdout.includes('pinned:')) resolve() })
+        child.once('exit', (code) => { reject(new Error(`daemon exited with ${code}`)) })
+      })
+      const exited = once(child, 'exit')
+      child.kill('SIGTERM')
+      await exited
+      const time = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z'
+      assert.match(stdout, new RegExp(`^${time} atmirror \\S+ daemon running \\(pid \\d+\\)\\n`))
+      assert.match(stdout, new RegExp(`\\n${time} stopped\\n$`))
+    })
+
     it('rates are rounded: whole bytes, one decimal above', () => {
       assert.equal(formatBytes(305.3125736699533), '305 B')
       assert.equal(formatBytes(1536.123), '1.5 KiB')

@@ -5,7 +5,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
-import { acquireDataDirLock, lockPath, readHolder } from '../../src/mirror/lock.ts'
+import { acquireDataDirLock, ensureDataDir, lockPath, readHolder } from '../../src/mirror/lock.ts'
 
 const LOCK_MODULE = join(import.meta.dirname, '../../src/mirror/lock.ts')
 const dirs: string[] = []
@@ -151,5 +151,40 @@ describe('data directory lock', () => {
       for (const child of children) child.kill('SIGKILL')
       await Promise.all(children.map(async child => { if (child.exitCode === null && child.signalCode === null) await once(child, 'exit') }))
     }
+  })
+})
+
+describe('creating the data directory', () => {
+  const made: string[] = []
+  after(async () => {
+    await Promise.all(made.map(async dir => await rm(dir, { recursive: true, force: true })))
+  })
+
+  it('creates missing parents, mode 0700', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'atmirror-ensure-'))
+    made.push(root)
+    const dir = join(root, 'a', 'b', 'c')
+    await ensureDataDir(dir)
+    const { stat } = await import('node:fs/promises')
+    const info = await stat(dir)
+    assert.ok(info.isDirectory())
+    assert.equal(info.mode & 0o777, 0o700)
+    await ensureDataDir(dir) // and again: it exists
+  })
+
+  it('a filesystem that refuses (/proc) is DataDirError at once, not a busy loop', async () => {
+    // Node's mkdir(…, { recursive: true }) spins forever on this path
+    const started = performance.now()
+    await assert.rejects(ensureDataDir('/proc/atmirror-test/data'), { name: 'DataDirError', code: 'ENOENT', path: '/proc/atmirror-test' })
+    assert.ok(performance.now() - started < 5000)
+  })
+
+  it('a path through a file is DataDirError ENOTDIR', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'atmirror-ensure-'))
+    made.push(root)
+    await writeFile(join(root, 'file'), '')
+    await assert.rejects(ensureDataDir(join(root, 'file')), { name: 'DataDirError', code: 'ENOTDIR' })
+    await assert.rejects(ensureDataDir(join(root, 'file', 'data')), { name: 'DataDirError', code: 'ENOTDIR' })
+    await assert.rejects(acquireDataDirLock(join(root, 'file')), { name: 'DataDirError', code: 'ENOTDIR' })
   })
 })
