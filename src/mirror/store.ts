@@ -218,9 +218,18 @@ export class MirrorStore {
     return values.map(value => JSON.parse(fromUtf8.decode(value)) as RepoState)
   }
 
-  /** The block's bytes from local storage, or `undefined`. */
+  /**
+   * The block's bytes from local storage, hash-checked (the fetch chain's local
+   * source, head exchange); `undefined` when absent, or when damaged: its file is
+   * then removed (see {@link getVerified}) and the caller fetches it as missing.
+   */
   async getBlock (cid: CID, options: StoreOptions = {}): Promise<Uint8Array | undefined> {
-    return await this.blockstore.getBytes(cid, options)
+    try {
+      return await this.getVerified(cid, { signal: options.signal, repair: false })
+    } catch (err) {
+      if (err instanceof DamagedBlockError) return undefined
+      throw err
+    }
   }
 
   /**

@@ -44,7 +44,7 @@ import { compareRevs } from '../head/head-resolver.ts'
 import type { Identity, IdentityResolver } from '../identity/resolver.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { readCar } from '../repo/car.ts'
-import { CID, cidKey } from '../repo/cid.ts'
+import { CID, cidKey, verifyBlock } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
@@ -172,7 +172,9 @@ class KeyedMutex {
  * A view of the blocks a sync works with: MST nodes and commits this sync received
  * stay in memory (the walk, the diff and verification all read them), other blocks
  * only up to a byte budget (0 by default); the rest is read back from the
- * blockstore, where it was just written (the page cache still has it). Keeping the
+ * blockstore, where it was just written (the page cache still has it), or where the
+ * previous repo left it, hash-checked: a damaged block is refetched through the
+ * store's repairer rather than verified as is. Keeping the
  * view small matters more than it seems: every block retained across the sync is
  * promoted by V8's scavenger, which then grows the young generation, and peak RSS
  * with it. Answers are synchronous (the repo engine's walkers skip a microtask per
@@ -191,8 +193,11 @@ class SyncView implements ReadonlyBlockStore {
   readonly #mine = new Set<string>()
   readonly #countMine: boolean
 
-  constructor (store: MirrorStore, budget: number, countDiskHits: boolean) {
+  readonly #did: string
+
+  constructor (store: MirrorStore, did: string, budget: number, countDiskHits: boolean) {
     this.#store = store
+    this.#did = did
     this.#budget = budget
     this.#countMine = countDiskHits
   }
@@ -214,7 +219,13 @@ class SyncView implements ReadonlyBlockStore {
   }
 
   get (cid: CID): Uint8Array | undefined | Promise<Uint8Array | undefined> {
-    return this.#turn(this.#cached.get(cidKey(cid)) ?? this.#store.blockstore.getBytesSync(cid))
+    const cached = this.#cached.get(cidKey(cid))
+    if (cached !== undefined) return this.#turn(cached)
+    const bytes = this.#store.blockstore.getBytesSync(cid)
+    if (bytes !== undefined && hashes(cid, bytes)) return this.#turn(bytes)
+    // a block of the previous repo spoiled on disk (or removed as damaged by a
+    // checked read): refetched through the store's repairer, or the sync fails
+    return this.#store.getVerified(cid, { did: this.#did, fetchMissing: true })
   }
 
   has (cid: CID): boolean | Promise<boolean> {
@@ -228,6 +239,16 @@ class SyncView implements ReadonlyBlockStore {
   #turn<T> (value: T): T | Promise<T> {
     if (++this.#calls % 1024 !== 0) return value
     return nextTurn().then(() => value)
+  }
+}
+
+/** Whether `bytes` hash to `cid` (blocks read back from disk: a disk can spoil them). */
+function hashes (cid: CID, bytes: Uint8Array): boolean {
+  try {
+    verifyBlock(cid, bytes)
+    return true
+  } catch {
+    return false
   }
 }
 
@@ -385,7 +406,7 @@ export class RepoSyncer {
     let committed = false
     try {
       // a full sync finds nothing it did not bring: counting disk hits would only cost memory
-      const view = new SyncView(this.#store, this.#cacheBytes, !full)
+      const view = new SyncView(this.#store, did, this.#cacheBytes, !full)
       let bytesIn = 0
 
       // 1. download: the whole repo, or what changed since the stored rev

@@ -113,8 +113,34 @@ export class ServingBlockstore implements Blockstore {
     return this.#servable(cid, options).then(async ok => ok && await this.#store.has(cid, options))
   }
 
-  get (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
+  get (cid: CID, options?: AbortOptions): Generator<Uint8Array> | AsyncGenerator<Uint8Array> {
+    if (this.#verified === undefined && this.#withheld.size === 0) {
+      // a synchronous store answers synchronously (Bitswap's ledger then needs no promise per block)
+      const answer = this.#store.get(cid, options)
+      if (Symbol.iterator in answer) return this.#checkedSync(cid, answer)
+      return this.#checked(cid, answer)
+    }
     return this.#get(cid, options)
+  }
+
+  * #checkedSync (cid: CID, answer: Iterable<Uint8Array>): Generator<Uint8Array> {
+    yield this.#check(cid, [...answer])
+  }
+
+  async * #checked (cid: CID, answer: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+    const parts: Uint8Array[] = []
+    for await (const part of answer) parts.push(part)
+    yield this.#check(cid, parts)
+  }
+
+  /** The block's bytes if they hash to `cid`; NotFoundError otherwise. */
+  #check (cid: CID, parts: Uint8Array[]): Uint8Array {
+    const bytes = parts.length === 1 ? parts[0] : Buffer.concat(parts)
+    if (!hashMatches(cid, bytes)) {
+      log.error('not serving %c: its stored bytes do not hash to it', cid)
+      throw new NotFoundError(`block not found: ${cid.toString()}`)
+    }
+    return bytes
   }
 
   async * #get (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
@@ -130,11 +156,7 @@ export class ServingBlockstore implements Blockstore {
     } else {
       const parts: Uint8Array[] = []
       for await (const part of this.#store.get(cid, options)) parts.push(part)
-      bytes = parts.length === 1 ? parts[0] : Buffer.concat(parts)
-      if (!hashMatches(cid, bytes)) {
-        log.error('not serving %c: its stored bytes do not hash to it', cid)
-        bytes = undefined
-      }
+      bytes = this.#check(cid, parts)
     }
     if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
     return bytes

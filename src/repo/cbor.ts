@@ -92,7 +92,11 @@ const CID_TAG = 42
  * blessed form check it).
  */
 function decodeCidTag (decode: TagDecodeControl): CID {
-  const bytes = decode()
+  return cidFromTag(decode())
+}
+
+/** The CID in tag 42's content (see {@link decodeCidTag}). */
+function cidFromTag (bytes: unknown): CID {
   if (!(bytes instanceof Uint8Array)) throw new Error('CID tag content is not a byte string')
   if (bytes.length === 0 || bytes[0] !== 0) throw new Error('CID tag content lacks the leading 0x00')
   let cid: CID
@@ -211,6 +215,92 @@ export function decodeCbor<T = unknown> (bytes: Uint8Array, options: DecodeOptio
     }
   }
   return value as T
+}
+
+/** What {@link checkDrisl} found at the top level. */
+export type DrislTopType = 'map' | 'array' | 'cid' | 'bytes' | 'string' | 'integer' | 'boolean' | 'null' | 'float'
+
+/** A container being read by {@link checkDrisl}: items (or map entries) still to come. */
+interface Frame {
+  remaining: number
+  /** Map keys seen, for a map; undefined for an array. */
+  keys: Set<string> | undefined
+  /** A map's next token is a key. */
+  expectKey: boolean
+}
+
+/**
+ * Checks that `bytes` are one DRISL value, as {@link decodeCbor} with
+ * `canonical: false` would accept them (the same tokenizer, so the same checks
+ * on every token: minimal lengths, no indefinite lengths, exact UTF-8, no floats
+ * unless allowed, integers within 64 bits; then string map keys without
+ * duplicates, only tag 42 holding a canonical CID, and nothing after the value),
+ * without building the value, and without recursion: nesting is bounded by the
+ * bytes only, not by the call stack. Records are checked this way (the data model
+ * sets no depth limit, and the reference implementation accepts records far deeper
+ * than a recursive decoder can go). Returns the top-level value's type.
+ *
+ * @throws CborDecodeError naming `cid`
+ */
+export function checkDrisl (bytes: Uint8Array, options: Omit<DecodeOptions, 'canonical'> = {}): DrislTopType {
+  const data = plain(bytes)
+  const tokenizer = new DrislTokenizer(data, libraryOptions, options.rejectFloats !== false)
+  let top: DrislTopType | undefined
+  try {
+    const stack: Frame[] = []
+    do {
+      if (tokenizer.done()) {
+        throw new Error(top === undefined ? 'did not find any content to decode' : `found ${stack[stack.length - 1].keys === undefined ? 'array' : 'map'} but not enough entries`)
+      }
+      const frame = stack[stack.length - 1] as Frame | undefined
+      const token = tokenizer.next()
+      const type = token.type
+      if (frame?.expectKey === true) {
+        if (type !== Type.string) throw new Error(`non-string keys not supported (got ${type.name})`)
+        const key = token.value as string
+        if (frame.keys?.has(key) === true) throw new Error(`found repeat map key "${key}"`)
+        frame.keys?.add(key)
+        frame.expectKey = false
+        continue
+      }
+      let opened: Frame | undefined
+      let kind: DrislTopType
+      if (type === Type.array) {
+        kind = 'array'
+        if ((token.value as number) > 0) opened = { remaining: token.value as number, keys: undefined, expectKey: false }
+      } else if (type === Type.map) {
+        kind = 'map'
+        if ((token.value as number) > 0) opened = { remaining: token.value as number, keys: new Set(), expectKey: true }
+      } else if (type === Type.tag) {
+        if (token.value !== CID_TAG) throw new Error(`tag not supported (${String(token.value)})`)
+        if (tokenizer.done()) throw new Error('tag content missing')
+        const content = tokenizer.next()
+        if (content.type === Type.break) throw new Error('got unexpected break')
+        cidFromTag(content.type === Type.bytes ? content.value : undefined)
+        kind = 'cid'
+      } else if (type === Type.break) {
+        throw new Error('got unexpected break')
+      } else {
+        kind = type === Type.uint || type === Type.negint ? 'integer' : type === Type.true || type === Type.false ? 'boolean' : type.name as DrislTopType
+      }
+      top ??= kind
+      if (opened !== undefined) {
+        stack.push(opened)
+        continue
+      }
+      // a whole value is read: it completes its container, which may complete its own
+      while (stack.length > 0) {
+        const parent = stack[stack.length - 1]
+        if (parent.keys !== undefined) parent.expectKey = true
+        if (--parent.remaining > 0) break
+        stack.pop()
+      }
+    } while (stack.length > 0)
+    if (!tokenizer.done()) throw new Error('too many terminals, data makes no sense')
+  } catch (err) {
+    throw new CborDecodeError(`${(err as Error).message} (at byte ${tokenizer.pos()})`, { cid: options.cid }, { cause: err })
+  }
+  return top as DrislTopType
 }
 
 /**

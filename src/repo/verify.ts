@@ -10,13 +10,16 @@
 import { CommitDidMismatchError, CarParseError, CborDecodeError, MissingBlockError, RepoVerificationError, UnsupportedCidError } from '../errors.ts'
 import type { ReadonlyBlockStore, BlockStoreOptions } from './block-store.ts'
 import { readCar } from './car.ts'
-import { decodeCbor, startsWithMap } from './cbor.ts'
+import { CarBlocks } from './car-blocks.ts'
+import { checkDrisl, startsWithMap } from './cbor.ts'
 import { DAG_CBOR, SHA2_256, cidKey, verifyBlock, type CID } from './cid.ts'
 import { assertCommitCid, decodeCommit, verifyCommitSignature, type Commit } from './commit.ts'
 import type { PublicKey } from './keys.ts'
 import type { RepoLogger } from './log.ts'
 import { isPromise } from './mst/check.ts'
 import { walkMstBatches } from './mst/walk.ts'
+
+export { CarBlocks }
 
 /** What a verified repository holds. */
 export interface RepoSummary {
@@ -97,89 +100,6 @@ interface TouchingStore extends ReadonlyBlockStore {
   readonly touchedBytes: number
 }
 
-/** One block of a {@link CarBlocks} table; `next` chains digests that share a slot. */
-interface Slot {
-  digest: Uint8Array
-  bytes: Uint8Array
-  touched: boolean
-  next: Slot | undefined
-}
-
-/**
- * The blocks of a CAR in memory, keyed by SHA-256 digest. The codec is left out,
- * as content-addressed stores do (the same bytes are the same block, whatever
- * they are read as), so a lookup under a raw CID finds a DAG-CBOR block: the
- * codec is checked where a CID is used instead, for the commit
- * (`assertCommitCid`), MST nodes (`decodeMstNode`) and records (`assertRecordCid`).
- * Reads are synchronous, which lets the MST walker go without a promise per node.
- *
- * @NOTE the table is keyed by 30 bits of the digest (a small integer, so no
- * string is built per lookup) and compares the whole digest on a hit: this was
- * the largest cost of our own code in the profile with `cidKey` strings.
- */
-export class CarBlocks implements TouchingStore {
-  readonly #slots = new Map<number, Slot>()
-  #size = 0
-  touched = 0
-  touchedBytes = 0
-
-  /** Distinct blocks held. */
-  get size (): number {
-    return this.#size
-  }
-
-  /** Adds a block (its bytes already checked against `cid`); returns false for a duplicate. */
-  add (cid: CID, bytes: Uint8Array): boolean {
-    const digest = cid.multihash.digest
-    const key = slotKey(digest)
-    const first = this.#slots.get(key)
-    for (let slot = first; slot !== undefined; slot = slot.next) {
-      if (sameDigest(slot.digest, digest)) return false
-    }
-    this.#slots.set(key, { digest, bytes, touched: false, next: first })
-    this.#size++
-    return true
-  }
-
-  get (cid: CID): Uint8Array | undefined {
-    const slot = this.#find(cid)
-    if (slot === undefined) return undefined
-    if (!slot.touched) {
-      slot.touched = true
-      this.touched++
-      this.touchedBytes += slot.bytes.byteLength
-    }
-    return slot.bytes
-  }
-
-  has (cid: CID): boolean {
-    return this.#find(cid) !== undefined
-  }
-
-  #find (cid: CID): Slot | undefined {
-    const { code, digest } = cid.multihash
-    // only sha2-256 blocks get past the CAR reader
-    if (code !== SHA2_256 || digest.byteLength !== 32) return undefined
-    for (let slot = this.#slots.get(slotKey(digest)); slot !== undefined; slot = slot.next) {
-      if (sameDigest(slot.digest, digest)) return slot
-    }
-    return undefined
-  }
-}
-
-/** 30 bits of a digest: a small integer, which V8 keeps unboxed as a map key. */
-function slotKey (digest: Uint8Array): number {
-  return (digest[0] << 22) | (digest[1] << 14) | (digest[2] << 6) | (digest[3] >> 2)
-}
-
-function sameDigest (a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false
-  for (let i = 0; i < a.byteLength; i++) {
-    if (a[i] !== b[i]) return false
-  }
-  return true
-}
-
 /** Wraps any store: hash-checks what it reads (unless trusted) and counts distinct blocks. */
 class CheckingStore implements TouchingStore {
   readonly #inner: ReadonlyBlockStore
@@ -220,8 +140,9 @@ class CheckingStore implements TouchingStore {
  * Verifies a repository given as a CAR: every block is hash-checked as it is read,
  * the first root is the commit (further roots are allowed and ignored, as the
  * repository spec says), then everything {@link verifyRepo} checks. Blocks may
- * come in any order, so the CAR is held in memory while it is verified (its
- * size, not more). Blocks the commit does not reach are allowed and counted.
+ * come in any order, so the CAR is held in memory while it is verified: its
+ * blocks plus about 60 bytes each (CarBlocks, ./car-blocks.ts). Blocks the commit
+ * does not reach are allowed and counted.
  *
  * Errors found once the commit is known name the repo (`did`, `rev`); that
  * includes a bad block read after the commit block.
@@ -394,13 +315,16 @@ function assertRecordCid (cid: CID, rpath: string): void {
   }
 }
 
-/** Records are DAG-CBOR maps (atproto data model objects). */
+/**
+ * Records are DAG-CBOR maps (atproto data model objects). They are checked
+ * without recursion (checkDrisl), as deep as their bytes go: the data model sets
+ * no depth limit and the reference implementation accepts deep records, while a
+ * recursive decoder runs out of stack a few thousand levels down. Commits and MST
+ * nodes, whose shape is fixed, are decoded strictly.
+ */
 function checkRecord (cid: CID, bytes: Uint8Array, rpath: string, mode: RecordCheck): void {
   if (mode === 'decode') {
-    const value = decodeCbor(bytes, { cid, canonical: false })
-    if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array || (value as { asCID?: unknown }).asCID === value) {
-      throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
-    }
+    if (checkDrisl(bytes, { cid }) !== 'map') throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
   } else if (!startsWithMap(bytes)) {
     throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
   }

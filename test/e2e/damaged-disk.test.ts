@@ -155,6 +155,18 @@ describe('a damaged disk', () => {
     assert.match(text.stdout, /sync: +unchanged \(fetched the head only\)/)
   })
 
+  it('an incremental sync that reads a damaged block of the previous repo refetches it', async () => {
+    await damage(record)
+    await net.writeRecords(carol, [{ collection: 'app.bsky.feed.post', value: { text: 'carol, later', createdAt: new Date(Date.UTC(2024, 1, 1)).toISOString() } }])
+    const result = await run('mirror', carol.did, '--json')
+    assert.equal(result.code, 0, result.stderr)
+    const summary = JSON.parse(result.stdout)
+    assert.equal(summary.changed, true)
+    assert.equal(summary.full, false)
+    assert.equal(summary.records, 41)
+    assert.equal(await intact(record), true)
+  })
+
   describe('Bitswap serving', () => {
     let node: MirrorNode
 

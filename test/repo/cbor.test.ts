@@ -3,7 +3,7 @@ import { describe, it } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
-import { decodeCbor, encodeCbor } from '../../src/repo/cbor.ts'
+import { checkDrisl, decodeCbor, encodeCbor } from '../../src/repo/cbor.ts'
 import { cidForBytes, RAW } from '../../src/repo/cid.ts'
 
 const hex = (text: string): Uint8Array => new Uint8Array(Buffer.from(text.replace(/\s+/g, ''), 'hex'))
@@ -114,6 +114,41 @@ describe('decodeCbor rejects what DRISL forbids (CborDecodeError)', () => {
       })
     })
   }
+
+  for (const [name, bytes, fragment, options] of cases) {
+    it(`checkDrisl decides as decodeCbor without the canonical check: ${name}`, () => {
+      const input = hex(bytes)
+      let refused: Error | undefined
+      try {
+        decodeCbor(input, { ...options, canonical: false, cid })
+      } catch (err) {
+        refused = err as Error
+      }
+      if (refused === undefined) {
+        // refused only by the canonical check (key order, float width)
+        assert.doesNotThrow(() => checkDrisl(input, { ...options, cid }))
+        return
+      }
+      assert.throws(() => checkDrisl(input, { ...options, cid }), (err: Error) => {
+        assert.equal(err.name, 'CborDecodeError', err.message)
+        assert.ok(err.message.includes(`cid=${cid}`), err.message)
+        if (fragment !== undefined && refused.message.includes(fragment)) assert.ok(err.message.includes(fragment), `"${err.message}" should mention ${fragment}`)
+        return true
+      })
+    })
+  }
+
+  it('checkDrisl checks a value nested 200,000 levels deep, where the recursive decoder gives up', () => {
+    const deep = new Uint8Array(200_001).fill(0x81)
+    deep[200_000] = 0x01
+    assert.throws(() => decodeCbor(deep), { name: 'CborDecodeError' })
+    assert.equal(checkDrisl(deep), 'array')
+    const maps = new Uint8Array(3 * 100_000 + 1)
+    for (let i = 0; i < 100_000; i++) maps.set([0xa1, 0x61, 0x64], i * 3) // {"d": …
+    maps[maps.length - 1] = 0xf6 // null
+    assert.equal(checkDrisl(maps), 'map')
+    assert.throws(() => checkDrisl(maps.subarray(0, maps.length - 1)), { name: 'CborDecodeError' })
+  })
 
   it('very deep nesting fails cleanly instead of crashing', () => {
     const bytes = new Uint8Array(200_001).fill(0x81)
@@ -241,6 +276,45 @@ describe('decodeCbor agrees with @ipld/dag-cbor (differential, seeded)', () => {
         return Uint8Array.from([...copy.subarray(0, at), rand(256), ...copy.subarray(at)])
       }
     }
+  }
+
+  it('checkDrisl (no recursion) accepts and rejects exactly what decodeCbor without the canonical check does, on 6,000 mutated encodings', () => {
+    let accepted = 0
+    for (let i = 0; i < 6000; i++) {
+      const original = value(0)
+      const mutated = i % 4 === 0 ? Uint8Array.from(encodeCbor(original)) : mutate(Uint8Array.from(encodeCbor(original)))
+      const hexed = Buffer.from(mutated).toString('hex')
+      let decoded: unknown
+      let reference: string | undefined
+      try {
+        decoded = decodeCbor(mutated, { canonical: false })
+      } catch (err) {
+        reference = (err as Error).name
+      }
+      let ours: string | undefined
+      let top: string | undefined
+      try {
+        top = checkDrisl(mutated)
+      } catch (err) {
+        ours = (err as Error).name
+      }
+      assert.equal(ours, reference, `decodeCbor ${reference ?? 'accepts'}, checkDrisl ${ours ?? 'accepts'}: ${hexed}`)
+      if (reference === undefined) {
+        accepted++
+        assert.equal(top, topType(decoded), hexed)
+      }
+    }
+    assert.ok(accepted > 1500, `some encodings stay valid (${accepted})`)
+  })
+
+  function topType (v: unknown): string {
+    if (v === null) return 'null'
+    if (typeof v === 'boolean') return 'boolean'
+    if (typeof v === 'number' || typeof v === 'bigint') return 'integer'
+    if (typeof v === 'string') return 'string'
+    if (v instanceof Uint8Array) return 'bytes'
+    if (Array.isArray(v)) return 'array'
+    return CID.asCID(v) !== null ? 'cid' : 'map'
   }
 
   function hasWideInteger (v: unknown): boolean {

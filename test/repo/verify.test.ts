@@ -417,6 +417,35 @@ describe('verifyRepoCar on records the specs leave flexible', () => {
     assert.equal(reference.creates.find(op => `${op.collection}/${op.rkey}` === rpath)?.cid.toString(), cid.toString())
   })
 
+  it('a record nested 100,000 levels deep verifies, as the reference accepts it (records are checked without recursion)', async () => {
+    // {"d": {"d": … null …}, "$type": "com.example.deep"}, built byte by byte: a recursive encoder cannot
+    const depth = 100_000
+    const nested = new Uint8Array(depth * 3 + 1)
+    for (let i = 0; i < depth; i++) nested.set([0xa1, 0x61, 0x64], i * 3)
+    nested[nested.length - 1] = 0xf6
+    const bytes = new Uint8Array(Buffer.concat([Uint8Array.of(0xa2, 0x61, 0x64), nested, dagCbor.encode('$type'), dagCbor.encode('com.example.deep')]))
+    const { car, rpath, cid } = await withRecord(bytes)
+    let seen: string | undefined
+    const summary = await verifyRepoCar(car, { did: repo.did, key: parseDidKey(repo.didKey), onRecord: (path, link) => { if (path === rpath) seen = link.toString() } })
+    assert.equal(summary.records, 40)
+    assert.equal(seen, cid.toString())
+    const reference = await atprotoVerifyRepoCar(car, repo.did, repo.didKey)
+    assert.equal(reference.creates.find(op => `${op.collection}/${op.rkey}` === rpath)?.cid.toString(), cid.toString())
+  })
+
+  it('a deep record that is not DRISL is still refused', async () => {
+    const nested = new Uint8Array(50_000 * 3)
+    for (let i = 0; i < 50_000; i++) nested.set([0xa1, 0x61, 0x64], i * 3)
+    // the innermost value is a float, which the data model does not have
+    const bytes = new Uint8Array(Buffer.concat([Uint8Array.of(0xa1, 0x61, 0x64), nested, Uint8Array.of(0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0)]))
+    const { car, rpath } = await withRecord(bytes)
+    await assert.rejects(verifyRepoCar(car, { did: repo.did, key: parseDidKey(repo.didKey) }), (err: Error) => {
+      assert.equal(err.name, 'CborDecodeError')
+      assert.match(err.message, /float/)
+      return rpath.length > 0
+    })
+  })
+
   it('a record whose links are CIDs outside the blessed set verifies', async () => {
     const digest = Digest.create(0x12, new Uint8Array(32).fill(7))
     const record = {
