@@ -96,7 +96,7 @@ describe('a damaged disk', () => {
       const out = join(root, 'refused.car')
       const result = await run('export', carol.did, '-o', out)
       assert.equal(result.code, 1)
-      assert.match(result.stderr, /DamagedBlockError: stored block is damaged and could not be refetched; cid=/)
+      assert.match(result.stderr, /stored block is damaged and could not be refetched; cid=\S+ did=\S+ \(DamagedBlockError\)/)
       await assert.rejects(stat(out), { code: 'ENOENT' })
       assert.equal(blocks.getBytesSync(record), undefined, 'the damaged file was removed, so it is never served')
     } finally {
