@@ -1,7 +1,7 @@
 /**
  * Structure rules every MST node must meet where it sits in the tree, shared by
- * the walker, the diff and the editor, plus block loading helpers that stay
- * synchronous when the store is.
+ * the traversal (./traverse.ts) and the editor, plus block loading helpers that
+ * stay synchronous when the store is.
  */
 import type { CID } from 'multiformats/cid'
 import { MstInvalidError } from '../../errors.ts'

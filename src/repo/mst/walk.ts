@@ -11,7 +11,7 @@ import { cidKey } from '../cid.ts'
 import { DEFAULT_MAX_NODE_ENTRIES, getBlocks, hasBlocks, isPromise } from './check.ts'
 import { MstTraversal, type MissingMstNode, type MstPlace, type MstTraversalInit, type MstVisit } from './traverse.ts'
 
-export { missingNodeError, type MissingMstNode } from './traverse.ts'
+export type { MissingMstNode } from './traverse.ts'
 
 /** A record of the tree: its path and the CID of its block. */
 export interface MstLeaf {
