@@ -173,6 +173,26 @@ describe('a PDS that tries to fill the disk', () => {
     }
   })
 
+  it('a CAR whose root is a newer commit signed by another key does not make its tree count as reachable', async () => {
+    // same DID, more records, newer rev, another key: its tree is as much junk as random bytes
+    const forged = await (await EvolvingRepo.create(61, posts(200), { keySeed: 99 })).version()
+    assert.equal(forged.did, version.did)
+    assert.ok(forged.rev > version.rev)
+    pds.handle('getRepo', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/vnd.ipld.car' })
+      res.end(forged.car)
+    })
+    const { store, syncer, progress, onProgress } = await open({ unreachableBlocks: 20 })
+    try {
+      await assert.rejects(syncer.sync(version.did, { onProgress }), (err: Error & { limit?: string }) => err.name === 'DownloadLimitError' && err.limit === 'unreachableBlocks')
+      assert.ok(progress.written <= 20, `wrote ${progress.written} blocks`)
+      assert.equal(await store.getState(version.did), undefined)
+      assert.deepEqual(await storedBlocks(store.dir), [])
+    } finally {
+      await store.close()
+    }
+  })
+
   it('a repo larger than maxBlocks is refused with DownloadLimitError and nothing is kept', async () => {
     const { store, syncer } = await open({ maxBlocks: 20 })
     try {
