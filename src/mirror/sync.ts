@@ -222,10 +222,10 @@ class SyncView implements ReadonlyBlockStore {
     const cached = this.#cached.get(cidKey(cid))
     if (cached !== undefined) return this.#turn(cached)
     const bytes = this.#store.blockstore.getBytesSync(cid)
-    if (bytes !== undefined && hashes(cid, bytes)) return this.#turn(bytes)
-    // a block of the previous repo spoiled on disk (or removed as damaged by a
-    // checked read): refetched through the store's repairer, or the sync fails
-    return this.#store.getVerified(cid, { did: this.#did, fetchMissing: true })
+    if (bytes === undefined || hashes(cid, bytes)) return this.#turn(bytes)
+    // spoiled on disk since it was stored: removed and refetched through the store's
+    // repairer, or the sync fails (an absent block is the walk's to fetch, staged)
+    return this.#store.getVerified(cid, { did: this.#did })
   }
 
   has (cid: CID): boolean | Promise<boolean> {

@@ -16,7 +16,7 @@ import { cidForBytes, cidKey } from '../../src/repo/cid.ts'
 import type { Block } from '../../src/repo/block-store.ts'
 import type { CID } from '../../src/repo/cid.ts'
 import type { Blockstore } from 'interface-blockstore'
-import { CorruptingBlockstore, GatedBlockstore } from '../helpers/blockstores.ts'
+import { CorruptingBlockstore, GatedBlockstore, serveUnchecked } from '../helpers/blockstores.ts'
 import { until } from '../helpers/until.ts'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
@@ -96,6 +96,7 @@ describe('bitswap broker', () => {
     hostileStore = new CorruptingBlockstore()
     for (const { cid, bytes } of held.slice(0, 20)) await hostileStore.put(cid, bytes)
     hostile = await startNode(hostileStore)
+    serveUnchecked(hostile, hostileStore)
     nodes.push(mirror, hostile)
   })
 

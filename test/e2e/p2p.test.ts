@@ -29,7 +29,7 @@ import { readCar } from '../../src/repo/car.ts'
 import { cidForBytes, parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
-import { CorruptingBlockstore } from '../helpers/blockstores.ts'
+import { CorruptingBlockstore, serveUnchecked } from '../helpers/blockstores.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { until } from '../helpers/until.ts'
 import { collect } from '../helpers/bytes.ts'
@@ -57,6 +57,7 @@ async function hostilePeer (blockstore: MemoryBlockstore, bootstrap: string[], h
     mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap
   })
   await net.start()
+  serveUnchecked(net, blockstore)
   const exchange = new HeadExchange({ libp2p: net.libp2p, heads: { getLocalHead: async () => head() } })
   await exchange.start()
   return { net, exchange }

@@ -3,7 +3,18 @@
  * node whose store lies (wrong bytes) or dawdles (one block held back on request).
  */
 import { MemoryBlockstore } from 'blockstore-core/memory'
+import type { AbortOptions } from '@libp2p/interface'
+import type { Blockstore } from 'interface-blockstore'
 import { cidKey, type CID } from '../../src/repo/cid.ts'
+
+/**
+ * Makes a network's Bitswap hand out `store`'s bytes as they are. Every atmirror
+ * node hash-checks what it serves (ServingBlockstore), so a peer that sends bytes
+ * not matching their CIDs has to be built by going around that check.
+ */
+export function serveUnchecked (net: { serving: { get: (cid: CID, options?: AbortOptions) => unknown } }, store: Pick<Blockstore, 'get'>): void {
+  net.serving.get = (cid, options) => store.get(cid, options)
+}
 
 /** A blockstore that has every block it is given but serves each with one byte flipped. */
 export class CorruptingBlockstore extends MemoryBlockstore {
