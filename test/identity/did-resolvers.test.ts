@@ -98,6 +98,30 @@ describe('did:plc syntax', () => {
   })
 })
 
+describe('plcResolver: a 404 means "not found" only in a PLC directory\'s words', () => {
+  const DID = 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa'
+
+  it('"DID not registered" (what a PLC directory answers): DidNotFoundError', async () => {
+    const plc = await startServer((_req, res) => json(res, 404, { message: `DID not registered: ${DID}` }))
+    try {
+      await assert.rejects(new AtprotoIdentityResolver({ plcUrl: plc.url }).resolve(DID), { name: 'DidNotFoundError' })
+    } finally {
+      await plc.close()
+    }
+  })
+
+  it('any other 404 (a PDS, a web server): DidResolutionError saying it is not a PLC directory', async () => {
+    const other = await startServer((_req, res) => json(res, 404, { error: 'NotFound', message: 'Cannot GET' }))
+    try {
+      const result = await new Resolver({ plc: plcResolver({ plcUrl: other.url }) }).resolve(DID)
+      assert.equal(result.didResolutionMetadata.error, 'internalError')
+      await assert.rejects(new AtprotoIdentityResolver({ plcUrl: other.url }).resolve(DID), { name: 'DidResolutionError', message: /not a PLC directory/ })
+    } finally {
+      await other.close()
+    }
+  })
+})
+
 describe('normalizeHandle', () => {
   it('lowercases and drops a leading @', () => {
     assert.equal(normalizeHandle('@Alice.Example.COM'), 'alice.example.com')
