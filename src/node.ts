@@ -300,7 +300,7 @@ export class MirrorNode implements MirrorApi {
     const signal = this.#signal(options.signal)
     const did = await this.#pinnedDid(didOrHandle, signal)
     this.#runner.abort(did, new DOMException(`unpinned; did=${did}`, 'AbortError'))
-    await this.#runner.run(did, async () => { await this.syncer.unpin(did) }, { signal, slot: false })
+    await this.#runner.run(did, async () => { await this.store.unpinRepo(did) }, { signal, slot: false })
     this.#repos.delete(did)
     this.#scheduler.forget(did)
     this.events.safeDispatchEvent('repo:unpinned', { detail: { did } })

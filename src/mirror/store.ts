@@ -348,6 +348,21 @@ export class MirrorStore {
   }
 
   /**
+   * Unpins `did`: removes its pin and state and collects the blocks no other repo
+   * holds. The caller keeps it apart from syncs of the same DID (the node runs it as
+   * the DID's job in its runner).
+   */
+  async unpinRepo (did: string): Promise<void> {
+    const release = await this.beginWrite()
+    try {
+      const { candidates } = await this.releaseRepo(did, { unpin: true })
+      log('unpinned %s: %d blocks to check', did, candidates)
+    } finally {
+      await release()
+    }
+  }
+
+  /**
    * Drops every hold of `did` (its blocks become GC candidates) and, in the same
    * batch, either replaces its state (takedown, deletion) or removes state and pin
    * (unpin).

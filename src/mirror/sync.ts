@@ -317,19 +317,6 @@ export class RepoSyncer {
     return await this.#mutex.run(identity.did, async () => await this.#sync(identity, started, options))
   }
 
-  /** Removes the pin and the state of `did` and collects its blocks (shared blocks stay). */
-  async unpin (did: string): Promise<void> {
-    await this.#mutex.run(did, async () => {
-      const release = await this.#store.beginWrite()
-      try {
-        const { candidates } = await this.#store.releaseRepo(did, { unpin: true })
-        log('unpinned %s: %d blocks to check', did, candidates)
-      } finally {
-        await release()
-      }
-    })
-  }
-
   /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
   async verifyStored (did: string, options: VerifyStoredOptions = {}): Promise<StoredRepoReport> {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))

@@ -163,7 +163,7 @@ describe('mirroring from a real PDS', () => {
     })
 
     it('unpinning drops the state and the blocks', async () => {
-      await syncer.unpin(alice.did)
+      await store.unpinRepo(alice.did)
       assert.equal(await store.getState(alice.did), undefined)
       assert.deepEqual(await store.pins.list(), [])
       assert.deepEqual(await storedBlocks(store.dir), [])
@@ -180,7 +180,7 @@ describe('mirroring from a real PDS', () => {
     const ours = await recordsOf(exported, bob.did)
     assert.equal(ours.size, 5000)
     assert.deepEqual([...ours].sort(), [...await recordsOf(await net.getRepoCar(bob.did), bob.did)].sort())
-    await syncer.unpin(bob.did)
+    await store.unpinRepo(bob.did)
   })
 
   it('syncs of one DID run one at a time', async () => {
@@ -188,7 +188,7 @@ describe('mirroring from a real PDS', () => {
     await net.writeRecords(carol, postsFor(50, 'carol'))
     const results = await Promise.all([syncer.sync(carol.did), syncer.sync(carol.did), syncer.sync(carol.did)])
     assert.deepEqual(results.map(r => r.changed), [true, false, false])
-    await syncer.unpin(carol.did)
+    await store.unpinRepo(carol.did)
   })
 
   it('skips blobs: a profile avatar and an image post mirror without fetching or needing the blob, and the export verifies', async () => {
@@ -245,7 +245,7 @@ describe('mirroring from a real PDS', () => {
     assert.equal(verified.records, 7)
     assert.equal(verified.unreachableBlocks, 0)
     assert.deepEqual([...await recordsOf(exported, frank.did)].sort(), [...await recordsOf(await net.getRepoCar(frank.did), frank.did)].sort())
-    await syncer.unpin(frank.did)
+    await store.unpinRepo(frank.did)
   })
 
   describe('the commands', () => {
