@@ -283,6 +283,16 @@ export class MirrorNode implements MirrorApi {
     return { did: identity.did, handle: identity.handle, pinned: true, sync }
   }
 
+  /**
+   * Mirrors a repo once and pins it as part of storing it: a failure leaves nothing
+   * pinned and nothing stored (what `atmirror mirror` does; {@link pin} pins first).
+   */
+  async mirror (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
+    const signal = this.#signal(options.signal)
+    const identity = await this.identity.resolve(didOrHandle, { signal })
+    return await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
+  }
+
   /** Pins a repo without mirroring it (the scheduler or `sync` will); returns its DID. */
   async addPin (didOrHandle: string, options: MirrorApiOptions = {}): Promise<string> {
     const identity = await this.identity.resolve(didOrHandle, { signal: this.#signal(options.signal) })

@@ -64,7 +64,7 @@ export const command = defineCommand({
     try {
       if (backend.daemon !== undefined && !json) ctx.stderr.write(`a daemon runs on ${backend.dir} (pid ${backend.daemon.pid}); asking it to mirror ${id}\n`)
       // an unchanged repo's stored copy is checked (and repaired) rather than trusted
-      const { sync } = await backend.api.pin(id, { signal: ctx.signal, onProgress: progress?.onProgress, check: true })
+      const sync = await backend.api.mirror(id, { signal: ctx.signal, onProgress: progress?.onProgress, check: true })
       progress?.done()
       ctx.stdout.write((json ? JSON.stringify({ ok: true, ...syncResultJson(sync) }) : formatSummary(sync)) + '\n')
       return 0

@@ -107,6 +107,11 @@ export interface MirrorApi {
    * the first mirror fails the pin stays (the node retries it) and the error is thrown.
    */
   pin: (didOrHandle: string, options?: MirrorSyncOptions) => Promise<PinResult>
+  /**
+   * Mirrors a repo (DID or handle) once and pins it as part of storing it: unlike
+   * {@link pin}, a failure leaves nothing pinned and nothing stored.
+   */
+  mirror: (didOrHandle: string, options?: MirrorSyncOptions) => Promise<SyncResult>
   /** Unpins a repo and collects the blocks no other pinned repo holds. */
   unpin: (didOrHandle: string, options?: MirrorApiOptions) => Promise<UnpinResult>
   /** One pinned repo; NotPinnedError otherwise. */

@@ -14,6 +14,7 @@
  * | GET    | /v1/status             | NodeStatus                                     |
  * | GET    | /v1/pins               | { pins: PinnedRepo[] }                         |
  * | POST   | /v1/pins[?check=1]     | body { did } or { handle }: pins, mirrors once; PinResultJson |
+ * | POST   | /v1/mirror[?check=1]   | body as for /v1/pins: mirrors once, pinned if it succeeds; SyncResultJson |
  * | DELETE | /v1/pins/:did          | UnpinResult                                    |
  * | GET    | /v1/repos/:did         | PinnedRepo                                     |
  * | POST   | /v1/repos/:did/sync[?check=1] | SyncResultJson                          |
@@ -22,7 +23,7 @@
  * | GET    | /v1/blocks/:cid[?did=] | the block's bytes (application/vnd.ipld.raw), through the fetch chain |
  *
  * The types are those of {@link MirrorApi} (src/mirror/api.ts), CIDs as strings.
- * The two syncing routes stream when asked with `Accept: application/x-ndjson`:
+ * The three syncing routes stream when asked with `Accept: application/x-ndjson`:
  * `{"progress":…}` lines, then one `{"result":…}` or `{"error":{name,message,status}}`
  * line ({@link StreamLine}).
  *
@@ -347,6 +348,11 @@ export class ControlApi {
       if (method === 'GET') return { pins: await this.#target.listPins({ signal }) }
       const target = identifierFromBody(await readJson(req))
       return await syncAnswer(async (options) => await this.#target.pin(target, options), pinResultJson)
+    }
+    if (resource === 'mirror' && id === undefined) {
+      allow(method, ['POST'])
+      const target = identifierFromBody(await readJson(req))
+      return await syncAnswer(async (options) => await this.#target.mirror(target, options), syncResultJson)
     }
     if (resource === 'pins' && id !== undefined && action === undefined) {
       allow(method, ['DELETE'])

@@ -90,6 +90,12 @@ export class ControlClient implements MirrorApi {
     return pinResultFromJson(await this.#sync<PinResultJson>('POST', `/v1/pins${options.check === true ? '?check=1' : ''}`, body, options))
   }
 
+  /** Mirrors a DID or handle once, pinned if that succeeds (no time limit: see `timeoutMs`). */
+  async mirror (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
+    const body = didOrHandle.startsWith('did:') ? { did: didOrHandle } : { handle: didOrHandle }
+    return syncResultFromJson(await this.#sync<SyncResultJson>('POST', `/v1/mirror${options.check === true ? '?check=1' : ''}`, body, options))
+  }
+
   /** Unpins a DID or handle and waits until its blocks are collected (no time limit: see `timeoutMs`). */
   async unpin (didOrHandle: string, options: MirrorApiOptions = {}): Promise<UnpinResult> {
     return await this.#json<UnpinResult>('DELETE', `/v1/pins/${encodeURIComponent(didOrHandle)}`, options)

@@ -250,6 +250,7 @@ describe('control client time limits', () => {
     status: async () => await hold({ state: 'running', pid: process.pid, version: '', dataDir: '', startedAt: '', intervalSeconds: 0, peerId: null, network: null, addresses: [], peers: 0, repos: [] }),
     listPins: async () => [],
     pin: unused,
+    mirror: unused,
     unpin: async (did) => await hold({ did, pinned: false as const }),
     repo: unused,
     sync: unused,
