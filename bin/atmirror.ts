@@ -4,7 +4,7 @@
  * `run(args, context)`; this file only dispatches, wires SIGINT/SIGTERM to an
  * AbortController and turns errors into an exit code.
  */
-import { createCommandContext, type Command } from './commands/context.ts'
+import { closest, createCommandContext, type Command } from './commands/context.ts'
 
 const commands: Record<string, { summary: string, load: () => Promise<Command> }> = {
   car: { summary: 'verify or list a repository CAR file (car verify|ls FILE.car)', load: async () => (await import('./commands/car.ts')).command },
@@ -51,7 +51,8 @@ async function main (argv: string[]): Promise<number> {
   }
   const entry = commands[name]
   if (entry === undefined) {
-    process.stderr.write(`atmirror: unknown command ${JSON.stringify(name)}\n\n${usage()}\n`)
+    const near = closest(name, Object.keys(commands))
+    process.stderr.write(`error: unknown command ${JSON.stringify(name)}${near === undefined ? '' : ` (did you mean ${near}?)`}\n\n${usage()}\n`)
     return 2
   }
   const controller = new AbortController()

@@ -66,6 +66,12 @@ describe('CLI errors', () => {
       assert.equal(run.stderr, '')
     })
 
+    it('a mistyped command: "unknown command" with a suggestion and the command list, exit 2', async () => {
+      const run = await atmirror(['stauts'])
+      assert.equal(run.code, 2)
+      assert.match(run.stderr, /^error: unknown command "stauts" \(did you mean status\?\)\n\nusage: atmirror <command>/)
+    })
+
     it('an option far from every known one gets no suggestion', async () => {
       const run = await atmirror(['status', '--frobnicate'])
       assert.equal(run.code, 2)
