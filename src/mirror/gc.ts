@@ -501,7 +501,8 @@ export class BlockHolds {
   /** Deletes the files of `blocks` (named by {@link blockKey}) that no repo holds. */
   async #deleteUnheld (blocks: readonly string[], holders: HolderProbe): Promise<{ deleted: number }> {
     const doomed: CID[] = []
-    for (const block of blocks) {
+    // in key order, so the probe mostly answers from the key it already read
+    for (const block of [...blocks].sort()) {
       if (await holders.held(block)) continue
       try {
         doomed.push(cidOfBlockKey(block))
@@ -514,15 +515,29 @@ export class BlockHolds {
     return { deleted }
   }
 
-  /** One iterator over the holder index answering "held by anyone?" by seeking. */
+  /**
+   * One iterator over the holder index answering "held by anyone?". It remembers the
+   * first live key at or after its last seek, so a block asked for in key order after
+   * that one is answered without seeking again whenever that key lies beyond it. That
+   * matters after a release: the holder keys it deleted stay in LevelDB as tombstones
+   * until compaction, a seek steps over every tombstone up to the next live key, and
+   * seeking once per released block would cost the square of the blocks released
+   * (an unpin of 6,000 blocks spent over a minute in seeks).
+   */
   #holderProbe (): HolderProbe {
     const iterator = this.#db.keys({ gte: holdKeys.holdersPrefix, lt: holdKeys.holdersPrefix + '\xff' })
+    let sought: string | undefined // the last prefix sought
+    let found: string | undefined // the first live key at or after it; undefined: none
     return {
       held: async (block) => {
         const prefix = holdKeys.holderPrefix(block)
-        iterator.seek(prefix)
-        const key = await iterator.next()
-        return key !== undefined && key.startsWith(prefix)
+        if (sought === undefined || prefix < sought || (found !== undefined && found < prefix)) {
+          iterator.seek(prefix)
+          sought = prefix
+          found = await iterator.next()
+        }
+        // no live key lies in [sought, found), and sought <= prefix <= found
+        return found !== undefined && found.startsWith(prefix)
       },
       close: async () => { await iterator.close() }
     }
