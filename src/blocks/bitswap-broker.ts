@@ -376,7 +376,9 @@ export class BitswapBroker implements BlockBroker {
     await new Promise(resolve => setImmediate(resolve))
     const connected = await Promise.all(peers.map(async (peer) => {
       const before = new Set(this.#libp2p.getConnections(peer).map(conn => conn.id))
-      const identified = this.#identified(peer)
+      // no wait (and no timer left behind) when the dial reuses a connection
+      const settled = new AbortController()
+      const identified = this.#identified(peer, { signal: settled.signal })
       try {
         const dialSignal = AbortSignal.any([AbortSignal.timeout(this.#dialTimeoutMs), ...(signal === undefined ? [] : [signal])])
         const connection = await this.#libp2p.dial(peer, { signal: dialSignal })
@@ -385,6 +387,8 @@ export class BitswapBroker implements BlockBroker {
       } catch (err) {
         log('mirror %p not reachable again - %e', peer, err)
         return false
+      } finally {
+        settled.abort()
       }
     }))
     return connected.some(Boolean)
@@ -398,14 +402,16 @@ export class BitswapBroker implements BlockBroker {
     }
   }
 
-  /** Resolves when identify finishes with `peer`, or after `settleTimeoutMs` (never rejects). */
-  async #identified (peer: PeerId, init: { checkStore?: boolean } = {}): Promise<void> {
+  /** Resolves when identify finishes with `peer`, after `settleTimeoutMs`, or when `signal` aborts (never rejects). */
+  async #identified (peer: PeerId, init: { checkStore?: boolean, signal?: AbortSignal } = {}): Promise<void> {
     await new Promise<void>(resolve => {
       const done = (): void => {
         clearTimeout(timer)
         this.#libp2p.removeEventListener('peer:identify', onIdentify)
+        init.signal?.removeEventListener('abort', done)
         resolve()
       }
+      init.signal?.addEventListener('abort', done, { once: true })
       const onIdentify = (evt: CustomEvent<{ peerId: PeerId }>): void => { if (evt.detail.peerId.equals(peer)) done() }
       const timer = setTimeout(done, this.#settleTimeoutMs)
       this.#libp2p.addEventListener('peer:identify', onIdentify)
