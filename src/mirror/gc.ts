@@ -510,9 +510,7 @@ export class BlockHolds {
         log.error('ignoring malformed block name %s', block)
       }
     }
-    let deleted = 0
-    for await (const _ of this.#blockstore.deleteMany(doomed)) deleted++
-    return { deleted }
+    return { deleted: await this.#blockstore.deleteFiles(doomed) }
   }
 
   /**
