@@ -57,8 +57,8 @@ export function fixtureTid (micros: number, clockId: number): string {
   return out
 }
 
-/** A small seeded PRNG (mulberry32); good enough to vary record contents. */
-function prng (seed: number): () => number {
+/** A small seeded PRNG (mulberry32): deterministic inputs for tests and benchmarks, not for keys. */
+export function prng (seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0

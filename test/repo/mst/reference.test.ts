@@ -16,18 +16,7 @@ import { diffMst } from '../../../src/repo/mst/diff.ts'
 import { MstEditor } from '../../../src/repo/mst/mutate.ts'
 import { verifyCommitProof, type CommitOp } from '../../../src/repo/mst/proof.ts'
 import { walkMst } from '../../../src/repo/mst/walk.ts'
-
-/** Deterministic PRNG (mulberry32). */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { prng } from '../../../support/generated-repo.ts'
 
 const COLLECTIONS = ['app.bsky.feed.post', 'app.bsky.feed.like', 'app.bsky.graph.follow', 'app.bsky.feed.repost', 'com.example.record']
 const B32 = '234567abcdefghijklmnopqrstuvwxyz'
