@@ -38,6 +38,7 @@ export * from './errors.ts'
 
 // The repo engine (pure: bytes in, verdicts out)
 export { verifyRepoCar, verifyRepo, type RepoSummary, type RepoCarSummary } from './repo/verify.ts'
+export { verifyIncremental, type IncrementalVerification, type VerifyIncrementalInput } from './repo/verify-incremental.ts'
 export { readCar, writeCar, type CarReader } from './repo/car.ts'
 export { decodeCommit, verifyCommitSignature, type Commit } from './repo/commit.ts'
 export { parseDidKey, parsePublicKeyMultibase, formatDidKey, verifySignature, type PublicKey, type KeyType } from './repo/keys.ts'

@@ -65,3 +65,34 @@ export class MemoryBlockStore implements BlockStore {
     yield * this.#blocks.values()
   }
 }
+
+/**
+ * Blocks of `top` over those of `bottom`: a `#commit` event's blocks over the
+ * stored repo, for checking an advance before anything is written. Answers stay
+ * synchronous where both stores are.
+ */
+export class OverlayBlockStore implements ReadonlyBlockStore {
+  readonly #top: ReadonlyBlockStore
+  readonly #bottom: ReadonlyBlockStore
+
+  constructor (top: ReadonlyBlockStore, bottom: ReadonlyBlockStore) {
+    this.#top = top
+    this.#bottom = bottom
+  }
+
+  get (cid: CID, options?: BlockStoreOptions): Promise<Uint8Array | undefined> | Uint8Array | undefined {
+    const found = this.#top.get(cid, options)
+    if (isPromise(found)) return found.then(bytes => bytes ?? this.#bottom.get(cid, options))
+    return found ?? this.#bottom.get(cid, options)
+  }
+
+  has (cid: CID, options?: BlockStoreOptions): Promise<boolean> | boolean {
+    const found = this.#top.has(cid, options)
+    if (isPromise(found)) return found.then(yes => yes || this.#bottom.has(cid, options))
+    return found || this.#bottom.has(cid, options)
+  }
+}
+
+function isPromise<T> (value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown })?.then === 'function'
+}

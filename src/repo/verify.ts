@@ -93,7 +93,7 @@ export interface VerifyStoreOptions extends VerifyRepoOptions {
 const PROGRESS_EVERY = 1000
 
 /** A read-through view of a store that remembers which blocks the walk touched. */
-interface TouchingStore extends ReadonlyBlockStore {
+export interface TouchingStore extends ReadonlyBlockStore {
   /** Distinct blocks read so far. */
   readonly touched: number
   /** Their total size. */
@@ -101,7 +101,7 @@ interface TouchingStore extends ReadonlyBlockStore {
 }
 
 /** Wraps any store: hash-checks what it reads (unless trusted) and counts distinct blocks. */
-class CheckingStore implements TouchingStore {
+export class CheckingStore implements TouchingStore {
   readonly #inner: ReadonlyBlockStore
   readonly #trusted: boolean
   readonly #seen = new Set<string>()
@@ -308,7 +308,7 @@ async function verifyCommitAndTree (store: TouchingStore, commitCid: CID, commit
  * too, and a digest of another kind could not be checked (the CAR reader and
  * the store views only hold sha2-256 blocks).
  */
-function assertRecordCid (cid: CID, rpath: string): void {
+export function assertRecordCid (cid: CID, rpath: string): void {
   if (cid.code !== DAG_CBOR) throw new UnsupportedCidError(cid, `record ${rpath} has codec 0x${cid.code.toString(16)}, want DAG-CBOR`)
   if (cid.version !== 1 || cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) {
     throw new UnsupportedCidError(cid, `record ${rpath} is not named by a sha2-256 CIDv1`)
@@ -322,7 +322,7 @@ function assertRecordCid (cid: CID, rpath: string): void {
  * recursive decoder runs out of stack a few thousand levels down. Commits and MST
  * nodes, whose shape is fixed, are decoded strictly.
  */
-function checkRecord (cid: CID, bytes: Uint8Array, rpath: string, mode: RecordCheck): void {
+export function checkRecord (cid: CID, bytes: Uint8Array, rpath: string, mode: RecordCheck): void {
   if (mode === 'decode') {
     if (checkDrisl(bytes, { cid }) !== 'map') throw new CborDecodeError(`record ${rpath} is not a map`, { cid })
   } else if (!startsWithMap(bytes)) {

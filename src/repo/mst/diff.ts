@@ -15,9 +15,21 @@
  * is the diff's own: both trees in step, layer by layer, so that a subtree
  * common to both is seen at the same layer and never entered.
  * {@link proofNodesFor} is a key search along one path, not a traversal.
+ *
+ * The old tree must be one verified before; the new one need not be. Its
+ * created nodes are checked at their places by its traversal, and a common
+ * subtree, verified at its old place, is checked to fit its new one: the same
+ * layer (it is matched only at its old layer) and every key inside the new
+ * range. Its keys lie inside its old range, so only a side where the new range
+ * is narrower needs the subtree's smallest or largest key, read down its edge
+ * (an insert narrows the ranges of the subtrees next to the new key, one per
+ * layer at most). A diff that succeeds therefore proves the new tree's
+ * structure as a whole walk would (docs/ARCHITECTURE.md, "Verification in
+ * proportion to the change", gives the argument); ../verify-incremental.ts
+ * builds on that.
  */
 import type { CID } from 'multiformats/cid'
-import { MissingBlockError } from '../../errors.ts'
+import { MissingBlockError, MstInvalidError } from '../../errors.ts'
 import type { ReadonlyBlockStore } from '../block-store.ts'
 import { cidKey } from '../cid.ts'
 import { DEFAULT_MAX_NODE_ENTRIES, getBlocks, isPromise, rootLayer } from './check.ts'
@@ -121,11 +133,14 @@ export async function diffMst (store: ReadonlyBlockStore, before: CID | null, af
     const news = levels[1][layer + 1] ?? []
     if (olds.length === 0 && news.length === 0) continue
     // A node on both sides at the same layer is the same subtree: skip it whole.
-    const oldKeys = new Set(olds.map(item => cidKey(item.place.cid)))
+    const oldPlaces = new Map(olds.map(item => [cidKey(item.place.cid), item.place]))
     const common = new Set<string>()
     for (const item of news) {
       const key = cidKey(item.place.cid)
-      if (oldKeys.has(key)) common.add(key)
+      const oldPlace = oldPlaces.get(key)
+      if (oldPlace === undefined) continue
+      await checkFits(store, oldPlace, item.place, getOptions)
+      common.add(key)
     }
     const work: Array<{ item: Pending, side: 0 | 1 }> = []
     for (const item of olds) if (!common.has(cidKey(item.place.cid))) work.push({ item, side: 0 })
@@ -191,6 +206,49 @@ export async function diffMst (store: ReadonlyBlockStore, before: CID | null, af
     result.inductiveProofNodes = (await invertCommitOps(store, after, ops.reverse(), { signal })).loaded
   }
   return result
+}
+
+/**
+ * Checks that a subtree of the old tree, verified at `oldPlace`, fits `newPlace`
+ * at the same layer: every key inside the new range. Reads the subtree's edge
+ * only on a side where the new range is narrower than the old.
+ */
+async function checkFits (store: ReadonlyBlockStore, oldPlace: MstPlace, newPlace: MstPlace, options: { signal?: AbortSignal }): Promise<void> {
+  const { after, before } = newPlace
+  if (after !== null && (oldPlace.after === null || oldPlace.after < after)) {
+    const first = await edgeKey(store, oldPlace, 'first', options)
+    if (first <= after) {
+      throw new MstInvalidError(`subtree of the previous tree reused with key not after ${JSON.stringify(after)} as its new place requires (linked from ${String(newPlace.parent)})`, { cid: newPlace.cid, rpath: first })
+    }
+  }
+  if (before !== null && (oldPlace.before === null || oldPlace.before > before)) {
+    const last = await edgeKey(store, oldPlace, 'last', options)
+    if (last >= before) {
+      throw new MstInvalidError(`subtree of the previous tree reused with key not before ${JSON.stringify(before)} as its new place requires (linked from ${String(newPlace.parent)})`, { cid: newPlace.cid, rpath: last })
+    }
+  }
+}
+
+/**
+ * The first or last key of a verified subtree, found down its left or right
+ * edge (at most one node per layer).
+ */
+async function edgeKey (store: ReadonlyBlockStore, place: MstPlace, edge: 'first' | 'last', options: { signal?: AbortSignal }): Promise<string> {
+  let cid = place.cid
+  for (let layer = place.layer; layer >= 0; layer--) {
+    let bytes = store.get(cid, options)
+    if (isPromise(bytes)) bytes = await bytes
+    if (bytes === undefined) throw new MissingBlockError(cid, { what: `MST node of the previous tree (layer ${layer}, its ${edge} key)` })
+    const { left, entries } = decodeMstNode(bytes, cid)
+    const n = entries.length
+    const next = edge === 'first' ? left : n > 0 ? entries[n - 1].right : left
+    if (next === null) {
+      if (n === 0) break
+      return edge === 'first' ? entries[0].key : entries[n - 1].key
+    }
+    cid = next
+  }
+  throw new MstInvalidError(`subtree of the previous tree has no ${edge} key`, { cid: place.cid })
 }
 
 /**
