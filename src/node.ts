@@ -40,6 +40,7 @@ import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, M
 import { exportStoredRepo } from './mirror/export.ts'
 import type { CID } from './repo/cid.ts'
 import { ControlApi } from './server/control-api.ts'
+import type { NodeMetrics } from './server/metrics.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
 
@@ -90,6 +91,13 @@ export interface MirrorNodeInit {
    * @default { port: 5176, host: '127.0.0.1' }
    */
   api?: { port?: number, host?: string } | false
+  /**
+   * Prometheus metrics in a registry of the node's own (`node.metrics`; the table of
+   * names is in src/server/metrics.ts). Off, prom-client is not even loaded.
+   *
+   * @default false
+   */
+  metrics?: boolean
   /**
    * Milliseconds between re-checks of every pinned repo; 0 checks only at start.
    *
@@ -157,6 +165,8 @@ export class MirrorNode implements MirrorApi {
   readonly api: ControlApi | undefined
   /** Head exchange, peer heads, DHT announcements; undefined without a network. */
   readonly p2p: PeerServices | undefined
+  /** The node's Prometheus metrics; undefined unless created with `metrics: true`. */
+  readonly metrics: NodeMetrics | undefined
   readonly events = new TypedEventEmitter<MirrorNodeEvents>()
   readonly #lock: DataDirLock
   readonly #runner: DidRunner
@@ -170,7 +180,7 @@ export class MirrorNode implements MirrorApi {
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
     network?: MirrorNetwork, api?: { port?: number, host?: string }, intervalMs: number, checkOnStart: boolean, concurrency: number,
-    p2p?: PeerServices
+    p2p?: PeerServices, metrics?: NodeMetrics
   }) {
     this.dataDir = init.dataDir
     this.#lock = init.lock
@@ -180,6 +190,8 @@ export class MirrorNode implements MirrorApi {
     this.syncer = init.syncer
     this.network = init.network
     this.p2p = init.p2p
+    this.metrics = init.metrics
+    this.metrics?.observe(this.events)
     if (this.p2p !== undefined) {
       const p2p = this.p2p
       // what the DHT is told follows the stored state: new commit, unpin, takedown
@@ -257,6 +269,7 @@ export class MirrorNode implements MirrorApi {
     await step('daemon.json', async () => { if (this.api !== undefined) await removeDaemonInfo(this.dataDir) })
     await step('peer services', async () => await this.p2p?.stop())
     await step('network', async () => await this.network?.stop())
+    await step('metrics', async () => await this.metrics?.stop())
     await step('store', async () => { await this.store.close() })
     await step('lock', async () => { await this.#lock.release() })
     this.#state = 'stopped'
@@ -550,6 +563,12 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     let p2p: PeerServices | undefined
     let network: MirrorNetwork | undefined
     let bitswap: BlockBroker | undefined
+    let metrics: NodeMetrics | undefined
+    if (init.metrics === true) {
+      const { NodeMetrics } = await import('./server/metrics.ts')
+      // read when scraped: the network is built below
+      metrics = new NodeMetrics({ store, blockstore: store.blockstore, served: () => network?.serving.stats() }, { version: VERSION, dataDir: init.dataDir })
+    }
     if (init.network !== false) {
       // loaded only when needed: libp2p and Helia are most of a one-shot command's start-up time
       const [{ createNetwork }, { loadOrCreatePeerKey }, { BitswapBroker }, { MirrorFinder }, { PeerServices }] = await Promise.all([
@@ -560,7 +579,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
         datastore: store.datastore,
         holders: datastoreHolderIndex(store.datastore),
         verified: store,
-        privateKey: await loadOrCreatePeerKey(init.dataDir)
+        privateKey: await loadOrCreatePeerKey(init.dataDir),
+        metrics: metrics?.libp2p()
       }, { version: VERSION, ...init.network, peers: [...(init.network?.peers ?? []), ...(init.network?.mirrors?.peers ?? [])] })
       const { helia, libp2p } = network
       const net = network
@@ -608,7 +628,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       intervalMs: init.intervalMs ?? 60_000,
       checkOnStart: init.checkOnStart ?? true,
       concurrency: init.concurrency ?? 4,
-      p2p
+      p2p,
+      metrics
     })
   } catch (err) {
     await store?.close().catch(() => {})

@@ -28,7 +28,8 @@
  *
  * Any FsBlockstore (and Helia) can open the same directory.
  */
-import { close, closeSync, existsSync, fsync, open as openFile, rename, unlink, write, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
+import { close, closeSync, existsSync, fsync, open as openFile, readdir, rename, stat, unlink, write, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
+import type { Dirent, Stats } from 'node:fs'
 import { join } from 'node:path'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { FsBlockstore } from 'blockstore-fs'
@@ -41,6 +42,12 @@ import { eachParallel } from '../blocks/parallel.ts'
 import type { Block } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { blockFilePath, readBlockFile } from './block-file.ts'
+
+/** What a blockstore holds: blocks and their bytes (file contents, not disk allocation). */
+export interface BlockstoreUsage {
+  blocks: number
+  bytes: number
+}
 
 export interface MirrorBlockstoreInit {
   /**
@@ -264,6 +271,39 @@ export class MirrorBlockstore extends FsBlockstore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
     }
+  }
+
+  /**
+   * How many blocks are stored and their bytes, counted by listing every shard
+   * directory and stat-ing each block file (`writers` at once, on the thread pool),
+   * so the event loop keeps serving meanwhile. A full scan: for metrics, taken now
+   * and then, not on any hot path. Temp files are not counted.
+   */
+  async usage (options: AbortOptions = {}): Promise<BlockstoreUsage> {
+    let blocks = 0
+    let bytes = 0
+    const root = this.path
+    async function * files (): AsyncGenerator<string> {
+      const shards = await fsCall<Dirent[]>(done => { readdir(root, { withFileTypes: true }, done) })
+      for (const shard of shards) {
+        if (!shard.isDirectory() || shard.name.startsWith('.')) continue
+        options.signal?.throwIfAborted()
+        const dir = join(root, shard.name)
+        for (const name of await fsCall<string[]>(done => { readdir(dir, done) })) {
+          if (!name.startsWith('.')) yield join(dir, name)
+        }
+      }
+    }
+    await eachParallel(files(), async (file) => {
+      try {
+        const stats = await fsCall<Stats>(done => { stat(file, done) })
+        blocks++
+        bytes += stats.size
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err // collected meanwhile
+      }
+    }, this.#writers)
+    return { blocks, bytes }
   }
 
   override async * deleteMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<CID> {

@@ -86,6 +86,11 @@ export interface NetworkComponents {
   verified?: VerifiedBlockReader
   /** The node's identity (see `loadOrCreatePeerKey`). */
   privateKey: PrivateKey
+  /**
+   * libp2p's metrics (the node's Prometheus registry, src/server/metrics.ts); Helia's
+   * Bitswap reports through them too. Without it nothing is measured.
+   */
+  metrics?: Libp2pOptions['metrics']
 }
 
 export interface NetworkInit {
@@ -297,6 +302,7 @@ export async function createNetwork (components: NetworkComponents, init: Networ
     start: false,
     privateKey: components.privateKey,
     datastore: components.datastore,
+    metrics: components.metrics,
     nodeInfo: { name: 'atmirror', version: init.version ?? '0.0.0', userAgent: `atmirror/${init.version ?? '0.0.0'}` },
     addresses: {
       listen: listen.map(ma => ma.toString()),
@@ -353,7 +359,8 @@ export async function createNetwork (components: NetworkComponents, init: Networ
     blockstore: serving,
     datastore: components.datastore,
     codecs: [dagCbor],
-    routers: [new Libp2pRouter(libp2p)]
+    routers: [new Libp2pRouter(libp2p)],
+    metrics: libp2p.metrics
   })
   // What withLibp2p would do, with our libp2p: Bitswap reads `helia.libp2p`.
   const helia = Object.assign(light, { libp2p }) as unknown as MirrorHelia

@@ -59,6 +59,9 @@ export interface ServingBlockstoreComponents {
 export interface ServingStats {
   /** Requests (`has`/`get`) refused because every repo holding the block is withheld. */
   refused: number
+  /** Blocks handed out (hash-checked), and their bytes: what Bitswap served peers. */
+  served: number
+  servedBytes: number
 }
 
 export class ServingBlockstore implements Blockstore {
@@ -67,6 +70,8 @@ export class ServingBlockstore implements Blockstore {
   readonly #verified: VerifiedBlockReader | undefined
   readonly #withheld = new Set<string>()
   #refused = 0
+  #served = 0
+  #servedBytes = 0
 
   constructor (components: ServingBlockstoreComponents) {
     this.#store = components.blockstore
@@ -90,7 +95,7 @@ export class ServingBlockstore implements Blockstore {
   }
 
   stats (): ServingStats {
-    return { refused: this.#refused }
+    return { refused: this.#refused, served: this.#served, servedBytes: this.#servedBytes }
   }
 
   /** Whether `cid` may be handed out: no repo is withheld, or some holder of it is not. */
@@ -140,7 +145,13 @@ export class ServingBlockstore implements Blockstore {
       log.error('not serving %c: its stored bytes do not hash to it', cid)
       throw new NotFoundError(`block not found: ${cid.toString()}`)
     }
+    this.#count(bytes)
     return bytes
+  }
+
+  #count (bytes: Uint8Array): void {
+    this.#served++
+    this.#servedBytes += bytes.byteLength
   }
 
   async * #get (cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
@@ -159,6 +170,7 @@ export class ServingBlockstore implements Blockstore {
       bytes = this.#check(cid, parts)
     }
     if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    if (this.#verified !== undefined) this.#count(bytes) // #check counted the other path
     return bytes
   }
 

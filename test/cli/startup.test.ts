@@ -1,7 +1,7 @@
 /**
  * The quick verbs load only what they need: `--help`, `status` with no daemon and
  * `block get --offline` of a stored block never load the peer-to-peer stack, the
- * store's databases or blockstore-fs's glob machinery. How fast they start is
+ * store's databases, blockstore-fs's glob machinery or prom-client. How fast they start is
  * bench/startup.ts's business; this keeps the module graph from growing back
  * behind it.
  */
@@ -23,7 +23,7 @@ const trace = 'data:text/javascript,' + encodeURIComponent(`
 `)
 
 /** Packages the quick verbs must not load. */
-const HEAVY = /\/node_modules\/(libp2p|helia|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|datastore-level|level|classic-level|fast-glob|it-glob|did-resolver|@ipld\/car)\//
+const HEAVY = /\/node_modules\/(libp2p|helia|prom-client|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|datastore-level|level|classic-level|fast-glob|it-glob|did-resolver|@ipld\/car)\//
 
 async function loads (args: string[]): Promise<{ code: number, stdout: string, loaded: string[] }> {
   return await new Promise(resolve => {

@@ -197,3 +197,23 @@ describe('MirrorBlockstore', () => {
     await assert.rejects(async () => { for await (const _ of store.get(cid)) { /* nothing */ } }, { name: 'NotFoundError' })
   })
 })
+
+describe('MirrorBlockstore.usage', () => {
+  let root: string
+  before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-usage-')) })
+  after(async () => { await rm(root, { recursive: true, force: true }) })
+
+  it('counts the stored blocks and their bytes, and no temp file', async () => {
+    const store = new MirrorBlockstore(join(root, 'usage'))
+    await store.open()
+    assert.deepEqual(await store.usage(), { blocks: 0, bytes: 0 })
+    const blocks = Array.from({ length: 40 }, (_, i) => encodeCbor({ n: i, text: 'x'.repeat(i) })).map(bytes => ({ cid: cidForBytes(bytes), bytes }))
+    await store.putVerified(blocks)
+    await writeFile(join(dirname(store.pathOf(blocks[0].cid)), '.4242-1.tmp'), 'half a block')
+    const bytes = blocks.reduce((sum, block) => sum + block.bytes.byteLength, 0)
+    assert.deepEqual(await store.usage(), { blocks: 40, bytes })
+    await store.delete(blocks[0].cid)
+    assert.deepEqual(await store.usage(), { blocks: 39, bytes: bytes - blocks[0].bytes.byteLength })
+    await store.close()
+  })
+})

@@ -1,0 +1,315 @@
+/**
+ * The node's Prometheus metrics, served as `/metrics` by the public HTTP server.
+ *
+ * Each node has its own prom-client `Registry` (never the global default one, so two
+ * nodes in one process do not mix their figures). libp2p, the DHT and Helia's
+ * Bitswap report into the same registry through `@libp2p/prometheus-metrics`
+ * ({@link NodeMetrics.libp2p}, given to libp2p by src/net/network.ts), and so do
+ * prom-client's default process and Node.js metrics. This module is loaded only when
+ * metrics are on: a node without them never loads prom-client.
+ *
+ * Most figures are read when scraped (prom-client `collect()`), from counters the
+ * store and the network keep anyway; the only bookkeeping done as things happen is
+ * per finished sync (the node's `repo:synced` and `repo:error` events) and per HTTP
+ * request, never per block.
+ *
+ * | metric | type | labels | what |
+ * |---|---|---|---|
+ * | `atmirror_info` | gauge | `version` | always 1 |
+ * | `atmirror_repos` | gauge | `status` | pinned repos by status: `active`, `deactivated`, `suspended`, `takendown`, `deleted`, `pending` (pinned, nothing stored yet) |
+ * | `atmirror_blocks_stored` | gauge | | blocks in the blockstore, as of the last scan |
+ * | `atmirror_block_bytes_stored` | gauge | | their bytes (contents, not disk allocation) |
+ * | `atmirror_store_scanned_timestamp_seconds` | gauge | | when that scan finished (Unix time) |
+ * | `atmirror_syncs_total` | counter | `result` | finished syncs: `full`, `incremental`, `unchanged` |
+ * | `atmirror_sync_errors_total` | counter | `error` | failed syncs by error name (`RepoTakendownError`, `AllSourcesFailedError`, …) |
+ * | `atmirror_sync_duration_seconds` | histogram | | how long finished syncs took |
+ * | `atmirror_blocks_fetched_total` | counter | `source` | blocks syncs obtained, by source: `local`, `bitswap`, `pds` |
+ * | `atmirror_fetched_bytes_total` | counter | | bytes syncs downloaded |
+ * | `atmirror_bitswap_blocks_served_total` | counter | | blocks handed to peers over Bitswap (hash-checked) |
+ * | `atmirror_bitswap_bytes_served_total` | counter | | their bytes |
+ * | `atmirror_bitswap_blocks_refused_total` | counter | | requests refused because every repo holding the block is withheld |
+ * | `atmirror_firehose_lag_seconds` | gauge | `host` | how far behind a followed firehose is (once following lands) |
+ * | `atmirror_http_requests_total` | counter | `endpoint`, `status` | public HTTP requests by endpoint (an XRPC method's NSID, `/ipfs`, `/metrics`, … or `other`) and status code |
+ * | `atmirror_http_request_duration_seconds` | histogram | `endpoint` | how long they took |
+ * | `libp2p_*`, `helia_bitswap_*` | | | libp2p's, the DHT's and Bitswap's own (with a network) |
+ * | `process_*`, `nodejs_*` | | | prom-client's default metrics |
+ *
+ * Blocks and bytes stored come from a scan of the blockstore (see
+ * `MirrorBlockstore.usage`): the first scrape waits for the first scan, and a scrape
+ * finding the last one older than `usageMaxAgeMs` starts the next in the background
+ * and answers with the last figures. A scan is never closer to the previous one than
+ * ten times its own length, so a huge store is not scanned back to back.
+ *
+ * @NOTE @libp2p/prometheus-metrics keeps one module-wide map of metric names: a
+ * libp2p metric first registered after a second node was created in the same
+ * process is found in that map and reported in the other node's registry. The
+ * atmirror_* metrics are unaffected.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { logger } from '@libp2p/logger'
+import { prometheusMetrics } from '@libp2p/prometheus-metrics'
+import type { Metrics, TypedEventTarget } from '@libp2p/interface'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { BlockstoreUsage } from '../mirror/blockstore.ts'
+import { REPO_STATUSES } from '../mirror/status-policy.ts'
+import type { RepoState } from '../mirror/store.ts'
+import type { SyncResult } from '../mirror/sync.ts'
+
+const log = logger('atmirror:metrics')
+
+/** The events metrics count (the node's `repo:synced` and `repo:error`). */
+export interface SyncEvents {
+  'repo:synced': CustomEvent<SyncResult>
+  'repo:error': CustomEvent<{ did: string, error: Error }>
+}
+
+/** What Bitswap has served, kept by the serving blockstore (src/net/serving-blockstore.ts). */
+export interface ServedCounts {
+  served: number
+  servedBytes: number
+  refused: number
+}
+
+/** A followed firehose: how many seconds each host's stream is behind, read when scraped. */
+export type FirehoseLagSource = () => Iterable<{ host: string, seconds: number }>
+
+export interface NodeMetricsComponents {
+  /** Pinned repos and their stored states. */
+  store: {
+    pins: { list: () => Promise<string[]> }
+    listStates: () => Promise<RepoState[]>
+  }
+  /** Counts what the blockstore holds (a full scan). */
+  blockstore: { usage: (options?: { signal?: AbortSignal }) => Promise<BlockstoreUsage> }
+  /** Bitswap's serving counts; undefined without a network. */
+  served?: () => ServedCounts | undefined
+}
+
+export interface NodeMetricsInit {
+  /** Reported as `atmirror_info{version}`. @default '0.0.0' */
+  version?: string
+  /**
+   * Where libp2p's `nodejs_fs_usage_bytes` looks (statfs): the data directory.
+   *
+   * @default process.cwd()
+   */
+  dataDir?: string
+  /**
+   * How old the blockstore scan behind `atmirror_blocks_stored` may get before a
+   * scrape starts the next one, in ms.
+   *
+   * @default 60000
+   */
+  usageMaxAgeMs?: number
+}
+
+/** The HTTP status label of a request the client gave up on before its answer ended. */
+const ABORTED = 'aborted'
+
+export class NodeMetrics {
+  /** This node's registry: everything `/metrics` shows. */
+  readonly registry = new Registry()
+  readonly #components: NodeMetricsComponents
+  readonly #dataDir: string | undefined
+  readonly #usageMaxAgeMs: number
+  readonly #syncs: Counter<'result'>
+  readonly #syncErrors: Counter<'error'>
+  readonly #syncSeconds: Histogram
+  readonly #fetched: Counter<'source'>
+  readonly #fetchedBytes: Counter
+  readonly #httpRequests: Counter<'endpoint' | 'status'>
+  readonly #httpSeconds: Histogram<'endpoint'>
+  #firehose: FirehoseLagSource | undefined
+  #usage: { value: BlockstoreUsage, at: number, tookMs: number } | undefined
+  #scan: Promise<void> | undefined
+  readonly #stopping = new AbortController()
+
+  constructor (components: NodeMetricsComponents, init: NodeMetricsInit = {}) {
+    this.#components = components
+    this.#dataDir = init.dataDir
+    this.#usageMaxAgeMs = init.usageMaxAgeMs ?? 60_000
+    const registers = [this.registry]
+    collectDefaultMetrics({ register: this.registry })
+
+    new Gauge({ name: 'atmirror_info', help: 'atmirror version (always 1)', labelNames: ['version'], registers }).set({ version: init.version ?? '0.0.0' }, 1)
+
+    const store = components.store
+    new Gauge({
+      name: 'atmirror_repos',
+      help: 'Pinned repos by status (pending: nothing stored yet)',
+      labelNames: ['status'],
+      registers,
+      async collect () {
+        const [pins, states] = await Promise.all([store.pins.list(), store.listStates()])
+        const statusOf = new Map(states.map(state => [state.did, state.status as string]))
+        const counts = new Map<string, number>([...REPO_STATUSES, 'pending'].map(status => [status, 0]))
+        for (const did of pins) {
+          const status = statusOf.get(did) ?? 'pending'
+          counts.set(status, (counts.get(status) ?? 0) + 1)
+        }
+        this.reset()
+        for (const [status, count] of counts) this.set({ status }, count)
+      }
+    })
+
+    const usage = async (): Promise<BlockstoreUsage | undefined> => await this.#blockstoreUsage()
+    new Gauge({
+      name: 'atmirror_blocks_stored',
+      help: 'Blocks in the blockstore, as of the last scan',
+      registers,
+      async collect () {
+        const value = await usage()
+        if (value !== undefined) this.set(value.blocks)
+      }
+    })
+    new Gauge({
+      name: 'atmirror_block_bytes_stored',
+      help: 'Bytes of the blocks in the blockstore, as of the last scan',
+      registers,
+      async collect () {
+        const value = await usage()
+        if (value !== undefined) this.set(value.bytes)
+      }
+    })
+    const scannedAt = (): number | undefined => this.#usage?.at
+    new Gauge({
+      name: 'atmirror_store_scanned_timestamp_seconds',
+      help: 'When the blockstore scan behind atmirror_blocks_stored finished (Unix time)',
+      registers,
+      collect () {
+        const at = scannedAt()
+        if (at !== undefined) this.set(at / 1000)
+      }
+    })
+
+    this.#syncs = new Counter({ name: 'atmirror_syncs_total', help: 'Finished syncs: full, incremental or unchanged', labelNames: ['result'], registers })
+    for (const result of ['full', 'incremental', 'unchanged']) this.#syncs.inc({ result }, 0)
+    this.#syncErrors = new Counter({ name: 'atmirror_sync_errors_total', help: 'Failed syncs by error name', labelNames: ['error'], registers })
+    this.#syncSeconds = new Histogram({ name: 'atmirror_sync_duration_seconds', help: 'How long finished syncs took', buckets: [0.05, 0.25, 1, 5, 15, 60, 300, 1800], registers })
+    this.#fetched = new Counter({ name: 'atmirror_blocks_fetched_total', help: 'Blocks syncs obtained, by source', labelNames: ['source'], registers })
+    for (const source of ['local', 'bitswap', 'pds']) this.#fetched.inc({ source }, 0)
+    this.#fetchedBytes = new Counter({ name: 'atmirror_fetched_bytes_total', help: 'Bytes syncs downloaded', registers })
+
+    const served = components.served
+    const servedCounter = (name: string, help: string, read: (counts: ServedCounts) => number): void => {
+      new Counter({
+        name,
+        help,
+        registers,
+        collect () {
+          const counts = served?.()
+          // the serving blockstore's own running total, copied in as it is
+          this.reset()
+          this.inc(counts === undefined ? 0 : read(counts))
+        }
+      })
+    }
+    servedCounter('atmirror_bitswap_blocks_served_total', 'Blocks handed to peers over Bitswap', counts => counts.served)
+    servedCounter('atmirror_bitswap_bytes_served_total', 'Bytes of the blocks handed to peers over Bitswap', counts => counts.servedBytes)
+    servedCounter('atmirror_bitswap_blocks_refused_total', 'Bitswap requests refused because every repo holding the block is withheld', counts => counts.refused)
+
+    const firehose = (): FirehoseLagSource | undefined => this.#firehose
+    new Gauge({
+      name: 'atmirror_firehose_lag_seconds',
+      help: 'How far behind each followed firehose is',
+      labelNames: ['host'],
+      registers,
+      collect () {
+        this.reset()
+        for (const { host, seconds } of firehose()?.() ?? []) this.set({ host }, seconds)
+      }
+    })
+
+    this.#httpRequests = new Counter({ name: 'atmirror_http_requests_total', help: 'Public HTTP requests by endpoint and status', labelNames: ['endpoint', 'status'], registers })
+    this.#httpSeconds = new Histogram({ name: 'atmirror_http_request_duration_seconds', help: 'How long public HTTP requests took', labelNames: ['endpoint'], buckets: [0.005, 0.025, 0.1, 0.5, 2.5, 10, 60], registers })
+  }
+
+  /**
+   * libp2p's `metrics` option: libp2p, the DHT and (handed on to Helia) Bitswap
+   * report into this node's registry. Default process metrics are this module's.
+   */
+  libp2p (): (components: Parameters<ReturnType<typeof prometheusMetrics>>[0]) => Metrics {
+    return prometheusMetrics({ registry: this.registry, collectDefaultMetrics: false, statfsLocation: this.#dataDir })
+  }
+
+  /** Counts the syncs `events` reports (the node's events). */
+  observe (events: TypedEventTarget<SyncEvents>): void {
+    events.addEventListener('repo:synced', (evt) => { this.#synced(evt.detail) })
+    events.addEventListener('repo:error', (evt) => { this.#syncErrors.inc({ error: evt.detail.error.name }) })
+  }
+
+  /** Where `atmirror_firehose_lag_seconds` is read from, once the node follows a firehose. */
+  watchFirehose (source: FirehoseLagSource): void {
+    this.#firehose = source
+  }
+
+  /** Counts one public HTTP request (the middleware does it for the public server). */
+  httpRequest (endpoint: string, status: number | string, seconds: number): void {
+    this.#httpRequests.inc({ endpoint, status: String(status) })
+    this.#httpSeconds.observe({ endpoint }, seconds)
+  }
+
+  /**
+   * Connect-style middleware (Express, xrpc-server's router) counting every request
+   * once its answer has ended, or the client has gone (`status="aborted"`).
+   * `endpoint` names a request for the label; it must give a bounded set of names
+   * (the routes the server has), never something taken from the URL as it is.
+   */
+  httpMiddleware (endpoint: (req: IncomingMessage) => string): (req: IncomingMessage, res: ServerResponse, next: () => void) => void {
+    return (req, res, next) => {
+      const started = performance.now()
+      res.once('close', () => {
+        this.httpRequest(endpoint(req), res.writableFinished ? res.statusCode : ABORTED, (performance.now() - started) / 1000)
+      })
+      next()
+    }
+  }
+
+  /** The registry in Prometheus text format, with its content type. */
+  async scrape (): Promise<{ contentType: string, body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() }
+  }
+
+  /** Stops a blockstore scan under way (before the store closes). */
+  async stop (): Promise<void> {
+    this.#stopping.abort()
+    await this.#scan
+  }
+
+  #synced (result: SyncResult): void {
+    this.#syncs.inc({ result: !result.changed ? 'unchanged' : result.full ? 'full' : 'incremental' })
+    this.#syncSeconds.observe(result.seconds)
+    for (const [source, count] of Object.entries(result.fetched)) {
+      if (typeof count === 'number' && count > 0) this.#fetched.inc({ source }, count)
+    }
+    this.#fetchedBytes.inc(result.bytes)
+  }
+
+  /** The last scan's figures; waits only for the first scan. */
+  async #blockstoreUsage (): Promise<BlockstoreUsage | undefined> {
+    const last = this.#usage
+    if (last === undefined) {
+      await this.#startScan()
+      return this.#usage?.value
+    }
+    const age = Date.now() - last.at
+    if (age > Math.max(this.#usageMaxAgeMs, last.tookMs * 10)) void this.#startScan()
+    return last.value
+  }
+
+  async #startScan (): Promise<void> {
+    if (this.#stopping.signal.aborted) return
+    this.#scan ??= (async () => {
+      const started = Date.now()
+      try {
+        const value = await this.#components.blockstore.usage({ signal: this.#stopping.signal })
+        this.#usage = { value, at: Date.now(), tookMs: Date.now() - started }
+      } catch (err) {
+        if (!this.#stopping.signal.aborted) log.error('counting the blockstore failed - %e', err)
+      } finally {
+        this.#scan = undefined
+      }
+    })()
+    await this.#scan
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * The node's Prometheus metrics against real parts: a real PDS + PLC
+ * (support/network.ts), nodes made by createMirrorNode with a real data directory
+ * and real libp2p peers on loopback. The exposition is read with a strict line
+ * check (test/helpers/prometheus.ts).
+ *
+ * A mirrors accounts from the PDS: the repo counts by status, the blocks stored, the
+ * syncs and the blocks fetched from the PDS show; a taken-down account's failed
+ * sync is counted by its error. Then the PDS goes down and B mirrors from A over
+ * Bitswap: A's served counter rises and B counts its blocks as fetched from Bitswap,
+ * each node in its own registry.
+ */
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
+import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
+
+const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: n }, (_, i) => ({
+  collection: 'app.bsky.feed.post',
+  value: { text: `${tag} post ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i % 60, i)).toISOString() }
+}))
+
+async function scrape (node: MirrorNode): Promise<Exposition> {
+  assert.ok(node.metrics !== undefined, 'the node has metrics')
+  const { contentType, body } = await node.metrics.scrape()
+  assert.match(contentType, /^text\/plain; version=0\.0\.4/)
+  return parseExposition(body)
+}
+
+describe('metrics', () => {
+  let net: TestNetwork
+  let root: string
+  let account: TestAccount
+  const nodes: MirrorNode[] = []
+  let a: MirrorNode
+
+  async function node (name: string, init: { peers?: MirrorNode[] } = {}): Promise<MirrorNode> {
+    const peers = (init.peers ?? []).map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
+    const created = await createMirrorNode({
+      dataDir: join(root, name),
+      plcUrl: net.plcUrl,
+      allowHttpLocalhost: true,
+      network: {
+        mode: 'private',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        bootstrap: peers,
+        mirrors: { peers, timeoutMs: 5000 },
+        bitswap: { blockTimeoutMs: 60_000 },
+        services: { peerHeads: { timeoutMs: 10_000 } }
+      },
+      api: false,
+      metrics: true,
+      checkOnStart: false,
+      intervalMs: 0
+    })
+    nodes.push(created)
+    await created.start()
+    return created
+  }
+
+  before(async () => {
+    net = await startTestNetwork()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-e2e-metrics-'))
+    account = await net.createAccount('metrics')
+    await net.writeRecords(account, postsFor(40, 'metrics'))
+    a = await node('a')
+  })
+
+  after(async () => {
+    for (const created of nodes.reverse()) await created.stop().catch(() => {})
+    await net?.stop()
+    if (root !== undefined) await rm(root, { recursive: true, force: true })
+  })
+
+  it('a mirrored repo shows: repos by status, blocks stored, the sync, blocks fetched from the PDS', async () => {
+    const result = await a.pin(account.did)
+    assert.ok(result.sync.fetched.pds > 0)
+    const metrics = await scrape(a)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'active' }), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'pending' }), 0)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'takendown' }), 0)
+    const usage = await a.store.blockstore.usage()
+    assert.ok(usage.blocks > 40)
+    assert.equal(sampleValue(metrics, 'atmirror_blocks_stored'), usage.blocks)
+    assert.equal(sampleValue(metrics, 'atmirror_block_bytes_stored'), usage.bytes)
+    assert.equal(sampleValue(metrics, 'atmirror_syncs_total', { result: 'full' }), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_syncs_total', { result: 'unchanged' }), 0)
+    assert.equal(sampleValue(metrics, 'atmirror_sync_duration_seconds_count'), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_blocks_fetched_total', { source: 'pds' }), result.sync.fetched.pds)
+    assert.equal(sampleValue(metrics, 'atmirror_blocks_fetched_total', { source: 'bitswap' }), 0)
+    assert.equal(sampleValue(metrics, 'atmirror_fetched_bytes_total'), result.sync.bytes)
+    assert.equal(metrics.types.get('atmirror_sync_errors_total'), 'counter')
+    // libp2p's own and the process's, in the same registry
+    assert.ok([...metrics.types.keys()].some(name => name.startsWith('libp2p_')), 'libp2p metrics are there')
+    assert.ok(metrics.types.has('process_cpu_user_seconds_total'), 'process metrics are there')
+  })
+
+  it('counts a sync again, and a repo pinned but not yet mirrored as pending', async () => {
+    await a.sync(account.did)
+    const waiting = await net.createAccount('waiting')
+    await a.addPin(waiting.did)
+    const metrics = await scrape(a)
+    assert.equal(sampleValue(metrics, 'atmirror_syncs_total', { result: 'unchanged' }), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'pending' }), 1)
+    await a.unpin(waiting.did)
+  })
+
+  it('counts a failed sync by its error', async () => {
+    const gone = await net.createAccount('gone')
+    await net.writeRecords(gone, postsFor(3, 'gone'))
+    await a.pin(gone.did)
+    await net.takedownAccount(gone.did)
+    // with peers to ask too, the takedown comes as the reason of the PDS among all the sources'
+    const error = await a.sync(gone.did).then(() => undefined, (err: Error) => err)
+    assert.equal(error?.name, 'HeadUnavailableError')
+    assert.match(error.message, /RepoTakendown/)
+    const metrics = await scrape(a)
+    assert.equal(sampleValue(metrics, 'atmirror_sync_errors_total', { error: 'HeadUnavailableError' }), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'takendown' }), 1)
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'active' }), 1)
+  })
+
+  it('counts the blocks a peer fetched over Bitswap, on the serving node and on the fetching one', async () => {
+    const before = sampleValue(await scrape(a), 'atmirror_bitswap_blocks_served_total')
+    await net.stopPds()
+    const b = await node('b', { peers: [a] })
+    const result = await b.mirror(account.did)
+    assert.ok(result.fetched.bitswap > 0, 'B fetched over Bitswap')
+    const served = await scrape(a)
+    assert.ok(sampleValue(served, 'atmirror_bitswap_blocks_served_total') - before >= result.fetched.bitswap, 'A counted every block it served B')
+    assert.ok(sampleValue(served, 'atmirror_bitswap_bytes_served_total') > 0)
+    // Helia's own Bitswap counter reports into the same registry
+    assert.ok(sampleValue(served, 'helia_bitswap_sent_blocks_total') >= result.fetched.bitswap)
+    const fetched = await scrape(b)
+    assert.equal(sampleValue(fetched, 'atmirror_blocks_fetched_total', { source: 'bitswap' }), result.fetched.bitswap)
+    assert.equal(sampleValue(fetched, 'atmirror_blocks_fetched_total', { source: 'pds' }), 0)
+    // each node counts in its own registry
+    assert.equal(sampleValue(fetched, 'atmirror_syncs_total', { result: 'full' }), 1)
+    assert.deepEqual(fetched.samples.filter(sample => sample.name === 'atmirror_sync_errors_total'), [])
+    assert.equal(sampleValue(served, 'atmirror_syncs_total', { result: 'full' }), 2)
+  })
+})
