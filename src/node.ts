@@ -41,6 +41,7 @@ import { exportStoredRepo } from './mirror/export.ts'
 import type { CID } from './repo/cid.ts'
 import { ControlApi } from './server/control-api.ts'
 import type { NodeMetrics } from './server/metrics.ts'
+import type { PublicServer, PublicServerInit } from './server/public-server.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
 
@@ -98,6 +99,13 @@ export interface MirrorNodeInit {
    * @default false
    */
   metrics?: boolean
+  /**
+   * The public read-only HTTP server (src/server/public-server.ts: XRPC sync and
+   * repo reads, the trustless gateway), or `false` for none.
+   *
+   * @default false
+   */
+  http?: PublicServerInit | false
   /**
    * Milliseconds between re-checks of every pinned repo; 0 checks only at start.
    *
@@ -163,6 +171,8 @@ export class MirrorNode implements MirrorApi {
   readonly network: MirrorNetwork | undefined
   /** Undefined when created with `api: false`. */
   readonly api: ControlApi | undefined
+  /** The public HTTP server; undefined unless created with `http`. */
+  readonly http: PublicServer | undefined
   /** Head exchange, peer heads, DHT announcements; undefined without a network. */
   readonly p2p: PeerServices | undefined
   /** The node's Prometheus metrics; undefined unless created with `metrics: true`. */
@@ -179,7 +189,7 @@ export class MirrorNode implements MirrorApi {
 
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
-    network?: MirrorNetwork, api?: { port?: number, host?: string }, intervalMs: number, checkOnStart: boolean, concurrency: number,
+    network?: MirrorNetwork, api?: { port?: number, host?: string }, http?: PublicServer, intervalMs: number, checkOnStart: boolean, concurrency: number,
     p2p?: PeerServices, metrics?: NodeMetrics
   }) {
     this.dataDir = init.dataDir
@@ -200,6 +210,7 @@ export class MirrorNode implements MirrorApi {
       }
     }
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
+    this.http = init.http
     this.#runner = new DidRunner({ concurrency: init.concurrency })
     this.#scheduler = new RepoScheduler({
       pins: this.store.pins,
@@ -230,6 +241,7 @@ export class MirrorNode implements MirrorApi {
       await this.network?.start()
       await this.p2p?.start()
       await this.api?.start()
+      await this.http?.start()
       this.#startedAt = new Date().toISOString()
       if (this.api !== undefined) await writeDaemonInfo(this.dataDir, this.#daemonInfo())
     } catch (err) {
@@ -238,7 +250,7 @@ export class MirrorNode implements MirrorApi {
       throw err
     }
     this.#state = 'running'
-    log('node running: data=%s network=%s api=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off')
+    log('node running: data=%s network=%s api=%s http=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off', this.http?.url ?? 'off')
     this.#scheduler.start()
   }
 
@@ -265,6 +277,7 @@ export class MirrorNode implements MirrorApi {
       await this.#scheduler.stop()
       await this.#runner.stop()
     })
+    await step('public HTTP server', async () => await this.http?.stop())
     await step('control API', async () => await this.api?.stop())
     await step('daemon.json', async () => { if (this.api !== undefined) await removeDaemonInfo(this.dataDir) })
     await step('peer services', async () => await this.p2p?.stop())
@@ -616,6 +629,12 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     // damaged blocks found by checked reads (export, Bitswap, verify) are refetched through the same chain
     store.setRepairer(new BlockRepairer({ store, fetcher }))
     const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds, limits: init.downloadLimits })
+    let http: PublicServer | undefined
+    if (init.http !== undefined && init.http !== false) {
+      // loaded only when serving: express and the lexicons are a one-shot command's dead weight
+      const { PublicServer } = await import('./server/public-server.ts')
+      http = new PublicServer({ version: VERSION, ...init.http })
+    }
     return new MirrorNode({
       dataDir: init.dataDir,
       lock,
@@ -625,6 +644,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       syncer,
       network,
       api: init.api === false ? undefined : (init.api ?? {}),
+      http,
       intervalMs: init.intervalMs ?? 60_000,
       checkOnStart: init.checkOnStart ?? true,
       concurrency: init.concurrency ?? 4,

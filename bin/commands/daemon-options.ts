@@ -12,6 +12,8 @@ export const daemonOptions = {
   config: { type: 'string' },
   api: { type: 'string' },
   'api-host': { type: 'string' },
+  http: { type: 'string' },
+  'http-trust-proxy': { type: 'boolean' },
   interval: { type: 'string' },
   concurrency: { type: 'string' },
   'max-repo-blocks': { type: 'string' },

@@ -5,6 +5,7 @@ import { once } from 'node:events'
 import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT, syncResultJson } from '../../src/server/control-api.ts'
+import { DEFAULT_HTTP_PORT } from '../../src/server/public-server.ts'
 import { UsageError, dataDir, defineCommand, expectPositionals } from './context.ts'
 import { applySettings, configPath, readConfig } from './config.ts'
 import { daemonOptions, daemonSettings } from './daemon-options.ts'
@@ -22,6 +23,12 @@ options:
   --api PORT              control API port, 0 for any free port (default ${DEFAULT_API_PORT})
   --api-host HOST         control API interface (default 127.0.0.1; anything else
                           exposes the token-protected API beyond this machine)
+  --http HOST:PORT        serve what is mirrored over public, read-only HTTP (atproto sync
+                          and repo XRPC, /ipfs gateway; no token): PORT alone binds
+                          127.0.0.1, [::]:PORT or 0.0.0.0:PORT every interface (default
+                          off; the default port is ${DEFAULT_HTTP_PORT})
+  --http-trust-proxy      behind a reverse proxy: count requests per client by the last
+                          X-Forwarded-For address
   --interval SECONDS      re-check every pinned repo this often; 0 = only at start (default 60)
   --concurrency N         repos synced at once by the re-check (default 4)
   --max-repo-blocks N     most blocks one sync may download (default 20000000)
@@ -84,6 +91,7 @@ export const command = defineCommand({
       dataDir: dataDir(dir, ctx.env),
       ...identityConfig(values, ctx.env),
       api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
+      http: httpFlag(values.http, values['http-trust-proxy'] === true),
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
       intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
@@ -127,12 +135,13 @@ export const command = defineCommand({
       await node.start()
       const status = await node.status()
       if (json) {
-        print({ event: 'started', pid: status.pid, dataDir: status.dataDir, api: node.api?.url, peerId: status.peerId, network: status.network, addresses: status.addresses, pins: status.repos.length })
+        print({ event: 'started', pid: status.pid, dataDir: status.dataDir, api: node.api?.url, http: node.http?.url ?? null, peerId: status.peerId, network: status.network, addresses: status.addresses, pins: status.repos.length })
       } else {
         print([
           `atmirror ${status.version} daemon running (pid ${status.pid})`,
           `  data:      ${status.dataDir}`,
           `  api:       ${node.api?.url ?? 'off'}`,
+          `  http:      ${node.http?.url ?? 'off'}`,
           `  network:   ${status.network ?? 'offline'}`,
           `  peer id:   ${status.peerId ?? '-'}`,
           ...status.addresses.map((addr, i) => `  ${i === 0 ? 'addresses:' : '          '} ${addr}`),
@@ -148,3 +157,22 @@ export const command = defineCommand({
     return 0
   }
 })
+
+/** `--http`: `HOST:PORT`, `[V6]:PORT`, `PORT` (loopback), `HOST` (default port) or `off`. */
+export function httpFlag (value: string | undefined, trustProxy: boolean): MirrorNodeInit['http'] {
+  if (value === undefined || value === 'off' || value === '') {
+    if (trustProxy) throw new UsageError('--http-trust-proxy needs --http')
+    return false
+  }
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*))(?::(\d+))?$/.exec(value) ?? /^()()(\d+)$/.exec(value)
+  if (match === null) throw new UsageError(`--http must be HOST:PORT, [IPV6]:PORT, PORT or off, got ${JSON.stringify(value)}`)
+  const [, v6, name, port] = match
+  const portOnly = /^\d+$/.test(value)
+  const host = portOnly ? '127.0.0.1' : (v6 ?? name)
+  if (host === '') throw new UsageError(`--http needs a host before the port (127.0.0.1:PORT, 0.0.0.0:PORT), got ${JSON.stringify(value)}`)
+  return {
+    host,
+    port: integerFlag('--http port', portOnly ? value : port, DEFAULT_HTTP_PORT, { max: 65535 }),
+    trustProxy
+  }
+}

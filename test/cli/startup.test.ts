@@ -23,7 +23,7 @@ const trace = 'data:text/javascript,' + encodeURIComponent(`
 `)
 
 /** Packages the quick verbs must not load. */
-const HEAVY = /\/node_modules\/(libp2p|helia|prom-client|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|datastore-level|level|classic-level|fast-glob|it-glob|did-resolver|@ipld\/car)\//
+const HEAVY = /\/node_modules\/(libp2p|helia|prom-client|express|@atproto\/(?:xrpc-server|api|lexicon)|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|datastore-level|level|classic-level|fast-glob|it-glob|did-resolver|@ipld\/car)\//
 
 async function loads (args: string[]): Promise<{ code: number, stdout: string, loaded: string[] }> {
   return await new Promise(resolve => {
