@@ -378,6 +378,8 @@ export class RepoDeactivatedError extends PdsError {}
 export class MethodNotImplementedError extends PdsError {}
 /** A block the PDS was asked for is not there (`BlockNotFound`). */
 export class PdsBlockNotFoundError extends PdsError {}
+/** The PDS does not have (or no longer serves: a takedown) a blob (`BlobNotFound`, or the reference PDS's "Blob not found"). */
+export class PdsBlobNotFoundError extends PdsError {}
 /** The PDS could not be reached, timed out, or failed (5xx). */
 export class PdsUnavailableError extends PdsError {}
 /** The PDS answered something that is not a valid response (HTML, wrong JSON, bad CAR). */
@@ -432,6 +434,37 @@ export class BlockNotFoundError extends BlockFetchError {
   constructor (cid: CidLike, init: { source?: string } = {}) {
     super('block not found', { cid, source: init.source })
     this.cid = cid.toString()
+  }
+}
+
+/** A blob's bytes do not hash to its CID (raw 0x55, sha2-256): refused, nothing stored. */
+export class BlobMismatchError extends BlockFetchError {
+  readonly cid: string
+  readonly actual: string
+  readonly did?: string
+  readonly url?: string
+  constructor (cid: CidLike, init: { actual: CidLike, did?: string, url?: string, source?: string }) {
+    super('blob bytes do not match CID', { did: init.did, cid, actual: init.actual, source: init.source, url: init.url })
+    this.cid = cid.toString()
+    this.actual = init.actual.toString()
+    this.did = init.did
+    this.url = init.url
+  }
+}
+
+/** A blob is larger than the mirror's cap (`--max-blob-size`): refused, nothing stored. */
+export class BlobTooLargeError extends BlockFetchError {
+  readonly cid: string
+  readonly did?: string
+  /** The size that went past the cap: declared by the record or the server, or counted while streaming. */
+  readonly size: number
+  readonly max: number
+  constructor (cid: CidLike, init: { size: number, max: number, did?: string, url?: string }) {
+    super('blob over the size cap', { did: init.did, cid, size: init.size, max: init.max, url: init.url })
+    this.cid = cid.toString()
+    this.did = init.did
+    this.size = init.size
+    this.max = init.max
   }
 }
 
@@ -554,6 +587,17 @@ export class RepoNotMirroredError extends MirrorError {
   constructor (did: string) {
     super('repo not mirrored here', { did })
     this.did = did
+  }
+}
+
+/** A blob is not mirrored here for that repo: its current commit does not reference it, or it is not stored (yet, or refused). */
+export class BlobNotMirroredError extends MirrorError {
+  readonly did: string
+  readonly cid: string
+  constructor (did: string, cid: CidLike) {
+    super('blob not mirrored', { did, cid })
+    this.did = did
+    this.cid = cid.toString()
   }
 }
 

@@ -32,13 +32,17 @@ import type { DownloadLimits } from './mirror/download-guard.ts'
 import { DidRunner } from './mirror/runner.ts'
 import { PRIORITY, RepoScheduler } from './mirror/scheduler.ts'
 import { BlockRepairer, type StoredRepoReport } from './mirror/repair.ts'
+import { BlobMirror, type BlobMirrorInit } from './mirror/blobs.ts'
+import { BlobFetcher, BrokerBlobSource, LocalBlobSource, PdsBlobSource } from './blocks/blob-fetch.ts'
+import { isServable } from './mirror/status-policy.ts'
+import { BlobNotMirroredError } from './errors.ts'
 import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
 import type { PeerServices, PeerServicesInit } from './net/peer-services.ts'
 import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, MirrorsResult, NodeStatus, PeersResult, PinResult, PinnedRepo, UnpinResult } from './mirror/api.ts'
 import { exportStoredRepo } from './mirror/export.ts'
-import type { CID } from './repo/cid.ts'
+import { CID } from './repo/cid.ts'
 import { ControlApi } from './server/control-api.ts'
 import type { NodeMetrics } from './server/metrics.ts'
 import type { PublicServer, PublicServerInit } from './server/public-server.ts'
@@ -143,6 +147,13 @@ export interface MirrorNodeInit {
    * may be reached). @default the address policy's (src/http/policy.ts)
    */
   fetch?: typeof globalThis.fetch
+  /**
+   * Blob mirroring (src/mirror/blobs.ts): the cap on one blob and downloads at
+   * once, or `false` to fetch no blobs (a pin can turn them off too).
+   *
+   * @default { maxBlobSize: 100 MiB, concurrency: 4 }
+   */
+  blobs?: false | Omit<BlobMirrorInit, 'enabled'>
 }
 
 /** The events a node emits. */
@@ -305,6 +316,7 @@ export class MirrorNode implements MirrorApi {
     const identity = await this.identity.resolve(didOrHandle, { signal })
     await this.store.pins.add(identity.did)
     this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
+    if (options.blobs !== undefined) await this.store.blobs.setOff(identity.did, !options.blobs)
     const sync = await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
     return { did: identity.did, handle: identity.handle, pinned: true, sync }
   }
@@ -316,6 +328,7 @@ export class MirrorNode implements MirrorApi {
   async mirror (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
     const signal = this.#signal(options.signal)
     const identity = await this.identity.resolve(didOrHandle, { signal })
+    if (options.blobs !== undefined) await this.store.blobs.setOff(identity.did, !options.blobs)
     return await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
   }
 
@@ -403,6 +416,48 @@ export class MirrorNode implements MirrorApi {
   async getBlock (cid: CID, options: GetBlockOptions = {}): Promise<Uint8Array> {
     const [block] = await this.syncer.fetcher.fetchAll([cid], { did: options.did, store: false, signal: this.#signal(options.signal) })
     return block.bytes
+  }
+
+  /**
+   * A blob of `did`'s stored repo, as a stream hash-checked while it is read (its end
+   * throws BlobMismatchError if the disk spoiled it), for `com.atproto.sync.getBlob`
+   * and the gateway. Only while the repo is served (status-policy.ts) and its current
+   * commit references the blob.
+   *
+   * @throws RepoNotMirroredError (nothing stored, or a repo not served now),
+   * BlobNotMirroredError (not referenced by the repo, or not stored here)
+   */
+  async getBlob (did: string, cid: CID, options: MirrorApiOptions = {}): Promise<{ size: number, chunks: AsyncIterable<Uint8Array> }> {
+    const state = await this.store.getState(did)
+    if (!isServable(state)) throw new RepoNotMirroredError(did)
+    if (!await this.store.blobs.isReferencedBy(did, cid)) throw new BlobNotMirroredError(did, cid)
+    const stream = await this.store.blobs.read(cid, { signal: this.#signal(options.signal) })
+    if (stream === undefined) throw new BlobNotMirroredError(did, cid)
+    return { size: stream.size ?? 0, chunks: stream.chunks }
+  }
+
+  /**
+   * The blobs of `did`'s stored repo that are stored here, in CID order, a page at a
+   * time (`com.atproto.sync.listBlobs`): `cursor` is the last CID of the page before.
+   *
+   * @throws RepoNotMirroredError (nothing stored, or a repo not served now)
+   */
+  async listBlobs (did: string, options: { cursor?: string, limit?: number } = {}): Promise<{ cids: string[], cursor?: string }> {
+    const state = await this.store.getState(did)
+    if (!isServable(state)) throw new RepoNotMirroredError(did)
+    const limit = Math.min(Math.max(1, options.limit ?? 500), 1000)
+    const cids: string[] = []
+    let cursor = options.cursor
+    while (cids.length < limit) {
+      const page = await this.store.blobs.list(did, { cursor, limit })
+      if (page.length === 0) break
+      for (const cid of page) {
+        cursor = cid
+        if (cids.length < limit && await this.store.blobs.has(CID.parse(cid))) cids.push(cid)
+      }
+      if (page.length < limit) break
+    }
+    return cids.length === limit ? { cids, cursor: cids[cids.length - 1] } : { cids }
   }
 
   /** The stored repo as a CAR (commit first); RepoNotMirroredError when nothing is stored. */
@@ -590,8 +645,9 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       network = await createNetwork({
         blockstore: store.blockstore,
         datastore: store.datastore,
-        holders: datastoreHolderIndex(store.datastore),
+        holders: servedHolders(datastoreHolderIndex(store.datastore), store),
         verified: store,
+        blobs: store.blobs,
         privateKey: await loadOrCreatePeerKey(init.dataDir),
         metrics: metrics?.libp2p()
       }, { version: VERSION, ...init.network, peers: [...(init.network?.peers ?? []), ...(init.network?.mirrors?.peers ?? [])] })
@@ -628,7 +684,19 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     })
     // damaged blocks found by checked reads (export, Bitswap, verify) are refetched through the same chain
     store.setRepairer(new BlockRepairer({ store, fetcher }))
-    const syncer = new RepoSyncer({ store, identity, heads, fetcher }, { pds: init.pds, limits: init.downloadLimits })
+    // blobs through the same chain: stored, then peers (small ones), then the PDS's getBlob
+    const blobStore = store.blobs
+    const blobs = new BlobMirror({
+      store,
+      fetcher: new BlobFetcher({
+        sources: [
+          new LocalBlobSource({ open: async (cid) => await blobStore.read(cid) }),
+          ...(bitswap === undefined ? [] : [new BrokerBlobSource({ broker: bitswap })]),
+          new PdsBlobSource({ identity })
+        ]
+      })
+    }, init.blobs === false ? { enabled: false } : init.blobs)
+    const syncer = new RepoSyncer({ store, identity, heads, fetcher, blobs }, { pds: init.pds, limits: init.downloadLimits })
     let http: PublicServer | undefined
     if (init.http !== undefined && init.http !== false) {
       // loaded only when serving: express and the lexicons are a one-shot command's dead weight
@@ -655,5 +723,15 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     await store?.close().catch(() => {})
     await lock.release().catch(() => {})
     throw err
+  }
+}
+
+/** Who holds a block or a blob, for the serving blockstore's withheld check: the block index, then the blob index. */
+function servedHolders (blocks: ReturnType<typeof datastoreHolderIndex>, store: MirrorStore): ReturnType<typeof datastoreHolderIndex> {
+  return {
+    async * holders (cid, options) {
+      yield * blocks.holders(cid, options)
+      yield * store.blobs.holders(cid)
+    }
   }
 }

@@ -91,6 +91,11 @@ export interface MirrorSyncOptions extends MirrorApiOptions {
    * refetched, rather than trusting the disk (SyncOptions.check). @default false
    */
   check?: boolean
+  /**
+   * Mirror the repo's blobs (pin, mirror): stored with the pin, so its later syncs
+   * follow it too. @default unchanged (on for a new pin)
+   */
+  blobs?: boolean
 }
 
 export interface GetBlockOptions extends MirrorApiOptions {

@@ -24,6 +24,7 @@ import { SHA2_256, cidForBytes, sha256, verifyBlock } from '../repo/cid.ts'
 import { MirrorBlockstore } from './blockstore.ts'
 import { ensureDataDir } from './lock.ts'
 import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
+import { BlobStore, type BlobPlanBatch } from './blob-store.ts'
 import { holdsBlocks, type RepoStatus } from './status-policy.ts'
 
 const log = logger('atmirror:mirror:store')
@@ -121,6 +122,8 @@ export class MirrorStore {
   /** The holder index that drives garbage collection. */
   readonly holds: BlockHolds
   readonly pins: PinSet
+  /** Mirrored blobs and the index of which repos reference them (blob-store.ts). */
+  readonly blobs: BlobStore
   /** The blockstore as the repo engine's small store interface (whole-block reads). */
   readonly blocks: ReadonlyBlockStore
   readonly #sync: boolean
@@ -136,6 +139,7 @@ export class MirrorStore {
     this.datastore = datastore
     this.#sync = sync
     this.holds = new BlockHolds(datastore.db, blockstore)
+    this.blobs = new BlobStore(join(dir, 'blobs'), { db: datastore.db, blocks: blockstore, blockHeld: async (cid) => await this.holds.isHeld(cid) }, { fsync: sync })
     const db = datastore.db
     this.pins = {
       add: async (did) => { if (await db.get(KEYS.pin(did)) === undefined) await db.put(KEYS.pin(did), pinRecord(did)) },
@@ -175,7 +179,8 @@ export class MirrorStore {
     }
     const store = new MirrorStore(dataDir, blockstore, datastore, init.fsync ?? false)
     try {
-      store.#gcPending = await store.holds.hasCandidates()
+      await store.blobs.open()
+      store.#gcPending = await store.holds.hasCandidates() || await store.blobs.hasCandidates()
       await store.#releaseOrphanedStaging()
     } catch (err) {
       await store.close()
@@ -333,10 +338,12 @@ export class MirrorStore {
    * the pin (`pin: true`). `fresh`: the DID held nothing before (its current counts
    * need not be read).
    */
-  async commitRepo (state: RepoState, delta: HoldDelta, options: { pin?: boolean, fresh?: boolean } = {}): Promise<{ candidates: number }> {
+  async commitRepo (state: RepoState, delta: HoldDelta, options: { pin?: boolean, fresh?: boolean, blobs?: (batch: BlobPlanBatch) => Promise<number> } = {}): Promise<{ candidates: number }> {
     const batch = this.datastore.db.batch()
     try {
       const plan = await this.holds.planAdvance(state.did, delta, batch, { fresh: options.fresh })
+      // the blob references of the new commit (blobs.ts), in the same batch
+      if (options.blobs !== undefined) plan.candidates += await options.blobs(batch)
       batch.put(KEYS.repo(state.did), encodeState(state))
       if (options.pin === true && !await this.pins.has(state.did)) batch.put(KEYS.pin(state.did), pinRecord(state.did))
       await batch.write({ sync: this.#sync })
@@ -381,6 +388,7 @@ export class MirrorStore {
     const batch = this.datastore.db.batch()
     try {
       const plan = await this.holds.planRelease(did, blocks, batch)
+      plan.candidates += await this.blobs.planRelease(did, batch, { unpin: !('state' in next) })
       if ('state' in next) {
         batch.put(KEYS.repo(did), encodeState(next.state))
       } else {
@@ -439,6 +447,7 @@ export class MirrorStore {
     this.#collecting = (async () => {
       try {
         await this.holds.collect()
+        await this.blobs.collect()
       } catch (err) {
         // background work: keep the candidates for the next run
         this.#gcPending = true

@@ -50,6 +50,8 @@ import { verifyRepo } from '../repo/verify.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
 import { HoldDelta, repoHoldDelta } from './gc.ts'
+import { BlobScan, blobDelta, blobRecount, type BlobMirror, type BlobPassResult } from './blobs.ts'
+import type { BlobDelta } from './blob-store.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
 
@@ -88,16 +90,22 @@ export interface SyncResult {
   repaired?: number
   /** Where the head came from: `pds:<url>` or `peer:<peer id>`. */
   source: string
+  /** What the blob pass after the sync did (absent without blob mirroring). */
+  blobs?: BlobPassResult
 }
 
 /** Progress of a sync, for a terminal display. */
 export interface SyncProgress {
   did: string
-  phase: 'head' | 'download' | 'walk' | 'verify' | 'commit'
+  phase: 'head' | 'download' | 'walk' | 'verify' | 'commit' | 'blobs'
   /** Blocks received so far. */
   blocks: number
   /** Bytes received so far. */
   bytes: number
+  /** Blobs stored so far (phase `blobs`). */
+  blobs?: number
+  /** Blob bytes received so far (phase `blobs`). */
+  blobBytes?: number
 }
 
 export interface SyncOptions {
@@ -128,6 +136,8 @@ export interface RepoSyncerComponents {
    * the node passes one with its bitswap broker in between.
    */
   fetcher?: BlockFetcher
+  /** Fetches the blobs a repo references after each sync (blobs.ts); without it blob references are counted, nothing is fetched. */
+  blobs?: BlobMirror
 }
 
 export interface RepoSyncerInit {
@@ -266,6 +276,7 @@ export class RepoSyncer {
   readonly #identity: IdentityResolver
   readonly #heads: HeadResolver
   readonly #fetcher: BlockFetcher
+  readonly #blobs: BlobMirror | undefined
   readonly #client: PdsClient
   readonly #writeBatch: number
   readonly #decodeRecords: boolean
@@ -285,6 +296,7 @@ export class RepoSyncer {
         new PdsBroker({ identity: components.identity }, { client: this.#client })
       ]
     })
+    this.#blobs = components.blobs
     this.#writeBatch = init.writeBatch ?? 256
     this.#decodeRecords = init.decodeRecords ?? false
     this.#cacheBytes = init.cacheBytes ?? 0
@@ -315,6 +327,13 @@ export class RepoSyncer {
       throw err
     }
     return await this.#mutex.run(identity.did, async () => await this.#sync(identity, started, options))
+  }
+
+  /** {@link BlobMirror.checkStored} for `did`, in turn with its syncs: removes the blobs its PDS no longer serves. */
+  async checkBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+    if (this.#blobs === undefined) return { checked: 0, removed: 0 }
+    const blobs = this.#blobs
+    return await this.#mutex.run(did, async () => await blobs.checkStored(did, { pds: (await this.#store.getState(did))?.pds, signal: options.signal }))
   }
 
   /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
@@ -381,9 +400,12 @@ export class RepoSyncer {
           if (report.error !== undefined) throw report.error
           if (report.repaired.length > 0) log.error('%s: the stored repo at rev %s had %d damaged or missing blocks; refetched them', did, state.rev, report.repaired.length)
           result.repaired = report.repaired.length
+          // blobs taken down at the PDS since they were mirrored go too
+          await this.#blobs?.checkStored(did, { pds: identity.pds, signal })
           result.seconds = (performance.now() - started) / 1000
         }
-        return result
+        await this.#catchUpBlobs(did, next, signal)
+        return await this.#withBlobs(result, identity.pds, progress, options)
       }
     }
 
@@ -391,9 +413,12 @@ export class RepoSyncer {
     const release = await this.#store.beginWrite()
     const fetched: FetchedCounts = { local: 0, bitswap: 0, pds: 0 }
     let committed = false
+    let done: SyncResult | undefined
     try {
       // a full sync finds nothing it did not bring: counting disk hits would only cost memory
       const view = new SyncView(this.#store, did, this.#cacheBytes, !full)
+      // blob references of the blocks as they pass (a full sync remembers what it saw)
+      const scan = new BlobScan({ remember: full })
       let bytesIn = 0
 
       // 1. download: the whole repo, or what changed since the stored rev
@@ -435,6 +460,7 @@ export class RepoSyncer {
         for await (const block of car.blocks) {
           guard.admit(block, root)
           view.note(block, looksLikeMstNode(block.bytes) || (root !== undefined && block.cid.equals(root)))
+          scan.see(block)
           batch.push(block)
           fetched.pds++
           if (batch.length >= this.#writeBatch) await flush()
@@ -503,6 +529,7 @@ export class RepoSyncer {
         known: full ? undefined : async (cids) => await this.#store.holds.heldBy(did, cids),
         onBlock: (block) => {
           guard.count(block)
+          scan.see(block)
           progress.blocks++
           progress.bytes += block.bytes.byteLength
           bytesIn += block.bytes.byteLength
@@ -554,12 +581,28 @@ export class RepoSyncer {
         syncedAt: new Date().toISOString(),
         records: summary.records
       }
+      // the blob references of the new commit: a change from the old commit's when
+      // the index describes it, a recount otherwise (stored before blobs were)
+      const described = holdsBlocks(state) ? await this.#store.blobs.describedCommit(did) : undefined
+      const incrementalBlobs = holdsBlocks(state) && described === state.commit
+      const blobs: BlobDelta = await blobDelta(view, scan, incrementalBlobs ? CID.parse(state.data) : null, target.data, { signal })
+      if (!incrementalBlobs) {
+        for (const [cid, count] of await this.#store.blobs.refs(did)) {
+          const entry = blobs.get(cid) ?? { change: 0 }
+          entry.change -= count
+          blobs.set(cid, entry)
+        }
+      }
       signal?.throwIfAborted()
-      const { candidates } = await this.#store.commitRepo(next, delta, { pin, fresh: full })
+      const { candidates } = await this.#store.commitRepo(next, delta, {
+        pin,
+        fresh: full,
+        blobs: async (batch) => await this.#store.blobs.planAdvance(did, blobs, target.cid.toString(), batch)
+      })
       committed = true
       log('%s: %s sync to rev %s (%d records): %d blocks from pds, %d from bitswap, %d found locally; %d GC candidates',
         did, full ? 'full' : 'incremental', target.rev, summary.records, fetched.pds, fetched.bitswap, fetched.local, candidates)
-      return {
+      done = {
         did,
         rev: target.rev,
         commit: target.cid,
@@ -579,6 +622,44 @@ export class RepoSyncer {
       throw err
     } finally {
       await release()
+    }
+    // the blobs of the new commit, once the repo stands (and its GC has run)
+    return await this.#withBlobs(done, identity.pds, progress, options)
+  }
+
+  /** Runs the blob fetch pass (when the syncer has one) and adds its result. */
+  async #withBlobs (result: SyncResult, pds: string, progress: SyncProgress, options: SyncOptions): Promise<SyncResult> {
+    if (this.#blobs === undefined) return result
+    progress.phase = 'blobs'
+    progress.blobs = 0
+    progress.blobBytes = 0
+    result.blobs = await this.#blobs.fetchWanted(result.did, {
+      pds,
+      signal: options.signal,
+      onProgress: (blobs) => {
+        progress.blobs = blobs.blobs
+        progress.blobBytes = blobs.blobBytes
+        options.onProgress?.({ ...progress })
+      }
+    })
+    return result
+  }
+
+  /**
+   * An unchanged repo whose blob references describe another commit (stored
+   * before blobs were mirrored, or an index lost): recount them from its tree.
+   */
+  async #catchUpBlobs (did: string, state: RepoState, signal: AbortSignal | undefined): Promise<void> {
+    if (await this.#store.blobs.describedCommit(did) === state.commit) return
+    const delta = await blobRecount(this.#store, this.#store.blocks, did, CID.parse(state.data), { signal })
+    const batch = this.#store.datastore.db.batch()
+    try {
+      const candidates = await this.#store.blobs.planAdvance(did, delta, state.commit, batch)
+      await batch.write()
+      log('%s: counted the blob references of rev %s (%d blobs)', did, state.rev, [...delta.values()].filter(e => e.change > 0).length)
+      if (candidates > 0) await this.#store.collectGarbage({ force: true })
+    } finally {
+      await batch.close().catch(() => {})
     }
   }
 

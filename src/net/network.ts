@@ -43,7 +43,7 @@ import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import { AMINO_DHT_PROTOCOL, DialAllowList, PUBLIC_BOOTSTRAP_PEERS, defaultListenAddresses, multiaddrPeerId, parseBootstrapAddress, parseListenAddress, parseMultiaddr, parsePeerAddress, type NetworkMode } from './addresses.ts'
 import { ListenError } from '../errors.ts'
 import { Libp2pRouter } from './routing.ts'
-import { ServingBlockstore, type BlockHolderIndex, type VerifiedBlockReader } from './serving-blockstore.ts'
+import { ServingBlockstore, type BlockHolderIndex, type ServedBlobs, type VerifiedBlockReader } from './serving-blockstore.ts'
 import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Blockstore } from 'interface-blockstore'
@@ -84,6 +84,8 @@ export interface NetworkComponents {
   holders?: BlockHolderIndex
   /** The mirror's hash-checked read, which Bitswap serves through (see ServingBlockstore). */
   verified?: VerifiedBlockReader
+  /** Blobs stored outside the blockstore, served too (see ServingBlockstore). */
+  blobs?: ServedBlobs
   /** The node's identity (see `loadOrCreatePeerKey`). */
   privateKey: PrivateKey
   /**
@@ -354,7 +356,7 @@ export async function createNetwork (components: NetworkComponents, init: Networ
   }
 
   const libp2p = await createLibp2p(options)
-  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: components.holders, verified: components.verified })
+  const serving = new ServingBlockstore({ blockstore: components.blockstore, holders: components.holders, verified: components.verified, blobs: components.blobs })
   const light = createHeliaLight({
     blockstore: serving,
     datastore: components.datastore,

@@ -25,13 +25,19 @@
  * refetches it in the background, or, without one, by hashing it here. A damaged
  * block is answered as not found: a peer is never sent bytes that do not match
  * their CID.
+ *
+ * Blobs (raw 0x55 CIDs): small ones are blocks in the blockstore; larger ones live
+ * in files of their own (src/mirror/blob-store.ts) and are served from there
+ * (`blobs`), hash-checked, up to Bitswap's block size. Whether a blob of a withheld
+ * repo is served is decided the same way, by the repos that reference it (the
+ * holder index the node injects answers for blobs too).
  */
 import { logger } from '@libp2p/logger'
 import { NotFoundError } from 'interface-store'
 import type { AbortOptions } from '@libp2p/interface'
 import type { Blockstore, InputPair, Pair } from 'interface-blockstore'
 import type { CID } from 'multiformats/cid'
-import { SHA2_256, sha256 } from '../repo/cid.ts'
+import { RAW, SHA2_256, sha256 } from '../repo/cid.ts'
 
 const log = logger('atmirror:net:serving')
 
@@ -47,6 +53,17 @@ export interface VerifiedBlockReader {
   getVerified: (cid: CID, options: { signal?: AbortSignal, repair: 'background' }) => Promise<Uint8Array | undefined>
 }
 
+/** Blobs stored outside the blockstore (the mirror's BlobStore fits). */
+export interface ServedBlobs {
+  /** The whole blob, hash-checked, when stored and at most `maxBytes`; otherwise undefined. */
+  getBytes: (cid: CID, maxBytes: number, options?: { signal?: AbortSignal }) => Promise<Uint8Array | undefined>
+  /** Its size when stored. */
+  stat: (cid: CID) => Promise<{ size: number } | undefined>
+}
+
+/** The largest blob served over Bitswap (the block size peers accept). */
+const MAX_SERVED_BLOB = 1024 * 1024
+
 export interface ServingBlockstoreComponents {
   /** The mirror's blockstore. */
   blockstore: Blockstore
@@ -54,6 +71,8 @@ export interface ServingBlockstoreComponents {
   verified?: VerifiedBlockReader
   /** Where the holders of a block are looked up while some repo is withheld; without it nothing is withheld. */
   holders?: BlockHolderIndex
+  /** Blobs kept outside the blockstore; without it only those in the blockstore are served. */
+  blobs?: ServedBlobs
 }
 
 export interface ServingStats {
@@ -68,6 +87,7 @@ export class ServingBlockstore implements Blockstore {
   readonly #store: Blockstore
   readonly #holders: BlockHolderIndex | undefined
   readonly #verified: VerifiedBlockReader | undefined
+  readonly #blobs: ServedBlobs | undefined
   readonly #withheld = new Set<string>()
   #refused = 0
   #served = 0
@@ -77,6 +97,7 @@ export class ServingBlockstore implements Blockstore {
     this.#store = components.blockstore
     this.#holders = components.holders
     this.#verified = components.verified
+    this.#blobs = components.blobs
   }
 
   /** Marks `did`'s repo as served (active) or withheld (suspended, deactivated…). */
@@ -114,11 +135,31 @@ export class ServingBlockstore implements Blockstore {
   }
 
   has (cid: CID, options?: AbortOptions): boolean | Promise<boolean> {
+    if (this.#blobs !== undefined && cid.code === RAW) return this.#hasBlob(this.#blobs, cid, options)
     if (this.#withheld.size === 0) return this.#store.has(cid, options)
     return this.#servable(cid, options).then(async ok => ok && await this.#store.has(cid, options))
   }
 
+  async #hasBlob (blobs: ServedBlobs, cid: CID, options?: AbortOptions): Promise<boolean> {
+    if (!await this.#servable(cid, options)) return false
+    if (await this.#store.has(cid, options)) return true
+    const stat = await blobs.stat(cid)
+    return stat !== undefined && stat.size <= MAX_SERVED_BLOB
+  }
+
+  async * #getBlob (blobs: ServedBlobs, cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
+    if (!await this.#servable(cid, options)) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    if (await this.#store.has(cid, options)) {
+      yield await this.#checkedBytes(cid, options)
+      return
+    }
+    const bytes = await blobs.getBytes(cid, MAX_SERVED_BLOB, { signal: options?.signal })
+    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    yield bytes
+  }
+
   get (cid: CID, options?: AbortOptions): Generator<Uint8Array> | AsyncGenerator<Uint8Array> {
+    if (this.#blobs !== undefined && cid.code === RAW) return this.#getBlob(this.#blobs, cid, options)
     if (this.#verified === undefined && this.#withheld.size === 0) {
       // a synchronous store answers synchronously (Bitswap's ledger then needs no promise per block)
       const answer = this.#store.get(cid, options)

@@ -6,7 +6,7 @@
  * - `GET /<did>`: the DID document (PLC directory style), naming this server as PDS;
  * - `com.atproto.sync.getLatestCommit`, `getBlocks` (400 "Could not find cids" like
  *   the reference PDS), `getRepo` (with `since`: the blocks of the current version
- *   that the version at that rev lacked).
+ *   that the version at that rev lacked), `getBlob` (blobs set with `setBlob`).
  *
  * Any route can be overridden per test with `handle(route, fn)`; `requests` logs
  * what was asked.
@@ -17,7 +17,7 @@ import type { Keypair } from '@atproto/crypto'
 import { CID } from 'multiformats/cid'
 import { joinCar, splitCar } from './car-tools.ts'
 
-export type Route = 'did' | 'getLatestCommit' | 'getBlocks' | 'getRepo'
+export type Route = 'did' | 'getLatestCommit' | 'getBlocks' | 'getRepo' | 'getBlob'
 
 export interface RepoVersion {
   commit: CID
@@ -33,6 +33,8 @@ export interface FakePds {
   url: string
   /** Serves `did` with `keypair`'s key; `version` becomes its current repo (earlier versions are kept for `since`). */
   setRepo: (did: string, keypair: Keypair, version: RepoVersion) => void
+  /** Serves `bytes` as a blob (`getBlob`, any DID). */
+  setBlob: (cid: string, bytes: Uint8Array) => void
   /** The PDS that `did`'s document names from now on (an account that moved). @default this server */
   setPdsEndpoint: (did: string, pds: string) => void
   /** Overrides a route until `reset()`. */
@@ -53,6 +55,7 @@ export async function startFakePds (): Promise<FakePds> {
   const accounts = new Map<string, Account>()
   const endpoints = new Map<string, string>()
   const overrides = new Map<Route, RouteHandler>()
+  const blobs = new Map<string, Uint8Array>()
   const requests: FakePds['requests'] = []
   let url = ''
 
@@ -91,6 +94,12 @@ export async function startFakePds (): Promise<FakePds> {
       const missing = wanted.filter(cid => !account.blocks.has(cid))
       if (missing.length > 0) return json(res, 400, { error: 'InvalidRequest', message: `Could not find cids: ${missing.join(',')}` })
       car(res, joinCar([], wanted.map(cid => ({ cid: CID.parse(cid), bytes: account.blocks.get(cid) as Uint8Array }))))
+    },
+    getBlob (_req, res, u) {
+      const bytes = blobs.get(u.searchParams.get('cid') ?? '')
+      if (bytes === undefined) return json(res, 400, { error: 'InvalidRequest', message: 'Blob not found' })
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.byteLength })
+      res.end(bytes)
     },
     getRepo (_req, res, u) {
       const account = accounts.get(u.searchParams.get('did') ?? '')
@@ -139,6 +148,9 @@ export async function startFakePds (): Promise<FakePds> {
       account.keypair = keypair
       account.versions.push(version)
       for (const block of splitCar(version.car).blocks) account.blocks.set(block.cid.toString(), block.bytes)
+    },
+    setBlob (cid, bytes) {
+      blobs.set(cid, bytes)
     },
     setPdsEndpoint (did, pds) {
       endpoints.set(did, pds)

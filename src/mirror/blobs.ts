@@ -1,0 +1,263 @@
+/**
+ * Blob mirroring: which blobs a pinned repo references, and fetching them.
+ *
+ * References come from the records (`$type: blob` links, src/repo/blob-refs.ts).
+ * A sync sees every block it downloads: {@link BlobScan} looks at each as it
+ * passes (a byte search, so nearly free; only blocks holding a raw link are
+ * decoded), and at the advance {@link blobDelta} turns the records that changed
+ * into a change of the DID's references: from the MST diff for an incremental
+ * sync, from every record of the new tree for a full one (records the download did
+ * not bring are read back from the store). The change is written in the advance's
+ * batch (blob-store.ts), so references always describe the stored commit. A repo
+ * whose references describe another commit (stored before blobs were mirrored) is
+ * recounted from its whole tree.
+ *
+ * After the advance, {@link BlobMirror.fetchWanted} fetches what the repo
+ * references and the store lacks, through the blob chain (local → Bitswap → the
+ * PDS's getBlob, hash-checked while streaming, capped by `maxBlobSize`), a few at
+ * once. It runs as a writer of the store, so garbage collection never deletes a
+ * blob under it. A failure leaves the blob wanted for the next sync; a blob over
+ * the cap, or one the PDS says it does not have while a record references it (a
+ * takedown), is recorded as gone, logged, not fetched again, and a copy of a
+ * taken-down blob is removed. References are counted whatever the setting; with
+ * blobs off (the node, or one pin) nothing is fetched.
+ */
+import { logger } from '@libp2p/logger'
+import { BlobTooLargeError, PdsBlobNotFoundError, AllSourcesFailedError } from '../errors.ts'
+import { eachParallel } from '../blocks/parallel.ts'
+import type { BlobFetcher } from '../blocks/blob-fetch.ts'
+import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
+import { blobRefsOf, mayReferenceBlobs, type BlobRef } from '../repo/blob-refs.ts'
+import { CID, cidKey } from '../repo/cid.ts'
+import { diffMst } from '../repo/mst/diff.ts'
+import { walkMstBatches } from '../repo/mst/walk.ts'
+import type { BlobDelta } from './blob-store.ts'
+import type { MirrorStore } from './store.ts'
+
+const log = logger('atmirror:mirror:blobs')
+
+/** The default cap on one blob: 100 MiB. */
+export const DEFAULT_MAX_BLOB_SIZE = 100 * 1024 * 1024
+
+/**
+ * The blob references of the blocks a sync sees pass. For a full sync it also
+ * remembers which blocks it saw (a short key each), so that at the advance only
+ * records the download did not bring are read back.
+ */
+export class BlobScan {
+  readonly #refs = new Map<string, BlobRef[]>()
+  readonly #seen: Set<string> | undefined
+
+  constructor (options: { remember: boolean }) {
+    this.#seen = options.remember ? new Set() : undefined
+  }
+
+  see (block: Block): void {
+    const key = cidKey(block.cid)
+    this.#seen?.add(key)
+    if (!mayReferenceBlobs(block.bytes)) return
+    const refs = blobRefsOf(block.bytes)
+    if (refs.length > 0) this.#refs.set(key, refs)
+  }
+
+  /** The references of a record, from what passed or read from `blocks`. */
+  async refsOf (cid: CID, blocks: ReadonlyBlockStore, options: { signal?: AbortSignal } = {}): Promise<BlobRef[]> {
+    const key = cidKey(cid)
+    const known = this.#refs.get(key)
+    if (known !== undefined) return known
+    if (this.#seen?.has(key) === true) return []
+    const bytes = await blocks.get(cid, options)
+    return bytes === undefined ? [] : blobRefsOf(bytes)
+  }
+}
+
+function addRefs (delta: BlobDelta, refs: readonly BlobRef[], sign: 1 | -1): void {
+  for (const ref of refs) {
+    const key = ref.cid.toString()
+    const entry = delta.get(key) ?? { change: 0 }
+    entry.change += sign
+    if (ref.size !== undefined && sign > 0) entry.size = ref.size
+    delta.set(key, entry)
+  }
+}
+
+/**
+ * How `did`'s blob references change from the tree at `before` (whose references
+ * the index holds; `null`: it holds none) to the tree at `after`.
+ */
+export async function blobDelta (blocks: ReadonlyBlockStore, scan: BlobScan, before: CID | null, after: CID, options: { signal?: AbortSignal } = {}): Promise<BlobDelta> {
+  const delta: BlobDelta = new Map()
+  if (before === null) {
+    for await (const leaves of walkMstBatches(blocks, after, { signal: options.signal })) {
+      for (const leaf of leaves) addRefs(delta, await scan.refsOf(leaf.cid, blocks, options), 1)
+    }
+    return delta
+  }
+  const diff = await diffMst(blocks, before, after, { signal: options.signal })
+  for (const op of diff.recordOps) {
+    if (op.oldValue !== null) addRefs(delta, await scan.refsOf(op.oldValue, blocks, options), -1)
+    if (op.newValue !== null) addRefs(delta, await scan.refsOf(op.newValue, blocks, options), 1)
+  }
+  return delta
+}
+
+/** A recount: `did`'s whole tree at `data` against what the index holds for it now. */
+export async function blobRecount (store: MirrorStore, blocks: ReadonlyBlockStore, did: string, data: CID, options: { signal?: AbortSignal } = {}): Promise<BlobDelta> {
+  const delta = await blobDelta(blocks, new BlobScan({ remember: false }), null, data, options)
+  for (const [cid, count] of await store.blobs.refs(did)) {
+    const entry = delta.get(cid) ?? { change: 0 }
+    entry.change -= count
+    delta.set(cid, entry)
+  }
+  return delta
+}
+
+/** What one fetch pass did. */
+export interface BlobPassResult {
+  /** Blobs the repo references that were not stored when the pass began. */
+  wanted: number
+  /** Stored by this pass, by source. */
+  fetched: { local: number, bitswap: number, pds: number }
+  /** Bytes stored by this pass. */
+  bytes: number
+  /** Failed this time; asked for again on the next sync. */
+  failed: number
+  /** Refused for good: over the cap, or taken down. */
+  refused: number
+}
+
+/** Progress of a fetch pass. */
+export interface BlobProgress {
+  did: string
+  /** Blobs stored so far by this pass. */
+  blobs: number
+  /** Bytes stored so far by this pass (partial downloads included). */
+  blobBytes: number
+}
+
+export interface BlobMirrorComponents {
+  store: MirrorStore
+  fetcher: BlobFetcher
+}
+
+export interface BlobMirrorInit {
+  /** Fetch blobs at all (references are counted either way). @default true */
+  enabled?: boolean
+  /** The largest blob fetched, in bytes. @default 104857600 (100 MiB) */
+  maxBlobSize?: number
+  /** Blobs downloaded at once per repo. @default 4 */
+  concurrency?: number
+}
+
+export class BlobMirror {
+  readonly #store: MirrorStore
+  readonly #fetcher: BlobFetcher
+  readonly enabled: boolean
+  readonly maxBlobSize: number
+  readonly #concurrency: number
+
+  constructor (components: BlobMirrorComponents, init: BlobMirrorInit = {}) {
+    this.#store = components.store
+    this.#fetcher = components.fetcher
+    this.enabled = init.enabled ?? true
+    this.maxBlobSize = init.maxBlobSize ?? DEFAULT_MAX_BLOB_SIZE
+    this.#concurrency = Math.max(1, init.concurrency ?? 4)
+  }
+
+  /**
+   * Fetches the blobs `did` references that are not stored (none when blobs are off
+   * for the node or the pin). Failures are logged and counted, never thrown, but an
+   * abort is.
+   */
+  async fetchWanted (did: string, options: { pds?: string, signal?: AbortSignal, onProgress?: (progress: BlobProgress) => void } = {}): Promise<BlobPassResult> {
+    const result: BlobPassResult = { wanted: 0, fetched: { local: 0, bitswap: 0, pds: 0 }, bytes: 0, failed: 0, refused: 0 }
+    if (!this.enabled || await this.#store.blobs.isOff(did)) return result
+    const wanted = await this.#store.blobs.wanted(did)
+    if (wanted.length === 0) return result
+    const progress: BlobProgress = { did, blobs: 0, blobBytes: 0 }
+    const release = await this.#store.beginWrite()
+    try {
+      await eachParallel(wanted, async ({ cid, size }) => {
+        const blobs = this.#store.blobs
+        if (await blobs.has(cid)) {
+          await blobs.fetched(did, cid)
+          return
+        }
+        result.wanted++
+        let counted = 0
+        try {
+          const got = await this.#fetcher.fetch(cid, async (chunks) => await blobs.write(cid, chunks, { signal: options.signal }), {
+            did,
+            pds: options.pds,
+            size,
+            maxBytes: this.maxBlobSize,
+            signal: options.signal,
+            onBytes: (n) => {
+              progress.blobBytes += n - counted
+              counted = n
+              options.onProgress?.({ ...progress })
+            }
+          })
+          await blobs.fetched(did, cid)
+          if (got.source === 'local' || got.source === 'bitswap' || got.source === 'pds') result.fetched[got.source]++
+          result.bytes += got.bytes
+          progress.blobs++
+          options.onProgress?.({ ...progress })
+        } catch (err) {
+          if (options.signal?.aborted === true) throw err
+          progress.blobBytes -= counted
+          if (err instanceof BlobTooLargeError) {
+            result.refused++
+            log.error('%s: blob %c not mirrored: %d bytes, over the cap of %d (did=%s cid=%s size=%d)', did, cid, err.size, err.max, did, cid.toString(), err.size)
+            await blobs.markGone(did, cid, { reason: 'too-large', at: new Date().toISOString(), size: err.size, max: err.max })
+            return
+          }
+          const notFound = err instanceof AllSourcesFailedError ? err.errors.find(({ error }) => error instanceof PdsBlobNotFoundError)?.error : undefined
+          if (notFound !== undefined) {
+            result.refused++
+            log.error('%s: blob %c is referenced but its PDS does not serve it (taken down or deleted): %s', did, cid, notFound.message)
+            await blobs.markGone(did, cid, { reason: 'not-found', at: new Date().toISOString() })
+            return
+          }
+          result.failed++
+          log.error('%s: blob %c not fetched (asked again on the next sync): %e', did, cid, err)
+        }
+      }, this.#concurrency)
+    } finally {
+      await release()
+    }
+    if (result.wanted > 0) log('%s: blobs: %d wanted, %d from pds, %d from bitswap, %d bytes; %d failed, %d refused', did, result.wanted, result.fetched.pds, result.fetched.bitswap, result.bytes, result.failed, result.refused)
+    return result
+  }
+  /**
+   * Asks the DID's PDS whether it still serves each blob of `did` stored here (and
+   * stops at the headers): one it no longer serves while a record references it
+   * was taken down (or deleted), and is removed and recorded as gone. For explicit
+   * checks (`atmirror mirror` of an unchanged repo), not every re-check.
+   */
+  async checkStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+    const pds = this.#fetcher.source('pds')
+    const out = { checked: 0, removed: 0 }
+    if (pds?.has === undefined) return out
+    const blobs = this.#store.blobs
+    const refs = [...(await blobs.refs(did)).keys()].map(cid => CID.parse(cid))
+    await eachParallel(refs, async (cid) => {
+      if (!await blobs.has(cid)) return
+      out.checked++
+      let served: boolean
+      try {
+        served = await (pds.has as NonNullable<typeof pds.has>)(cid, { did, pds: options.pds, maxBytes: this.maxBlobSize, signal: options.signal })
+      } catch (err) {
+        if (options.signal?.aborted === true) throw err
+        log('%s: cannot check blob %c at its PDS: %e', did, cid, err)
+        return
+      }
+      if (served) return
+      log.error('%s: blob %c is referenced but its PDS no longer serves it (taken down or deleted); removing it', did, cid)
+      await blobs.markGone(did, cid, { reason: 'not-found', at: new Date().toISOString() })
+      out.removed++
+    }, this.#concurrency)
+    return out
+  }
+
+}

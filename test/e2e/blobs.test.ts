@@ -1,0 +1,283 @@
+/**
+ * Blob mirroring against a real PDS + PLC (support/network.ts): images uploaded
+ * with @atproto/api's `uploadBlob` and referenced by records are mirrored, small
+ * ones into the block store and large ones into files, byte for byte what the PDS
+ * serves; a blob is collected once no record references it (record deleted,
+ * unpin) and kept while another record does; a blob over the cap is refused and
+ * recorded; a blob the PDS has taken down is removed; blob mirroring can be off for
+ * a pin. Hostile input comes from the fake PDS: a blob whose bytes do not match its
+ * CID is refused and nothing is stored.
+ */
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { AtpAgent } from '@atproto/api'
+import { BlobFetcher, PdsBlobSource } from '../../src/blocks/blob-fetch.ts'
+import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
+import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
+import { BlobMirror, type BlobMirrorInit } from '../../src/mirror/blobs.ts'
+import { MirrorStore } from '../../src/mirror/store.ts'
+import { RepoSyncer } from '../../src/mirror/sync.ts'
+import { CID, RAW, cidForBytes } from '../../src/repo/cid.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
+import { EvolvingRepo, posts } from '../helpers/evolving-repo.ts'
+import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
+
+interface Uploaded {
+  cid: string
+  bytes: Uint8Array
+  /** The record's blob field, as JSON. */
+  ref: { $type: 'blob', ref: { $link: string }, mimeType: string, size: number }
+}
+
+async function upload (agent: AtpAgent, bytes: Uint8Array, mimeType = 'image/png'): Promise<Uploaded> {
+  const { data } = await agent.uploadBlob(bytes, { encoding: mimeType })
+  const cid = data.blob.ref.toString()
+  return { cid, bytes, ref: { $type: 'blob', ref: { $link: cid }, mimeType: data.blob.mimeType, size: data.blob.size } }
+}
+
+/** A post with images, as Bluesky writes one. */
+const imagePost = (text: string, images: Uploaded[]): Record<string, unknown> => ({
+  text,
+  createdAt: new Date().toISOString(),
+  embed: { $type: 'app.bsky.embed.images', images: images.map(image => ({ alt: text, image: image.ref })) }
+})
+
+async function readAll (chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const parts: Uint8Array[] = []
+  for await (const chunk of chunks) parts.push(chunk)
+  return Buffer.concat(parts)
+}
+
+/** A store and a syncer that mirrors blobs from the DID's PDS. */
+async function mirrorOn (dir: string, plcUrl: string, pdsUrl: string | undefined, init: BlobMirrorInit = {}): Promise<{ store: MirrorStore, syncer: RepoSyncer, identity: AtprotoIdentityResolver }> {
+  const store = await MirrorStore.open(dir)
+  const identity = new AtprotoIdentityResolver({ plcUrl, allowHttpLocalhost: true, handleResolverUrl: pdsUrl })
+  const blobs = new BlobMirror({ store, fetcher: new BlobFetcher({ sources: [new PdsBlobSource({ identity })] }) }, init)
+  const syncer = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }), blobs })
+  return { store, syncer, identity }
+}
+
+describe('blob mirroring from a real PDS', () => {
+  let net: TestNetwork
+  let root: string
+  let alice: TestAccount
+  let agent: AtpAgent
+  let store: MirrorStore
+  let syncer: RepoSyncer
+  let small: Uploaded
+  let large: Uploaded
+  let shared: Uploaded
+  let stray: Uploaded
+
+  before(async () => {
+    net = await startTestNetwork()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-e2e-blobs-'))
+    alice = await net.createAccount('blobs')
+    agent = new AtpAgent({ service: net.pdsUrl })
+    await agent.login({ identifier: alice.handle, password: alice.password })
+    small = await upload(agent, randomBytes(10 * 1024))
+    large = await upload(agent, randomBytes(300 * 1024), 'image/jpeg')
+    shared = await upload(agent, randomBytes(80 * 1024))
+    // uploaded, never referenced: not the mirror's business
+    stray = await upload(agent, randomBytes(5 * 1024))
+    await net.writeRecords(alice, [
+      { collection: 'app.bsky.feed.post', rkey: 'withsmall', value: imagePost('small', [small]) },
+      { collection: 'app.bsky.feed.post', rkey: 'withlarge', value: imagePost('large', [large, shared]) },
+      { collection: 'app.bsky.feed.post', rkey: 'alsoshared', value: imagePost('shared again', [shared]) },
+      { collection: 'app.bsky.actor.profile', rkey: 'self', value: { displayName: 'Blobs' } }
+    ])
+    ;({ store, syncer } = await mirrorOn(join(root, 'main'), net.plcUrl, net.pdsUrl))
+  })
+
+  after(async () => {
+    await store?.close()
+    await net?.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('mirrors every referenced image, byte for byte what the PDS serves, small ones as blocks and large ones as files', async () => {
+    const result = await syncer.sync(alice.did)
+    assert.deepEqual(result.blobs, { wanted: 3, fetched: { local: 0, bitswap: 0, pds: 3 }, bytes: small.bytes.byteLength + large.bytes.byteLength + shared.bytes.byteLength, failed: 0, refused: 0 })
+    for (const blob of [small, large, shared]) {
+      const cid = CID.parse(blob.cid)
+      const fromPds = Buffer.from(await (await fetch(`${net.pdsUrl}/xrpc/com.atproto.sync.getBlob?did=${alice.did}&cid=${blob.cid}`)).arrayBuffer())
+      assert.ok(fromPds.equals(blob.bytes))
+      const stream = await store.blobs.read(cid)
+      assert.ok(stream !== undefined, `blob ${blob.cid} is stored`)
+      assert.ok((await readAll(stream.chunks)).equals(fromPds), `blob ${blob.cid} is what the PDS serves`)
+    }
+    // routed by size: a file for the large ones, the block store for the small one
+    assert.equal(existsSync(store.blobs.pathOf(CID.parse(large.cid))), true)
+    assert.equal(existsSync(store.blobs.pathOf(CID.parse(shared.cid))), true)
+    assert.equal(existsSync(store.blobs.pathOf(CID.parse(small.cid))), false)
+    assert.equal(await store.blockstore.has(CID.parse(small.cid)), true)
+    assert.equal(await store.blobs.has(CID.parse(stray.cid)), false)
+    assert.deepEqual(new Map([...(await store.blobs.refs(alice.did))].sort()), new Map<string, number>([[small.cid, 1], [large.cid, 1], [shared.cid, 2]].sort((a, b) => String(a[0]).localeCompare(String(b[0]))) as Array<[string, number]>))
+    assert.deepEqual(await store.blobs.usage(alice.did), { referenced: 3, stored: 3, bytes: result.blobs?.bytes })
+  })
+
+  it('an unchanged repo fetches no blob again', async () => {
+    const result = await syncer.sync(alice.did)
+    assert.equal(result.changed, false)
+    assert.equal(result.blobs?.wanted, 0)
+  })
+
+  it('collects a blob once its last record is deleted, and keeps one another record still references', async () => {
+    await net.deleteRecord(alice, 'app.bsky.feed.post', 'withlarge')
+    const result = await syncer.sync(alice.did)
+    assert.equal(result.changed, true)
+    assert.equal(await store.blobs.has(CID.parse(large.cid)), false)
+    assert.equal(existsSync(store.blobs.pathOf(CID.parse(large.cid))), false)
+    assert.equal(await store.blobs.has(CID.parse(shared.cid)), true, 'still referenced by another record')
+    assert.equal(await store.blobs.has(CID.parse(small.cid)), true)
+
+    await net.deleteRecord(alice, 'app.bsky.feed.post', 'withsmall')
+    await syncer.sync(alice.did)
+    assert.equal(await store.blobs.has(CID.parse(small.cid)), false)
+    assert.equal(await store.blockstore.has(CID.parse(small.cid)), false)
+    assert.deepEqual(await store.blobs.refs(alice.did), new Map([[shared.cid, 1]]))
+  })
+
+  it('a blob added later comes with the incremental sync', async () => {
+    const later = await upload(agent, randomBytes(200 * 1024))
+    await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', rkey: 'later', value: imagePost('later', [later]) }])
+    const result = await syncer.sync(alice.did)
+    assert.equal(result.full, false)
+    assert.equal(result.blobs?.fetched.pds, 1)
+    const stream = await store.blobs.read(CID.parse(later.cid))
+    assert.ok(stream !== undefined && (await readAll(stream.chunks)).equals(later.bytes))
+  })
+
+  it('refuses a blob over the cap, and records why', async () => {
+    const capped = await mirrorOn(join(root, 'capped'), net.plcUrl, net.pdsUrl, { maxBlobSize: 100 * 1024 })
+    try {
+      const result = await capped.syncer.sync(alice.did)
+      // `shared` (80 KiB) fits, `later` (200 KiB) does not
+      assert.equal(result.blobs?.fetched.pds, 1)
+      assert.equal(result.blobs?.refused, 1)
+      const gone = await capped.store.blobs.gone(alice.did)
+      assert.equal(gone.size, 1)
+      const [[cid, why]] = [...gone]
+      assert.equal(why.reason, 'too-large')
+      assert.equal(why.max, 100 * 1024)
+      assert.equal(await capped.store.blobs.has(CID.parse(cid)), false)
+      // not asked for again
+      const again = await capped.syncer.sync(alice.did)
+      assert.equal(again.blobs?.wanted, 0)
+    } finally {
+      await capped.store.close()
+    }
+  })
+
+  it('with blobs off for the pin, counts references but fetches nothing', async () => {
+    const off = await mirrorOn(join(root, 'off'), net.plcUrl, net.pdsUrl)
+    try {
+      await off.store.blobs.setOff(alice.did, true)
+      const result = await off.syncer.sync(alice.did)
+      assert.equal(result.blobs?.wanted, 0)
+      assert.equal((await off.store.blobs.refs(alice.did)).size, 2)
+      assert.equal((await off.store.blobs.usage(alice.did)).stored, 0)
+      // on again: the next sync fetches them
+      await off.store.blobs.setOff(alice.did, false)
+      assert.equal((await off.syncer.sync(alice.did)).blobs?.fetched.pds, 2)
+    } finally {
+      await off.store.close()
+    }
+  })
+
+  it('unpin collects the repo\'s blobs', async () => {
+    const before = await store.blobs.refs(alice.did)
+    assert.ok(before.size > 0)
+    await store.unpinRepo(alice.did)
+    for (const cid of before.keys()) assert.equal(await store.blobs.has(CID.parse(cid)), false, `blob ${cid} collected`)
+    assert.equal((await store.blobs.refs(alice.did)).size, 0)
+  })
+})
+
+describe('hostile blobs from a fake PDS', () => {
+  let pds: FakePds
+  let root: string
+  let repo: EvolvingRepo
+  let good: Uint8Array
+  let blobCid: CID
+
+  before(async () => {
+    pds = await startFakePds()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-e2e-blobs-hostile-'))
+    good = randomBytes(120 * 1024)
+    blobCid = cidForBytes(good, RAW)
+    repo = await EvolvingRepo.create(41, [
+      ...posts(20),
+      {
+        collection: 'app.bsky.feed.post',
+        rkey: '3zzzzzzzzzzzz',
+        record: { $type: 'app.bsky.feed.post', text: 'a picture', createdAt: '2024-01-01T00:00:00.000Z', embed: { $type: 'app.bsky.embed.images', images: [{ alt: '', image: { $type: 'blob', ref: blobCid, mimeType: 'image/png', size: good.byteLength } }] } }
+      }
+    ])
+    pds.setRepo(repo.did, repo.keypair, await repo.version())
+  })
+
+  after(async () => {
+    await pds.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('refuses a blob whose bytes do not match its CID, with a clear error, and stores nothing', async () => {
+    const tampered = Buffer.from(good)
+    tampered[1000] ^= 0xff
+    pds.setBlob(blobCid.toString(), tampered)
+    const { store, syncer, identity } = await mirrorOn(join(root, 'tampered'), pds.url, undefined)
+    try {
+      const result = await syncer.sync(repo.did)
+      assert.equal(result.changed, true)
+      assert.deepEqual(result.blobs, { wanted: 1, fetched: { local: 0, bitswap: 0, pds: 0 }, bytes: 0, failed: 1, refused: 0 })
+      assert.equal(await store.blobs.has(blobCid), false)
+      // still wanted: the next sync asks again
+      assert.deepEqual((await store.blobs.wanted(repo.did)).map(w => w.cid.toString()), [blobCid.toString()])
+
+      const fetcher = new BlobFetcher({ sources: [new PdsBlobSource({ identity })] })
+      await assert.rejects(fetcher.fetch(blobCid, async (chunks) => await store.blobs.write(blobCid, chunks), { did: repo.did, maxBytes: 1 << 20 }), (err: Error & { errors?: Array<{ error: Error }> }) => {
+        assert.equal(err.name, 'AllSourcesFailedError')
+        const cause = err.errors?.[0]?.error
+        assert.equal(cause?.name, 'BlobMismatchError')
+        assert.match(cause?.message ?? '', new RegExp(`blob bytes do not match CID; did=${repo.did} cid=${blobCid.toString()} actual=bafk`))
+        assert.match(cause?.message ?? '', /url=http:\/\/localhost:\d+\/xrpc\/com\.atproto\.sync\.getBlob/)
+        return true
+      })
+      assert.equal(await store.blobs.has(blobCid), false)
+
+      // the good bytes, once the PDS serves them
+      pds.setBlob(blobCid.toString(), good)
+      assert.equal((await syncer.sync(repo.did)).blobs?.fetched.pds, 1)
+      const stream = await store.blobs.read(blobCid)
+      assert.ok(stream !== undefined && (await readAll(stream.chunks)).equals(good))
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('a blob its PDS no longer serves (taken down) is recorded as gone and its copy removed', async () => {
+    const { store, syncer } = await mirrorOn(join(root, 'takedown'), pds.url, undefined)
+    try {
+      pds.setBlob(blobCid.toString(), good)
+      assert.equal((await syncer.sync(repo.did)).blobs?.fetched.pds, 1)
+      assert.equal(await store.blobs.has(blobCid), true)
+      pds.handle('getBlob', (_req, res) => {
+        res.writeHead(400, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ error: 'InvalidRequest', message: 'Blob not found' }))
+      })
+      const report = await syncer.checkBlobs(repo.did)
+      assert.deepEqual(report, { checked: 1, removed: 1 })
+      assert.equal(await store.blobs.has(blobCid), false)
+      assert.equal((await store.blobs.gone(repo.did)).get(blobCid.toString())?.reason, 'not-found')
+      pds.reset()
+    } finally {
+      await store.close()
+    }
+  })
+})
