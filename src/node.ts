@@ -98,9 +98,10 @@ export interface MirrorNodeInit {
   api?: { port?: number, host?: string } | false
   /**
    * Prometheus metrics in a registry of the node's own (`node.metrics`; the table of
-   * names is in src/server/metrics.ts). Off, prom-client is not even loaded.
+   * names is in src/server/metrics.ts), served as `/metrics` by the public HTTP
+   * server. Off, prom-client is not even loaded.
    *
-   * @default false
+   * @default true when `http` is on, else false
    */
   metrics?: boolean
   /**
@@ -494,6 +495,7 @@ export class MirrorNode implements MirrorApi {
       network: this.network?.mode ?? null,
       addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
       peers: this.network?.getPeers().length ?? 0,
+      metrics: this.metrics !== undefined && this.http !== undefined && this.#state === 'running' ? `${this.http.url}/metrics` : null,
       repos: await this.listPins()
     }
   }
@@ -632,7 +634,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     let network: MirrorNetwork | undefined
     let bitswap: BlockBroker | undefined
     let metrics: NodeMetrics | undefined
-    if (init.metrics === true) {
+    if (init.metrics ?? (init.http !== undefined && init.http !== false)) {
       const { NodeMetrics } = await import('./server/metrics.ts')
       // read when scraped: the network is built below
       metrics = new NodeMetrics({ store, blockstore: store.blockstore, served: () => network?.serving.stats() }, { version: VERSION, dataDir: init.dataDir })
@@ -702,6 +704,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       // loaded only when serving: express and the lexicons are a one-shot command's dead weight
       const { PublicServer } = await import('./server/public-server.ts')
       http = new PublicServer({ version: VERSION, ...init.http })
+      metrics?.serveOn(http)
     }
     return new MirrorNode({
       dataDir: init.dataDir,

@@ -37,6 +37,8 @@ function formatStatus (status: NodeStatus, api: string): string {
     `network:   ${status.network ?? 'offline'}${status.network === null ? '' : ` (${status.peers} peer${status.peers === 1 ? '' : 's'} connected)`}`,
     `peer id:   ${status.peerId ?? '-'}`
   ]
+  // a daemon of an older version does not say
+  if (status.metrics !== undefined && status.metrics !== null) lines.push(`metrics:   ${status.metrics}`)
   status.addresses.forEach((addr, i) => lines.push(`${i === 0 ? 'addresses:' : '          '} ${addr}`))
   lines.push(`pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'}${status.intervalSeconds > 0 ? `, re-checked every ${status.intervalSeconds} s` : ''}`)
   for (const repo of status.repos) lines.push(`  ${formatRepo(repo)}`)

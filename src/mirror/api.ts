@@ -50,6 +50,8 @@ export interface NodeStatus {
   addresses: string[]
   /** Peers connected now. */
   peers: number
+  /** The URL Prometheus scrapes (`…/metrics` on the public HTTP server); null when that server or metrics are off. */
+  metrics: string | null
   repos: PinnedRepo[]
 }
 

@@ -1,5 +1,6 @@
 /**
- * The node's Prometheus metrics, served as `/metrics` by the public HTTP server.
+ * The node's Prometheus metrics, served as `/metrics` by the public HTTP server
+ * (public-server.ts; {@link NodeMetrics.serveOn}).
  *
  * Each node has its own prom-client `Registry` (never the global default one, so two
  * nodes in one process do not mix their figures). libp2p, the DHT and Helia's
@@ -45,7 +46,6 @@
  * process is found in that map and reported in the other node's registry. The
  * atmirror_* metrics are unaffected.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http'
 import { logger } from '@libp2p/logger'
 import { prometheusMetrics } from '@libp2p/prometheus-metrics'
 import type { Metrics, TypedEventTarget } from '@libp2p/interface'
@@ -54,6 +54,7 @@ import type { BlockstoreUsage } from '../mirror/blockstore.ts'
 import { REPO_STATUSES } from '../mirror/status-policy.ts'
 import type { RepoState } from '../mirror/store.ts'
 import type { SyncResult } from '../mirror/sync.ts'
+import type { PublicServer } from './public-server.ts'
 
 const log = logger('atmirror:metrics')
 
@@ -243,26 +244,32 @@ export class NodeMetrics {
     this.#firehose = source
   }
 
-  /** Counts one public HTTP request (the middleware does it for the public server). */
+  /** Counts one public HTTP request ({@link serveOn} does it for the public server). */
   httpRequest (endpoint: string, status: number | string, seconds: number): void {
     this.#httpRequests.inc({ endpoint, status: String(status) })
     this.#httpSeconds.observe({ endpoint }, seconds)
   }
 
   /**
-   * Connect-style middleware (Express, xrpc-server's router) counting every request
-   * once its answer has ended, or the client has gone (`status="aborted"`).
-   * `endpoint` names a request for the label; it must give a bounded set of names
-   * (the routes the server has), never something taken from the URL as it is.
+   * Serves `/metrics` on the public server, and counts every request it answers
+   * once its answer has ended, or the client has gone (`status="aborted"`), by the
+   * server's own bounded endpoint names. WebSocket subscriptions are not counted.
    */
-  httpMiddleware (endpoint: (req: IncomingMessage) => string): (req: IncomingMessage, res: ServerResponse, next: () => void) => void {
-    return (req, res, next) => {
+  serveOn (server: Pick<PublicServer, 'mount' | 'observe' | 'endpointOf'>): void {
+    server.mount({
+      path: '/metrics',
+      handler: async (_req, res) => {
+        const { contentType, body } = await this.scrape()
+        res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) })
+        res.end(body)
+      }
+    })
+    server.observe((req, res) => {
       const started = performance.now()
       res.once('close', () => {
-        this.httpRequest(endpoint(req), res.writableFinished ? res.statusCode : ABORTED, (performance.now() - started) / 1000)
+        this.httpRequest(server.endpointOf(req), res.writableFinished ? res.statusCode : ABORTED, (performance.now() - started) / 1000)
       })
-      next()
-    }
+    })
   }
 
   /** The registry in Prometheus text format, with its content type. */

@@ -14,7 +14,9 @@
  *   `@atproto/xrpc-server` Server (`server.method(nsid, handler)`,
  *   `server.streamMethod(nsid, handler)` for subscriptions);
  * - {@link PublicServer.mount}: a plain GET route on a path prefix (`/metrics`, the
- *   PLC read API, `/ipfs`), handled with node's request and response.
+ *   PLC read API, `/ipfs`), handled with node's request and response;
+ * - {@link PublicServer.observe}: a hook that sees every request before the gate
+ *   (metrics count them by {@link PublicServer.endpointOf} once answered).
  *
  * Every request passes one gate first:
  * - only GET and HEAD (405 otherwise), and no request body (413);
@@ -109,6 +111,7 @@ export class PublicServer {
   readonly #version: string
   readonly #routes: PublicRoute[] = []
   readonly #xrpcMounts: XrpcMount[] = []
+  readonly #observers: Array<(req: IncomingMessage, res: ServerResponse) => void> = []
   readonly #perClient = new Map<string, number>()
   #inFlight = 0
   #server: Server | undefined
@@ -158,6 +161,28 @@ export class PublicServer {
   mountXrpc (register: XrpcMount): void {
     this.#xrpcMounts.push(register)
     if (this.#xrpc !== undefined) register(this.#xrpc)
+  }
+
+  /** Calls `hook` first for every request (WebSocket upgrades aside), before the gate answers it. */
+  observe (hook: (req: IncomingMessage, res: ServerResponse) => void): void {
+    this.#observers.push(hook)
+  }
+
+  /**
+   * What a request asks for, from a bounded set of names (for labels): the mounted
+   * route's path, the NSID of an XRPC method the lexicons know, or `other`.
+   */
+  endpointOf (req: IncomingMessage): string {
+    let path: string
+    try {
+      path = new URL(req.url ?? '/', 'http://localhost').pathname
+    } catch {
+      return 'other'
+    }
+    const route = this.#routes.find(r => path === r.path || path.startsWith(r.path + '/'))
+    if (route !== undefined) return route.path
+    const nsid = /^\/xrpc\/([a-zA-Z0-9.-]+)$/.exec(path)?.[1]
+    return nsid !== undefined && this.#xrpc?.lex.getDef(nsid) !== undefined ? nsid : 'other'
   }
 
   async start (): Promise<void> {
@@ -219,6 +244,7 @@ export class PublicServer {
   }
 
   #handle (req: IncomingMessage, res: ServerResponse): void {
+    for (const hook of this.#observers) hook(req, res)
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD')
       sendError(res, 405, 'MethodNotAllowed', `this server is read-only; ${String(req.method)} is not allowed`)

@@ -1,8 +1,9 @@
 /**
  * The node's Prometheus metrics against real parts: a real PDS + PLC
- * (support/network.ts), nodes made by createMirrorNode with a real data directory
- * and real libp2p peers on loopback. The exposition is read with a strict line
- * check (test/helpers/prometheus.ts).
+ * (support/network.ts), nodes made by createMirrorNode with a real data directory,
+ * real libp2p peers on loopback and the public HTTP server on, which turns metrics
+ * on. `/metrics` is fetched with a plain HTTP GET and read with a strict line check
+ * (test/helpers/prometheus.ts).
  *
  * A mirrors accounts from the PDS: the repo counts by status, the blocks stored, the
  * syncs and the blocks fetched from the PDS show; a taken-down account's failed
@@ -11,13 +12,18 @@
  * each node in its own registry.
  */
 import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { after, before, describe, it } from 'node:test'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
+
+const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
 
 const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: n }, (_, i) => ({
   collection: 'app.bsky.feed.post',
@@ -25,10 +31,12 @@ const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: 
 }))
 
 async function scrape (node: MirrorNode): Promise<Exposition> {
-  assert.ok(node.metrics !== undefined, 'the node has metrics')
-  const { contentType, body } = await node.metrics.scrape()
-  assert.match(contentType, /^text\/plain; version=0\.0\.4/)
-  return parseExposition(body)
+  const status = await node.status()
+  assert.ok(status.metrics !== null, 'status names the metrics URL')
+  const res = await fetch(status.metrics, { signal: AbortSignal.timeout(30_000) })
+  assert.equal(res.status, 200)
+  assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/)
+  return parseExposition(await res.text())
 }
 
 describe('metrics', () => {
@@ -53,7 +61,7 @@ describe('metrics', () => {
         services: { peerHeads: { timeoutMs: 10_000 } }
       },
       api: false,
-      metrics: true,
+      http: { port: 0 },
       checkOnStart: false,
       intervalMs: 0
     })
@@ -94,6 +102,7 @@ describe('metrics', () => {
     assert.equal(sampleValue(metrics, 'atmirror_blocks_fetched_total', { source: 'bitswap' }), 0)
     assert.equal(sampleValue(metrics, 'atmirror_fetched_bytes_total'), result.sync.bytes)
     assert.equal(metrics.types.get('atmirror_sync_errors_total'), 'counter')
+    assert.equal((await a.status()).metrics, `${a.http?.url}/metrics`)
     // libp2p's own and the process's, in the same registry
     assert.ok([...metrics.types.keys()].some(name => name.startsWith('libp2p_')), 'libp2p metrics are there')
     assert.ok(metrics.types.has('process_cpu_user_seconds_total'), 'process metrics are there')
@@ -143,4 +152,76 @@ describe('metrics', () => {
     assert.deepEqual(fetched.samples.filter(sample => sample.name === 'atmirror_sync_errors_total'), [])
     assert.equal(sampleValue(served, 'atmirror_syncs_total', { result: 'full' }), 2)
   })
+
+  it('counts HTTP requests by endpoint and status', async () => {
+    const get = async (path: string, method = 'GET'): Promise<number> => (await fetch(`${a.http?.url}${path}`, { method, signal: AbortSignal.timeout(30_000) })).status
+    const before = await scrape(a)
+    const count = (metrics: Exposition, endpoint: string, status: number): number => {
+      const found = metrics.samples.find(s => s.name === 'atmirror_http_requests_total' && s.labels.endpoint === endpoint && s.labels.status === String(status))
+      return found?.value ?? 0
+    }
+    assert.equal(await get('/xrpc/_health'), 200)
+    assert.equal(await get('/xrpc/_health'), 200)
+    const unknown = await get('/xrpc/com.example.nothing.here')
+    assert.ok(unknown >= 400)
+    assert.equal(await get('/xrpc/_health', 'POST'), 405)
+    const after = await scrape(a)
+    assert.equal(count(after, '/xrpc/_health', 200) - count(before, '/xrpc/_health', 200), 2)
+    assert.equal(count(after, 'other', unknown) - count(before, 'other', unknown), 1, 'an NSID no lexicon knows is counted as other')
+    assert.equal(count(after, '/xrpc/_health', 405) - count(before, '/xrpc/_health', 405), 1)
+    // the scrape before is counted once its answer ended
+    assert.ok(count(after, '/metrics', 200) >= 1)
+    assert.ok(sampleValue(after, 'atmirror_http_request_duration_seconds_count', { endpoint: '/xrpc/_health' }) >= 3)
+  })
 })
+
+describe('metrics of a daemon', () => {
+  let net: TestNetwork
+  let dir: string
+  let daemon: ChildProcess | undefined
+
+  before(async () => {
+    net = await startTestNetwork()
+    dir = await mkdtemp(join(tmpdir(), 'atmirror-e2e-metrics-daemon-'))
+  })
+
+  after(async () => {
+    if (daemon !== undefined && daemon.exitCode === null) {
+      const exited = once(daemon, 'exit')
+      daemon.kill('SIGTERM')
+      await exited
+    }
+    await net?.stop()
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  it('--http turns metrics on, and status points at them', async () => {
+    daemon = spawn(process.execPath, [BIN, 'daemon', '--private', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '0', '--http', '127.0.0.1:0', '--data', dir, '--json', '--plc', net.plcUrl], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stderr = ''
+    daemon.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+    const [line] = await once(createInterface({ input: daemon.stdout! }), 'line') as [string]
+    const started = JSON.parse(line) as { event: string, http: string }
+    assert.equal(started.event, 'started', stderr)
+    const status = await run(['status', '--data', dir])
+    assert.equal(status.code, 0, status.stderr)
+    const url = /^metrics: +(\S+)$/m.exec(status.stdout)?.[1]
+    assert.equal(url, `${started.http}/metrics`)
+    const json = JSON.parse((await run(['status', '--json', '--data', dir])).stdout) as { metrics: string }
+    assert.equal(json.metrics, url)
+    const res = await fetch(url, { signal: AbortSignal.timeout(30_000) })
+    assert.equal(res.status, 200)
+    const metrics = parseExposition(await res.text())
+    assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'active' }), 0)
+    assert.equal(sampleValue(metrics, 'atmirror_blocks_stored'), 0)
+  })
+})
+
+async function run (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  const [code] = await once(child, 'exit') as [number | null]
+  return { code, stdout, stderr }
+}

@@ -247,7 +247,7 @@ describe('control client time limits', () => {
   const hold = async <T>(value: T): Promise<T> => await new Promise<T>(resolve => { held.push(() => { resolve(value) }) })
   const unused = async (): Promise<never> => { throw new Error('not used') }
   const target: MirrorApi = {
-    status: async () => await hold({ state: 'running', pid: process.pid, version: '', dataDir: '', startedAt: '', intervalSeconds: 0, peerId: null, network: null, addresses: [], peers: 0, repos: [] }),
+    status: async () => await hold({ state: 'running', pid: process.pid, version: '', dataDir: '', startedAt: '', intervalSeconds: 0, peerId: null, network: null, addresses: [], peers: 0, metrics: null, repos: [] }),
     listPins: async () => [],
     pin: unused,
     mirror: unused,
