@@ -51,7 +51,7 @@ import * as Digest from 'multiformats/hashes/digest'
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
 import { DAG_CBOR, SHA2_256, cidKey } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
-import { diffMst } from '../repo/mst/diff.ts'
+import { diffMst, type MstDiff } from '../repo/mst/diff.ts'
 import { walkMstSteps } from '../repo/mst/walk.ts'
 import type { MirrorBlockstore } from './blockstore.ts'
 
@@ -155,10 +155,14 @@ export interface RepoPointer {
  * read, so a one-record change costs a few blocks, not the repo.
  */
 export async function repoHoldDelta (blocks: ReadonlyBlockStore, before: RepoPointer | null, after: RepoPointer, options: { signal?: AbortSignal } = {}): Promise<HoldDelta> {
+  return holdDeltaOf(before, after, await diffMst(blocks, before?.data ?? null, after.data, { signal: options.signal }))
+}
+
+/** {@link repoHoldDelta} from a diff already made (an incremental verification makes one). */
+export function holdDeltaOf (before: RepoPointer | null, after: RepoPointer, diff: Pick<MstDiff, 'createdNodes' | 'deletedNodes' | 'recordOps'>): HoldDelta {
   const delta = new HoldDelta()
   delta.add(after.commit)
   if (before !== null) delta.remove(before.commit)
-  const diff = await diffMst(blocks, before?.data ?? null, after.data, { signal: options.signal })
   for (const cid of diff.createdNodes) delta.add(cid)
   for (const cid of diff.deletedNodes) delta.remove(cid)
   for (const op of diff.recordOps) {

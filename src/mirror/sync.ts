@@ -16,9 +16,10 @@
  * still missing goes through the fetch chain (local → bitswap → PDS getBlocks).
  *
  * Crash safety comes from the write order: every block is hash-checked, listed in
- * the DID's staging list, then written; the whole new repo is verified (signature,
- * MST structure, every record present); only then one atomic batch writes the new
- * state together with the hold changes (see gc.ts). Until that batch the previous
+ * the DID's staging list, then written; the new repo is verified (signature, MST
+ * structure, every record present: whole on a full sync, in proportion to the
+ * change on an incremental one, see ../repo/verify-incremental.ts); only then one
+ * atomic batch writes the new state together with the hold changes (see gc.ts). Until that batch the previous
  * state and its blocks are untouched, so a crash at any point leaves the previous
  * state intact, and the next run redoes the sync (the killed run's staged blocks
  * are collected when the store next opens, see MirrorStore.open).
@@ -47,9 +48,10 @@ import { readCar } from '../repo/car.ts'
 import { CID, cidKey, verifyBlock } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { verifyRepo } from '../repo/verify.ts'
+import { verifyIncremental } from '../repo/verify-incremental.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
-import { HoldDelta, repoHoldDelta } from './gc.ts'
+import { HoldDelta, holdDeltaOf, repoHoldDelta } from './gc.ts'
 import { BlobScan, blobDelta, blobRecount, type BlobMirror, type BlobPassResult } from './blobs.ts'
 import type { BlobDelta } from './blob-store.ts'
 import type { MirrorStore, RepoState } from './store.ts'
@@ -310,7 +312,7 @@ export class RepoSyncer {
 
   /**
    * Brings the stored copy of a repo up to its head (full or incremental), verifies
-   * it whole, advances its state and collects garbage. A head resolution that says
+   * it (whole, or what changed), advances its state and collects garbage. A head resolution that says
    * the repo is taken down, deleted, suspended or deactivated updates the stored
    * status (see {@link RepoState}) and is thrown; transient failures leave the
    * stored state exactly as it was.
@@ -548,28 +550,44 @@ export class RepoSyncer {
       }
       fetched.local += view.diskHits
 
-      // 4. the whole repo, as stored: signature, DID, MST structure, every record
+      // 4. verify: a full sync the whole repo as stored (signature, DID, MST
+      //    structure, every record); an incremental one only what changed
+      //    (signature, created nodes, reused subtrees in their new places, new
+      //    records: ../repo/verify-incremental.ts), the stored tree having been
+      //    verified when it was stored
       progress.phase = 'verify'
       options.onProgress?.({ ...progress })
-      const summary = await verifyRepo(view, target.cid, {
+      const verifyOptions = {
         did,
         key: identity.signingKey,
         signal,
-        records: this.#decodeRecords ? 'decode' : 'hash',
-        // every block was hash-checked before it was stored, a moment ago
+        records: this.#decodeRecords ? 'decode' as const : 'hash' as const,
+        // every block was hash-checked before it was stored, a moment ago, and the
+        // view hash-checks what it reads back from disk
         trusted: true,
         log: repoLog
-      })
+      }
+      const previous = holdsBlocks(state) && state.records !== undefined ? state : undefined
+      const advance = previous === undefined
+        ? undefined
+        : await verifyIncremental({ ...verifyOptions, oldData: CID.parse(previous.data), commit: target.cid, blocks: view })
+      const records = previous !== undefined && advance !== undefined
+        ? (previous.records as number) + advance.recordDelta
+        : (await verifyRepo(view, target.cid, verifyOptions)).records
 
       // 5. advance: holds from the MST diff, state, pin — one batch
       progress.phase = 'commit'
       options.onProgress?.({ ...progress })
       // a full sync holds the whole new repo (counted by the walk); an incremental one
-      // changes by the diff of the old and new trees
+      // changes by the diff of the old and new trees (found by its verification)
       fullDelta?.add(target.cid)
-      const delta = !holdsBlocks(state) && fullDelta !== undefined
+      const before = holdsBlocks(state) ? { commit: CID.parse(state.commit), data: CID.parse(state.data) } : null
+      const after = { commit: target.cid, data: target.data }
+      const delta = before === null && fullDelta !== undefined
         ? fullDelta
-        : await repoHoldDelta(view, { commit: CID.parse((state as RepoState).commit), data: CID.parse((state as RepoState).data) }, { commit: target.cid, data: target.data }, { signal })
+        : advance !== undefined
+          ? holdDeltaOf(before, after, advance)
+          : await repoHoldDelta(view, before, after, { signal })
       const next: RepoState = {
         did,
         commit: target.cid.toString(),
@@ -579,7 +597,7 @@ export class RepoSyncer {
         handle: identity.handle ?? state?.handle,
         status: 'active',
         syncedAt: new Date().toISOString(),
-        records: summary.records
+        records
       }
       // the blob references of the new commit: a change from the old commit's when
       // the index describes it, a recount otherwise (stored before blobs were)
@@ -601,12 +619,12 @@ export class RepoSyncer {
       })
       committed = true
       log('%s: %s sync to rev %s (%d records): %d blocks from pds, %d from bitswap, %d found locally; %d GC candidates',
-        did, full ? 'full' : 'incremental', target.rev, summary.records, fetched.pds, fetched.bitswap, fetched.local, candidates)
+        did, full ? 'full' : 'incremental', target.rev, records, fetched.pds, fetched.bitswap, fetched.local, candidates)
       done = {
         did,
         rev: target.rev,
         commit: target.cid,
-        records: summary.records,
+        records,
         changed: true,
         full,
         fetched,

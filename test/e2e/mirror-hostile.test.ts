@@ -15,7 +15,7 @@ import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { cidKey } from '../../src/repo/cid.ts'
-import { dropBlock, flipByteInBlock, splitCar, joinCar } from '../helpers/car-tools.ts'
+import { assembleRepo, dropBlock, findNodes, flipByteInBlock, keyWithHeightAfter, openRepo, splitCar, joinCar, type RepoParts, type TreeNode } from '../helpers/car-tools.ts'
 import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
 import { storedBlocks } from '../helpers/blocks.ts'
 import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
@@ -178,6 +178,86 @@ describe('mirroring from a hostile PDS', () => {
     assert.ok(result.fetched.pds <= 8, `fetched ${result.fetched.pds}`)
     assert.ok(pds.requests.some(r => r.route === 'getBlocks'))
     assert.deepEqual(await storedBlocks(store.dir), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
+  })
+})
+
+describe('an incremental sync of a tree that reuses stored subtrees wrongly', () => {
+  // the stored tree rearranged and re-signed with the account's own key: only the
+  // structure is wrong, and the walk does not enter the stored subtrees it reuses,
+  // so the incremental verification is what must refuse it
+  let pds: FakePds
+  let root: string
+  let store: MirrorStore
+  let syncer: RepoSyncer
+  let repo: EvolvingRepo
+  let v1: RepoVersion
+  let stateBefore: RepoState | undefined
+  let blocksBefore: string[]
+
+  before(async () => {
+    pds = await startFakePds()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-reuse-'))
+    store = await MirrorStore.open(join(root, 'data'))
+    const identity = new AtprotoIdentityResolver({ plcUrl: pds.url, allowHttpLocalhost: true })
+    syncer = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }) })
+    repo = await EvolvingRepo.create(41, posts(300))
+    v1 = await repo.version()
+    pds.setRepo(v1.did, repo.keypair, v1)
+    assert.equal((await syncer.sync(v1.did)).records, 300)
+    stateBefore = await store.getState(v1.did)
+    blocksBefore = await storedBlocks(store.dir)
+  })
+
+  after(async () => {
+    await store.close()
+    await pds.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  let revs = 0
+  /** Serves the stored tree changed by `edit`, signed by the account's key, as the PDS's head. */
+  const serveHostile = async (edit: (parts: RepoParts) => void): Promise<void> => {
+    const parts = openRepo(v1.car)
+    edit(parts)
+    const rev = `3zzzzzzzzzzz${'234567'[revs++]}`
+    const { car, commitCid } = await assembleRepo(parts, repo.keypair, { rev })
+    pds.setRepo(v1.did, repo.keypair, { commit: commitCid, rev, car })
+  }
+  const refused = async (message: RegExp): Promise<void> => {
+    await assert.rejects(syncer.sync(v1.did), (err: Error) => {
+      assert.equal(err.name, 'MstInvalidError', err.message)
+      assert.match(err.message, message)
+      return true
+    })
+    assert.deepEqual(await store.getState(v1.did), stateBefore)
+    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+  }
+
+  it('two stored subtrees swapped, each in the other\'s key range: MstInvalidError, nothing stored', async () => {
+    await serveHostile(({ tree }) => {
+      const left = tree.left
+      tree.left = tree.entries[0].right
+      tree.entries[0].right = left
+    })
+    await refused(/previous tree reused with key not (after|before)/)
+  })
+
+  it('a new key with the stored subtree next to it left unsplit: MstInvalidError, nothing stored', async () => {
+    await serveHostile(({ tree }) => {
+      // the root's subtrees in key order; the new key goes right after the first one with two keys or more
+      const i = [tree.left, ...tree.entries.map(entry => entry.right)].findIndex(child => child !== null && child.entries.length > 1)
+      const straddled = (i === 0 ? tree.left : tree.entries[i - 1].right) as TreeNode
+      tree.entries.splice(i, 0, { key: keyWithHeightAfter(straddled.entries[0].key, tree.layer), value: tree.entries[0].value, right: null })
+    })
+    await refused(/previous tree reused with key not before/)
+  })
+
+  it('a stored subtree linked a layer too high: MstInvalidError, nothing stored', async () => {
+    await serveHostile(({ tree }) => {
+      const [parent] = findNodes(tree.left as TreeNode, node => node.left !== null && node.layer === tree.layer - 1)
+      tree.left = parent.left
+    })
+    await refused(/key height \d+ does not match node layer/)
   })
 })
 

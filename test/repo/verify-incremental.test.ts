@@ -163,11 +163,12 @@ describe('verifyIncremental refuses', () => {
 
   it('a new key between two entries with the stored subtree there left unsplit (keys past the new key): MstInvalidError', async () => {
     const change = await hostile(({ tree }) => {
-      const i = tree.entries.findIndex(entry => entry.right !== null && entry.right.entries.length > 1)
-      const straddled = tree.entries[i].right as TreeNode
+      // the root's subtrees in key order; the new key goes right after the first one with two keys or more
+      const i = [tree.left, ...tree.entries.map(entry => entry.right)].findIndex(child => child !== null && child.entries.length > 1)
+      const straddled = (i === 0 ? tree.left : tree.entries[i - 1].right) as TreeNode
       const key = keyWithHeightAfter(straddled.entries[0].key, tree.layer)
       assert.ok(key < straddled.entries[1].key)
-      tree.entries.splice(i + 1, 0, { key, value: tree.entries[i].value, right: null })
+      tree.entries.splice(i, 0, { key, value: tree.entries[0].value, right: null })
     })
     const err = await refused(change)
     assert.equal(err.name, 'MstInvalidError')
