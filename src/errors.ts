@@ -312,6 +312,48 @@ export class HandleResolutionError extends IdentityError {
   }
 }
 
+/**
+ * A did:plc operation log fails verification (src/identity/plc-log.ts): `index` and
+ * `cid` name the entry, the message what failed.
+ */
+export class PlcLogInvalidError extends IdentityError {
+  readonly did: string
+  /** What failed, without the details. */
+  readonly reason: string
+  readonly index?: number
+  readonly cid?: string
+  readonly source?: string
+  constructor (did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
+    super(`PLC log invalid: ${reason}`, { did, index: init.index, cid: init.cid, source: init.source })
+    this.did = did
+    this.reason = reason
+    this.index = init.index
+    this.cid = init.cid
+    this.source = init.source
+  }
+}
+
+/**
+ * A valid did:plc log that cannot replace the stored one: shorter (truncated), or
+ * leaving out or rewriting stored entries other than by a valid recovery.
+ */
+export class PlcLogConflictError extends IdentityError {
+  readonly did: string
+  /** What failed, without the details. */
+  readonly reason: string
+  readonly index?: number
+  readonly cid?: string
+  readonly source?: string
+  constructor (did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
+    super(`PLC log refused: ${reason}`, { did, index: init.index, cid: init.cid, source: init.source })
+    this.did = did
+    this.reason = reason
+    this.index = init.index
+    this.cid = init.cid
+    this.source = init.source
+  }
+}
+
 // ---------------------------------------------------------------------------
 // PDS and other HTTP services (src/head, src/blocks)
 // ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import { CompositeHeadResolver } from './head/composite-head-resolver.ts'
 import { datastoreHolderIndex } from './mirror/gc.ts'
 import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
+import { MirrorIdentityStore } from './mirror/identity-store.ts'
+import type { PlcLogKeeper } from './identity/plc-logs.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
 import type { DownloadLimits } from './mirror/download-guard.ts'
 import { DidRunner } from './mirror/runner.ts'
@@ -144,6 +146,13 @@ export interface MirrorNodeInit {
    */
   downloadLimits?: DownloadLimits
   /**
+   * How old a pinned did:plc's stored operation log may get before a sync fetches it
+   * again from the directory (an `#identity` event always does).
+   *
+   * @default 600000
+   */
+  identityRefreshMs?: number
+  /**
    * The fetch used for PLC, handles and PDS calls (it then decides which addresses
    * may be reached). @default the address policy's (src/http/policy.ts)
    */
@@ -189,6 +198,10 @@ export class MirrorNode implements MirrorApi {
   readonly p2p: PeerServices | undefined
   /** The node's Prometheus metrics; undefined unless created with `metrics: true`. */
   readonly metrics: NodeMetrics | undefined
+  /** The verified did:plc logs of pinned DIDs, and the other identity records kept with them. */
+  readonly plcLogs: PlcLogKeeper | undefined
+  readonly identityStore: MirrorIdentityStore | undefined
+  readonly #identityRefreshMs: number
   readonly events = new TypedEventEmitter<MirrorNodeEvents>()
   readonly #lock: DataDirLock
   readonly #runner: DidRunner
@@ -202,7 +215,7 @@ export class MirrorNode implements MirrorApi {
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
     network?: MirrorNetwork, api?: { port?: number, host?: string }, http?: PublicServer, intervalMs: number, checkOnStart: boolean, concurrency: number,
-    p2p?: PeerServices, metrics?: NodeMetrics
+    p2p?: PeerServices, metrics?: NodeMetrics, plcLogs?: PlcLogKeeper, identityStore?: MirrorIdentityStore, identityRefreshMs?: number
   }) {
     this.dataDir = init.dataDir
     this.#lock = init.lock
@@ -214,6 +227,9 @@ export class MirrorNode implements MirrorApi {
     this.p2p = init.p2p
     this.metrics = init.metrics
     this.metrics?.observe(this.events)
+    this.plcLogs = init.plcLogs
+    this.identityStore = init.identityStore
+    this.#identityRefreshMs = init.identityRefreshMs ?? 600_000
     if (this.p2p !== undefined) {
       const p2p = this.p2p
       // what the DHT is told follows the stored state: new commit, unpin, takedown
@@ -350,7 +366,10 @@ export class MirrorNode implements MirrorApi {
     const signal = this.#signal(options.signal)
     const did = await this.#pinnedDid(didOrHandle, signal)
     this.#runner.abort(did, new DOMException(`unpinned; did=${did}`, 'AbortError'))
-    await this.#runner.run(did, async () => { await this.store.unpinRepo(did) }, { signal, slot: false })
+    await this.#runner.run(did, async () => {
+      await this.store.unpinRepo(did)
+      await this.identityStore?.forget(did)
+    }, { signal, slot: false })
     this.#repos.delete(did)
     this.#scheduler.forget(did)
     this.events.safeDispatchEvent('repo:unpinned', { detail: { did } })
@@ -520,6 +539,7 @@ export class MirrorNode implements MirrorApi {
     const started = new Date().toISOString()
     try {
       const result = await this.syncer.sync(did, { signal, pin, onProgress, check: options.check })
+      await this.#keepPlcLog(did, signal, false)
       runtime.lastCheckAt = started
       runtime.error = undefined
       this.events.safeDispatchEvent('repo:synced', { detail: result })
@@ -539,6 +559,36 @@ export class MirrorNode implements MirrorApi {
       if (request) log('sync of %s failed - %e', did, error)
       else log.error('re-check of %s failed - %e', did, error)
       throw error
+    }
+  }
+
+  /**
+   * What an `#identity` event calls: the DID document is resolved again (the cached
+   * one dropped) and, for a pinned did:plc, the operation log fetched, verified and
+   * stored. Throws what resolution throws; a log that cannot be refreshed is logged.
+   */
+  async refreshIdentity (did: string, options: MirrorApiOptions = {}): Promise<void> {
+    const signal = this.#signal(options.signal)
+    await this.identity.refresh(did, { signal })
+    if (await this.store.pins.has(did)) await this.#keepPlcLog(did, signal, true)
+  }
+
+  /**
+   * Keeps a pinned did:plc's verified log current: after a sync, when the stored one
+   * is older than `identityRefreshMs` (or absent); always when `force`. Never throws
+   * (the repo is fine; its log will be tried again).
+   */
+  async #keepPlcLog (did: string, signal: AbortSignal, force: boolean): Promise<void> {
+    if (this.plcLogs === undefined || !did.startsWith('did:plc:')) return
+    try {
+      if (!force) {
+        const stored = await this.plcLogs.store?.getPlcLog(did)
+        if (stored !== undefined && Date.now() - Date.parse(stored.fetchedAt) < this.#identityRefreshMs) return
+      }
+      await this.plcLogs.refresh(did, { signal })
+    } catch (err) {
+      if (signal.aborted) return
+      log.error('could not refresh the PLC log of %s - %e', did, err)
     }
   }
 
@@ -621,7 +671,9 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
   let store: MirrorStore | undefined
   try {
     store = await MirrorStore.open(init.dataDir)
+    const identityStore = new MirrorIdentityStore({ db: store.datastore.db, pins: store.pins })
     const identity = new AtprotoIdentityResolver({
+      store: identityStore,
       plcUrl: init.plcUrl,
       handleResolverUrl: init.handleResolverUrl,
       allowHttpLocalhost: init.allowHttpLocalhost,
@@ -656,7 +708,9 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       const { helia, libp2p } = network
       const net = network
       const mirrors = new MirrorFinder({ libp2p, routingTableSize: () => net.dhtPeerCount() }, init.network?.mirrors)
-      p2p = new PeerServices({ libp2p, store, identity, mirrors, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount(), serving: net.serving }, init.network?.services)
+      p2p = new PeerServices({ libp2p, store, identity, mirrors, plcLogs: identityStore, datastore: store.datastore, routingTableSize: () => net.dhtPeerCount(), serving: net.serving }, init.network?.services)
+      // the directory down: the DID's log from its mirrors
+      identity.plcLogs.setPeers(p2p.plcLogs)
       // the PDS and the other mirrors at once: the PDS's verified answer is taken, peers decide when it fails
       heads = new CompositeHeadResolver({ pds: pdsHeads, peers: [p2p.heads], identity })
       bitswap = new BitswapBroker({
@@ -720,7 +774,10 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       checkOnStart: init.checkOnStart ?? true,
       concurrency: init.concurrency ?? 4,
       p2p,
-      metrics
+      metrics,
+      plcLogs: identity.plcLogs,
+      identityStore,
+      identityRefreshMs: init.identityRefreshMs
     })
   } catch (err) {
     await store?.close().catch(() => {})

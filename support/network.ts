@@ -128,6 +128,10 @@ export interface TestNetwork {
   stopPds: () => Promise<void>
   /** Starts the PDS again on the same port with the same data. */
   startPds: () => Promise<void>
+  /** Stops the PLC directory (its in-memory database stays, for `startPlc`). */
+  stopPlc: () => Promise<void>
+  /** Starts the PLC directory again on the same port. */
+  startPlc: () => Promise<void>
   /** Stops everything and removes the temp directory. */
   stop: () => Promise<void>
 }
@@ -142,7 +146,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
   await mkdir(dataDirectory, { recursive: true })
 
   const plc = PlcServer.create({ db: PlcDatabase.mock() })
-  const plcServer = await listenLocal(plc.app)
+  let plcServer: Server | undefined = await listenLocal(plc.app)
   const plcPort = (plcServer.address() as AddressInfo).port
   const plcUrl = `http://localhost:${plcPort}`
 
@@ -213,7 +217,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
   try {
     await startPds()
   } catch (err) {
-    await closeServer(plcServer)
+    if (plcServer !== undefined) await closeServer(plcServer)
     await rm(dir, { recursive: true, force: true })
     throw err
   }
@@ -430,6 +434,16 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     stopPds,
     startPds,
 
+    async stopPlc () {
+      const server = plcServer
+      plcServer = undefined
+      if (server !== undefined) await closeServer(server)
+    },
+
+    async startPlc () {
+      if (plcServer === undefined) plcServer = await listenLocal(plc.app, plcPort)
+    },
+
     async stop () {
       try {
         for (const host of hosts.splice(0)) {
@@ -439,7 +453,7 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
         await stopPds()
       } finally {
         try {
-          await closeServer(plcServer)
+          if (plcServer !== undefined) await closeServer(plcServer)
           await plc.ctx.db.close()
         } finally {
           await rm(dir, { recursive: true, force: true })

@@ -90,6 +90,7 @@ function formatSummary (result: SyncResult): string {
     `records:  ${result.records}`,
     `sync:     ${what}`,
     `head:     ${result.source}`,
+    ...(result.identitySource === undefined ? [] : [`identity: ${result.identitySource}`]),
     `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})`,
     `seconds:  ${result.seconds.toFixed(2)}`
   ].join('\n')

@@ -14,6 +14,16 @@
  * and every head that is then picked, goes by the refreshed key. Handle answers
  * (handle → DID) carry no key and are kept longer (`handleCacheTtlMs`), a failed
  * handle check for `failureCacheTtlMs` only.
+ *
+ * Without the services. With an {@link IdentityStore} (a node's), a DID still
+ * resolves when its directory or host cannot be reached (see plc-logs.ts): a
+ * did:plc from its stored verified operation log or from peers' logs
+ * (`PlcLogKeeper.resolveOffline`), a did:web from the last document fetched over
+ * HTTPS (a did:web has no log that certifies itself, so that is only the last
+ * known state, and `source` says so). A handle that cannot be checked right now
+ * counts as verified when it is the one last verified both ways. Only a failure to
+ * reach the service falls back; a DID the directory says does not exist does not.
+ * `Identity.source` says where the document came from.
  */
 import { logger } from '@libp2p/logger'
 import { Resolver, type DIDResolutionResult } from 'did-resolver'
@@ -27,10 +37,11 @@ import {
 import type { PublicKey } from '../repo/keys.ts'
 import { isValidDid } from '../repo/syntax.ts'
 import { parseAtprotoDocument, type DidDocument } from './did-document.ts'
-import { DEFAULT_PLC_URL, getResolver, type DidResolutionOptions } from './did-resolvers.ts'
+import { DEFAULT_PLC_URL, getResolver, webDocumentUrl, type DidResolutionOptions } from './did-resolvers.ts'
 import { normalizeHandle, resolveHandleDirect, resolveHandleXrpc } from './handle.ts'
 import type { FetchLike } from '../http/fetch.ts'
 import { defaultPolicyFetch } from '../http/policy.ts'
+import { PlcLogKeeper, type IdentityStore, type PlcLogSource } from './plc-logs.ts'
 
 const log = logger('atmirror:identity')
 
@@ -48,6 +59,14 @@ export interface Identity {
   /** The PDS origin URL, e.g. `https://pds.example.com`. */
   pds: string
   document: DidDocument
+  /**
+   * Where the document came from: `plc:<directory>`, `web:<url>`, `stored-log` or
+   * `peer:<peer id>` (a verified did:plc log, the directory being unreachable), or
+   * `stored-web:<fetched at>` (the last did:web document, its host being down).
+   */
+  source?: string
+  /** When the handle was last verified both ways (set when `handleVerified`). */
+  handleVerifiedAt?: string
 }
 
 export interface ResolveIdentityOptions {
@@ -123,6 +142,13 @@ export interface AtprotoIdentityResolverInit {
   dnsServers?: string[]
   /** The clock cache expiry is measured with (tests pass a fake one). @default Date.now */
   now?: () => number
+  /**
+   * Where verified PLC logs, did:web documents and verified handles are kept, for
+   * resolving while the services are down (a node's store). @default none
+   */
+  store?: IdentityStore
+  /** Peers' PLC logs, asked when the directory is down (can be set later: `plcLogs.setPeers`). */
+  peerLogs?: PlcLogSource
 }
 
 interface CacheEntry<T> {
@@ -157,6 +183,9 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   private readonly allowHttpLocalhost: boolean
   private readonly now: () => number
   private readonly identities = new Map<string, CacheEntry<CachedIdentity>>()
+  /** Verified did:plc logs: fetched, stored, and asked of peers when the directory is down. */
+  readonly plcLogs: PlcLogKeeper
+  private readonly identityStore?: IdentityStore
   private readonly handles = new Map<string, CacheEntry<string>>()
 
   constructor (init: AtprotoIdentityResolverInit = {}) {
@@ -177,6 +206,8 @@ export class AtprotoIdentityResolver implements IdentityResolver {
       allowEndpoints: [this.plcUrl, ...(this.handleResolverUrl === undefined ? [] : [this.handleResolverUrl])]
     })
     this.now = init.now ?? Date.now
+    this.identityStore = init.store
+    this.plcLogs = new PlcLogKeeper({ store: init.store, peers: init.peerLogs, fetch: this.fetch }, { plcUrl: this.plcUrl, timeoutMs: init.timeoutMs, now: this.now })
     this.didResolver = new Resolver(getResolver({
       plcUrl: this.plcUrl,
       timeoutMs: init.timeoutMs,
@@ -207,7 +238,8 @@ export class AtprotoIdentityResolver implements IdentityResolver {
         ? 'the DID document claims no handle'
         : `the DID document claims ${identity.handle} instead`, { did })
     }
-    const verified = { ...identity, handleVerified: true }
+    const verified = { ...identity, handleVerified: true, handleVerifiedAt: new Date(this.now()).toISOString() }
+    await this.identityStore?.putHandle({ did, handle, verifiedAt: verified.handleVerifiedAt })
     // the document keeps its own expiry: resolving by handle must not stretch the key window
     this.store(this.identities, did, { identity: verified, handleCheckedUntil: this.now() + this.ttl }, this.identities.get(did)?.expires)
     return verified
@@ -254,14 +286,37 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   }
 
   private async load (did: string, options: ResolveIdentityOptions): Promise<Identity> {
-    const document = await this.resolveDidDocument(did, options)
+    const { document, source } = await this.fetchDocument(did, options)
     const parsed = parseAtprotoDocument(did, document, { allowHttpLocalhost: this.allowHttpLocalhost })
-    const identity: Identity = { ...parsed, handleVerified: false, document }
+    const identity: Identity = { ...parsed, handleVerified: false, document, source }
     if (options.verifyHandle === false) {
       this.store(this.identities, did, { identity, handleCheckedUntil: 0 })
       return identity
     }
     return await this.checkHandle(identity, options)
+  }
+
+  /** The DID document from its service, or (that unreachable) from what is kept: see the file header. */
+  private async fetchDocument (did: string, options: ResolveIdentityOptions): Promise<{ document: DidDocument, source: string }> {
+    try {
+      const document = await this.resolveDidDocument(did, options)
+      if (did.startsWith('did:plc:')) return { document, source: `plc:${this.plcUrl}` }
+      const url = webDocumentUrl(did.slice('did:web:'.length), this.allowHttpLocalhost)
+      const fetchedAt = new Date(this.now()).toISOString()
+      await this.identityStore?.putWebDocument({ did, document, fetchedAt, url: typeof url === 'string' ? url : undefined })
+      return { document, source: `web:${typeof url === 'string' ? url : did}` }
+    } catch (err) {
+      options.signal?.throwIfAborted()
+      if (!(err instanceof DidResolutionError)) throw err
+      if (did.startsWith('did:plc:')) {
+        const offline = await this.plcLogs.resolveOffline(did, { signal: options.signal, directoryError: err })
+        return { document: offline.document, source: offline.source }
+      }
+      const kept = await this.identityStore?.getWebDocument(did)
+      if (kept === undefined) throw err
+      log('%s: the web host is down (%s); using the document fetched at %s', did, err.message, kept.fetchedAt)
+      return { document: kept.document, source: `stored-web:${kept.fetchedAt}` }
+    }
   }
 
   /**
@@ -271,17 +326,30 @@ export class AtprotoIdentityResolver implements IdentityResolver {
    */
   private async checkHandle (identity: Identity, options: ResolveIdentityOptions): Promise<Identity> {
     let handleVerified = false
+    let handleVerifiedAt: string | undefined
     let checkedFor = this.ttl
     if (identity.handle !== undefined) {
       try {
         handleVerified = await this.resolveHandle(identity.handle, options) === identity.did
+        if (handleVerified) {
+          handleVerifiedAt = new Date(this.now()).toISOString()
+          await this.identityStore?.putHandle({ did: identity.did, handle: identity.handle, verifiedAt: handleVerifiedAt })
+        }
       } catch (err) {
         options.signal?.throwIfAborted()
-        if (!(err instanceof HandleNotFoundError)) checkedFor = this.failureTtl
-        log('handle %s of %s does not verify: %e', identity.handle, identity.did, err)
+        if (!(err instanceof HandleNotFoundError)) {
+          checkedFor = this.failureTtl
+          // cannot be checked now: the handle last verified both ways still counts
+          const kept = await this.identityStore?.getHandle(identity.did)
+          if (kept?.handle === identity.handle) {
+            handleVerified = true
+            handleVerifiedAt = kept.verifiedAt
+          }
+        }
+        log('handle %s of %s does not verify now (%s): %e', identity.handle, identity.did, handleVerified ? `last verified ${handleVerifiedAt ?? ''}` : 'never verified', err)
       }
     }
-    const checked: Identity = { ...identity, handleVerified }
+    const checked: Identity = { ...identity, handleVerified, handleVerifiedAt }
     // The document keeps its own expiry; only the handle check gets `checkedFor`.
     const expires = this.identities.get(identity.did)?.expires
     this.store(this.identities, identity.did, { identity: checked, handleCheckedUntil: this.now() + checkedFor }, expires)

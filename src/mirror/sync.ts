@@ -94,6 +94,8 @@ export interface SyncResult {
   source: string
   /** What the blob pass after the sync did (absent without blob mirroring). */
   blobs?: BlobPassResult
+  /** Where the DID document the head was verified with came from (`Identity.source`). */
+  identitySource?: string
 }
 
 /** Progress of a sync, for a terminal display. */
@@ -380,7 +382,8 @@ export class RepoSyncer {
       fetched: { local: 0, bitswap: 0, pds: 0 },
       bytes: 0,
       seconds: (performance.now() - started) / 1000,
-      source: head.source
+      source: head.source,
+      identitySource: head.identity.source
     })
     if (holdsBlocks(state)) {
       const same = state.commit === head.cid.toString()
@@ -630,7 +633,8 @@ export class RepoSyncer {
         fetched,
         bytes: bytesIn,
         seconds: (performance.now() - started) / 1000,
-        source: head.source
+        source: head.source,
+        identitySource: head.identity.source
       }
     } catch (err) {
       if (!committed) {

@@ -5,6 +5,9 @@
  *   stored commit of every pinned, servable repo;
  * - a {@link PeerHeadResolver} over the DID's mirrors, which the node combines with
  *   the PDS in a CompositeHeadResolver;
+ * - the PLC log exchange (`/atmirror/plc/1.0.0`), serving the stored verified
+ *   did:plc log of every pinned DID, and the {@link PeerPlcLogSource} the identity
+ *   resolver asks when the PLC directory is down;
  * - the {@link Reprovider}, told about every repo change (`repoChanged(did)`);
  * - which repos Bitswap withholds (suspended, deactivated: see ServingBlockstore),
  *   kept in step with the stored states on start and on every repo change.
@@ -15,6 +18,7 @@ import { logger } from '@libp2p/logger'
 import { PeerHeadResolver, type PeerHeadResolverInit } from './peer-head-resolver.ts'
 import { holdsBlocks, isServable } from '../mirror/status-policy.ts'
 import { HeadExchange, storeHeadSource, type HeadExchangeInit, type HeadStore } from './head-exchange.ts'
+import { PeerPlcLogSource, PlcExchange, type LocalPlcLogs, type PlcExchangeInit, type PeerPlcLogSourceInit } from './plc-exchange.ts'
 import { Reprovider, type ProvideMode, type ReproviderComponents, type ReproviderInit } from './reprovider.ts'
 import type { FindMirrorsOptions, MirrorFinder, MirrorPeer } from './mirrors.ts'
 import type { IdentityResolver } from '../identity/resolver.ts'
@@ -40,6 +44,8 @@ export interface PeerServicesComponents {
   routingTableSize?: () => number
   /** kad-dht's datastore (the node's), so stale self provider records can be found. */
   datastore?: NonNullable<ReproviderComponents['providerRecords']>['datastore']
+  /** The stored PLC logs served over the PLC log exchange (MirrorIdentityStore: pinned DIDs only). */
+  plcLogs?: LocalPlcLogs
   /** What Bitswap serves from (MirrorNetwork.serving): told which repos to withhold. */
   serving?: { setServable: (did: string, servable: boolean) => void }
 }
@@ -52,6 +58,8 @@ export interface PeerServicesInit {
   reprovider?: Omit<ReproviderInit, 'provide'>
   headExchange?: HeadExchangeInit
   peerHeads?: PeerHeadResolverInit
+  plcExchange?: PlcExchangeInit
+  peerPlcLogs?: PeerPlcLogSourceInit
 }
 
 /** A connected peer as the control API reports it. */
@@ -65,6 +73,9 @@ export interface ConnectedPeer {
 export class PeerServices {
   readonly headExchange: HeadExchange
   readonly heads: PeerHeadResolver
+  readonly plcExchange: PlcExchange
+  /** The peers' PLC logs (for the identity resolver). */
+  readonly plcLogs: PeerPlcLogSource
   readonly mirrors: MirrorFinder
   readonly reprovider: Reprovider | undefined
   readonly #libp2p: Libp2p
@@ -84,6 +95,8 @@ export class PeerServices {
       mirrors: components.mirrors,
       store: components.store
     }, init.peerHeads)
+    this.plcExchange = new PlcExchange({ libp2p: components.libp2p, logs: components.plcLogs }, init.plcExchange)
+    this.plcLogs = new PeerPlcLogSource({ exchange: this.plcExchange, mirrors: components.mirrors }, init.peerPlcLogs)
     this.reprovider = init.reprovide === false
       ? undefined
       : new Reprovider({
@@ -98,6 +111,7 @@ export class PeerServices {
     // before anything is served: which stored repos are withheld
     for (const did of await this.#store.pins.list()) await this.#updateServing(did)
     await this.headExchange.start()
+    await this.plcExchange.start()
     await this.#publishSelf()
     this.#libp2p.addEventListener('transport:listening', this.#onListening)
     this.reprovider?.start()
@@ -106,6 +120,7 @@ export class PeerServices {
   async stop (): Promise<void> {
     this.#libp2p.removeEventListener('transport:listening', this.#onListening)
     await this.reprovider?.stop()
+    await this.plcExchange.stop()
     await this.headExchange.stop()
   }
 

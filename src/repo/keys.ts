@@ -96,6 +96,13 @@ export function publicKeyMultibase (key: PublicKey): string {
   return base58btc.encode(bytes)
 }
 
+/** The 65-byte uncompressed SEC1 point of a key (what legacy DID documents carry). */
+export function publicKeyUncompressed (key: PublicKey): Uint8Array {
+  const curve = CURVES[key.type]
+  if (curve === undefined) throw new InvalidKeyError(`unsupported key type ${String(key.type)}`)
+  return curve.Point.fromBytes(key.compressed).toBytes(false)
+}
+
 /** Whether two public keys are the same key. */
 export function publicKeyEquals (a: PublicKey, b: PublicKey): boolean {
   return a.type === b.type && Buffer.from(a.compressed).equals(b.compressed)

@@ -75,6 +75,8 @@ export interface SyncResultJson {
   seconds: number
   /** Where the head came from: `pds:<url>` or `peer:<peer id>`. */
   source: string
+  /** Where the DID document came from (`Identity.source`). */
+  identitySource?: string
   /** The PDS offered an older signed rev than the stored one (kept); see SyncResult. */
   rollback?: { rev: string, commit: string }
   /** Damaged or missing blocks refetched when an unchanged repo's stored copy was checked. */
@@ -104,6 +106,7 @@ export function syncResultJson (result: SyncResult): SyncResultJson {
     bytes: result.bytes,
     seconds: result.seconds,
     source: result.source,
+    ...(result.identitySource === undefined ? {} : { identitySource: result.identitySource }),
     ...(result.repaired === undefined ? {} : { repaired: result.repaired }),
     ...(result.rollback === undefined ? {} : { rollback: { rev: result.rollback.rev, commit: result.rollback.commit.toString() } })
   }

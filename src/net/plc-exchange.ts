@@ -1,0 +1,276 @@
+/**
+ * PLC log exchange (`/atmirror/plc/1.0.0`): one peer asks another for the did:plc
+ * operation log it holds for a DID, shaped like head exchange (head-exchange.ts):
+ * one request and one answer per stream, each a single length-prefixed DRISL map:
+ *
+ * ```
+ * asker → responder   varint(len) DRISL { did: string }
+ * responder → asker   varint(len) DRISL { log: [ { did, operation, cid, nullified, createdAt }, … ] }
+ *                  or varint(len) DRISL { error: 'NotFound' | 'InvalidRequest' | 'InternalError' }
+ * ```
+ *
+ * The log is the PLC directory's audit log, entry for entry (operations as DRISL
+ * maps). Nothing in it is trusted: the asker verifies it op by op against the DID
+ * (src/identity/plc-log.ts) and holds it to the log it already has. Both sides cut
+ * off frames above a cap (an operation is at most 7.5 KB, a log a handful of them),
+ * streams that stay open past the time limit, and inbound streams beyond a
+ * concurrency limit. docs/PROTOCOL.md ("PLC log exchange") describes the bytes.
+ */
+import { logger } from '@libp2p/logger'
+import { PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError } from '../errors.ts'
+import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
+import { isValidDid } from '../repo/syntax.ts'
+import { encodeFrame, readFrame } from './head-exchange.ts'
+import type { OfferedPlcLog, PlcLogSource, StoredPlcLog } from '../identity/plc-logs.ts'
+import type { MirrorLocator } from '../blocks/broker.ts'
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+
+const log = logger('atmirror:net:plc')
+
+/** The protocol id; the version changes when the wire format does. */
+export const PLC_PROTOCOL = '/atmirror/plc/1.0.0'
+
+/** Where the responder gets the logs it serves (MirrorIdentityStore fits: pinned DIDs only). */
+export interface LocalPlcLogs {
+  getPlcLog: (did: string) => Promise<Pick<StoredPlcLog, 'entries'> | undefined>
+}
+
+export interface PlcExchangeComponents {
+  libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>
+  /** Omit to run as an asker only (answers every request with NotFound). */
+  logs?: LocalPlcLogs
+}
+
+export interface PlcExchangeInit {
+  /** @default '/atmirror/plc/1.0.0' */
+  protocol?: string
+  /** Largest request frame accepted (payload bytes). @default 4096 */
+  maxRequestBytes?: number
+  /** Largest answer frame accepted (payload bytes). @default 1_048_576 */
+  maxResponseBytes?: number
+  /** Time limit for a whole exchange, on either side. @default 5000 */
+  timeoutMs?: number
+  /** Inbound streams served at once over all connections; more are reset. @default 32 */
+  maxConcurrentInbound?: number
+  /** Inbound streams per connection (libp2p's limit). @default 4 */
+  maxInboundStreamsPerConnection?: number
+  /** Outbound streams per connection (libp2p's limit). @default 8 */
+  maxOutboundStreamsPerConnection?: number
+}
+
+/** Both ends of the PLC log exchange; register it in the node as a `Startable`. */
+export class PlcExchange {
+  readonly protocol: string
+  readonly #libp2p: PlcExchangeComponents['libp2p']
+  readonly #logs: LocalPlcLogs | undefined
+  readonly #maxRequestBytes: number
+  readonly #maxResponseBytes: number
+  readonly #timeoutMs: number
+  readonly #maxConcurrentInbound: number
+  readonly #maxInboundStreams: number
+  readonly #maxOutboundStreams: number
+  #inbound = 0
+  #stats = { requests: 0, served: 0 }
+  #started = false
+
+  constructor (components: PlcExchangeComponents, init: PlcExchangeInit = {}) {
+    this.#libp2p = components.libp2p
+    this.#logs = components.logs
+    this.protocol = init.protocol ?? PLC_PROTOCOL
+    this.#maxRequestBytes = init.maxRequestBytes ?? 4096
+    this.#maxResponseBytes = init.maxResponseBytes ?? 1024 * 1024
+    this.#timeoutMs = init.timeoutMs ?? 5000
+    this.#maxConcurrentInbound = init.maxConcurrentInbound ?? 32
+    this.#maxInboundStreams = init.maxInboundStreamsPerConnection ?? 4
+    this.#maxOutboundStreams = init.maxOutboundStreamsPerConnection ?? 8
+  }
+
+  /** Responder side: well-formed requests read, and how many were answered with a log. */
+  stats (): { requests: number, served: number } {
+    return { ...this.#stats }
+  }
+
+  isStarted (): boolean {
+    return this.#started
+  }
+
+  async start (): Promise<void> {
+    if (this.#started) return
+    await this.#libp2p.handle(this.protocol, (stream, connection) => { void this.#serve(stream, connection) }, {
+      maxInboundStreams: this.#maxInboundStreams,
+      maxOutboundStreams: this.#maxOutboundStreams
+    })
+    this.#started = true
+  }
+
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.#libp2p.unhandle(this.protocol)
+  }
+
+  /**
+   * Asks `peer` for its log of `did`: the entries as the peer sent them, NOT
+   * verified. Throws PeerHeadNotFoundError when the peer holds none,
+   * PeerTimeoutError / PeerProtocolError when it misbehaves.
+   */
+  async requestLog (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<unknown[]> {
+    const timeout = AbortSignal.timeout(this.#timeoutMs)
+    const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
+    const peerName = peer.toString()
+    let stream: Stream | undefined
+    try {
+      stream = await this.#libp2p.dialProtocol(peer, this.protocol, { signal })
+      const onAbort = (): void => { stream?.abort(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))) }
+      signal.addEventListener('abort', onAbort, { once: true })
+      try {
+        await send(stream, encodeFrame(encodeCbor({ did })), signal)
+        await stream.close({ signal })
+        const frame = await readFrame(stream, this.#maxResponseBytes, { peer: peerName, did })
+        return parseAnswer(frame, did, peerName)
+      } finally {
+        signal.removeEventListener('abort', onAbort)
+      }
+    } catch (err) {
+      stream?.abort(err instanceof Error ? err : new Error(String(err)))
+      options.signal?.throwIfAborted()
+      if (timeout.aborted) throw new PeerTimeoutError({ peer: peerName, did, ms: this.#timeoutMs })
+      if (err instanceof PeerError) throw err
+      throw new PeerError(`PLC log exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
+    }
+  }
+
+  async #serve (stream: Stream, connection: Connection): Promise<void> {
+    const peer = connection.remotePeer
+    if (this.#inbound >= this.#maxConcurrentInbound) {
+      log('busy (%d streams): resetting PLC log request from %p', this.#inbound, peer)
+      stream.abort(new PeerError('too many concurrent PLC log requests'))
+      return
+    }
+    this.#inbound++
+    const signal = AbortSignal.timeout(this.#timeoutMs)
+    const onAbort = (): void => { stream.abort(new PeerTimeoutError({ peer: peer.toString(), ms: this.#timeoutMs })) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      const frame = await readFrame(stream, this.#maxRequestBytes, { peer: peer.toString() })
+      const did = parseRequest(frame)
+      let answer: Record<string, unknown>
+      if (did === undefined) {
+        answer = { error: 'InvalidRequest' }
+      } else {
+        this.#stats.requests++
+        answer = await this.#answer(did, signal)
+        if (answer.error === undefined) this.#stats.served++
+        log.trace('PLC log request from %p for %s: %s', peer, did, answer.error ?? 'found')
+      }
+      let bytes = encodeCbor(answer)
+      if (bytes.byteLength > this.#maxResponseBytes) {
+        log.error('PLC log of %s too large to serve (%d bytes)', did, bytes.byteLength)
+        bytes = encodeCbor({ error: 'InternalError' })
+      }
+      await send(stream, encodeFrame(bytes), signal)
+      await stream.close({ signal })
+    } catch (err) {
+      log('PLC log request from %p cut off: %e', peer, err)
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      this.#inbound--
+    }
+  }
+
+  async #answer (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (this.#logs === undefined) return { error: 'NotFound' }
+    try {
+      const stored = await this.#logs.getPlcLog(did)
+      return stored === undefined ? { error: 'NotFound' } : { log: stored.entries }
+    } catch (err) {
+      if (signal.aborted) throw err
+      log.error('could not read the stored PLC log of %s: %e', did, err)
+      return { error: 'InternalError' }
+    }
+  }
+}
+
+export interface PeerPlcLogSourceInit {
+  /** Most peers asked per lookup. @default 8 */
+  maxPeers?: number
+  /** Time budget of a whole lookup (finding peers and asking them). @default 15000 */
+  timeoutMs?: number
+}
+
+/** The peers' logs of a DID: asks the DID's mirrors (configured peers, then the DHT), one after another. */
+export class PeerPlcLogSource implements PlcLogSource {
+  readonly #exchange: Pick<PlcExchange, 'requestLog'>
+  readonly #mirrors: MirrorLocator
+  readonly #maxPeers: number
+  readonly #timeoutMs: number
+
+  constructor (components: { exchange: Pick<PlcExchange, 'requestLog'>, mirrors: MirrorLocator }, init: PeerPlcLogSourceInit = {}) {
+    this.#exchange = components.exchange
+    this.#mirrors = components.mirrors
+    this.#maxPeers = init.maxPeers ?? 8
+    this.#timeoutMs = init.timeoutMs ?? 15_000
+  }
+
+  async * findLogs (did: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<OfferedPlcLog | { source: string, error: Error }> {
+    const timeout = AbortSignal.timeout(this.#timeoutMs)
+    const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
+    let asked = 0
+    try {
+      for await (const found of this.#mirrors.findMirrors(did, { signal, maxPeers: this.#maxPeers })) {
+        const peer = found.id
+        const source = `peer:${peer.toString()}`
+        asked++
+        try {
+          yield { source, entries: await this.#exchange.requestLog(peer, did, { signal }) }
+        } catch (err) {
+          options.signal?.throwIfAborted()
+          yield { source, error: err as Error }
+        }
+        if (asked >= this.#maxPeers) break
+      }
+    } catch (err) {
+      options.signal?.throwIfAborted()
+      yield { source: 'peers', error: err as Error }
+    }
+    if (asked === 0) yield { source: 'peers', error: new Error('no mirror of the DID found') }
+  }
+}
+
+function parseRequest (frame: Uint8Array): string | undefined {
+  let value: unknown
+  try {
+    value = decodeCbor(frame)
+  } catch {
+    return undefined
+  }
+  if (!isPlainMap(value)) return undefined
+  return isValidDid(value.did) && value.did.startsWith('did:plc:') ? value.did : undefined
+}
+
+function parseAnswer (frame: Uint8Array, did: string, peer: string): unknown[] {
+  const context = { peer, did }
+  let value: unknown
+  try {
+    value = decodeCbor(frame)
+  } catch (err) {
+    throw new PeerProtocolError('answer is not DRISL', context, { cause: err })
+  }
+  if (!isPlainMap(value)) throw new PeerProtocolError('answer is not a map', context)
+  if (value.error !== undefined) {
+    if (typeof value.error !== 'string') throw new PeerProtocolError('error is not a string', context)
+    if (value.error === 'NotFound') throw new PeerHeadNotFoundError('peer holds no PLC log', context)
+    throw new PeerError(`peer answered ${JSON.stringify(value.error.slice(0, 64))}`, context)
+  }
+  if (!Array.isArray(value.log)) throw new PeerProtocolError('log is not an array', context)
+  return value.log
+}
+
+function isPlainMap (value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array) && Object.getPrototypeOf(value) === Object.prototype
+}
+
+async function send (stream: Stream, bytes: Uint8Array, signal: AbortSignal): Promise<void> {
+  if (!stream.send(bytes)) await stream.onDrain({ signal })
+}

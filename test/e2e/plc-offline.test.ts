@@ -1,0 +1,197 @@
+/**
+ * Identity without the PLC directory: a real PDS + PLC (support/network.ts) and
+ * real nodes (createMirrorNode) in private mode on loopback.
+ *
+ * A pins an account while everything is up, and so keeps its verified PLC log. Then
+ * the PDS and the PLC directory both stop. C, a fresh node given only A's address
+ * (`--peer`), resolves the DID from A's log (`/atmirror/plc/1.0.0`), takes the head
+ * by head exchange and the blocks by Bitswap, verifies the repo, and keeps the log.
+ * With A gone too, E (given only C's address) gets a record written before the
+ * outage from C. Hostile peers offering a forged or truncated log change nothing.
+ */
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { after, before, describe, it } from 'node:test'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import * as dagCbor from '@ipld/dag-cbor'
+import { CID } from 'multiformats/cid'
+import { sha256 } from 'multiformats/hashes/sha2'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+import { MemoryDatastore } from 'datastore-core/memory'
+import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import { PlcExchange } from '../../src/net/plc-exchange.ts'
+import { PlcLogKeeper, type PlcLogSource } from '../../src/identity/plc-logs.ts'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { parseCid } from '../../src/repo/cid.ts'
+import { walkMst } from '../../src/repo/mst/walk.ts'
+import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
+
+const pexec = promisify(execFile)
+const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
+
+async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, string>> {
+  const state = await node.store.getState(did)
+  assert.ok(state !== undefined, 'repo stored')
+  const records = new Map<string, string>()
+  for await (const { rpath, cid } of walkMst(node.store.blocks, parseCid(state.data))) records.set(rpath, cid.toString())
+  return records
+}
+
+describe('identity and repo with the PDS and the PLC directory both down', () => {
+  let net: TestNetwork
+  let root: string
+  let account: TestAccount
+  let written: WrittenRecord[]
+  const nodes: MirrorNode[] = []
+  const bare: Array<{ net: MirrorNetwork, exchange: PlcExchange }> = []
+  let a: MirrorNode
+  let c: MirrorNode
+
+  async function node (name: string, peers: MirrorNode[]): Promise<MirrorNode> {
+    const addresses = peers.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
+    const created = await createMirrorNode({
+      dataDir: join(root, name),
+      plcUrl: net.plcUrl,
+      allowHttpLocalhost: true,
+      network: {
+        mode: 'private',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        bootstrap: addresses,
+        // what `--peer` gives a node: these peers, asked first
+        mirrors: { peers: addresses, timeoutMs: 5000 },
+        bitswap: { blockTimeoutMs: 60_000 },
+        services: { peerHeads: { timeoutMs: 10_000 } }
+      },
+      api: false,
+      checkOnStart: false,
+      intervalMs: 0
+    })
+    nodes.push(created)
+    await created.start()
+    return created
+  }
+
+  /** A bare peer answering the PLC log exchange with `log()`. */
+  async function logPeer (log: () => unknown[]): Promise<{ net: MirrorNetwork, exchange: PlcExchange }> {
+    const peerNet = await createNetwork({ blockstore: new MemoryBlockstore(), datastore: new MemoryDatastore(), privateKey: await generateKeyPair('Ed25519') }, {
+      mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: []
+    })
+    await peerNet.start()
+    const exchange = new PlcExchange({ libp2p: peerNet.libp2p, logs: { getPlcLog: async () => ({ entries: log() as any }) } })
+    await exchange.start()
+    const peer = { net: peerNet, exchange }
+    bare.push(peer)
+    return peer
+  }
+
+  before(async () => {
+    net = await startTestNetwork()
+    root = await mkdtemp(join(tmpdir(), 'atmirror-e2e-plc-'))
+    account = await net.createAccount('offline')
+    // a log of more than a genesis: the signing key rotated
+    await net.rotateSigningKey(account)
+    written = (await net.writeRecords(account, Array.from({ length: 40 }, (_, i) => ({
+      collection: 'app.bsky.feed.post',
+      value: { text: `before the outage ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i)).toISOString() }
+    })))).records
+    a = await node('a', [])
+  })
+
+  after(async () => {
+    for (const peer of bare) {
+      await peer.exchange.stop()
+      await peer.net.stop()
+    }
+    await Promise.allSettled(nodes.map(async n => { await n.stop() }))
+    await net?.stop()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('A mirrors the account while everything is up and keeps its verified PLC log', async () => {
+    const result = await a.pin(account.did)
+    assert.equal(result.sync.records, 40)
+    const stored = await a.identityStore?.getPlcLog(account.did)
+    assert.equal(stored?.source, `plc:${net.plcUrl}`)
+    assert.equal(stored?.entries.length, 2)
+    assert.equal((await a.identity.resolve(account.did)).source, `plc:${net.plcUrl}`)
+  })
+
+  it('with the PDS and the directory down, a fresh node given only A resolves the DID from A, mirrors and verifies the repo', async () => {
+    await net.stopPds()
+    await net.stopPlc()
+    c = await node('c', [a])
+    const identity = await c.identity.resolve(account.did, { verifyHandle: false })
+    assert.equal(identity.source, `peer:${a.network?.peerId.toString()}`)
+    assert.equal(identity.didKey, (await a.identity.resolve(account.did)).didKey)
+    assert.ok((a.p2p?.plcExchange.stats().served ?? 0) > 0, 'A served its log')
+    const result = await c.mirror(account.did)
+    assert.equal(result.records, 40)
+    assert.equal(result.fetched.pds, 0)
+    assert.equal(result.commit.toString(), (await a.store.getState(account.did))?.commit)
+    assert.deepEqual(await recordsOf(c, account.did), await recordsOf(a, account.did))
+    // C keeps the log it verified, for the next outage and for its own peers
+    const kept = await c.identityStore?.getPlcLog(account.did)
+    assert.equal(kept?.source, `peer:${a.network?.peerId.toString()}`)
+    assert.equal(kept?.entries.length, 2)
+  })
+
+  it('with A gone too, a node given only C gets a record written before the outage from C', async () => {
+    await a.stop()
+    const e = await node('e', [c])
+    const identity = await e.identity.resolve(account.did, { verifyHandle: false })
+    assert.equal(identity.source, `peer:${c.network?.peerId.toString()}`)
+    const record = written[7] as WrittenRecord
+    const bytes = await e.getBlock(parseCid(record.cid), { did: account.did })
+    assert.ok(bytes.byteLength > 0)
+    assert.equal((await e.store.getBlock(parseCid(record.cid))), undefined, 'fetched, not stored')
+  })
+
+  it('peers offering a truncated or forged log are refused; the stored log stays', async () => {
+    const stored = await c.identityStore?.getPlcLog(account.did)
+    assert.ok(stored !== undefined)
+    const truncated = await logPeer(() => stored.entries.slice(0, 1))
+    // the second operation with the genesis's signature, its CID made to fit
+    const forgedOp = { ...stored.entries[1]?.operation, sig: stored.entries[0]?.operation.sig }
+    const forgedEntry = { ...stored.entries[1], operation: forgedOp, cid: CID.createV1(0x71, await sha256.digest(dagCbor.encode(forgedOp))).toString() }
+    const forged = await logPeer(() => [stored.entries[0], forgedEntry])
+    const exchange = c.p2p?.plcExchange as PlcExchange
+    for (const peer of [truncated, forged]) await c.network?.libp2p.dial(peer.net.getMultiaddrs()[0] as Multiaddr)
+    const fromPeers = (peers: typeof bare): PlcLogSource => ({
+      async * findLogs (did) {
+        for (const peer of peers) yield { source: `peer:${peer.net.peerId.toString()}`, entries: await exchange.requestLog(peer.net.peerId, did) }
+      }
+    })
+    const keeper = new PlcLogKeeper({ store: c.identityStore, peers: fromPeers([truncated, forged]) }, { plcUrl: net.plcUrl })
+    const found = await keeper.resolveOffline(account.did)
+    assert.equal(found.source, 'stored-log')
+    assert.deepEqual(found.refused.map(r => r.source), [`peer:${truncated.net.peerId.toString()}`, `peer:${forged.net.peerId.toString()}`])
+    assert.match(found.refused[0]?.error.message ?? '', /PLC log refused: the offered log has 1 entries, the stored one 2: truncated/)
+    assert.equal(found.refused[0]?.error.name, 'PlcLogConflictError')
+    assert.equal(found.refused[1]?.error.name, 'PlcLogInvalidError')
+    assert.match(found.refused[1]?.error.message ?? '', /signature is not by any rotation key valid at this point .*; did=\S+ index=1 cid=/)
+    assert.deepEqual((await c.identityStore?.getPlcLog(account.did))?.entries, stored.entries)
+    // with nothing stored, a forged log alone resolves nothing
+    const unstored = new PlcLogKeeper({ peers: fromPeers([forged]) }, { plcUrl: net.plcUrl })
+    await assert.rejects(unstored.resolveOffline(account.did), (err: Error) => {
+      assert.equal(err.name, 'DidResolutionError')
+      assert.match(err.message, /signature is not by any rotation key valid at this point/)
+      return true
+    })
+  })
+
+  it('atmirror resolve and head with --peer say where the identity came from', async () => {
+    const env = { ...process.env, ATMIRROR_PLC: net.plcUrl }
+    const peer = c.network?.getMultiaddrs()[0]?.toString() as string
+    const resolved = JSON.parse((await pexec(process.execPath, [CLI, 'resolve', account.did, '--peer', peer, '--json'], { env })).stdout)
+    assert.equal(resolved.source, `peer:${c.network?.peerId.toString()}`)
+    const head = JSON.parse((await pexec(process.execPath, [CLI, 'head', account.did, '--peer', peer, '--json'], { env })).stdout)
+    assert.equal(head.identitySource, `peer:${c.network?.peerId.toString()}`)
+    assert.equal(head.source, `peer:${c.network?.peerId.toString()}`)
+    assert.equal(head.cid, (await c.store.getState(account.did))?.commit)
+  })
+})
