@@ -487,12 +487,12 @@ export class MirrorNode implements MirrorApi {
 
   async listPins (_options: MirrorApiOptions = {}): Promise<PinnedRepo[]> {
     const dids = await this.store.pins.list()
-    return await Promise.all(dids.map(async did => this.#report(did, await this.store.getState(did))))
+    return await Promise.all(dids.map(async did => await this.#report(did, await this.store.getState(did))))
   }
 
   async repo (didOrHandle: string, options: MirrorApiOptions = {}): Promise<PinnedRepo> {
     const did = await this.#pinnedDid(didOrHandle, this.#signal(options.signal))
-    return this.#report(did, await this.store.getState(did))
+    return await this.#report(did, await this.store.getState(did))
   }
 
   /** The stored state of a pinned repo; RepoNotMirroredError before its first sync. */
@@ -616,9 +616,11 @@ export class MirrorNode implements MirrorApi {
     return did
   }
 
-  #report (did: string, state: RepoState | undefined): PinnedRepo {
+  async #report (did: string, state: RepoState | undefined): Promise<PinnedRepo> {
     const runtime = this.#repos.get(did)
+    const blobs = state === undefined ? undefined : await this.store.blobs.usage(did)
     return {
+      ...(blobs === undefined ? {} : { blobs }),
       did,
       handle: state?.handle,
       rev: state?.rev,

@@ -18,6 +18,7 @@ export const daemonOptions = {
   concurrency: { type: 'string' },
   'max-repo-blocks': { type: 'string' },
   'max-repo-mb': { type: 'string' },
+  'max-blob-size': { type: 'string' },
   // switches have no parser default: unset on the command line, they may come from elsewhere (config.ts)
   private: { type: 'boolean' },
   listen: { type: 'string', multiple: true },
@@ -27,6 +28,7 @@ export const daemonOptions = {
   peer: { type: 'string', multiple: true },
   provide: { type: 'string' },
   'no-upnp': { type: 'boolean' },
+  'no-blobs': { type: 'boolean' },
   offline: { type: 'boolean' }
 } as const
 

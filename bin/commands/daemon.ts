@@ -3,13 +3,14 @@
  */
 import { once } from 'node:events'
 import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
+import { DEFAULT_MAX_BLOB_SIZE } from '../../src/mirror/blobs.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT, syncResultJson } from '../../src/server/control-api.ts'
 import { DEFAULT_HTTP_PORT } from '../../src/server/public-server.ts'
 import { UsageError, dataDir, defineCommand, expectPositionals } from './context.ts'
 import { applySettings, configPath, readConfig } from './config.ts'
 import { daemonOptions, daemonSettings } from './daemon-options.ts'
-import { formatSync, identityConfig, integerFlag } from './node-options.ts'
+import { formatSync, identityConfig, integerFlag, sizeFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
 
@@ -33,6 +34,9 @@ options:
   --concurrency N         repos synced at once by the re-check (default 4)
   --max-repo-blocks N     most blocks one sync may download (default 20000000)
   --max-repo-mb N         most MiB one sync may download (default 8192)
+  --max-blob-size SIZE    largest blob mirrored, bytes or with K/M/G (default 100M);
+                          a larger one is refused and logged
+  --no-blobs              mirror no blobs (images, video) of any repo; records still are
   --private               private network: no public bootstrap, no autoNAT/UPnP, DHT
                           server mode on any address incl. loopback, dials only
                           loopback and the hosts of --listen/--bootstrap/--announce/
@@ -95,6 +99,7 @@ export const command = defineCommand({
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
       intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
+      blobs: values['no-blobs'] === true ? false : { maxBlobSize: sizeFlag('--max-blob-size', values['max-blob-size'], DEFAULT_MAX_BLOB_SIZE) },
       downloadLimits: {
         maxBlocks: integerFlag('--max-repo-blocks', values['max-repo-blocks'], DEFAULT_DOWNLOAD_LIMITS.maxBlocks, { min: 1 }),
         maxBytes: integerFlag('--max-repo-mb', values['max-repo-mb'], DEFAULT_DOWNLOAD_LIMITS.maxBytes / 1024 / 1024, { min: 1 }) * 1024 * 1024

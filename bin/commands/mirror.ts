@@ -8,7 +8,8 @@ import type { SyncResult } from '../../src/mirror/sync.ts'
 import { syncResultJson } from '../../src/server/control-api.ts'
 import { openBackend } from './backend.ts'
 import { UsageError, defineCommand, globalOptions } from './context.ts'
-import { formatBytes, identityOptions } from './node-options.ts'
+import { DEFAULT_MAX_BLOB_SIZE } from '../../src/mirror/blobs.ts'
+import { blobOptions, formatBlobs, formatBytes, identityOptions, sizeFlag } from './node-options.ts'
 import { progressFor } from './progress.ts'
 
 const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
@@ -34,6 +35,10 @@ options:
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --peer MULTIADDR        a mirror to ask (/ip4/…/tcp/…/p2p/<peer id>), repeatable;
                           also the DHT entry point for finding other mirrors
+  --no-blobs              do not mirror the repo's blobs (images, video); kept with the
+                          pin, so its later syncs skip them too
+  --max-blob-size SIZE    largest blob mirrored, bytes or with K/M/G (default 100M;
+                          a daemon uses its own)
   --progress              show progress on stderr even when it is not a terminal
                           (one line per update, at most 10 a second; also with --json)
   --json                  print the result as one JSON object ({"ok":true,…}; "source"
@@ -42,7 +47,7 @@ options:
 On a terminal (and without --json), progress (phase, blocks, bytes, rate) is redrawn
 on one stderr line at most 10 times a second.`
 
-const options = { ...globalOptions, ...identityOptions, peer: { type: 'string', multiple: true }, progress: { type: 'boolean', default: false } } as const
+const options = { ...globalOptions, ...identityOptions, ...blobOptions, peer: { type: 'string', multiple: true }, progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,
@@ -53,18 +58,18 @@ export const command = defineCommand({
     const json = values.json
     const peers = values.peer ?? []
     const backend = await openBackend(values, ctx, {
-      daemonIgnores: ['peer'],
+      daemonIgnores: ['peer', 'max-blob-size'],
       // with --peer, a temporary private-mode node that connects to those peers first
       local: peers.length === 0
-        ? {}
-        : { network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: peers, mirrors: { peers }, services: { reprovide: false } } },
+        ? { blobs: { maxBlobSize: sizeFlag('--max-blob-size', values['max-blob-size'], DEFAULT_MAX_BLOB_SIZE) } }
+        : { blobs: { maxBlobSize: sizeFlag('--max-blob-size', values['max-blob-size'], DEFAULT_MAX_BLOB_SIZE) }, network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: peers, mirrors: { peers }, services: { reprovide: false } } },
       start: peers.length > 0
     })
     const progress = progressFor(ctx, { progress: values.progress, json })
     try {
       if (backend.daemon !== undefined && !json) ctx.stderr.write(`a daemon runs on ${backend.dir} (pid ${backend.daemon.pid}); asking it to mirror ${id}\n`)
       // an unchanged repo's stored copy is checked (and repaired) rather than trusted
-      const sync = await backend.api.mirror(id, { signal: ctx.signal, onProgress: progress?.onProgress, check: true })
+      const sync = await backend.api.mirror(id, { signal: ctx.signal, onProgress: progress?.onProgress, check: true, blobs: values['no-blobs'] === true ? false : undefined })
       progress?.done()
       ctx.stdout.write((json ? JSON.stringify({ ok: true, ...syncResultJson(sync) }) : formatSummary(sync)) + '\n')
       return 0
@@ -91,7 +96,7 @@ function formatSummary (result: SyncResult): string {
     `sync:     ${what}`,
     `head:     ${result.source}`,
     ...(result.identitySource === undefined ? [] : [`identity: ${result.identitySource}`]),
-    `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})`,
+    `fetched:  pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local} (${formatBytes(result.bytes)})${formatBlobs(result)}`,
     `seconds:  ${result.seconds.toFixed(2)}`
   ].join('\n')
 }

@@ -65,13 +65,31 @@ export function integerFlag (flag: string, value: string | undefined, fallback: 
   return n
 }
 
+/**
+ * Parses a size flag: bytes, or a number with K, M or G (binary: KiB, MiB, GiB;
+ * `100M`, `100MB`, `100MiB` are the same).
+ */
+export function sizeFlag (flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback
+  const match = /^(\d+)\s*(?:([kmg])(?:i?b)?|b)?$/i.exec(value.trim())
+  const n = match === null ? NaN : Number(match[1]) * 1024 ** ({ k: 1, m: 2, g: 3 }[(match[2] ?? '').toLowerCase()] ?? 0)
+  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`${flag} must be a size in bytes, or with K, M or G (e.g. 100M), got ${JSON.stringify(value)}`)
+  return n
+}
+
+/** Flags of blob mirroring, for the verbs that sync. */
+export const blobOptions = {
+  'no-blobs': { type: 'boolean' },
+  'max-blob-size': { type: 'string' }
+} as const satisfies NonNullable<ParseArgsConfig['options']>
+
 /** One line about a sync: `did rev=… records=… (… fetched pds=… bitswap=… local=…, head from pds:…, 1.2 s)`. */
 export function formatSync (result: SyncResult): string {
   const { fetched } = result
   const what = result.rollback !== undefined
     ? `unchanged: PDS rolled back to rev ${result.rollback.rev}, kept the stored rev`
     : !result.changed ? 'unchanged' : result.full ? 'full sync' : 'incremental sync'
-  return `${result.did} rev=${result.rev} commit=${result.commit.toString()} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}; head from ${result.source}; ${result.seconds.toFixed(1)} s)`
+  return `${result.did} rev=${result.rev} commit=${result.commit.toString()} records=${result.records} (${what}; fetched pds=${fetched.pds} bitswap=${fetched.bitswap} local=${fetched.local}, ${formatBytes(result.bytes)}${formatBlobs(result)}; head from ${result.source}; ${result.seconds.toFixed(1)} s)`
 }
 
 /** `512 B`, `1.5 KiB`, `3.2 MiB` (whole bytes: a rate is rarely whole). */
@@ -79,4 +97,12 @@ export function formatBytes (bytes: number): string {
   if (bytes < 1024) return `${Math.round(bytes)} B`
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+}
+
+/** `, blobs 3 (1.2 MiB), 1 failed, 1 refused` for a sync whose blob pass did something; '' otherwise. */
+export function formatBlobs (result: SyncResult): string {
+  const blobs = result.blobs
+  if (blobs === undefined || blobs.wanted === 0) return ''
+  const stored = blobs.fetched.pds + blobs.fetched.bitswap + blobs.fetched.local
+  return `, blobs ${stored} (${formatBytes(blobs.bytes)})${blobs.failed > 0 ? `, ${blobs.failed} failed` : ''}${blobs.refused > 0 ? `, ${blobs.refused} refused` : ''}`
 }

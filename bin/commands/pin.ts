@@ -5,7 +5,7 @@
 import { pinResultJson } from '../../src/server/control-api.ts'
 import { openBackend } from './backend.ts'
 import { UsageError, defineCommand, globalOptions } from './context.ts'
-import { formatSync, identityOptions } from './node-options.ts'
+import { blobOptions, formatSync, identityOptions } from './node-options.ts'
 import { progressFor } from './progress.ts'
 import { formatRepo } from './status.ts'
 
@@ -22,11 +22,13 @@ options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
   --plc URL               PLC directory, direct mode (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service, direct mode (ATMIRROR_HANDLE_RESOLVER)
+  --no-blobs              add: do not mirror the repos' blobs (images, video); kept
+                          with the pin
   --progress              add: progress on stderr even when it is not a terminal
   --json                  ls: one JSON array of repos; add/rm: one JSON object per
                           repo and line ({"ok":true,…} or {"ok":false,"error":…})`
 
-const options = { ...globalOptions, ...identityOptions, progress: { type: 'boolean', default: false } } as const
+const options = { ...globalOptions, ...identityOptions, 'no-blobs': blobOptions['no-blobs'], progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,
@@ -52,7 +54,7 @@ export const command = defineCommand({
           if (verb === 'add') {
             const progress = progressFor(ctx, { progress: values.progress, json })
             try {
-              const result = await backend.api.pin(id, { signal: ctx.signal, onProgress: progress?.onProgress })
+              const result = await backend.api.pin(id, { signal: ctx.signal, onProgress: progress?.onProgress, blobs: values['no-blobs'] === true ? false : undefined })
               progress?.done()
               ctx.stdout.write((json ? JSON.stringify({ ok: true, ...pinResultJson(result) }) : `pinned ${result.handle ?? ''}${result.handle === undefined ? '' : ' '}${formatSync(result.sync)}`) + '\n')
             } finally {

@@ -99,8 +99,12 @@ export class ProgressLine {
   }
 }
 
-/** `walk     1234 blocks  1.2 MiB  3.4 MiB/s` */
+/** `walk     1234 blocks  1.2 MiB  3.4 MiB/s`; the blob pass: `blobs    3 blobs  12.5 MiB  4.0 MiB/s (1234 blocks, 1.2 MiB)` */
 export function formatProgress (p: SyncProgress, seconds: number): string {
+  if (p.phase === 'blobs') {
+    const blobBytes = p.blobBytes ?? 0
+    return `${p.phase.padEnd(8)} ${p.blobs ?? 0} blobs  ${formatBytes(blobBytes)}  ${formatBytes(blobBytes / Math.max(seconds, 0.001))}/s (${p.blocks} blocks, ${formatBytes(p.bytes)})`
+  }
   const rate = p.bytes / Math.max(seconds, 0.001)
   return `${p.phase.padEnd(8)} ${p.blocks} blocks  ${formatBytes(p.bytes)}  ${formatBytes(rate)}/s`
 }

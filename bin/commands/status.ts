@@ -5,6 +5,7 @@
 import type { NodeStatus, PinnedRepo } from '../../src/mirror/api.ts'
 import { openBackend } from './backend.ts'
 import { defineCommand, expectPositionals, globalOptions } from './context.ts'
+import { formatBytes } from './node-options.ts'
 
 const USAGE = `usage: atmirror status [--data DIR] [--json]
 
@@ -50,6 +51,7 @@ export function formatRepo (repo: PinnedRepo): string {
   const parts = [repo.did]
   if (repo.handle !== undefined) parts.push(repo.handle)
   parts.push(`rev=${repo.rev ?? '-'}`, `state=${repo.syncing ? `${repo.status}+syncing` : repo.status}`, `synced=${repo.syncedAt ?? 'never'}`)
+  if (repo.blobs !== undefined && repo.blobs.referenced > 0) parts.push(`blobs=${repo.blobs.stored}/${repo.blobs.referenced} (${formatBytes(repo.blobs.bytes)})`)
   if (repo.error !== undefined) parts.push(`error=${JSON.stringify(repo.error)}`)
   return parts.join('  ')
 }

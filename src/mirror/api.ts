@@ -31,6 +31,8 @@ export interface PinnedRepo {
   error?: string
   /** A sync of this repo is running now. */
   syncing: boolean
+  /** Blobs its current commit references, those stored here, and their bytes on disk (absent before the first sync). */
+  blobs?: { referenced: number, stored: number, bytes: number }
 }
 
 /** A node's state. */

@@ -13,8 +13,8 @@
  * | ------ | ---------------------- | ---------------------------------------------- |
  * | GET    | /v1/status             | NodeStatus                                     |
  * | GET    | /v1/pins               | { pins: PinnedRepo[] }                         |
- * | POST   | /v1/pins[?check=1]     | body { did } or { handle }: pins, mirrors once; PinResultJson |
- * | POST   | /v1/mirror[?check=1]   | body as for /v1/pins: mirrors once, pinned if it succeeds; SyncResultJson |
+ * | POST   | /v1/pins[?check=1][&blobs=0] | body { did } or { handle }: pins, mirrors once (blobs=0: without blobs); PinResultJson |
+ * | POST   | /v1/mirror[?check=1][&blobs=0] | body as for /v1/pins: mirrors once, pinned if it succeeds; SyncResultJson |
  * | DELETE | /v1/pins/:did          | UnpinResult                                    |
  * | GET    | /v1/repos/:did         | PinnedRepo                                     |
  * | POST   | /v1/repos/:did/sync[?check=1] | SyncResultJson                          |
@@ -40,6 +40,7 @@ import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import type { GetBlockOptions, MirrorApi, MirrorSyncOptions, PinResult } from '../mirror/api.ts'
 import type { SyncProgress, SyncResult } from '../mirror/sync.ts'
+import type { BlobPassResult } from '../mirror/blobs.ts'
 import { CID } from 'multiformats/cid'
 import {
   BadRequestError, BlockFetchError, BlockNotFoundError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
@@ -81,6 +82,8 @@ export interface SyncResultJson {
   rollback?: { rev: string, commit: string }
   /** Damaged or missing blocks refetched when an unchanged repo's stored copy was checked. */
   repaired?: number
+  /** The blob pass after the sync (SyncResult.blobs). */
+  blobs?: BlobPassResult
 }
 
 /** A pin result in JSON form. */
@@ -108,6 +111,7 @@ export function syncResultJson (result: SyncResult): SyncResultJson {
     source: result.source,
     ...(result.identitySource === undefined ? {} : { identitySource: result.identitySource }),
     ...(result.repaired === undefined ? {} : { repaired: result.repaired }),
+    ...(result.blobs === undefined ? {} : { blobs: { ...result.blobs, fetched: { ...result.blobs.fetched } } }),
     ...(result.rollback === undefined ? {} : { rollback: { rev: result.rollback.rev, commit: result.rollback.commit.toString() } })
   }
 }
@@ -335,9 +339,12 @@ export class ControlApi {
     /** The sync's answer: at once as JSON, or later, streamed with its progress. */
     // ?check=1: an unchanged repo's stored copy is checked and repaired (MirrorSyncOptions.check)
     const check = url.searchParams.get('check') === '1'
+    // ?blobs=0 / ?blobs=1: the pin's blob setting (MirrorSyncOptions.blobs)
+    const blobsParam = url.searchParams.get('blobs')
+    const blobs = blobsParam === null ? undefined : blobsParam !== '0'
     const syncAnswer = async <T>(run: (options: MirrorSyncOptions) => Promise<T>, toJson: (value: T) => unknown): Promise<unknown> => {
-      if (!streamed) return toJson(await run({ signal, check }))
-      return new Streamed(async (onProgress) => toJson(await run({ signal, check, onProgress })))
+      if (!streamed) return toJson(await run({ signal, check, blobs }))
+      return new Streamed(async (onProgress) => toJson(await run({ signal, check, blobs, onProgress })))
     }
     if (parts[0] !== 'v1') throw new RouteNotFoundError(url.pathname)
     const [, resource, id, action] = parts

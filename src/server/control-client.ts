@@ -87,13 +87,13 @@ export class ControlClient implements MirrorApi {
   /** Pins a DID or handle and waits for its first mirror (no time limit: see `timeoutMs`). */
   async pin (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<PinResult> {
     const body = didOrHandle.startsWith('did:') ? { did: didOrHandle } : { handle: didOrHandle }
-    return pinResultFromJson(await this.#sync<PinResultJson>('POST', `/v1/pins${options.check === true ? '?check=1' : ''}`, body, options))
+    return pinResultFromJson(await this.#sync<PinResultJson>('POST', `/v1/pins${syncQuery(options)}`, body, options))
   }
 
   /** Mirrors a DID or handle once, pinned if that succeeds (no time limit: see `timeoutMs`). */
   async mirror (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
     const body = didOrHandle.startsWith('did:') ? { did: didOrHandle } : { handle: didOrHandle }
-    return syncResultFromJson(await this.#sync<SyncResultJson>('POST', `/v1/mirror${options.check === true ? '?check=1' : ''}`, body, options))
+    return syncResultFromJson(await this.#sync<SyncResultJson>('POST', `/v1/mirror${syncQuery(options)}`, body, options))
   }
 
   /** Unpins a DID or handle and waits until its blocks are collected (no time limit: see `timeoutMs`). */
@@ -267,4 +267,13 @@ export class ControlClient implements MirrorApi {
     }
     return headers
   }
+}
+
+/** `?check=1&blobs=0` from a sync's options (control-api.ts reads them). */
+function syncQuery (options: MirrorSyncOptions): string {
+  const params = new URLSearchParams()
+  if (options.check === true) params.set('check', '1')
+  if (options.blobs !== undefined) params.set('blobs', options.blobs ? '1' : '0')
+  const query = params.toString()
+  return query === '' ? '' : `?${query}`
 }

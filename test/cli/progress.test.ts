@@ -85,4 +85,8 @@ describe('ProgressLine', () => {
   it('formats phase, blocks, bytes and rate', () => {
     assert.equal(formatProgress({ did: DID, phase: 'walk', blocks: 1234, bytes: 2 * 1024 * 1024 }, 2), 'walk     1234 blocks  2.0 MiB  1.0 MiB/s')
   })
+
+  it('shows blobs and blob bytes in the blob phase', () => {
+    assert.equal(formatProgress({ did: DID, phase: 'blobs', blocks: 1234, bytes: 2 * 1024 * 1024, blobs: 3, blobBytes: 8 * 1024 * 1024 }, 2), 'blobs    3 blobs  8.0 MiB  4.0 MiB/s (1234 blocks, 2.0 MiB)')
+  })
 })
