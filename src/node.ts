@@ -758,9 +758,11 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     let http: PublicServer | undefined
     if (init.http !== undefined && init.http !== false) {
       // loaded only when serving: express and the lexicons are a one-shot command's dead weight
-      const { PublicServer } = await import('./server/public-server.ts')
+      const [{ PublicServer }, { plcReadRoute }] = await Promise.all([import('./server/public-server.ts'), import('./server/plc-read-api.ts')])
       http = new PublicServer({ version: VERSION, ...init.http })
       metrics?.serveOn(http)
+      // a PLC read replica for the pinned DIDs
+      http.mount(plcReadRoute({ logs: identityStore }))
     }
     return new MirrorNode({
       dataDir: init.dataDir,

@@ -50,6 +50,11 @@ export interface PublicRoute {
    * (`/metrics`, `/ipfs`). The longest matching prefix wins.
    */
   path: string
+  /**
+   * Which paths it answers instead of the prefix rule, for paths that are not one
+   * prefix (the PLC read API's `/{did}…`); `path` then only names the route.
+   */
+  match?: (pathname: string) => boolean
   /** Answers the request (GET or HEAD). A throw answers 500 unless headers went out. */
   handler: (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>
 }
@@ -152,7 +157,7 @@ export class PublicServer {
 
   /** Adds a GET route on a path prefix (see {@link PublicRoute}). */
   mount (route: PublicRoute): void {
-    if (!route.path.startsWith('/') || route.path.endsWith('/')) throw new TypeError(`route path must start and not end with '/': ${route.path}`)
+    if (route.match === undefined && (!route.path.startsWith('/') || route.path.endsWith('/'))) throw new TypeError(`route path must start and not end with '/': ${route.path}`)
     this.#routes.push(route)
     this.#routes.sort((a, b) => b.path.length - a.path.length)
   }
@@ -179,7 +184,7 @@ export class PublicServer {
     } catch {
       return 'other'
     }
-    const route = this.#routes.find(r => path === r.path || path.startsWith(r.path + '/'))
+    const route = this.#routes.find(r => routeMatches(r, path))
     if (route !== undefined) return route.path
     const nsid = /^\/xrpc\/([a-zA-Z0-9.-]+)$/.exec(path)?.[1]
     return nsid !== undefined && this.#xrpc?.lex.getDef(nsid) !== undefined ? nsid : 'other'
@@ -283,7 +288,7 @@ export class PublicServer {
       sendError(res, 400, 'InvalidRequest', 'malformed request target')
       return
     }
-    const route = this.#routes.find(r => url.pathname === r.path || url.pathname.startsWith(r.path + '/'))
+    const route = this.#routes.find(r => routeMatches(r, url.pathname))
     if (route !== undefined) {
       Promise.resolve().then(async () => { await route.handler(req, res, url) }).catch((err: Error) => {
         log.error('%s %s failed - %e', req.method, req.url, err)
@@ -321,6 +326,10 @@ async function createXrpcServer (): Promise<XrpcServer> {
     validateResponse: false,
     payload: { jsonLimit: 0, blobLimit: 0, textLimit: 0 }
   })
+}
+
+function routeMatches (route: PublicRoute, pathname: string): boolean {
+  return route.match !== undefined ? route.match(pathname) : pathname === route.path || pathname.startsWith(route.path + '/')
 }
 
 /** A JSON answer. */

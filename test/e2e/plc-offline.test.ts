@@ -26,6 +26,8 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
 import { PlcExchange } from '../../src/net/plc-exchange.ts'
 import { PlcLogKeeper, type PlcLogSource } from '../../src/identity/plc-logs.ts'
+import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
+import { parseAtprotoDocument } from '../../src/identity/did-document.ts'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseCid } from '../../src/repo/cid.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
@@ -52,7 +54,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
   let a: MirrorNode
   let c: MirrorNode
 
-  async function node (name: string, peers: MirrorNode[]): Promise<MirrorNode> {
+  async function node (name: string, peers: MirrorNode[], init: { http?: boolean } = {}): Promise<MirrorNode> {
     const addresses = peers.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
     const created = await createMirrorNode({
       dataDir: join(root, name),
@@ -68,6 +70,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
         services: { peerHeads: { timeoutMs: 10_000 } }
       },
       api: false,
+      http: init.http === true ? { port: 0 } : false,
       checkOnStart: false,
       intervalMs: 0
     })
@@ -99,7 +102,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
       collection: 'app.bsky.feed.post',
       value: { text: `before the outage ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i)).toISOString() }
     })))).records
-    a = await node('a', [])
+    a = await node('a', [], { http: true })
   })
 
   after(async () => {
@@ -119,6 +122,31 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     assert.equal(stored?.source, `plc:${net.plcUrl}`)
     assert.equal(stored?.entries.length, 2)
     assert.equal((await a.identity.resolve(account.did)).source, `plc:${net.plcUrl}`)
+  })
+
+  it('A serves the PLC directory\'s read API for the DID: the same log and data, a document that says the same', async () => {
+    const http = a.http?.url as string
+    const get = async (base: string, path: string): Promise<{ status: number, body: any }> => {
+      const res = await fetch(`${base}${path}`)
+      return { status: res.status, body: await res.json() }
+    }
+    for (const path of [`/${account.did}/log/audit`, `/${account.did}/data`, `/${account.did}/log`, `/${account.did}/log/last`]) {
+      assert.deepEqual(await get(http, path), await get(net.plcUrl, path), path)
+    }
+    const served = await get(http, `/${account.did}`)
+    assert.equal(served.status, 200)
+    const ours = parseAtprotoDocument(account.did, served.body, { allowHttpLocalhost: true })
+    const theirs = parseAtprotoDocument(account.did, (await get(net.plcUrl, `/${account.did}`)).body, { allowHttpLocalhost: true })
+    assert.deepEqual(ours, theirs)
+    const unknown = await get(http, '/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa')
+    assert.equal(unknown.status, 404)
+    assert.match(unknown.body.message, /DID not registered/)
+    // a resolver can use the mirror as its directory
+    const viaMirror = new AtprotoIdentityResolver({ plcUrl: http, allowHttpLocalhost: true })
+    const identity = await viaMirror.resolve(account.did, { verifyHandle: false })
+    assert.equal(identity.didKey, theirs.didKey)
+    assert.equal(identity.source, `plc:${http}`)
+    assert.equal((await viaMirror.plcLogs.fetchLog(account.did)).entries.length, 2)
   })
 
   it('with the PDS and the directory down, a fresh node given only A resolves the DID from A, mirrors and verifies the repo', async () => {
