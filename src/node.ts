@@ -764,7 +764,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       // a PLC read replica for the pinned DIDs
       http.mount(plcReadRoute({ logs: identityStore }))
     }
-    return new MirrorNode({
+    const node = new MirrorNode({
       dataDir: init.dataDir,
       lock,
       store,
@@ -783,6 +783,9 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       identityStore,
       identityRefreshMs: init.identityRefreshMs
     })
+    // getBlob and listBlobs from what is mirrored (loaded only when serving)
+    if (http !== undefined) http.mountXrpc((await import('./server/blob-xrpc.ts')).blobXrpc(node))
+    return node
   } catch (err) {
     await store?.close().catch(() => {})
     await lock.release().catch(() => {})

@@ -5,7 +5,8 @@
  * serves; a blob is collected once no record references it (record deleted,
  * unpin) and kept while another record does; a blob over the cap is refused and
  * recorded; a blob the PDS has taken down is removed; blob mirroring can be off for
- * a pin. Hostile input comes from the fake PDS: a blob whose bytes do not match its
+ * a pin; the node serves them over its public HTTP server (`getBlob`, `listBlobs`).
+ * Hostile input comes from the fake PDS: a blob whose bytes do not match its
  * CID is refused and nothing is stored.
  */
 import assert from 'node:assert/strict'
@@ -23,6 +24,7 @@ import { BlobMirror, type BlobMirrorInit } from '../../src/mirror/blobs.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { CID, RAW, cidForBytes } from '../../src/repo/cid.ts'
+import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 import { EvolvingRepo, posts } from '../helpers/evolving-repo.ts'
 import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
@@ -187,6 +189,41 @@ describe('blob mirroring from a real PDS', () => {
       assert.equal((await off.syncer.sync(alice.did)).blobs?.fetched.pds, 2)
     } finally {
       await off.store.close()
+    }
+  })
+
+  it('a node serves the blobs it mirrors: getBlob and listBlobs on its public HTTP server, and the blob bytes in status', async () => {
+    const bob = await net.createAccount('blobserve')
+    const bobAgent = new AtpAgent({ service: net.pdsUrl })
+    await bobAgent.login({ identifier: bob.handle, password: bob.password })
+    const image = await upload(bobAgent, randomBytes(150 * 1024))
+    const thumb = await upload(bobAgent, randomBytes(3 * 1024))
+    await net.writeRecords(bob, [{ collection: 'app.bsky.feed.post', rkey: 'pics', value: imagePost('pics', [image, thumb]) }])
+    let node: MirrorNode | undefined
+    try {
+      node = await createMirrorNode({ dataDir: join(root, 'node'), plcUrl: net.plcUrl, allowHttpLocalhost: true, network: false, api: false, http: { port: 0 }, checkOnStart: false, intervalMs: 0 })
+      await node.start()
+      const result = await node.pin(bob.did)
+      assert.equal(result.sync.blobs?.fetched.pds, 2)
+      const base = node.http?.url ?? ''
+      for (const blob of [image, thumb]) {
+        const res = await fetch(`${base}/xrpc/com.atproto.sync.getBlob?did=${bob.did}&cid=${blob.cid}`)
+        assert.equal(res.status, 200)
+        assert.equal(res.headers.get('content-length'), String(blob.bytes.byteLength))
+        assert.ok(Buffer.from(await res.arrayBuffer()).equals(blob.bytes))
+      }
+      const list = await (await fetch(`${base}/xrpc/com.atproto.sync.listBlobs?did=${bob.did}`)).json() as { cids: string[] }
+      assert.deepEqual(list.cids, [image.cid, thumb.cid].sort())
+      // a blob bob's records do not reference, and a repo not mirrored here
+      const notHis = await fetch(`${base}/xrpc/com.atproto.sync.getBlob?did=${bob.did}&cid=${stray.cid}`)
+      assert.equal(notHis.status, 400)
+      assert.equal((await notHis.json() as { error: string }).error, 'BlobNotFound')
+      const notHere = await fetch(`${base}/xrpc/com.atproto.sync.listBlobs?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa`)
+      assert.equal((await notHere.json() as { error: string }).error, 'RepoNotFound')
+      const [repo] = (await node.status()).repos
+      assert.deepEqual(repo.blobs, { referenced: 2, stored: 2, bytes: image.bytes.byteLength + thumb.bytes.byteLength })
+    } finally {
+      await node?.stop()
     }
   })
 
