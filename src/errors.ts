@@ -445,6 +445,29 @@ export class DownloadLimitError extends PdsError {
   }
 }
 
+/**
+ * A frame of an event stream (`com.atproto.sync.subscribeRepos`) that is not a
+ * valid event: not two DRISL values, a header or body of the wrong shape, or
+ * larger than allowed. `url` names the stream.
+ */
+export class FirehoseFrameError extends PdsError {}
+
+/**
+ * A well-formed firehose event that is refused: a commit for a DID the host does
+ * not serve, a rev not newer than the stored one, a `#sync` to an older rev.
+ * `reason` says which, in a word (`host`, `rollback`, `stale`).
+ */
+export class FirehoseEventRefusedError extends PdsError {
+  readonly reason: string
+  constructor (message: string, init: { did?: string, url?: string, reason: string, cid?: CidLike }, options?: AtmirrorErrorOptions) {
+    super(message, { did: init.did, url: init.url, cid: init.cid }, options)
+    this.reason = init.reason
+  }
+}
+
+/** An event stream could not be opened or broke off (refused, closed by the host, an error frame, too slow a reader). */
+export class FirehoseConnectionError extends PdsUnavailableError {}
+
 // ---------------------------------------------------------------------------
 // Heads (src/head)
 // ---------------------------------------------------------------------------

@@ -38,6 +38,9 @@ import { BlobMirror, type BlobMirrorInit } from './mirror/blobs.ts'
 import { BlobFetcher, BrokerBlobSource, LocalBlobSource, PdsBlobSource } from './blocks/blob-fetch.ts'
 import { isServable } from './mirror/status-policy.ts'
 import { BlobNotMirroredError } from './errors.ts'
+import { Follower, type EventStreams, type FollowedEvent, type FollowerInit } from './mirror/follower.ts'
+import { EventStreamClient } from './http/event-stream.ts'
+import type { Identity } from './identity/resolver.ts'
 import type { BitswapBrokerInit } from './blocks/bitswap-broker.ts'
 import type { MirrorFinderInit } from './net/mirrors.ts'
 import type { MirrorNetwork, NetworkInit } from './net/network.ts'
@@ -164,6 +167,14 @@ export interface MirrorNodeInit {
    * @default { maxBlobSize: 100 MiB, concurrency: 4 }
    */
   blobs?: false | Omit<BlobMirrorInit, 'enabled'>
+  /**
+   * Live following (mirror/follower.ts): `subscribeRepos` on the host of every
+   * pinned repo and on `relays`, while the node runs; `false` for polling only.
+   * `maxFrameBytes` bounds one event frame; `streams` replaces the WebSocket client.
+   *
+   * @default false (the daemon turns it on)
+   */
+  follow?: (FollowerInit & { maxFrameBytes?: number, streams?: EventStreams }) | false
 }
 
 /** The events a node emits. */
@@ -174,6 +185,12 @@ export interface MirrorNodeEvents {
   'repo:error': CustomEvent<{ did: string, error: Error }>
   'repo:pinned': CustomEvent<{ did: string }>
   'repo:unpinned': CustomEvent<{ did: string }>
+  /** A firehose event was handled (its outcome and lag: the hook for metrics). */
+  'firehose:event': CustomEvent<FollowedEvent>
+  /** A followed host's stream failed (malformed or oversized frame, error frame, lost connection). */
+  'firehose:error': CustomEvent<{ host: string, error: Error }>
+  /** An `#identity` event refreshed a DID document. */
+  'repo:identity': CustomEvent<{ did: string, identity: Identity }>
 }
 
 interface RepoRuntime {
@@ -206,6 +223,8 @@ export class MirrorNode implements MirrorApi {
   readonly #lock: DataDirLock
   readonly #runner: DidRunner
   readonly #scheduler: RepoScheduler
+  readonly #follower: Follower | undefined
+  readonly #streams: (EventStreams & { close?: () => Promise<void> }) | undefined
   readonly #repos = new Map<string, RepoRuntime>()
   #stopping = new AbortController()
   #state: 'stopped' | 'starting' | 'running' | 'stopping' = 'stopped'
@@ -215,7 +234,7 @@ export class MirrorNode implements MirrorApi {
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
     network?: MirrorNetwork, api?: { port?: number, host?: string }, http?: PublicServer, intervalMs: number, checkOnStart: boolean, concurrency: number,
-    p2p?: PeerServices, metrics?: NodeMetrics, plcLogs?: PlcLogKeeper, identityStore?: MirrorIdentityStore, identityRefreshMs?: number
+    p2p?: PeerServices, metrics?: NodeMetrics, plcLogs?: PlcLogKeeper, identityStore?: MirrorIdentityStore, identityRefreshMs?: number, follow?: FollowerInit, streams?: EventStreams & { close?: () => Promise<void> }
   }) {
     this.dataDir = init.dataDir
     this.#lock = init.lock
@@ -240,6 +259,34 @@ export class MirrorNode implements MirrorApi {
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
     this.http = init.http
     this.#runner = new DidRunner({ concurrency: init.concurrency })
+    this.#streams = init.streams
+    if (init.streams !== undefined) {
+      const follower = this.#follower = new Follower({
+        store: this.store,
+        identity: this.identity,
+        syncer: this.syncer,
+        runner: this.#runner,
+        streams: init.streams,
+        resync: async (did, signal) => await this.#sync(did, signal, { request: false, pin: false })
+      }, init.follow)
+      follower.addEventListener('follow:event', (evt) => {
+        const { detail } = evt
+        if (detail.state !== undefined) {
+          const state = detail.state
+          this.#runtime(detail.did).lastCheckAt = new Date().toISOString()
+          this.events.safeDispatchEvent('repo:synced', {
+            detail: { did: state.did, rev: state.rev, commit: CID.parse(state.commit), records: state.records ?? 0, changed: true, full: false, fetched: { local: 0, bitswap: 0, pds: 0 }, bytes: 0, seconds: 0, source: `firehose:${detail.host}` }
+          })
+        }
+        this.events.safeDispatchEvent('firehose:event', { detail })
+      })
+      follower.addEventListener('follow:identity', (evt) => { this.events.safeDispatchEvent('repo:identity', { detail: evt.detail }) })
+      follower.addEventListener('follow:error', (evt) => { this.events.safeDispatchEvent('firehose:error', { detail: evt.detail }) })
+      for (const name of ['repo:pinned', 'repo:unpinned'] as const) {
+        this.events.addEventListener(name, () => { follower.refresh().catch(err => { log.error('following the hosts of the pinned repos failed - %e', err) }) })
+      }
+      this.events.addEventListener('repo:synced', (evt) => { follower.checked(evt.detail.did) })
+    }
     this.#scheduler = new RepoScheduler({
       pins: this.store.pins,
       runner: this.#runner,
@@ -250,7 +297,8 @@ export class MirrorNode implements MirrorApi {
           // unpinned while its re-check was queued: nothing to report, nothing failed
           if ((err as Error).name !== 'NotPinnedError') throw err
         }
-      }
+      },
+      skip: (did) => this.#follower?.followed(did) ?? false
     }, { intervalMs: init.intervalMs, checkOnStart: init.checkOnStart })
   }
 
@@ -280,6 +328,7 @@ export class MirrorNode implements MirrorApi {
     this.#state = 'running'
     log('node running: data=%s network=%s api=%s http=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off', this.http?.url ?? 'off')
     this.#scheduler.start()
+    this.#follower?.start().catch(err => { log.error('starting to follow the hosts failed - %e', err) })
   }
 
   /**
@@ -303,7 +352,9 @@ export class MirrorNode implements MirrorApi {
     this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
     await step('syncs', async () => {
       await this.#scheduler.stop()
+      await this.#follower?.stop()
       await this.#runner.stop()
+      await this.#streams?.close?.()
     })
     await step('public HTTP server', async () => await this.http?.stop())
     await step('control API', async () => await this.api?.stop())
@@ -515,7 +566,8 @@ export class MirrorNode implements MirrorApi {
       addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
       peers: this.network?.getPeers().length ?? 0,
       metrics: this.metrics !== undefined && this.http !== undefined && this.#state === 'running' ? `${this.http.url}/metrics` : null,
-      repos: await this.listPins()
+      repos: await this.listPins(),
+      subscriptions: this.#follower?.status() ?? []
     }
   }
 
@@ -631,6 +683,7 @@ export class MirrorNode implements MirrorApi {
       syncedAt: state?.syncedAt,
       lastCheckAt: runtime?.lastCheckAt,
       error: runtime?.error ?? state?.error,
+      lastEventAt: this.#follower?.lastEventAt(did),
       syncing: this.#runner.busy(did)
     }
   }
@@ -781,7 +834,15 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       metrics,
       plcLogs: identity.plcLogs,
       identityStore,
-      identityRefreshMs: init.identityRefreshMs
+      identityRefreshMs: init.identityRefreshMs,
+      follow: init.follow === false ? undefined : init.follow,
+      streams: init.follow === undefined || init.follow === false
+        ? undefined
+        : init.follow.streams ?? new EventStreamClient({
+          allowLoopback: init.allowHttpLocalhost,
+          allowPrivateNetwork: init.allowPrivateNetwork,
+          maxFrameBytes: init.follow.maxFrameBytes
+        })
     })
     // getBlob and listBlobs from what is mirrored (loaded only when serving)
     if (http !== undefined) http.mountXrpc((await import('./server/blob-xrpc.ts')).blobXrpc(node))

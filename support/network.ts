@@ -186,10 +186,14 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     await created.ctx.sequencer.start()
     let server: Server
     try {
-      server = await listenLocal((req, res) => {
-        log.push(req.url ?? '')
-        created.app(req, res)
-      }, pdsEnv.port)
+      // through the app's own listen: the XRPC server hooks WebSocket upgrades
+      // (subscribeRepos) onto the server it returns
+      server = created.app.listen(pdsEnv.port, '127.0.0.1')
+      server.prependListener('request', (req) => { log.push(req.url ?? '') })
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.once('listening', () => { server.off('error', reject); resolve() })
+      })
     } catch (err) {
       await created.destroy()
       throw err

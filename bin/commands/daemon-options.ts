@@ -29,7 +29,9 @@ export const daemonOptions = {
   provide: { type: 'string' },
   'no-upnp': { type: 'boolean' },
   'no-blobs': { type: 'boolean' },
-  offline: { type: 'boolean' }
+  offline: { type: 'boolean' },
+  relay: { type: 'string', multiple: true },
+  'no-follow': { type: 'boolean' }
 } as const
 
 /** The daemon settings that also come from the environment and the config file. */

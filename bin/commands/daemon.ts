@@ -14,8 +14,9 @@ import { formatSync, identityConfig, integerFlag, sizeFlag } from './node-option
 
 const USAGE = `usage: atmirror daemon [options]
 
-Runs the node: keeps every pinned repo current (re-checked at start, then every
---interval), serves blocks to peers over libp2p/Bitswap, and answers the control
+Runs the node: keeps every pinned repo current (follows each repo's host live over
+its firehose, re-checked at start, then every --interval while its host is not
+followed, hourly while it is), serves blocks to peers over libp2p/Bitswap, and answers the control
 API on 127.0.0.1 (used by 'atmirror status' and 'atmirror pin'). Stops cleanly on
 SIGINT/SIGTERM.
 
@@ -54,6 +55,8 @@ options:
                           those the DHT names (/ip4/…/tcp/…[/p2p/<peer id>]), repeatable
   --provide heads|all     what to announce on the DHT per pinned repo: its rendezvous key
                           and commit (heads, default), or also every block (all: costly)
+  --relay URL             also follow this relay's firehose (https://… or wss://…), repeatable
+  --no-follow             do not follow firehoses; only poll every --interval
   --offline               no peer-to-peer network at all (no libp2p); repos still sync from their PDS
   --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
   --handle-resolver URL   resolve handles through this XRPC service (ATMIRROR_HANDLE_RESOLVER)
@@ -104,6 +107,7 @@ export const command = defineCommand({
         maxBlocks: integerFlag('--max-repo-blocks', values['max-repo-blocks'], DEFAULT_DOWNLOAD_LIMITS.maxBlocks, { min: 1 }),
         maxBytes: integerFlag('--max-repo-mb', values['max-repo-mb'], DEFAULT_DOWNLOAD_LIMITS.maxBytes / 1024 / 1024, { min: 1 }) * 1024 * 1024
       },
+      follow: values['no-follow'] === true ? false : { relays: values.relay ?? [] },
       network: values.offline
         ? false
         : {
@@ -135,6 +139,11 @@ export const command = defineCommand({
       const { did, error } = evt.detail
       if (json) print({ event: 'repo:error', did, error: { name: error.name, message: error.message } })
       else print(`sync failed: ${did}: ${error.message} (${error.name})`, ctx.stderr)
+    })
+    node.events.addEventListener('firehose:event', (evt) => {
+      const { host, seq, did, type, outcome, lagMs, error } = evt.detail
+      if (json) print({ event: 'firehose:event', host, seq, did, type, outcome, lagMs, ...(error === undefined ? {} : { error: { name: error.name, message: error.message } }) })
+      else if (error !== undefined) print(`firehose event refused: ${host} seq ${seq} #${type} ${did}: ${error.message} (${error.name})`, ctx.stderr)
     })
     try {
       await node.start()

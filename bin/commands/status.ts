@@ -41,6 +41,13 @@ function formatStatus (status: NodeStatus, api: string): string {
   // a daemon of an older version does not say
   if (status.metrics !== undefined && status.metrics !== null) lines.push(`metrics:   ${status.metrics}`)
   status.addresses.forEach((addr, i) => lines.push(`${i === 0 ? 'addresses:' : '          '} ${addr}`))
+  const subs = status.subscriptions ?? []
+  lines.push(`following: ${subs.length === 0 ? 'no firehose' : `${subs.length} firehose${subs.length === 1 ? '' : 's'}`}`)
+  for (const sub of subs) {
+    const parts = [`  ${sub.host}${sub.relay ? ' (relay)' : ''}`, `state=${sub.state}`, `cursor=${sub.cursor ?? '-'}`, `lag=${sub.lagMs === undefined ? '-' : `${sub.lagMs} ms`}`, `last=${sub.lastEventAt ?? 'never'}`]
+    if (sub.error !== undefined && sub.state !== 'connected') parts.push(`error=${JSON.stringify(sub.error)}`)
+    lines.push(parts.join('  '))
+  }
   lines.push(`pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'}${status.intervalSeconds > 0 ? `, re-checked every ${status.intervalSeconds} s` : ''}`)
   for (const repo of status.repos) lines.push(`  ${formatRepo(repo)}`)
   return lines.join('\n')
@@ -52,6 +59,7 @@ export function formatRepo (repo: PinnedRepo): string {
   if (repo.handle !== undefined) parts.push(repo.handle)
   parts.push(`rev=${repo.rev ?? '-'}`, `state=${repo.syncing ? `${repo.status}+syncing` : repo.status}`, `synced=${repo.syncedAt ?? 'never'}`)
   if (repo.blobs !== undefined && repo.blobs.referenced > 0) parts.push(`blobs=${repo.blobs.stored}/${repo.blobs.referenced} (${formatBytes(repo.blobs.bytes)})`)
+  if (repo.lastEventAt !== undefined) parts.push(`event=${repo.lastEventAt}`)
   if (repo.error !== undefined) parts.push(`error=${JSON.stringify(repo.error)}`)
   return parts.join('  ')
 }

@@ -207,18 +207,34 @@ export interface PolicyFetchInit extends AddressPolicyInit {
   connectTimeoutMs?: number
 }
 
+/** What {@link createPolicyAgent} also takes: limits of the WebSockets it opens. */
+export interface PolicyAgentInit extends PolicyFetchInit {
+  /** Largest WebSocket message accepted; a larger one fails the connection (close 1009). @default 128 MiB (undici's) */
+  maxWebSocketMessageBytes?: number
+  /** Told of every failed connection with its reason (a WebSocket's own error says only that it failed). */
+  onConnectError?: (err: Error, target: { hostname: string, port: string | number }) => void
+}
+
 /**
- * A `fetch` (undici's, on an Agent of its own) that connects only to addresses
- * the policy allows. Redirects are not followed here: {@link boundedFetch} follows
- * them hop by hop, each hop through this same fetch.
+ * An undici `Agent` that connects only to addresses the policy allows: the
+ * dispatcher of {@link createPolicyFetch}, and of WebSockets (undici's `WebSocket`
+ * takes a `dispatcher`), so an event stream a DID document names is held to the
+ * same policy as every HTTP request.
  */
-export function createPolicyFetch (init: PolicyFetchInit = {}): FetchLike & { policy: AddressPolicy, close: () => Promise<void> } {
+export function createPolicyAgent (init: PolicyAgentInit = {}): Agent & { policy: AddressPolicy } {
   const policy = new AddressPolicy(init)
   const timeout = init.connectTimeoutMs ?? 10_000
   const connect = buildConnector({ lookup: policyLookup(policy, init.lookup), timeout })
   const connectConfigured = buildConnector({ lookup: init.lookup, timeout })
   const agent = new Agent({
-    connect: (options, callback) => {
+    ...(init.maxWebSocketMessageBytes === undefined ? {} : { webSocket: { maxPayloadSize: init.maxWebSocketMessageBytes } }),
+    connect: (options, done) => {
+      const callback: typeof done = init.onConnectError === undefined
+        ? done
+        : (err, socket) => {
+            if (err !== null) init.onConnectError?.(err, { hostname: options.hostname, port: options.port })
+            done(err as null, socket as NonNullable<typeof socket>)
+          }
       if (policy.isConfiguredEndpoint(options.hostname, options.port, options.protocol)) {
         connectConfigured(options, callback)
         return
@@ -235,6 +251,17 @@ export function createPolicyFetch (init: PolicyFetchInit = {}): FetchLike & { po
       connect(options, callback)
     }
   })
+  return Object.assign(agent, { policy })
+}
+
+/**
+ * A `fetch` (undici's, on an Agent of its own) that connects only to addresses
+ * the policy allows. Redirects are not followed here: {@link boundedFetch} follows
+ * them hop by hop, each hop through this same fetch.
+ */
+export function createPolicyFetch (init: PolicyFetchInit = {}): FetchLike & { policy: AddressPolicy, close: () => Promise<void> } {
+  const agent = createPolicyAgent(init)
+  const policy = agent.policy
   const fetchFn = async (input: string | URL, requestInit?: RequestInit): Promise<Response> => {
     try {
       return await undiciFetch(input, { ...requestInit, dispatcher: agent } as Parameters<typeof undiciFetch>[1]) as unknown as Response

@@ -9,6 +9,7 @@
  */
 import type { CID } from '../repo/cid.ts'
 import type { SyncProgress, SyncResult } from './sync.ts'
+import type { SubscriptionStatus } from './follower.ts'
 
 /** One pinned repo as a node reports it. */
 export interface PinnedRepo {
@@ -33,6 +34,8 @@ export interface PinnedRepo {
   syncing: boolean
   /** Blobs its current commit references, those stored here, and their bytes on disk (absent before the first sync). */
   blobs?: { referenced: number, stored: number, bytes: number }
+  /** When the last firehose event of the repo was handled (a following daemon). */
+  lastEventAt?: string
 }
 
 /** A node's state. */
@@ -55,6 +58,8 @@ export interface NodeStatus {
   /** The URL Prometheus scrapes (`…/metrics` on the public HTTP server); null when that server or metrics are off. */
   metrics: string | null
   repos: PinnedRepo[]
+  /** Each followed host's event stream (none when not following). */
+  subscriptions?: SubscriptionStatus[]
 }
 
 export interface PinResult {

@@ -31,6 +31,11 @@ export interface RepoSchedulerComponents {
    * own failures (the scheduler only notes that it failed).
    */
   check: (did: string, options: { signal: AbortSignal }) => Promise<unknown>
+  /**
+   * Repos a tick leaves out: those kept current by a followed firehose (the
+   * follower says which), re-checked only at its slower interval.
+   */
+  skip?: (did: string) => boolean
 }
 
 export interface RepoSchedulerInit {
@@ -52,6 +57,7 @@ export class RepoScheduler {
   readonly #pins: RepoSchedulerComponents['pins']
   readonly #runner: DidRunner
   readonly #check: RepoSchedulerComponents['check']
+  readonly #skip: (did: string) => boolean
   readonly #intervalMs: number
   readonly #checkOnStart: boolean
   /** DIDs whose last re-check failed: they wait behind the others for a slot. */
@@ -64,6 +70,7 @@ export class RepoScheduler {
     this.#pins = components.pins
     this.#runner = components.runner
     this.#check = components.check
+    this.#skip = components.skip ?? (() => false)
     this.#intervalMs = Math.min(Math.max(0, init.intervalMs ?? 60_000), MAX_TIMER_MS)
     this.#checkOnStart = init.checkOnStart ?? true
   }
@@ -110,7 +117,14 @@ export class RepoScheduler {
   }
 
   #tick (): void {
-    this.checkAll().catch(err => { log.error('re-check pass failed - %e', err) })
+    this.#checkDue().catch(err => { log.error('re-check pass failed - %e', err) })
+  }
+
+  async #checkDue (): Promise<void> {
+    const dids = (await this.#pins.list()).filter(did => !this.#runner.busy(did) && !this.#skip(did))
+    const order = (did: string): number => this.#failing.has(did) ? 1 : 0
+    dids.sort((a, b) => order(a) - order(b))
+    await Promise.all(dids.map(async did => { await this.#checkOne(did) }))
   }
 
   async #checkOne (did: string): Promise<void> {

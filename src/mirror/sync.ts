@@ -345,6 +345,19 @@ export class RepoSyncer {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
   }
 
+  /** Runs `fn` in turn with the DID's syncs (for writers of a repo other than `sync`: firehose events). */
+  async exclusive<T> (did: string, fn: () => Promise<T>): Promise<T> {
+    return await this.#mutex.run(did, fn)
+  }
+
+  /**
+   * Records a status the repo's host gave (a firehose `#account`), releasing the
+   * blocks where the status policy says they go; in turn with the DID's syncs.
+   */
+  async recordStatus (did: string, status: RepoStatus, identity: Identity | undefined, reason: Error): Promise<void> {
+    await this.#mutex.run(did, async () => { await this.#applyStatus(did, status, identity, reason) })
+  }
+
   async #sync (resolved: Identity, started: number, options: SyncOptions): Promise<SyncResult> {
     let identity = resolved
     const { signal } = options

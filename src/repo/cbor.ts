@@ -63,7 +63,7 @@
  *   (test/e2e/car-verify.test.ts), and refusing them would refuse real repos.
  */
 import * as dagCbor from '@ipld/dag-cbor'
-import { decode as cborgDecode, Token, Tokenizer, Type } from 'cborg'
+import { decode as cborgDecode, decodeFirst as cborgDecodeFirst, Token, Tokenizer, Type } from 'cborg'
 import type { DecodeOptions as CborgDecodeOptions, TagDecodeControl } from 'cborg'
 import { CID } from 'multiformats/cid'
 import { CborDecodeError, type CidLike } from '../errors.ts'
@@ -188,21 +188,40 @@ class DrislTokenizer extends Tokenizer {
 
 /** Decodes one DRISL value; throws {@link CborDecodeError} naming `cid`. Byte strings in the result are copies. */
 export function decodeCbor<T = unknown> (bytes: Uint8Array, options: DecodeOptions = {}): T {
-  // A plain view: cborg copies byte strings with `slice`, which on a Buffer would share memory.
-  const data = plain(bytes)
+  return decodeValue<T>(plain(bytes), options, false)[0]
+}
+
+/**
+ * Decodes the first DRISL value of `bytes` (held to the same checks as
+ * {@link decodeCbor}) and returns it with the bytes that follow it: for streams of
+ * concatenated values, such as an event-stream frame (a header, then a body).
+ */
+export function decodeCborFirst<T = unknown> (bytes: Uint8Array, options: DecodeOptions = {}): [T, Uint8Array] {
+  return decodeValue<T>(plain(bytes), options, true)
+}
+
+function decodeValue<T> (data: Uint8Array, options: DecodeOptions, first: boolean): [T, Uint8Array] {
+  // (a plain view: cborg copies byte strings with `slice`, which on a Buffer would share memory)
   const tokenizer = new DrislTokenizer(data, libraryOptions, options.rejectFloats !== false)
   let value: unknown
+  let end = data.byteLength
   try {
     // One options object for every call (cborg copies it anyway): decoding is
     // synchronous and nothing it calls decodes again, so the tokenizer slot is ours.
     decodeCallOptions.tokenizer = tokenizer
-    value = cborgDecode(data, decodeCallOptions)
+    if (first) {
+      value = cborgDecodeFirst(data, decodeCallOptions)[0]
+      end = tokenizer.pos()
+    } else {
+      value = cborgDecode(data, decodeCallOptions)
+    }
   } catch (err) {
     // (a stack overflow on absurd nesting lands here too, as a clean error)
     throw new CborDecodeError(`${(err as Error).message} (at byte ${tokenizer.pos()})`, { cid: options.cid }, { cause: err })
   } finally {
     decodeCallOptions.tokenizer = undefined
   }
+  const own = end === data.byteLength ? data : data.subarray(0, end)
   if (options.canonical !== false) {
     let again: Uint8Array
     try {
@@ -210,11 +229,11 @@ export function decodeCbor<T = unknown> (bytes: Uint8Array, options: DecodeOptio
     } catch (err) {
       throw new CborDecodeError(`cannot re-encode to check canonical form (${(err as Error).message})`, { cid: options.cid }, { cause: err })
     }
-    if (!sameBytes(again, data)) {
-      throw new CborDecodeError(`not in canonical form (${whyNotCanonical(data, again)})`, { cid: options.cid })
+    if (!sameBytes(again, own)) {
+      throw new CborDecodeError(`not in canonical form (${whyNotCanonical(own, again)})`, { cid: options.cid })
     }
   }
-  return value as T
+  return [value as T, data.subarray(end)]
 }
 
 /** What {@link checkDrisl} found at the top level. */

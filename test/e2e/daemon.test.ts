@@ -318,7 +318,7 @@ describe('daemon', () => {
       // pinned and mirrored before the daemon starts: from then on only its scheduler acts
       const pinned = await cli(['pin', 'add', bob.did, '--json', ...identityArgs()], { dir })
       assert.equal(pinned.code, 0, pinned.stderr)
-      daemon = await startDaemon(dir, ['--interval', '1'])
+      daemon = await startDaemon(dir, ['--interval', '1', '--no-follow'])
     })
 
     it('mirrors a record written at the PDS after start, with no command', async () => {

@@ -42,6 +42,8 @@ export interface FakePds {
   /** Drops route overrides and the request log. */
   reset: () => void
   requests: Array<{ route: Route | 'other', url: string }>
+  /** The HTTP server (tests attach a WebSocket server for a fake firehose). */
+  server: Server
   stop: () => Promise<void>
 }
 
@@ -139,6 +141,7 @@ export async function startFakePds (): Promise<FakePds> {
   return {
     url,
     requests,
+    server,
     setRepo (did, keypair, version) {
       let account = accounts.get(did)
       if (account === undefined) {

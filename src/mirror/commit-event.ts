@@ -1,0 +1,208 @@
+/**
+ * Applying one firehose event to a stored repo, without `getRepo`.
+ *
+ * A `#commit` is taken only when everything holds: the event's blocks hash to
+ * their CIDs (the CAR reader), its root is the commit it names, the commit is for
+ * the event's DID and rev and is signed by the DID's current key (the DID document
+ * is fetched again once when it is not: keys rotate), the sync 1.1 proof holds (the
+ * ops, undone on the event's partial tree, give `prevData`), and `prevData` is the
+ * stored tree's root. The blocks then go through the same path as a sync's: staged
+ * and written, the new repo verified, one atomic advance with the hold changes from
+ * the tree diff, and garbage collection once the writer leaves.
+ *
+ * What the outcome is, and who acts on it (follower.ts):
+ * - `applied`: the repo advanced;
+ * - `ignored`: a rev not newer than the stored one (a replay after a restart, or an
+ *   event a relay and the PDS both sent);
+ * - `resync`: the event cannot be applied on what is stored (a gap: `prevData` is
+ *   not the stored root, `tooBig`, no `prevData`, blocks the new tree needs are not
+ *   in the event, nothing stored yet): the repo is synced from its PDS instead;
+ * - a thrown error: the event is refused (bad signature, proof, blocks, a DID the
+ *   host does not serve); nothing is written.
+ */
+import { logger } from '@libp2p/logger'
+import { CommitInvalidError, CommitSignatureError, FirehoseEventRefusedError, MissingBlockError } from '../errors.ts'
+import { compareRevs } from '../head/head-resolver.ts'
+import type { Identity, IdentityResolver } from '../identity/resolver.ts'
+import { MemoryBlockStore, type Block } from '../repo/block-store.ts'
+import { readCar } from '../repo/car.ts'
+import { CID, cidKey } from '../repo/cid.ts'
+import { decodeCommit, verifyCommitSignature, type Commit } from '../repo/commit.ts'
+import type { CommitEvent, SyncEvent } from '../repo/firehose.ts'
+import { verifyCommitProof } from '../repo/mst/proof.ts'
+import { verifyRepo } from '../repo/verify.ts'
+import { repoHoldDelta } from './gc.ts'
+import type { MirrorStore, RepoState } from './store.ts'
+import { holdsBlocks } from './status-policy.ts'
+
+const log = logger('atmirror:mirror:follow')
+const repoLog = logger('atmirror:repo')
+
+export type ApplyOutcome =
+  | { outcome: 'applied', state: RepoState, blocks: number, bytes: number }
+  | { outcome: 'ignored', why: string }
+  | { outcome: 'resync', why: string }
+
+export interface ApplyComponents {
+  store: MirrorStore
+  identity: IdentityResolver
+}
+
+export interface ApplyOptions {
+  signal?: AbortSignal
+  /** The stream the event came from (named in errors and checked against the DID's PDS). */
+  url: string
+  /**
+   * The stream is a relay's, which carries every DID; otherwise the DID's PDS (as
+   * stored, or as its DID document names it) must be the stream's host.
+   */
+  relay: boolean
+}
+
+/** The origin of an http(s) or ws(s) URL, with the ws schemes read as http(s). */
+export function hostOrigin (url: string): string {
+  const parsed = new URL(url)
+  if (parsed.protocol === 'ws:') parsed.protocol = 'http:'
+  else if (parsed.protocol === 'wss:') parsed.protocol = 'https:'
+  return parsed.origin
+}
+
+/** Applies a `#commit` to the stored repo, or says why not (see the module docs). */
+export async function applyCommitEvent (components: ApplyComponents, evt: CommitEvent, options: ApplyOptions): Promise<ApplyOutcome> {
+  const { store } = components
+  const { signal, url } = options
+  const did = evt.did
+  const state = await store.getState(did)
+  const identity = await hostIdentity(components, did, state, options)
+  if (state === undefined) return { outcome: 'resync', why: 'nothing stored yet' }
+  if (!holdsBlocks(state)) return { outcome: 'resync', why: `stored status ${(state as RepoState).status}` }
+  if (compareRevs(evt.rev, state.rev) <= 0) return { outcome: 'ignored', why: `rev ${evt.rev} is not newer than the stored rev ${state.rev}` }
+  if (evt.tooBig) return { outcome: 'resync', why: 'tooBig' }
+  if (evt.prevData === undefined) return { outcome: 'resync', why: 'no prevData (not a sync 1.1 host)' }
+
+  const { blocks, list } = await readEventBlocks(evt.blocks, evt.commit, { did, url, signal })
+  const commitBytes = blocks.get(evt.commit)
+  if (commitBytes === undefined) throw new CommitInvalidError('the event does not carry its commit block', { did, rev: evt.rev, cid: evt.commit })
+  const commit = decodeCommit(commitBytes, evt.commit)
+  checkCommitFields(commit, evt.did, evt.rev, evt.commit)
+  await checkSignature(components, commit, evt.commit, identity, signal)
+  await verifyCommitProof(blocks, commit.data, evt.prevData, evt.ops, { did, rev: evt.rev, signal })
+  if (evt.prevData.toString() !== state.data) return { outcome: 'resync', why: `prevData ${evt.prevData.toString()} is not the stored data ${state.data} (a gap)` }
+
+  const release = await store.beginWrite()
+  let committed = false
+  try {
+    await store.putBlocks(did, list, { signal })
+    // @TODO verify in proportion to the change once the incremental check lands;
+    // until then the whole new repo, as a sync does
+    let summary
+    try {
+      summary = await verifyRepo(store.blocks, evt.commit, { did, key: identity.signingKey, signal, records: 'hash', trusted: true, log: repoLog })
+    } catch (err) {
+      if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
+      throw err
+    }
+    const delta = await repoHoldDelta(store.blocks, { commit: CID.parse(state.commit), data: CID.parse(state.data) }, { commit: evt.commit, data: commit.data }, { signal })
+    const next: RepoState = {
+      did,
+      commit: evt.commit.toString(),
+      rev: evt.rev,
+      data: commit.data.toString(),
+      pds: state.pds,
+      handle: state.handle,
+      status: 'active',
+      syncedAt: new Date().toISOString(),
+      records: summary.records
+    }
+    signal?.throwIfAborted()
+    await store.commitRepo(next, delta, { pin: false })
+    committed = true
+    log('%s: applied #commit seq=%d rev=%s (%d ops, %d blocks) from %s', did, evt.seq, evt.rev, evt.ops.length, list.length, url)
+    return { outcome: 'applied', state: next, blocks: list.length, bytes: evt.blocks.byteLength }
+  } finally {
+    if (!committed) await store.discardStaged(did).catch(err => { log.error('%s: discarding staged blocks failed: %e', did, err) })
+    await release()
+  }
+}
+
+/**
+ * Checks a `#sync` (the repo is now at this commit): its commit is signed by the
+ * DID's key and newer than the stored one. Returns `resync` (the blocks it lacks
+ * are fetched by a sync) or `ignored` for the stored commit; throws for an older
+ * rev (a `#sync` back in time is refused) and for anything that does not verify.
+ */
+export async function checkSyncEvent (components: ApplyComponents, evt: SyncEvent, options: ApplyOptions): Promise<ApplyOutcome> {
+  const { store } = components
+  const { signal, url } = options
+  const did = evt.did
+  const state = await store.getState(did)
+  const identity = await hostIdentity(components, did, state, options)
+  const { blocks, roots } = await readEventBlocks(evt.blocks, undefined, { did, url, signal })
+  const root = roots[0]
+  const bytes = blocks.get(root)
+  if (bytes === undefined) throw new CommitInvalidError('the #sync event does not carry its commit block', { did, rev: evt.rev, cid: root })
+  const commit = decodeCommit(bytes, root)
+  checkCommitFields(commit, did, evt.rev, root)
+  await checkSignature(components, commit, root, identity, signal)
+  if (!holdsBlocks(state)) return { outcome: 'resync', why: '#sync' }
+  const order = compareRevs(evt.rev, state.rev)
+  if (order < 0) throw new FirehoseEventRefusedError(`#sync to rev ${evt.rev}, older than the stored rev ${state.rev}`, { did, url, reason: 'rollback', cid: root })
+  if (order === 0) return { outcome: 'ignored', why: `#sync to the stored rev ${evt.rev}` }
+  return { outcome: 'resync', why: `#sync to rev ${evt.rev}` }
+}
+
+/**
+ * The DID's identity, refusing an event a host sent for a DID it does not serve
+ * (relays excepted): the host must be the stored PDS or, after one fresh look at
+ * the DID document, the PDS it names.
+ */
+async function hostIdentity (components: ApplyComponents, did: string, state: RepoState | undefined, options: ApplyOptions): Promise<Identity> {
+  const { identity: resolver } = components
+  const { signal, url, relay } = options
+  let identity = await resolver.resolve(did, { signal, verifyHandle: false })
+  if (relay) return identity
+  const host = hostOrigin(url)
+  const serves = (pds: string | undefined): boolean => pds !== undefined && hostOrigin(pds) === host
+  if (serves(identity.pds)) return identity
+  identity = await resolver.refresh(did, { signal, verifyHandle: false })
+  if (serves(identity.pds)) return identity
+  throw new FirehoseEventRefusedError(`event for a DID the host does not serve (its PDS is ${identity.pds}${state?.pds !== undefined && state.pds !== identity.pds ? `, stored ${state.pds}` : ''})`, { did, url, reason: 'host' })
+}
+
+async function readEventBlocks (bytes: Uint8Array, commit: CID | undefined, options: { did: string, url: string, signal?: AbortSignal }): Promise<{ blocks: MemoryBlockStore, list: Block[], roots: CID[] }> {
+  const car = await readCar(bytes, { signal: options.signal })
+  if (car.roots.length === 0) throw new CommitInvalidError('the event\'s CAR has no root', { did: options.did })
+  if (commit !== undefined && !car.roots[0].equals(commit)) {
+    throw new CommitInvalidError(`the event's CAR root ${car.roots[0].toString()} is not its commit`, { did: options.did, cid: commit })
+  }
+  const blocks = new MemoryBlockStore({ verified: true })
+  const list: Block[] = []
+  const seen = new Set<string>()
+  for await (const block of car.blocks) {
+    const key = cidKey(block.cid)
+    if (seen.has(key)) continue
+    seen.add(key)
+    // copies: the views share the frame, which is not kept
+    const copy = { cid: block.cid, bytes: block.bytes.slice() }
+    blocks.put(copy.cid, copy.bytes)
+    list.push(copy)
+  }
+  return { blocks, list, roots: car.roots }
+}
+
+function checkCommitFields (commit: Commit, did: string, rev: string, cid: CID): void {
+  if (commit.did !== did) throw new CommitInvalidError(`the commit is for ${commit.did}, not the event's DID`, { did, rev, cid })
+  if (commit.rev !== rev) throw new CommitInvalidError(`the commit has rev ${commit.rev}, not the event's rev ${rev}`, { did, rev, cid })
+}
+
+/** The commit's signature against the DID's key, looking the DID document up again once when it fails (keys rotate). */
+async function checkSignature (components: ApplyComponents, commit: Commit, cid: CID, identity: Identity, signal: AbortSignal | undefined): Promise<void> {
+  try {
+    verifyCommitSignature(commit, identity.signingKey, { cid })
+  } catch (err) {
+    if (!(err instanceof CommitSignatureError)) throw err
+    const fresh = await components.identity.refresh(commit.did, { signal, verifyHandle: false })
+    if (fresh.didKey === identity.didKey) throw err
+    verifyCommitSignature(commit, fresh.signingKey, { cid })
+  }
+}
