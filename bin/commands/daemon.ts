@@ -141,8 +141,8 @@ export const command = defineCommand({
       else print(`sync failed: ${did}: ${error.message} (${error.name})`, ctx.stderr)
     })
     node.events.addEventListener('firehose:event', (evt) => {
-      const { host, seq, did, type, outcome, lagMs, error } = evt.detail
-      if (json) print({ event: 'firehose:event', host, seq, did, type, outcome, lagMs, ...(error === undefined ? {} : { error: { name: error.name, message: error.message } }) })
+      const { host, seq, did, type, rev, outcome, lagMs, error } = evt.detail
+      if (json) print({ event: 'firehose:event', host, seq, did, type, rev, outcome, lagMs, ...(error === undefined ? {} : { error: { name: error.name, message: error.message } }) })
       else if (error !== undefined) print(`firehose event refused: ${host} seq ${seq} #${type} ${did}: ${error.message} (${error.name})`, ctx.stderr)
     })
     try {

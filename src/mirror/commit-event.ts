@@ -6,9 +6,11 @@
  * the event's DID and rev and is signed by the DID's current key (the DID document
  * is fetched again once when it is not: keys rotate), the sync 1.1 proof holds (the
  * ops, undone on the event's partial tree, give `prevData`), and `prevData` is the
- * stored tree's root. The blocks then go through the same path as a sync's: staged
- * and written, the new repo verified, one atomic advance with the hold changes from
- * the tree diff, and garbage collection once the writer leaves.
+ * stored tree's root. The advance is then verified in proportion to the change
+ * (verifyIncremental, over the event's blocks laid on the stored ones) before
+ * anything is written, and goes through the same path as a sync's: the new blocks
+ * staged and written, one atomic advance with the hold and blob-reference changes,
+ * and garbage collection once the writer leaves.
  *
  * What the outcome is, and who acts on it (follower.ts):
  * - `applied`: the repo advanced;
@@ -30,8 +32,11 @@ import { CID, cidKey } from '../repo/cid.ts'
 import { decodeCommit, verifyCommitSignature, type Commit } from '../repo/commit.ts'
 import type { CommitEvent, SyncEvent } from '../repo/firehose.ts'
 import { verifyCommitProof } from '../repo/mst/proof.ts'
-import { verifyRepo } from '../repo/verify.ts'
-import { repoHoldDelta } from './gc.ts'
+import { verifyIncremental, type IncrementalVerification } from '../repo/verify-incremental.ts'
+import { OverlayBlockStore } from '../repo/block-store.ts'
+import type { BlobDelta } from './blob-store.ts'
+import { BlobScan, blobDelta } from './blobs.ts'
+import { HoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks } from './status-policy.ts'
 
@@ -80,7 +85,7 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
   if (evt.tooBig) return { outcome: 'resync', why: 'tooBig' }
   if (evt.prevData === undefined) return { outcome: 'resync', why: 'no prevData (not a sync 1.1 host)' }
 
-  const { blocks, list } = await readEventBlocks(evt.blocks, evt.commit, { did, url, signal })
+  const { blocks } = await readEventBlocks(evt.blocks, evt.commit, { did, url, signal })
   const commitBytes = blocks.get(evt.commit)
   if (commitBytes === undefined) throw new CommitInvalidError('the event does not carry its commit block', { did, rev: evt.rev, cid: evt.commit })
   const commit = decodeCommit(commitBytes, evt.commit)
@@ -89,36 +94,71 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
   await verifyCommitProof(blocks, commit.data, evt.prevData, evt.ops, { did, rev: evt.rev, signal })
   if (evt.prevData.toString() !== state.data) return { outcome: 'resync', why: `prevData ${evt.prevData.toString()} is not the stored data ${state.data} (a gap)` }
 
+  // the advance, checked in proportion to the change before anything is written:
+  // the event's blocks over the stored repo
+  let verified: IncrementalVerification
+  try {
+    verified = await verifyIncremental({
+      oldData: CID.parse(state.data),
+      commit: evt.commit,
+      blocks: new OverlayBlockStore(blocks, store.blocks),
+      key: identity.signingKey,
+      did,
+      trusted: true,
+      records: 'hash',
+      signal,
+      log: repoLog
+    })
+  } catch (err) {
+    if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
+    throw err
+  }
+  const delta = new HoldDelta()
+  delta.add(evt.commit)
+  delta.remove(CID.parse(state.commit))
+  for (const cid of verified.createdNodes) delta.add(cid)
+  for (const cid of verified.deletedNodes) delta.remove(cid)
+  for (const op of verified.recordOps) {
+    if (op.oldValue !== null) delta.remove(op.oldValue)
+    if (op.newValue !== null) delta.add(op.newValue)
+  }
+
   const release = await store.beginWrite()
   let committed = false
   try {
-    await store.putBlocks(did, list, { signal })
-    // @TODO verify in proportion to the change once the incremental check lands;
-    // until then the whole new repo, as a sync does
-    let summary
-    try {
-      summary = await verifyRepo(store.blocks, evt.commit, { did, key: identity.signingKey, signal, records: 'hash', trusted: true, log: repoLog })
-    } catch (err) {
-      if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
-      throw err
+    await store.putBlocks(did, verified.blocks, { signal })
+    // the blob references of the new commit: a change from the old commit's when the
+    // index describes it, a recount otherwise (as a sync does)
+    const described = await store.blobs.describedCommit(did)
+    const incrementalBlobs = described === state.commit
+    const overlay = new OverlayBlockStore(blocks, store.blocks)
+    const blobs: BlobDelta = await blobDelta(overlay, new BlobScan({ remember: false }), incrementalBlobs ? CID.parse(state.data) : null, verified.data, { signal })
+    if (!incrementalBlobs) {
+      for (const [cid, count] of await store.blobs.refs(did)) {
+        const entry = blobs.get(cid) ?? { change: 0 }
+        entry.change -= count
+        blobs.set(cid, entry)
+      }
     }
-    const delta = await repoHoldDelta(store.blocks, { commit: CID.parse(state.commit), data: CID.parse(state.data) }, { commit: evt.commit, data: commit.data }, { signal })
     const next: RepoState = {
       did,
       commit: evt.commit.toString(),
       rev: evt.rev,
-      data: commit.data.toString(),
+      data: verified.data.toString(),
       pds: state.pds,
       handle: state.handle,
       status: 'active',
       syncedAt: new Date().toISOString(),
-      records: summary.records
+      records: state.records === undefined ? undefined : state.records + verified.recordDelta
     }
     signal?.throwIfAborted()
-    await store.commitRepo(next, delta, { pin: false })
+    await store.commitRepo(next, delta, {
+      pin: false,
+      blobs: async (batch) => await store.blobs.planAdvance(did, blobs, evt.commit.toString(), batch)
+    })
     committed = true
-    log('%s: applied #commit seq=%d rev=%s (%d ops, %d blocks) from %s', did, evt.seq, evt.rev, evt.ops.length, list.length, url)
-    return { outcome: 'applied', state: next, blocks: list.length, bytes: evt.blocks.byteLength }
+    log('%s: applied #commit seq=%d rev=%s (%d ops, %d blocks written, %d read) from %s', did, evt.seq, evt.rev, evt.ops.length, verified.blocks.length, verified.blocksRead, url)
+    return { outcome: 'applied', state: next, blocks: verified.blocks.length, bytes: evt.blocks.byteLength }
   } finally {
     if (!committed) await store.discardStaged(did).catch(err => { log.error('%s: discarding staged blocks failed: %e', did, err) })
     await release()

@@ -105,6 +105,8 @@ export interface FollowedEvent {
   seq: number
   did: string
   type: 'commit' | 'sync' | 'identity' | 'account'
+  /** The event's rev (`#commit`, `#sync`). */
+  rev?: string
   /** `applied`, `ignored`, `resync`, `refused`, `status`. */
   outcome: string
   /** From the event's `time` to now, in ms. */
@@ -382,7 +384,7 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
       const lagMs = Math.max(0, Date.now() - Date.parse(msg.time))
       if (Number.isFinite(lagMs)) sub.lagMs = lagMs
       this.#lastEventAt.set(did, new Date().toISOString())
-      this.safeDispatchEvent('follow:event', { detail: { host: sub.host, seq: msg.seq, did, type: msg.type, outcome, lagMs: Number.isFinite(lagMs) ? lagMs : 0, ...extra } })
+      this.safeDispatchEvent('follow:event', { detail: { host: sub.host, seq: msg.seq, did, type: msg.type, rev: 'rev' in msg ? msg.rev : undefined, outcome, lagMs: Number.isFinite(lagMs) ? lagMs : 0, ...extra } })
     }
     const options = { signal, url, relay: sub.relay }
     try {
@@ -393,6 +395,10 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
         if (outcome.outcome === 'applied') {
           this.checked(did)
           report('applied', { state: outcome.state })
+          // the blobs the new records reference, once the repo stands (as after a sync)
+          await this.#c.syncer.fetchBlobs(did, { pds: outcome.state.pds, signal }).catch((err: unknown) => {
+            if (!signal.aborted) log.error('%s: fetching blobs after seq %d failed - %e', did, msg.seq, err)
+          })
         } else if (outcome.outcome === 'ignored') {
           log('%s: #%s seq=%d rev=%s ignored: %s', did, msg.type, msg.seq, msg.rev, outcome.why)
           report('ignored')

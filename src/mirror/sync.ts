@@ -345,6 +345,11 @@ export class RepoSyncer {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
   }
 
+  /** The blob fetch pass for `did` (blobs.ts), after an advance made outside `sync` (a firehose event). */
+  async fetchBlobs (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<BlobPassResult | undefined> {
+    return await this.#blobs?.fetchWanted(did, options)
+  }
+
   /** Runs `fn` in turn with the DID's syncs (for writers of a repo other than `sync`: firehose events). */
   async exclusive<T> (did: string, fn: () => Promise<T>): Promise<T> {
     return await this.#mutex.run(did, fn)
