@@ -49,7 +49,7 @@ import type { GetBlockOptions, MirrorApi, MirrorApiOptions, MirrorSyncOptions, M
 import { exportStoredRepo } from './mirror/export.ts'
 import { CID } from './repo/cid.ts'
 import { ControlApi } from './server/control-api.ts'
-import type { NodeMetrics } from './server/metrics.ts'
+import type { NodeMetrics, NodeMetricsInit } from './server/metrics.ts'
 import type { PublicServer, PublicServerInit } from './server/public-server.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
@@ -104,11 +104,12 @@ export interface MirrorNodeInit {
   /**
    * Prometheus metrics in a registry of the node's own (`node.metrics`; the table of
    * names is in src/server/metrics.ts), served as `/metrics` by the public HTTP
-   * server. Off, prom-client is not even loaded.
+   * server; an object turns them on with its settings. Off, prom-client is not even
+   * loaded.
    *
    * @default true when `http` is on, else false
    */
-  metrics?: boolean
+  metrics?: boolean | Pick<NodeMetricsInit, 'usageMaxAgeMs'>
   /**
    * The public read-only HTTP server (src/server/public-server.ts: XRPC sync and
    * repo reads, the trustless gateway), or `false` for none.
@@ -741,10 +742,11 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     let network: MirrorNetwork | undefined
     let bitswap: BlockBroker | undefined
     let metrics: NodeMetrics | undefined
-    if (init.metrics ?? (init.http !== undefined && init.http !== false)) {
+    const metricsInit = init.metrics ?? (init.http !== undefined && init.http !== false)
+    if (metricsInit !== false) {
       const { NodeMetrics } = await import('./server/metrics.ts')
       // read when scraped: the network is built below
-      metrics = new NodeMetrics({ store, blockstore: store.blockstore, served: () => network?.serving.stats() }, { version: VERSION, dataDir: init.dataDir })
+      metrics = new NodeMetrics({ store, blockstore: store.blockstore, blobs: store.blobs, served: () => network?.serving.stats() }, { ...(metricsInit === true ? {} : metricsInit), version: VERSION, dataDir: init.dataDir })
     }
     if (init.network !== false) {
       // loaded only when needed: libp2p and Helia are most of a one-shot command's start-up time

@@ -37,6 +37,7 @@ import { logger } from '@libp2p/logger'
 import { CID } from 'multiformats/cid'
 import { hashChecked, type BlobStream } from '../blocks/blob-fetch.ts'
 import { RAW } from '../repo/cid.ts'
+import { shardedFilesUsage } from './blockstore.ts'
 
 const log = logger('atmirror:mirror:blobs')
 
@@ -455,6 +456,11 @@ export class BlobStore {
       bytes += stat.size
     }
     return { referenced, stored, bytes }
+  }
+
+  /** The blob files (large blobs) and their bytes: a full scan, for metrics. */
+  async fileUsage (options: { signal?: AbortSignal } = {}): Promise<{ files: number, bytes: number }> {
+    return await shardedFilesUsage(this.dir, options)
   }
 
   async hasCandidates (): Promise<boolean> {

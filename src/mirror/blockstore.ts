@@ -274,36 +274,12 @@ export class MirrorBlockstore extends FsBlockstore {
   }
 
   /**
-   * How many blocks are stored and their bytes, counted by listing every shard
-   * directory and stat-ing each block file (`writers` at once, on the thread pool),
-   * so the event loop keeps serving meanwhile. A full scan: for metrics, taken now
-   * and then, not on any hot path. Temp files are not counted.
+   * How many blocks are stored and their bytes: a full scan (see
+   * {@link shardedFilesUsage}), for metrics now and then, never on a hot path.
    */
   async usage (options: AbortOptions = {}): Promise<BlockstoreUsage> {
-    let blocks = 0
-    let bytes = 0
-    const root = this.path
-    async function * files (): AsyncGenerator<string> {
-      const shards = await fsCall<Dirent[]>(done => { readdir(root, { withFileTypes: true }, done) })
-      for (const shard of shards) {
-        if (!shard.isDirectory() || shard.name.startsWith('.')) continue
-        options.signal?.throwIfAborted()
-        const dir = join(root, shard.name)
-        for (const name of await fsCall<string[]>(done => { readdir(dir, done) })) {
-          if (!name.startsWith('.')) yield join(dir, name)
-        }
-      }
-    }
-    await eachParallel(files(), async (file) => {
-      try {
-        const stats = await fsCall<Stats>(done => { stat(file, done) })
-        blocks++
-        bytes += stats.size
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err // collected meanwhile
-      }
-    }, this.#writers)
-    return { blocks, bytes }
+    const { files, bytes } = await shardedFilesUsage(this.path, { signal: options.signal, concurrency: this.#writers })
+    return { blocks: files, bytes }
   }
 
   override async * deleteMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<CID> {
@@ -314,6 +290,38 @@ export class MirrorBlockstore extends FsBlockstore {
       yield cid
     }
   }
+}
+
+/**
+ * Files and their bytes in a directory of shard directories (blocks, blob files):
+ * every shard is listed and every file stat-ed, `concurrency` at once on the thread
+ * pool, so the event loop keeps serving meanwhile. Names starting with a dot (temp
+ * files, markers, a temp directory) are not counted.
+ */
+export async function shardedFilesUsage (root: string, options: { signal?: AbortSignal, concurrency?: number } = {}): Promise<{ files: number, bytes: number }> {
+  let count = 0
+  let bytes = 0
+  async function * files (): AsyncGenerator<string> {
+    const shards = await fsCall<Dirent[]>(done => { readdir(root, { withFileTypes: true }, done) })
+    for (const shard of shards) {
+      if (!shard.isDirectory() || shard.name.startsWith('.')) continue
+      options.signal?.throwIfAborted()
+      const dir = join(root, shard.name)
+      for (const name of await fsCall<string[]>(done => { readdir(dir, done) })) {
+        if (!name.startsWith('.')) yield join(dir, name)
+      }
+    }
+  }
+  await eachParallel(files(), async (file) => {
+    try {
+      const stats = await fsCall<Stats>(done => { stat(file, done) })
+      count++
+      bytes += stats.size
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err // collected meanwhile
+    }
+  }, options.concurrency ?? 16)
+  return { files: count, bytes }
 }
 
 async function concat (chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<Uint8Array> {

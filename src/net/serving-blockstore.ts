@@ -155,6 +155,7 @@ export class ServingBlockstore implements Blockstore {
     }
     const bytes = await blobs.getBytes(cid, MAX_SERVED_BLOB, { signal: options?.signal })
     if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    this.#count(bytes)
     yield bytes
   }
 

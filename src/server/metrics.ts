@@ -20,12 +20,17 @@
  * | `atmirror_repos` | gauge | `status` | pinned repos by status: `active`, `deactivated`, `suspended`, `takendown`, `deleted`, `pending` (pinned, nothing stored yet) |
  * | `atmirror_blocks_stored` | gauge | | blocks in the blockstore, as of the last scan |
  * | `atmirror_block_bytes_stored` | gauge | | their bytes (contents, not disk allocation) |
+ * | `atmirror_blob_files_stored` | gauge | | large blobs, stored as files of their own (small ones are blocks), as of the last scan |
+ * | `atmirror_blob_file_bytes_stored` | gauge | | their bytes |
  * | `atmirror_store_scanned_timestamp_seconds` | gauge | | when that scan finished (Unix time) |
  * | `atmirror_syncs_total` | counter | `result` | finished syncs: `full`, `incremental`, `unchanged` |
  * | `atmirror_sync_errors_total` | counter | `error` | failed syncs by error name (`RepoTakendownError`, `AllSourcesFailedError`, …) |
  * | `atmirror_sync_duration_seconds` | histogram | | how long finished syncs took |
  * | `atmirror_blocks_fetched_total` | counter | `source` | blocks syncs obtained, by source: `local`, `bitswap`, `pds` |
  * | `atmirror_fetched_bytes_total` | counter | | bytes syncs downloaded |
+ * | `atmirror_blobs_fetched_total` | counter | `source` | blobs the blob pass after a sync stored, by source: `local`, `bitswap`, `pds` |
+ * | `atmirror_blob_fetched_bytes_total` | counter | | their bytes |
+ * | `atmirror_blob_fetch_failures_total` | counter | `result` | blobs not stored: `failed` (asked for again next time), `refused` (over the cap, taken down) |
  * | `atmirror_bitswap_blocks_served_total` | counter | | blocks handed to peers over Bitswap (hash-checked) |
  * | `atmirror_bitswap_bytes_served_total` | counter | | their bytes |
  * | `atmirror_bitswap_blocks_refused_total` | counter | | requests refused because every repo holding the block is withheld |
@@ -35,8 +40,8 @@
  * | `libp2p_*`, `helia_bitswap_*` | | | libp2p's, the DHT's and Bitswap's own (with a network) |
  * | `process_*`, `nodejs_*` | | | prom-client's default metrics |
  *
- * Blocks and bytes stored come from a scan of the blockstore (see
- * `MirrorBlockstore.usage`): the first scrape waits for the first scan, and a scrape
+ * Blocks, blob files and their bytes come from a scan of the blockstore and the blob
+ * directory (`shardedFilesUsage` in src/mirror/blockstore.ts): the first scrape waits for the first scan, and a scrape
  * finding the last one older than `usageMaxAgeMs` starts the next in the background
  * and answers with the last figures. A scan is never closer to the previous one than
  * ten times its own length, so a huge store is not scanned back to back.
@@ -82,6 +87,8 @@ export interface NodeMetricsComponents {
   }
   /** Counts what the blockstore holds (a full scan). */
   blockstore: { usage: (options?: { signal?: AbortSignal }) => Promise<BlockstoreUsage> }
+  /** Counts the blob files (a full scan); without it none are reported. */
+  blobs?: { fileUsage: (options?: { signal?: AbortSignal }) => Promise<{ files: number, bytes: number }> }
   /** Bitswap's serving counts; undefined without a network. */
   served?: () => ServedCounts | undefined
 }
@@ -104,6 +111,12 @@ export interface NodeMetricsInit {
   usageMaxAgeMs?: number
 }
 
+/** What a scan of the stores found. */
+interface StoredUsage {
+  blocks: BlockstoreUsage
+  blobFiles: { files: number, bytes: number } | undefined
+}
+
 /** The HTTP status label of a request the client gave up on before its answer ended. */
 const ABORTED = 'aborted'
 
@@ -118,10 +131,13 @@ export class NodeMetrics {
   readonly #syncSeconds: Histogram
   readonly #fetched: Counter<'source'>
   readonly #fetchedBytes: Counter
+  readonly #blobsFetched: Counter<'source'>
+  readonly #blobBytes: Counter
+  readonly #blobFailures: Counter<'result'>
   readonly #httpRequests: Counter<'endpoint' | 'status'>
   readonly #httpSeconds: Histogram<'endpoint'>
   #firehose: FirehoseLagSource | undefined
-  #usage: { value: BlockstoreUsage, at: number, tookMs: number } | undefined
+  #usage: { value: StoredUsage, at: number, tookMs: number } | undefined
   #scan: Promise<void> | undefined
   readonly #stopping = new AbortController()
 
@@ -153,25 +169,25 @@ export class NodeMetrics {
       }
     })
 
-    const usage = async (): Promise<BlockstoreUsage | undefined> => await this.#blockstoreUsage()
-    new Gauge({
-      name: 'atmirror_blocks_stored',
-      help: 'Blocks in the blockstore, as of the last scan',
-      registers,
-      async collect () {
-        const value = await usage()
-        if (value !== undefined) this.set(value.blocks)
-      }
-    })
-    new Gauge({
-      name: 'atmirror_block_bytes_stored',
-      help: 'Bytes of the blocks in the blockstore, as of the last scan',
-      registers,
-      async collect () {
-        const value = await usage()
-        if (value !== undefined) this.set(value.bytes)
-      }
-    })
+    const usage = async (): Promise<StoredUsage | undefined> => await this.#storedUsage()
+    const usageGauge = (name: string, help: string, read: (value: StoredUsage) => number | undefined): void => {
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect () {
+          const value = await usage()
+          const figure = value === undefined ? undefined : read(value)
+          if (figure !== undefined) this.set(figure)
+        }
+      })
+    }
+    usageGauge('atmirror_blocks_stored', 'Blocks in the blockstore, as of the last scan', value => value.blocks.blocks)
+    usageGauge('atmirror_block_bytes_stored', 'Bytes of the blocks in the blockstore, as of the last scan', value => value.blocks.bytes)
+    if (components.blobs !== undefined) {
+      usageGauge('atmirror_blob_files_stored', 'Large blobs stored as files of their own, as of the last scan', value => value.blobFiles?.files)
+      usageGauge('atmirror_blob_file_bytes_stored', 'Bytes of the blob files, as of the last scan', value => value.blobFiles?.bytes)
+    }
     const scannedAt = (): number | undefined => this.#usage?.at
     new Gauge({
       name: 'atmirror_store_scanned_timestamp_seconds',
@@ -190,6 +206,11 @@ export class NodeMetrics {
     this.#fetched = new Counter({ name: 'atmirror_blocks_fetched_total', help: 'Blocks syncs obtained, by source', labelNames: ['source'], registers })
     for (const source of ['local', 'bitswap', 'pds']) this.#fetched.inc({ source }, 0)
     this.#fetchedBytes = new Counter({ name: 'atmirror_fetched_bytes_total', help: 'Bytes syncs downloaded', registers })
+    this.#blobsFetched = new Counter({ name: 'atmirror_blobs_fetched_total', help: 'Blobs stored by the blob pass after a sync, by source', labelNames: ['source'], registers })
+    for (const source of ['local', 'bitswap', 'pds']) this.#blobsFetched.inc({ source }, 0)
+    this.#blobBytes = new Counter({ name: 'atmirror_blob_fetched_bytes_total', help: 'Bytes of the blobs stored by the blob pass', registers })
+    this.#blobFailures = new Counter({ name: 'atmirror_blob_fetch_failures_total', help: 'Blobs not stored: failed (asked for again next time) or refused (over the cap, taken down)', labelNames: ['result'], registers })
+    for (const result of ['failed', 'refused']) this.#blobFailures.inc({ result }, 0)
 
     const served = components.served
     const servedCounter = (name: string, help: string, read: (counts: ServedCounts) => number): void => {
@@ -290,10 +311,19 @@ export class NodeMetrics {
       if (typeof count === 'number' && count > 0) this.#fetched.inc({ source }, count)
     }
     this.#fetchedBytes.inc(result.bytes)
+    const blobs = result.blobs
+    if (blobs !== undefined) {
+      for (const [source, count] of Object.entries(blobs.fetched)) {
+        if (count > 0) this.#blobsFetched.inc({ source }, count)
+      }
+      this.#blobBytes.inc(blobs.bytes)
+      if (blobs.failed > 0) this.#blobFailures.inc({ result: 'failed' }, blobs.failed)
+      if (blobs.refused > 0) this.#blobFailures.inc({ result: 'refused' }, blobs.refused)
+    }
   }
 
   /** The last scan's figures; waits only for the first scan. */
-  async #blockstoreUsage (): Promise<BlockstoreUsage | undefined> {
+  async #storedUsage (): Promise<StoredUsage | undefined> {
     const last = this.#usage
     if (last === undefined) {
       await this.#startScan()
@@ -309,8 +339,9 @@ export class NodeMetrics {
     this.#scan ??= (async () => {
       const started = Date.now()
       try {
-        const value = await this.#components.blockstore.usage({ signal: this.#stopping.signal })
-        this.#usage = { value, at: Date.now(), tookMs: Date.now() - started }
+        const signal = this.#stopping.signal
+        const [blocks, blobFiles] = await Promise.all([this.#components.blockstore.usage({ signal }), this.#components.blobs?.fileUsage({ signal })])
+        this.#usage = { value: { blocks, blobFiles }, at: Date.now(), tookMs: Date.now() - started }
       } catch (err) {
         if (!this.#stopping.signal.aborted) log.error('counting the blockstore failed - %e', err)
       } finally {

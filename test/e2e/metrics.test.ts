@@ -19,9 +19,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { after, before, describe, it } from 'node:test'
+import { randomBytes } from 'node:crypto'
+import { AtpAgent } from '@atproto/api'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
+import { until } from '../helpers/until.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
 
@@ -62,6 +65,8 @@ describe('metrics', () => {
       },
       api: false,
       http: { port: 0 },
+      // every scrape starts a fresh scan of the stores (the figures show on a later one)
+      metrics: { usageMaxAgeMs: 0 },
       checkOnStart: false,
       intervalMs: 0
     })
@@ -108,6 +113,33 @@ describe('metrics', () => {
     assert.ok(metrics.types.has('process_cpu_user_seconds_total'), 'process metrics are there')
   })
 
+  it('counts the blobs a sync stored, and the large ones stored as files', async () => {
+    const pictures = await net.createAccount('pictures')
+    const agent = new AtpAgent({ service: net.pdsUrl })
+    await agent.login({ identifier: pictures.handle, password: pictures.password })
+    const images = []
+    for (const bytes of [randomBytes(8 * 1024), randomBytes(100 * 1024)]) {
+      const { data } = await agent.uploadBlob(bytes, { encoding: 'image/png' })
+      images.push({ alt: '', image: { $type: 'blob', ref: { $link: data.blob.ref.toString() }, mimeType: data.blob.mimeType, size: data.blob.size } })
+    }
+    await net.writeRecords(pictures, [{ collection: 'app.bsky.feed.post', value: { text: 'two pictures', createdAt: new Date().toISOString(), embed: { $type: 'app.bsky.embed.images', images } } }])
+    const before = await scrape(a)
+    const result = await a.pin(pictures.did)
+    assert.equal(result.sync.blobs?.fetched.pds, 2)
+    const metrics = await scrape(a)
+    assert.equal(sampleValue(metrics, 'atmirror_blobs_fetched_total', { source: 'pds' }) - sampleValue(before, 'atmirror_blobs_fetched_total', { source: 'pds' }), 2)
+    assert.equal(sampleValue(metrics, 'atmirror_blob_fetched_bytes_total') - sampleValue(before, 'atmirror_blob_fetched_bytes_total'), 108 * 1024)
+    assert.equal(sampleValue(metrics, 'atmirror_blob_fetch_failures_total', { result: 'failed' }), 0)
+    // the scans started by these scrapes come to see the large blob's file and the small one's block
+    const usage = await a.store.blockstore.usage()
+    await until('the scan sees the blob file', async () => {
+      const seen = await scrape(a)
+      return sampleValue(seen, 'atmirror_blob_files_stored') === 1 && sampleValue(seen, 'atmirror_blob_file_bytes_stored') === 100 * 1024 &&
+        sampleValue(seen, 'atmirror_blocks_stored') === usage.blocks
+    })
+    await a.unpin(pictures.did)
+  })
+
   it('counts a sync again, and a repo pinned but not yet mirrored as pending', async () => {
     await a.sync(account.did)
     const waiting = await net.createAccount('waiting')
@@ -150,7 +182,7 @@ describe('metrics', () => {
     // each node counts in its own registry
     assert.equal(sampleValue(fetched, 'atmirror_syncs_total', { result: 'full' }), 1)
     assert.deepEqual(fetched.samples.filter(sample => sample.name === 'atmirror_sync_errors_total'), [])
-    assert.equal(sampleValue(served, 'atmirror_syncs_total', { result: 'full' }), 2)
+    assert.equal(sampleValue(served, 'atmirror_syncs_total', { result: 'full' }), 3)
   })
 
   it('counts HTTP requests by endpoint and status', async () => {
