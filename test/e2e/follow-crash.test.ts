@@ -117,7 +117,9 @@ describe('a following daemon killed mid-stream', () => {
     writing = false
     await writer
     const head = await net.getLatestCommit(alice.did)
-    await until('caught up with the PDS', () => second.events.some(e => (e.event === 'firehose:event' || e.event === 'repo:synced') && e.did === alice.did && e.rev === head.rev))
+    // the head's event handled (applied, or ignored when the start check got there first)
+    await until('the stream replayed up to the head', () => second.events.some(e => e.event === 'firehose:event' && e.did === alice.did && e.rev === head.rev))
+    await until('the stored repo at the head', () => second.events.some(e => e.event === 'repo:synced' && e.did === alice.did && e.rev === head.rev))
 
     const handled = second.events.filter(e => e.event === 'firehose:event')
     assert.equal(Math.min(...handled.map(e => e.seq as number)), cursor + 1, 'the stream resumed right after the persisted cursor')
