@@ -813,11 +813,17 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     let http: PublicServer | undefined
     if (init.http !== undefined && init.http !== false) {
       // loaded only when serving: express and the lexicons are a one-shot command's dead weight
-      const [{ PublicServer }, { plcReadRoute }] = await Promise.all([import('./server/public-server.ts'), import('./server/plc-read-api.ts')])
+      const [{ PublicServer }, { plcReadRoute }, { syncApi }, { repoApi }, { gatewayRoute }] = await Promise.all([
+        import('./server/public-server.ts'), import('./server/plc-read-api.ts'), import('./server/sync-api.ts'), import('./server/repo-api.ts'), import('./server/gateway.ts')
+      ])
       http = new PublicServer({ version: VERSION, ...init.http })
       metrics?.serveOn(http)
       // a PLC read replica for the pinned DIDs
       http.mount(plcReadRoute({ logs: identityStore }))
+      const holders = datastoreHolderIndex(store.datastore)
+      http.mountXrpc(syncApi({ store, holders }))
+      http.mountXrpc(repoApi({ store, identity }))
+      http.mount(gatewayRoute({ store, holders }))
     }
     const node = new MirrorNode({
       dataDir: init.dataDir,

@@ -43,6 +43,9 @@ const log = logger('atmirror:http')
 /** The port the daemon's `--http` uses when given a host only. */
 export const DEFAULT_HTTP_PORT = 2584
 
+/** Connections the kernel queues before the server accepts them (capped by net.core.somaxconn). */
+const LISTEN_BACKLOG = 4096
+
 /** A plain GET route on a path prefix. */
 export interface PublicRoute {
   /**
@@ -208,7 +211,8 @@ export class PublicServer {
         reject(new ListenError(reason, { address: `${this.#host}:${this.#port} (http)`, code: err.code }, { cause: err }))
       }
       server.once('error', fail)
-      server.listen(this.#port, this.#host, () => {
+      // a burst of clients connecting at once waits in the kernel's queue rather than being reset
+      server.listen({ port: this.#port, host: this.#host, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', fail)
         resolve()
       })
