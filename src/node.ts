@@ -287,6 +287,7 @@ export class MirrorNode implements MirrorApi {
         this.events.addEventListener(name, () => { follower.refresh().catch(err => { log.error('following the hosts of the pinned repos failed - %e', err) }) })
       }
       this.events.addEventListener('repo:synced', (evt) => { follower.checked(evt.detail.did) })
+      this.metrics?.watchFirehose(() => follower.status())
     }
     this.#scheduler = new RepoScheduler({
       pins: this.store.pins,

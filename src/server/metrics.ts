@@ -23,7 +23,7 @@
  * | `atmirror_blob_files_stored` | gauge | | large blobs, stored as files of their own (small ones are blocks), as of the last scan |
  * | `atmirror_blob_file_bytes_stored` | gauge | | their bytes |
  * | `atmirror_store_scanned_timestamp_seconds` | gauge | | when that scan finished (Unix time) |
- * | `atmirror_syncs_total` | counter | `result` | finished syncs: `full`, `incremental`, `unchanged` |
+ * | `atmirror_syncs_total` | counter | `result` | finished syncs: `full`, `incremental`, `unchanged` (commits applied from a firehose are firehose events, not syncs) |
  * | `atmirror_sync_errors_total` | counter | `error` | failed syncs by error name (`RepoTakendownError`, `AllSourcesFailedError`, …) |
  * | `atmirror_sync_duration_seconds` | histogram | | how long finished syncs took |
  * | `atmirror_blocks_fetched_total` | counter | `source` | blocks syncs obtained, by source: `local`, `bitswap`, `pds` |
@@ -34,7 +34,10 @@
  * | `atmirror_bitswap_blocks_served_total` | counter | | blocks handed to peers over Bitswap (hash-checked) |
  * | `atmirror_bitswap_bytes_served_total` | counter | | their bytes |
  * | `atmirror_bitswap_blocks_refused_total` | counter | | requests refused because every repo holding the block is withheld |
- * | `atmirror_firehose_lag_seconds` | gauge | `host` | how far behind a followed firehose is (once following lands) |
+ * | `atmirror_firehose_lag_seconds` | gauge | `host` | how far behind each followed firehose is: from the last handled event's `time` to when it was handled |
+ * | `atmirror_firehose_subscriptions` | gauge | `state` | followed hosts by the state of their stream: `connecting`, `connected`, `backoff`, `polling` (kept failing; re-checks cover them) |
+ * | `atmirror_firehose_events_total` | counter | `type`, `outcome` | handled firehose events: `commit`, `sync`, `identity`, `account` by outcome (`applied`, `ignored`, `resync`, `refused`, `status`) |
+ * | `atmirror_firehose_errors_total` | counter | `error` | failed streams (a malformed or oversized frame, an error frame, a lost connection) by error name |
  * | `atmirror_http_requests_total` | counter | `endpoint`, `status` | public HTTP requests by endpoint (an XRPC method's NSID, `/ipfs`, `/metrics`, … or `other`) and status code |
  * | `atmirror_http_request_duration_seconds` | histogram | `endpoint` | how long they took |
  * | `libp2p_*`, `helia_bitswap_*` | | | libp2p's, the DHT's and Bitswap's own (with a network) |
@@ -63,10 +66,12 @@ import type { PublicServer } from './public-server.ts'
 
 const log = logger('atmirror:metrics')
 
-/** The events metrics count (the node's `repo:synced` and `repo:error`). */
+/** The events metrics count (the node's). */
 export interface SyncEvents {
   'repo:synced': CustomEvent<SyncResult>
   'repo:error': CustomEvent<{ did: string, error: Error }>
+  'firehose:event': CustomEvent<{ type: string, outcome: string }>
+  'firehose:error': CustomEvent<{ error: Error }>
 }
 
 /** What Bitswap has served, kept by the serving blockstore (src/net/serving-blockstore.ts). */
@@ -76,8 +81,8 @@ export interface ServedCounts {
   refused: number
 }
 
-/** A followed firehose: how many seconds each host's stream is behind, read when scraped. */
-export type FirehoseLagSource = () => Iterable<{ host: string, seconds: number }>
+/** The followed firehoses, read when scraped (the follower's `status()`): each host's stream state and lag. */
+export type FirehoseSource = () => Iterable<{ host: string, state: string, lagMs?: number }>
 
 export interface NodeMetricsComponents {
   /** Pinned repos and their stored states. */
@@ -134,9 +139,11 @@ export class NodeMetrics {
   readonly #blobsFetched: Counter<'source'>
   readonly #blobBytes: Counter
   readonly #blobFailures: Counter<'result'>
+  readonly #firehoseEvents: Counter<'type' | 'outcome'>
+  readonly #firehoseErrors: Counter<'error'>
   readonly #httpRequests: Counter<'endpoint' | 'status'>
   readonly #httpSeconds: Histogram<'endpoint'>
-  #firehose: FirehoseLagSource | undefined
+  #firehose: FirehoseSource | undefined
   #usage: { value: StoredUsage, at: number, tookMs: number } | undefined
   #scan: Promise<void> | undefined
   readonly #stopping = new AbortController()
@@ -230,17 +237,31 @@ export class NodeMetrics {
     servedCounter('atmirror_bitswap_bytes_served_total', 'Bytes of the blocks handed to peers over Bitswap', counts => counts.servedBytes)
     servedCounter('atmirror_bitswap_blocks_refused_total', 'Bitswap requests refused because every repo holding the block is withheld', counts => counts.refused)
 
-    const firehose = (): FirehoseLagSource | undefined => this.#firehose
+    const firehose = (): FirehoseSource | undefined => this.#firehose
     new Gauge({
       name: 'atmirror_firehose_lag_seconds',
-      help: 'How far behind each followed firehose is',
+      help: 'How far behind each followed firehose is (the last handled event)',
       labelNames: ['host'],
       registers,
       collect () {
         this.reset()
-        for (const { host, seconds } of firehose()?.() ?? []) this.set({ host }, seconds)
+        for (const { host, lagMs } of firehose()?.() ?? []) if (lagMs !== undefined) this.set({ host }, lagMs / 1000)
       }
     })
+    new Gauge({
+      name: 'atmirror_firehose_subscriptions',
+      help: 'Followed hosts by the state of their stream',
+      labelNames: ['state'],
+      registers,
+      collect () {
+        const counts = new Map(['connecting', 'connected', 'backoff', 'polling'].map(state => [state, 0]))
+        for (const { state } of firehose()?.() ?? []) counts.set(state, (counts.get(state) ?? 0) + 1)
+        this.reset()
+        for (const [state, count] of counts) this.set({ state }, count)
+      }
+    })
+    this.#firehoseEvents = new Counter({ name: 'atmirror_firehose_events_total', help: 'Handled firehose events by type and outcome', labelNames: ['type', 'outcome'], registers })
+    this.#firehoseErrors = new Counter({ name: 'atmirror_firehose_errors_total', help: 'Failed firehose streams by error name', labelNames: ['error'], registers })
 
     this.#httpRequests = new Counter({ name: 'atmirror_http_requests_total', help: 'Public HTTP requests by endpoint and status', labelNames: ['endpoint', 'status'], registers })
     this.#httpSeconds = new Histogram({ name: 'atmirror_http_request_duration_seconds', help: 'How long public HTTP requests took', labelNames: ['endpoint'], buckets: [0.005, 0.025, 0.1, 0.5, 2.5, 10, 60], registers })
@@ -258,10 +279,12 @@ export class NodeMetrics {
   observe (events: TypedEventTarget<SyncEvents>): void {
     events.addEventListener('repo:synced', (evt) => { this.#synced(evt.detail) })
     events.addEventListener('repo:error', (evt) => { this.#syncErrors.inc({ error: evt.detail.error.name }) })
+    events.addEventListener('firehose:event', (evt) => { this.#firehoseEvents.inc({ type: evt.detail.type, outcome: evt.detail.outcome }) })
+    events.addEventListener('firehose:error', (evt) => { this.#firehoseErrors.inc({ error: evt.detail.error.name }) })
   }
 
-  /** Where `atmirror_firehose_lag_seconds` is read from, once the node follows a firehose. */
-  watchFirehose (source: FirehoseLagSource): void {
+  /** Where the firehose lag and stream states are read from, when the node follows firehoses. */
+  watchFirehose (source: FirehoseSource): void {
     this.#firehose = source
   }
 
@@ -305,6 +328,8 @@ export class NodeMetrics {
   }
 
   #synced (result: SyncResult): void {
+    // a commit applied from a firehose: counted as a firehose event
+    if (result.source.startsWith('firehose:')) return
     this.#syncs.inc({ result: !result.changed ? 'unchanged' : result.full ? 'full' : 'incremental' })
     this.#syncSeconds.observe(result.seconds)
     for (const [source, count] of Object.entries(result.fetched)) {

@@ -22,6 +22,7 @@ import { after, before, describe, it } from 'node:test'
 import { randomBytes } from 'node:crypto'
 import { AtpAgent } from '@atproto/api'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import type { SyncResult } from '../../src/mirror/sync.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
 import { until } from '../helpers/until.ts'
@@ -207,7 +208,7 @@ describe('metrics', () => {
   })
 })
 
-describe('metrics of a daemon', () => {
+describe('metrics of a daemon, and of a node following a firehose', () => {
   let net: TestNetwork
   let dir: string
   let daemon: ChildProcess | undefined
@@ -245,6 +246,47 @@ describe('metrics of a daemon', () => {
     const metrics = parseExposition(await res.text())
     assert.equal(sampleValue(metrics, 'atmirror_repos', { status: 'active' }), 0)
     assert.equal(sampleValue(metrics, 'atmirror_blocks_stored'), 0)
+  })
+
+  it('a node following the PDS counts firehose events, its streams and their lag', async () => {
+    const alice = await net.createAccount('follow')
+    await net.writeRecords(alice, postsFor(2, 'before'))
+    const node = await createMirrorNode({
+      dataDir: join(dir, 'follower'),
+      plcUrl: net.plcUrl,
+      allowHttpLocalhost: true,
+      network: false,
+      api: false,
+      http: { port: 0 },
+      intervalMs: 0,
+      checkOnStart: true,
+      follow: { backoffMinMs: 50, backoffMaxMs: 500 }
+    })
+    try {
+      const handled: Array<{ type: string, outcome: string, rev?: string }> = []
+      node.events.addEventListener('firehose:event', (evt) => { handled.push(evt.detail) })
+      // syncs as the node reports them; commits applied from the firehose come as repo:synced too
+      const synced: SyncResult[] = []
+      node.events.addEventListener('repo:synced', (evt) => { synced.push(evt.detail) })
+      await node.pin(alice.did)
+      await node.start()
+      await until('the PDS stream connected', () => node.status().then(s => s.subscriptions?.[0]?.state === 'connected'))
+      const written = await net.writeRecords(alice, postsFor(1, 'followed'))
+      await until('the commit handled from the firehose', () => handled.some(event => event.rev === written.commit.rev))
+      const metrics = await scrape(node)
+      const counted = metrics.samples.filter(sample => sample.name === 'atmirror_firehose_events_total')
+      const expected = new Map<string, number>()
+      for (const { type, outcome } of handled) expected.set(`${type} ${outcome}`, (expected.get(`${type} ${outcome}`) ?? 0) + 1)
+      assert.deepEqual(new Map(counted.map(sample => [`${sample.labels.type} ${sample.labels.outcome}`, sample.value])), expected)
+      assert.equal(sampleValue(metrics, 'atmirror_firehose_subscriptions', { state: 'connected' }), 1)
+      assert.ok(sampleValue(metrics, 'atmirror_firehose_lag_seconds', { host: new URL(net.pdsUrl).origin }) >= 0)
+      // a commit applied from the firehose is a firehose event, not a sync
+      const syncs = synced.filter(result => !result.source.startsWith('firehose:'))
+      assert.equal(sampleValue(metrics, 'atmirror_syncs_total', { result: 'incremental' }), syncs.filter(r => r.changed && !r.full).length)
+      assert.equal(sampleValue(metrics, 'atmirror_syncs_total', { result: 'full' }) + sampleValue(metrics, 'atmirror_syncs_total', { result: 'unchanged' }), syncs.filter(r => r.full || !r.changed).length)
+    } finally {
+      await node.stop()
+    }
   })
 })
 
