@@ -272,6 +272,7 @@ describe('identity and heads against a real PDS and PLC', () => {
       assert.equal(code, 0)
       const out = JSON.parse(stdout)
       const key = parseDidKey(out.signingKey)
+      assert.ok(Date.parse(out.handleVerifiedAt) > 0, 'when the handle was verified')
       assert.deepEqual(out, {
         ok: true,
         did: alice.did,
@@ -281,7 +282,9 @@ describe('identity and heads against a real PDS and PLC', () => {
         signingKey: await plcKey(net, alice.did),
         keyType: 'k256',
         peerId: peerIdForKey(key).toString(),
-        rendezvousCid: rendezvousCid(alice.did).toString()
+        rendezvousCid: rendezvousCid(alice.did).toString(),
+        source: `plc:${net.plcUrl}`,
+        handleVerifiedAt: out.handleVerifiedAt
       })
     })
 
@@ -299,7 +302,7 @@ describe('identity and heads against a real PDS and PLC', () => {
       const out = JSON.parse(stdout)
       const latest = await net.getLatestCommit(alice.did)
       const fromPds = await mstRootFromPds(alice.did)
-      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: fromPds.data, source: `pds:${net.pdsUrl}` })
+      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: fromPds.data, source: `pds:${net.pdsUrl}`, identitySource: `plc:${net.plcUrl}` })
       assert.equal(fromPds.commit, latest.cid)
     })
 
@@ -308,7 +311,7 @@ describe('identity and heads against a real PDS and PLC', () => {
       assert.equal(code, 0)
       const out = JSON.parse(stdout)
       const latest = await net.getLatestCommit(alice.did)
-      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: (await mstRootFromPds(alice.did)).data, source: `pds:${net.pdsUrl}` })
+      assert.deepEqual(out, { ok: true, did: alice.did, cid: latest.cid, rev: latest.rev, data: (await mstRootFromPds(alice.did)).data, source: `pds:${net.pdsUrl}`, identitySource: `plc:${net.plcUrl}` })
     })
 
     it('head <handle> prints a table', async () => {
