@@ -824,7 +824,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       const holders = datastoreHolderIndex(store.datastore)
       http.mountXrpc(syncApi({ store, holders }))
       http.mountXrpc(repoApi({ store, identity }))
-      http.mount(gatewayRoute({ store, holders }))
+      // blobs too: the repos that reference them decide, as holders do for blocks
+      http.mount(gatewayRoute({ store, holders: servedHolders(holders, store), blobs: store.blobs }))
     }
     const node = new MirrorNode({
       dataDir: init.dataDir,

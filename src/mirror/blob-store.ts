@@ -199,7 +199,8 @@ export class BlobStore {
     let chunks: AsyncIterable<Uint8Array>
     try {
       size = statSync(path).size
-      chunks = createReadStream(path, { signal: options.signal, highWaterMark: 256 * 1024 })
+      // opened when read: an answer that is never read (a HEAD) holds no file
+      chunks = (async function * () { yield * createReadStream(path, { signal: options.signal, highWaterMark: 256 * 1024 }) })()
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
       const bytes = await this.#blockBytes(raw)

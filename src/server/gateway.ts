@@ -18,6 +18,10 @@
  * hold (blobs, say) are left out rather than failing the answer: a client verifies
  * what it gets and sees what is missing. A whole repo (`/ipfs/<commit>?format=car`)
  * is the commit and its tree; records' links are followed the same way.
+ *
+ * Blobs (raw CIDs a served repo's records reference) are served too: small ones are
+ * blocks like any other; those kept in files (`blobs`) are streamed from disk as
+ * `format=raw`, hash-checked on the way, and go into a CAR up to 1 MiB.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
@@ -38,7 +42,12 @@ const log = logger('atmirror:http:gateway')
 export interface GatewayComponents {
   store: Pick<MirrorStore, 'getState' | 'getVerified'>
   holders: HolderIndex
+  /** Blobs kept outside the blockstore (MirrorStore.blobs): streamed, hash-checked as they are read. */
+  blobs?: { read: (cid: CID, options?: { signal?: AbortSignal }) => Promise<{ size?: number, chunks: AsyncIterable<Uint8Array> } | undefined> }
 }
+
+/** Largest file blob put into a CAR (in memory); `format=raw` streams any size. */
+const MAX_CAR_BLOB = 1024 * 1024
 
 /** Most blocks one `dag-scope=all` CAR holds (a large repo is a few million). */
 export const MAX_CAR_BLOCKS = 5_000_000
@@ -127,9 +136,21 @@ export function gatewayRoute (components: GatewayComponents): PublicRoute {
       res.once('close', () => { controller.abort() })
       const servable = new Map<string, boolean>()
       // the mirror stores sha2-256 blocks of these two codecs only
-      const bytes = (cid.multihash.code !== SHA2_256 || (cid.code !== DAG_CBOR && cid.code !== RAW))
+      let bytes = (cid.multihash.code !== SHA2_256 || (cid.code !== DAG_CBOR && cid.code !== RAW))
         ? undefined
         : await read(cid, servable, controller.signal)
+      if (bytes === undefined && cid.code === RAW && components.blobs !== undefined && await served(cid, servable, controller.signal)) {
+        const blob = await components.blobs.read(cid, { signal: controller.signal })
+        if (blob !== undefined && format === 'raw') {
+          await streamBlob(req, res, cid, blob, controller.signal)
+          return
+        }
+        if (blob !== undefined && (blob.size ?? Infinity) <= MAX_CAR_BLOB) {
+          const parts: Uint8Array[] = []
+          for await (const part of blob.chunks) parts.push(part)
+          bytes = Buffer.concat(parts)
+        }
+      }
       if (bytes === undefined) {
         sendError(res, 404, 'NotFound', `block not found: ${cid.toString()}`)
         return
@@ -167,6 +188,31 @@ export function gatewayRoute (components: GatewayComponents): PublicRoute {
         if (!controller.signal.aborted) log('CAR of %c ended early - %e', cid, err)
       }
     }
+  }
+}
+
+/** A file blob as `format=raw`, streamed; a blob the disk spoiled ends the answer early (and is removed by the read). */
+async function streamBlob (req: IncomingMessage, res: ServerResponse, cid: CID, blob: { size?: number, chunks: AsyncIterable<Uint8Array> }, signal: AbortSignal): Promise<void> {
+  const name = cid.toString()
+  res.setHeader('cache-control', IMMUTABLE)
+  res.setHeader('x-content-type-options', 'nosniff')
+  res.setHeader('x-ipfs-path', `/ipfs/${name}`)
+  res.setHeader('vary', 'Accept')
+  res.writeHead(200, {
+    'content-type': RAW_TYPE,
+    ...(blob.size === undefined ? {} : { 'content-length': blob.size }),
+    'content-disposition': `attachment; filename="${name}.bin"`,
+    etag: `"${name}.raw"`
+  })
+  if (req.method === 'HEAD') {
+    await blob.chunks[Symbol.asyncIterator]().return?.()
+    res.end()
+    return
+  }
+  try {
+    await pipeline(Readable.from(blob.chunks), res)
+  } catch (err) {
+    if (!signal.aborted) log('blob %c ended early - %e', cid, err)
   }
 }
 

@@ -5,7 +5,8 @@
  * serves; a blob is collected once no record references it (record deleted,
  * unpin) and kept while another record does; a blob over the cap is refused and
  * recorded; a blob the PDS has taken down is removed; blob mirroring can be off for
- * a pin; the node serves them over its public HTTP server (`getBlob`, `listBlobs`).
+ * a pin; the node serves them over its public HTTP server (`getBlob`, `listBlobs`,
+ * `/ipfs`).
  * Hostile input comes from the fake PDS: a blob whose bytes do not match its
  * CID is refused and nothing is stored.
  */
@@ -192,7 +193,7 @@ describe('blob mirroring from a real PDS', () => {
     }
   })
 
-  it('a node serves the blobs it mirrors: getBlob and listBlobs on its public HTTP server, and the blob bytes in status', async () => {
+  it('a node serves the blobs it mirrors: getBlob, listBlobs and the gateway on its public HTTP server, and the blob bytes in status', async () => {
     const bob = await net.createAccount('blobserve')
     const bobAgent = new AtpAgent({ service: net.pdsUrl })
     await bobAgent.login({ identifier: bob.handle, password: bob.password })
@@ -212,6 +213,13 @@ describe('blob mirroring from a real PDS', () => {
         assert.equal(res.headers.get('content-length'), String(blob.bytes.byteLength))
         assert.ok(Buffer.from(await res.arrayBuffer()).equals(blob.bytes))
       }
+      // the trustless gateway: a file blob streamed, a small one as a block
+      for (const blob of [image, thumb]) {
+        const res = await fetch(`${base}/ipfs/${blob.cid}?format=raw`)
+        assert.equal(res.status, 200)
+        assert.ok(Buffer.from(await res.arrayBuffer()).equals(blob.bytes), `gateway ${blob.cid}`)
+      }
+      assert.equal((await fetch(`${base}/ipfs/${stray.cid}?format=raw`)).status, 404)
       const list = await (await fetch(`${base}/xrpc/com.atproto.sync.listBlobs?did=${bob.did}`)).json() as { cids: string[] }
       assert.deepEqual(list.cids, [image.cid, thumb.cid].sort())
       // a blob bob's records do not reference, and a repo not mirrored here
