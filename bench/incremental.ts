@@ -19,7 +19,14 @@
  *   does, then verified from disk;
  * - full: verifyRepo of the new commit over the store, as every sync did before.
  *
- * `benchIncremental()` is exported for other benches (bench/follow.ts).
+ * With `--sync`, also the whole `getRepo?since` sync against a real local PDS
+ * (support/network.ts): the cached repo imported into an account
+ * (`importRepo`, about 1.5 minutes), mirrored in full once, then rounds of one
+ * new record each, synced alternately by a RepoSyncer verifying incrementally
+ * and one verifying the whole repo (`verify: 'full'`, the behaviour before).
+ *
+ * `benchIncremental()` and `benchSyncPath()` are exported for other benches
+ * (bench/follow.ts).
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -27,9 +34,14 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { MemoryBlockstore, Repo, WriteOpAction, readCarWithRoot } from '@atproto/repo'
 import { CID } from 'multiformats/cid'
+import { PdsHeadResolver } from '../src/head/pds-head-resolver.ts'
+import { AtprotoIdentityResolver } from '../src/identity/resolver.ts'
 import { MirrorStore } from '../src/mirror/store.ts'
+import { RepoSyncer } from '../src/mirror/sync.ts'
 import { MemoryBlockStore, OverlayBlockStore, type Block, type ReadonlyBlockStore } from '../src/repo/block-store.ts'
-import { readCar } from '../src/repo/car.ts'
+import { readCar, writeCar } from '../src/repo/car.ts'
+import { cidForBytes } from '../src/repo/cid.ts'
+import { decodeCommit, encodeCommit } from '../src/repo/commit.ts'
 import { parseDidKey } from '../src/repo/keys.ts'
 import { verifyIncremental } from '../src/repo/verify-incremental.ts'
 import { verifyRepo } from '../src/repo/verify.ts'
@@ -181,8 +193,107 @@ export async function benchIncremental (options: { records?: number, runs?: numb
   }
 }
 
+/**
+ * The repo CAR with its commit made out to `did` (unsigned: importRepo checks
+ * neither the DID nor the signature, and the PDS's next commit, signed by the
+ * account's key, takes the DID from the imported one).
+ */
+async function forAccount (car: Uint8Array, did: string): Promise<Uint8Array<ArrayBuffer>> {
+  const reader = await readCar(car)
+  const blocks: Block[] = []
+  for await (const block of reader.blocks) blocks.push(block)
+  const [root] = reader.roots
+  const index = blocks.findIndex(block => block.cid.equals(root))
+  const commit = decodeCommit(blocks[index].bytes, root)
+  const bytes = encodeCommit({ ...commit, did })
+  const cid = cidForBytes(bytes)
+  blocks[index] = { cid, bytes }
+  const chunks: Uint8Array[] = []
+  for await (const chunk of writeCar([cid], blocks)) chunks.push(chunk)
+  return new Uint8Array(Buffer.concat(chunks))
+}
+
+export interface SyncPathResult {
+  records: number
+  importSeconds: number
+  /** The first, full sync. */
+  fullSyncSeconds: number
+  /** Per round, seconds of the sync as RepoSyncer reports them (head to advance). */
+  incremental: SyncRound[]
+  full: SyncRound[]
+}
+
+export interface SyncRound {
+  seconds: number
+  /** Blocks fetched from the PDS. */
+  fetched: number
+}
+
+/**
+ * A one-record change synced through `getRepo?since` from a real local PDS, with
+ * incremental and with full verification, alternating (see the file header).
+ */
+export async function benchSyncPath (options: { records?: number, rounds?: number, log?: (line: string) => void } = {}): Promise<SyncPathResult> {
+  const records = options.records ?? 100_000
+  const rounds = options.rounds ?? 3
+  const log = options.log ?? (() => {})
+  const { startTestNetwork } = await import('../support/network.ts')
+  const repo = await cachedRepo({ dir: cacheDir, records, keyType: 'k256', seed: 1 })
+  const net = await startTestNetwork()
+  const dir = await mkdtemp(join(tmpdir(), 'atmirror-bench-incremental-sync-'))
+  try {
+    const account = await net.createAccount('big')
+    let t = performance.now()
+    const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.repo.importRepo`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${account.accessJwt}`, 'content-type': 'application/vnd.ipld.car' },
+      body: await forAccount(repo.car, account.did),
+      signal: AbortSignal.timeout(600_000)
+    })
+    if (!res.ok) throw new Error(`importRepo: HTTP ${res.status} ${await res.text()}`)
+    let written = 0
+    // one write after the import, so the head is signed by the account's key
+    const post = async (): Promise<void> => {
+      await net.writeRecords(account, [{ collection: 'app.bsky.feed.post', value: { text: `one more post ${written++}`, createdAt: new Date().toISOString() } }])
+    }
+    await post()
+    const importSeconds = (performance.now() - t) / 1000
+    log(`imported ${records} records into ${account.did} in ${importSeconds.toFixed(1)} s`)
+
+    const store = await MirrorStore.open(join(dir, 'data'))
+    try {
+      const identity = new AtprotoIdentityResolver({ plcUrl: net.plcUrl, allowHttpLocalhost: true })
+      const heads = new PdsHeadResolver({ identity })
+      const syncers = {
+        incremental: new RepoSyncer({ store, identity, heads }),
+        full: new RepoSyncer({ store, identity, heads }, { verify: 'full' })
+      }
+      t = performance.now()
+      const first = await syncers.incremental.sync(account.did)
+      if (!first.full || first.records !== records + written) throw new Error(`first sync: full=${String(first.full)} records=${first.records}`)
+      log(`first (full) sync: ${first.records} records in ${first.seconds.toFixed(1)} s`)
+      const result: SyncPathResult = { records, importSeconds, fullSyncSeconds: first.seconds, incremental: [], full: [] }
+      for (let i = 0; i < rounds; i++) {
+        for (const side of ['incremental', 'full'] as const) {
+          await post()
+          const synced = await syncers[side].sync(account.did)
+          if (synced.full || !synced.changed || synced.records !== records + written) throw new Error(`${side} sync: full=${String(synced.full)} changed=${String(synced.changed)} records=${synced.records}`)
+          result[side].push({ seconds: synced.seconds, fetched: synced.fetched.pds })
+          log(`round ${i + 1}, ${side} verification: ${(synced.seconds * 1000).toFixed(0)} ms, ${synced.fetched.pds} blocks from the PDS`)
+        }
+      }
+      return result
+    } finally {
+      await store.close()
+    }
+  } finally {
+    await net.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { records: { type: 'string', default: '100000' }, runs: { type: 'string', default: '15' } } })
+  const { values } = parseArgs({ options: { records: { type: 'string', default: '100000' }, runs: { type: 'string', default: '15' }, sync: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' } } })
   const print = (line: string): void => { process.stdout.write(`${line}\n`) }
   print(`node ${process.version}`)
   const result = await benchIncremental({ records: Number(values.records), runs: Number(values.runs), log: print })
@@ -197,4 +308,13 @@ if (import.meta.main) {
   print(`ratio full / incremental: ${(result.full.ms / result.since.ms).toFixed(0)}x time (getRepo?since), ${(result.full.blocksRead / result.since.blocksRead).toFixed(0)}x blocks read`)
   const worst = Math.max(result.firehose.ms, result.since.ms)
   print(`incremental: ${worst.toFixed(1)} ms, target <= ${TARGET_MS} ms: ${worst <= TARGET_MS ? 'PASS' : 'BELOW TARGET'}`)
+
+  if (values.sync) {
+    print('')
+    const sync = await benchSyncPath({ records: Number(values.records), rounds: Number(values.rounds), log: print })
+    const inc = median(sync.incremental.map(r => r.seconds))
+    const full = median(sync.full.map(r => r.seconds))
+    print('')
+    print(`getRepo?since sync of a one-record change (head to advance), median of ${sync.incremental.length}: incremental verification ${(inc * 1000).toFixed(0)} ms, full verification ${(full * 1000).toFixed(0)} ms (${(full / inc).toFixed(1)}x)`)
+  }
 }

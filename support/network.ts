@@ -171,6 +171,8 @@ export async function startTestNetwork (init: TestNetworkInit = {}): Promise<Tes
     inviteRequired: false,
     disableSsrfProtection: true,
     rateLimitsEnabled: false,
+    // importRepo of a large generated repo (bench/incremental.ts --sync)
+    maxImportSize: 256 * 1024 * 1024,
     crawlers: []
   })
   const env = await envFor(pdsPort, dataDirectory, join(dir, 'blobs'))

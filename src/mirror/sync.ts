@@ -160,6 +160,13 @@ export interface RepoSyncerInit {
   cacheBytes?: number
   /** What one sync may download (see download-guard.ts for the defaults and why). */
   limits?: DownloadLimits
+  /**
+   * How an incremental sync verifies: `'incremental'` only what changed
+   * (../repo/verify-incremental.ts, docs/ARCHITECTURE.md says why that is enough),
+   * `'full'` the whole new repo, as a first sync does (reads every block; the
+   * baseline of bench/incremental.ts). @default 'incremental'
+   */
+  verify?: 'incremental' | 'full'
 }
 
 /** Serialises work per key: one writer per DID. */
@@ -286,6 +293,7 @@ export class RepoSyncer {
   readonly #decodeRecords: boolean
   readonly #cacheBytes: number
   readonly #limits: DownloadLimits | undefined
+  readonly #verifyFull: boolean
   readonly #mutex = new KeyedMutex()
 
   constructor (components: RepoSyncerComponents, init: RepoSyncerInit = {}) {
@@ -305,6 +313,7 @@ export class RepoSyncer {
     this.#decodeRecords = init.decodeRecords ?? false
     this.#cacheBytes = init.cacheBytes ?? 0
     this.#limits = init.limits
+    this.#verifyFull = init.verify === 'full'
   }
 
   /** The fetch chain this syncer uses. */
@@ -588,7 +597,7 @@ export class RepoSyncer {
         trusted: true,
         log: repoLog
       }
-      const previous = holdsBlocks(state) && state.records !== undefined ? state : undefined
+      const previous = holdsBlocks(state) && state.records !== undefined && !this.#verifyFull ? state : undefined
       const advance = previous === undefined
         ? undefined
         : await verifyIncremental({ ...verifyOptions, oldData: CID.parse(previous.data), commit: target.cid, blocks: view })

@@ -252,12 +252,40 @@ describe('an incremental sync of a tree that reuses stored subtrees wrongly', ()
     await refused(/previous tree reused with key not before/)
   })
 
+  it('a syncer verifying every advance whole (verify: \'full\') refuses it alike', async () => {
+    await serveHostile(({ tree }) => {
+      const left = tree.left
+      tree.left = tree.entries[0].right
+      tree.entries[0].right = left
+    })
+    const identity = new AtprotoIdentityResolver({ plcUrl: pds.url, allowHttpLocalhost: true })
+    const whole = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }) }, { verify: 'full' })
+    await assert.rejects(whole.sync(v1.did), { name: 'MstInvalidError' })
+    assert.deepEqual(await store.getState(v1.did), stateBefore)
+    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+  })
+
   it('a stored subtree linked a layer too high: MstInvalidError, nothing stored', async () => {
     await serveHostile(({ tree }) => {
       const [parent] = findNodes(tree.left as TreeNode, node => node.left !== null && node.layer === tree.layer - 1)
       tree.left = parent.left
     })
     await refused(/key height \d+ does not match node layer/)
+  })
+
+  it('an honest change afterwards advances, its record count carried from the stored one by the diff', async () => {
+    const v2 = await repo.write([
+      { action: 'create', value: post('3zzzzzzzzzzzz', 'new') },
+      { action: 'delete', collection: 'app.bsky.feed.post', rkey: posts(300)[7].rkey },
+      { action: 'delete', collection: 'app.bsky.feed.post', rkey: posts(300)[8].rkey }
+    ])
+    pds.setRepo(v2.did, repo.keypair, v2)
+    const result = await syncer.sync(v1.did)
+    assert.equal(result.full, false)
+    assert.equal(result.records, 299)
+    const report = await syncer.verifyStored(v1.did)
+    assert.equal(report.error, undefined)
+    assert.equal(report.records, 299)
   })
 })
 
