@@ -10,9 +10,10 @@
  * metrics are on: a node without them never loads prom-client.
  *
  * Most figures are read when scraped (prom-client `collect()`), from counters the
- * store and the network keep anyway; the only bookkeeping done as things happen is
- * per finished sync (the node's `repo:synced` and `repo:error` events) and per HTTP
- * request, never per block.
+ * store, the network and the follower keep anyway; the only bookkeeping done as
+ * things happen is per finished sync (the node's `repo:synced` and `repo:error`
+ * events), per handled firehose event and per HTTP request, never per block (the
+ * serving blockstore's own counters aside: two additions per served block).
  *
  * | metric | type | labels | what |
  * |---|---|---|---|
@@ -24,7 +25,7 @@
  * | `atmirror_blob_file_bytes_stored` | gauge | | their bytes |
  * | `atmirror_store_scanned_timestamp_seconds` | gauge | | when that scan finished (Unix time) |
  * | `atmirror_syncs_total` | counter | `result` | finished syncs: `full`, `incremental`, `unchanged` (commits applied from a firehose are firehose events, not syncs) |
- * | `atmirror_sync_errors_total` | counter | `error` | failed syncs by error name (`RepoTakendownError`, `AllSourcesFailedError`, …) |
+ * | `atmirror_sync_errors_total` | counter | `error` | failed syncs by error name (`HeadUnavailableError` when neither the PDS nor a peer gave a head, with the PDS's status in its reasons; `RepoTakendownError` without a network; `AllSourcesFailedError`, …) |
  * | `atmirror_sync_duration_seconds` | histogram | | how long finished syncs took |
  * | `atmirror_blocks_fetched_total` | counter | `source` | blocks syncs obtained, by source: `local`, `bitswap`, `pds` |
  * | `atmirror_fetched_bytes_total` | counter | | bytes syncs downloaded |
@@ -44,10 +45,11 @@
  * | `process_*`, `nodejs_*` | | | prom-client's default metrics |
  *
  * Blocks, blob files and their bytes come from a scan of the blockstore and the blob
- * directory (`shardedFilesUsage` in src/mirror/blockstore.ts): the first scrape waits for the first scan, and a scrape
- * finding the last one older than `usageMaxAgeMs` starts the next in the background
- * and answers with the last figures. A scan is never closer to the previous one than
- * ten times its own length, so a huge store is not scanned back to back.
+ * directory (`shardedFilesUsage` in src/mirror/blockstore.ts): the first scrape waits
+ * for the first scan, and a scrape finding the last one older than `usageMaxAgeMs`
+ * starts the next in the background and answers with the last figures. A scan is
+ * never closer to the previous one than ten times its own length, so a huge store is
+ * not scanned back to back.
  *
  * @NOTE @libp2p/prometheus-metrics keeps one module-wide map of metric names: a
  * libp2p metric first registered after a second node was created in the same
