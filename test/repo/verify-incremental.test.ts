@@ -8,12 +8,12 @@
 import { describe, it, before } from 'node:test'
 import assert from 'node:assert/strict'
 import type { Keypair } from '@atproto/crypto'
-import type { CID } from 'multiformats/cid'
+import { CID } from 'multiformats/cid'
 import { MemoryBlockStore, OverlayBlockStore, type Block } from '../../src/repo/block-store.ts'
 import { parseDidKey, type PublicKey } from '../../src/repo/keys.ts'
 import { verifyIncremental } from '../../src/repo/verify-incremental.ts'
 import { verifyRepo } from '../../src/repo/verify.ts'
-import { fixtureKeypair } from '../../support/generated-repo.ts'
+import { fixtureKeypair, prng } from '../../support/generated-repo.ts'
 import { assembleRepo, findNodes, keyWithHeightAfter, openRepo, splitCar, type RepoParts, type TreeNode } from '../helpers/car-tools.ts'
 import { EvolvingRepo, post, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 
@@ -238,5 +238,89 @@ describe('verifyIncremental refuses', () => {
   it('the stored tree is left as it was: it still verifies whole', async () => {
     const summary = await verifyRepo(stored, v1.commit, { key: parseDidKey(repo.keypair.did()) })
     assert.equal(summary.records, 400)
+  })
+})
+
+describe('verifyIncremental agrees with whole verification on random rearrangements of the stored tree', () => {
+  // The whole walk is the ground truth: for each seeded random change (subtrees
+  // swapped or linked again anywhere, keys inserted at random heights without
+  // splitting what they land in, entries dropped, values changed, several at once),
+  // the incremental check must accept exactly when verifyRepo does.
+  let repo: EvolvingRepo
+  let v1: RepoVersion
+  let stored: MemoryBlockStore
+
+  before(async () => {
+    repo = await EvolvingRepo.create(66, posts(300, 'old'))
+    v1 = await repo.version()
+    stored = await storedRepo(v1, repo.key)
+  })
+
+  interface Slot { node: TreeNode, index: number }
+  const child = (slot: Slot): TreeNode | null => slot.index < 0 ? slot.node.left : slot.node.entries[slot.index].right
+  const setChild = (slot: Slot, to: TreeNode | null): void => {
+    if (slot.index < 0) slot.node.left = to
+    else slot.node.entries[slot.index].right = to
+  }
+  const contains = (tree: TreeNode, node: TreeNode): boolean => findNodes(tree, n => n === node).length > 0
+
+  function mutate (tree: TreeNode, random: () => number, records: CID[]): string {
+    const nodes = findNodes(tree, () => true)
+    const slots: Slot[] = nodes.flatMap(node => [{ node, index: -1 }, ...node.entries.map((_, index) => ({ node, index }))]).filter(slot => child(slot) !== null)
+    const pick = <T>(list: T[]): T => list[Math.floor(random() * list.length)]
+    const kind = Math.floor(random() * 5)
+    if (kind === 0 || kind === 1) {
+      const a = pick(slots)
+      const b = pick(slots)
+      const x = child(a) as TreeNode
+      const y = child(b) as TreeNode
+      if (x === y || contains(x, b.node) || contains(y, a.node)) return 'nothing'
+      if (kind === 0) {
+        setChild(a, y)
+        setChild(b, x)
+        return `swap L${x.layer}/L${y.layer}`
+      }
+      setChild(b, x)
+      return `relink L${x.layer} over L${y.layer}`
+    }
+    if (kind === 2) {
+      const node = pick(nodes)
+      const anchor = node.entries.length > 0 ? pick(node.entries).key : pick(findNodes(node, n => n.entries.length > 0)).entries[0].key
+      const height = random() < 0.6 ? node.layer : Math.floor(random() * 3)
+      const key = keyWithHeightAfter(anchor, height)
+      const at = node.entries.findIndex(entry => entry.key > key)
+      node.entries.splice(at < 0 ? node.entries.length : at, 0, { key, value: pick(records), right: null })
+      return `insert h${height} into L${node.layer}`
+    }
+    if (kind === 3) {
+      const node = pick(nodes.filter(n => n.entries.length > 1))
+      node.entries.splice(Math.floor(random() * node.entries.length), 1)
+      return `drop entry of L${node.layer}`
+    }
+    const node = pick(nodes.filter(n => n.entries.length > 0))
+    pick(node.entries).value = pick(records)
+    return `value in L${node.layer}`
+  }
+
+  it('80 random changes: accepted or refused alike', async () => {
+    const random = prng(2026)
+    const records = openRepo(v1.car).recordCids.map(cid => CID.parse(cid))
+    let accepted = 0
+    let refusedCount = 0
+    for (let i = 0; i < 80; i++) {
+      const parts = openRepo(v1.car)
+      const what: string[] = []
+      const n = 1 + Math.floor(random() * 3)
+      for (let j = 0; j < n; j++) what.push(mutate(parts.tree, random, records))
+      const { car, commitCid } = await assembleRepo(parts, repo.keypair, { rev: '3zzzzzzzzzzz2' })
+      const { store } = overlay(stored, splitCar(car).blocks)
+      const whole = await verifyRepo(store, commitCid, { key: repo.key }).then(() => 'ok', (err: Error) => err.name)
+      const incremental = await verifyIncremental({ oldData: v1.data, commit: commitCid, blocks: store, key: repo.key }).then(() => 'ok', (err: Error) => err.name)
+      assert.equal(incremental, whole, `case ${i}: ${what.join(', ')}`)
+      if (whole === 'ok') accepted++
+      else refusedCount++
+    }
+    // both kinds occur, so the agreement says something either way
+    assert.ok(accepted >= 10 && refusedCount >= 30, `${accepted} accepted, ${refusedCount} refused`)
   })
 })
