@@ -25,6 +25,7 @@
  *   /atmirror/blobs/gc/<cid>           → '' (lost a reference; collected when no one holds it)
  *   /atmirror/blobs/repo/<did>         → the commit the DID's references describe
  *   /atmirror/blobs/off/<did>          → '' (pinned with blobs off)
+ *   /atmirror/blobs/size/<cid>         → a stored blob's size (decimal; for disk usage without reading it)
  *
  * Collection runs with the block collection (MirrorStore, never while a writer is
  * in: the blob fetch pass enters as one), so a blob is never deleted under a
@@ -63,7 +64,8 @@ export const blobKeys = {
   candidate: (cid: string) => `${PREFIX}/gc/${cid}`,
   candidatePrefix: `${PREFIX}/gc/`,
   repo: (did: string) => `${PREFIX}/repo/${did}`,
-  off: (did: string) => `${PREFIX}/off/${did}`
+  off: (did: string) => `${PREFIX}/off/${did}`,
+  size: (cid: string) => `${PREFIX}/size/${cid}`
 }
 
 /** The datastore's LevelDB, as far as the index uses it. */
@@ -271,6 +273,7 @@ export class BlobStore {
       }
       if (file === undefined) {
         await this.#blocks.put(raw, buffered.length === 1 ? buffered[0] : Buffer.concat(buffered))
+        await this.#db.put(blobKeys.size(raw.toString()), utf8.encode(String(size)))
         return { size, in: 'blocks' }
       }
       if (this.#fsync) await file.sync()
@@ -280,6 +283,7 @@ export class BlobStore {
       mkdirSync(join(path, '..'), { recursive: true })
       await rename(tmp as string, path)
       tmp = undefined
+      await this.#db.put(blobKeys.size(raw.toString()), utf8.encode(String(size)))
       return { size, in: 'file' }
     } finally {
       await file?.close().catch(() => {})
@@ -300,6 +304,7 @@ export class BlobStore {
       await this.#blocks.delete(cid)
       removed = true
     }
+    await this.#db.del(blobKeys.size(cid.toString()))
     return removed
   }
 
@@ -444,19 +449,19 @@ export class BlobStore {
     else await this.#db.del(blobKeys.off(did))
   }
 
-  /** Blobs `did` references and those of them stored here, with their bytes on disk. */
+  /** Blobs `did` references and those of them stored here, with their bytes (from the sizes recorded when stored, nothing read). */
   async usage (did: string): Promise<{ referenced: number, stored: number, bytes: number }> {
-    let referenced = 0
+    const cids = await this.#keysAfter(blobKeys.refsPrefix(did))
     let stored = 0
     let bytes = 0
-    for (const cid of await this.#keysAfter(blobKeys.refsPrefix(did))) {
-      referenced++
-      const stat = await this.stat(CID.parse(cid))
-      if (stat === undefined) continue
-      stored++
-      bytes += stat.size
+    for (let i = 0; i < cids.length; i += CHUNK) {
+      for (const value of await this.#db.getMany(cids.slice(i, i + CHUNK).map(cid => blobKeys.size(cid)))) {
+        if (value === undefined) continue
+        stored++
+        bytes += Number(fromUtf8.decode(value))
+      }
     }
-    return { referenced, stored, bytes }
+    return { referenced: cids.length, stored, bytes }
   }
 
   /** The blob files (large blobs) and their bytes: a full scan, for metrics. */
