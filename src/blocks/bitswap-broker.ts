@@ -25,6 +25,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { verifyBlock, type CID } from '../repo/cid.ts'
+import { Alarm, parallel } from './parallel.ts'
 import type { Block } from '../repo/block-store.ts'
 import type { BlockBroker, BrokerOptions, MirrorLocator, MirrorPeer } from './broker.ts'
 import type { Connection, Libp2p, PeerId } from '@libp2p/interface'
@@ -189,6 +190,7 @@ export class BitswapBroker implements BlockBroker {
       log('no mirrors of %s to ask for %d blocks', options.did, cids.length)
       return
     }
+    const did = options.did
     const providers = peers.map(peer => peer.toCID())
     const peerKeys = new Set(peers.map(peer => peer.toString()))
     const failedBefore = this.#stats.failed
@@ -199,25 +201,17 @@ export class BitswapBroker implements BlockBroker {
     let session = this.#open(cids[0] as CID, providers, signal)
     const sessions = [session]
     let corrupt: Error | undefined
-
-    // A bounded pool: up to `concurrency` wants in flight, results handed to the
-    // consumer as they land; workers pause while the consumer is behind.
-    const results: Block[] = []
-    const room: Array<() => void> = []
-    const retry: Array<{ cid: CID, attempts: number }> = []
-    let wake: (() => void) | undefined
-    let next = 0
-    let active = 0
+    /** No more wants go out: Bitswap gave up on the batch, or the consumer stopped. */
     let stop = false
     let gaveUp = false
-    const notify = (): void => { wake?.(); wake = undefined }
-    const take = (): { cid: CID, attempts: number } | undefined => retry.pop() ?? (next < cids.length ? { cid: cids[next++] as CID, attempts: 0 } : undefined)
+    /** The consumer stopped early: the wants cut short then are not failures. */
+    let left = false
 
     // Which connection the wants in flight went out on is Helia's business; when
     // any connection to a mirror of the session closes, all of them are cancelled,
-    // the workers wait for the mirrors to be connected again, and a fresh session
-    // asks for them anew. A mirror that cannot be reached again ends the batch here
-    // (the next source takes over).
+    // they wait for the mirrors to be connected again, and a fresh session asks for
+    // them anew. A mirror that cannot be reached again ends the batch here (the next
+    // source takes over).
     let inFlight = new AbortController()
     let reconnecting: Promise<void> | undefined
     const onClose = (evt: CustomEvent<Connection>): void => {
@@ -226,7 +220,7 @@ export class BitswapBroker implements BlockBroker {
       inFlight = new AbortController()
       lost.abort()
       if (reconnecting !== undefined) return
-      log('connection to mirror %p of %s closed mid-batch; asking again for the blocks in flight', evt.detail.remotePeer, options.did)
+      log('connection to mirror %p of %s closed mid-batch; asking again for the blocks in flight', evt.detail.remotePeer, did)
       if (resets >= this.#maxSessionResets) {
         gaveUp = true
         stop = true
@@ -238,7 +232,7 @@ export class BitswapBroker implements BlockBroker {
         // the consumer may have stopped meanwhile: its sessions are closed, open none
         if (stop) return
         if (!connected) {
-          log('no mirror of %s reachable again; leaving the rest of the batch to the next source', options.did)
+          log('no mirror of %s reachable again; leaving the rest of the batch to the next source', did)
           gaveUp = true
           stop = true
           return
@@ -250,28 +244,29 @@ export class BitswapBroker implements BlockBroker {
     }
     this.#libp2p.addEventListener('connection:close', onClose)
 
-    const worker = async (): Promise<void> => {
-      while (!stop) {
-        while (results.length >= this.#concurrency && !stop) await new Promise<void>(resolve => { room.push(resolve) })
+    /** One block, asked again after a lost connection, and once more on a fresh session after a failure; undefined when Bitswap does not give it. */
+    const fetchOne = async (cid: CID): Promise<Block | undefined> => {
+      let retried = false
+      while (true) {
         while (reconnecting !== undefined && !stop) await reconnecting
-        const item = stop ? undefined : take()
-        if (item === undefined) return
+        if (stop) return undefined
         const mine = generation
         const lost = inFlight.signal
         try {
-          const bytes = await this.#getOne(session, item.cid, signal, lost)
-          verifyBlock(item.cid, bytes)
+          const bytes = await this.#getOne(session, cid, signal, lost)
+          verifyBlock(cid, bytes)
           this.#stats.blocks++
           this.#stats.bytes += bytes.byteLength
-          results.push({ cid: item.cid, bytes })
-          notify()
+          return { cid, bytes }
         } catch (err) {
-          if (signal?.aborted === true) { stop = true; return }
+          signal?.throwIfAborted()
           if (lost.aborted) {
             // the connection went away under this want: not the block's fault
-            if (stop) { this.#stats.failed++; return }
+            if (stop) {
+              if (!left) this.#stats.failed++
+              return undefined
+            }
             this.#stats.requeued++
-            retry.push(item)
             continue
           }
           const error = err as Error
@@ -285,56 +280,53 @@ export class BitswapBroker implements BlockBroker {
               gaveUp = true
               stop = true
               this.#stats.failed++
-              return
+              return undefined
             }
             resets++
             generation++
-            session = this.#open(item.cid, providers, signal)
+            session = this.#open(cid, providers, signal)
             sessions.push(session)
           }
-          if (item.attempts === 0) {
-            retry.push({ cid: item.cid, attempts: 1 })
-          } else {
-            this.#stats.failed++
-            log('no block %c over bitswap - %s', item.cid, error.message)
+          if (!retried) {
+            retried = true
+            continue
           }
+          this.#stats.failed++
+          log('no block %c over bitswap - %s', cid, error.message)
+          return undefined
         }
       }
     }
 
-    const workers = Array.from({ length: Math.min(this.#concurrency, cids.length) }, async () => {
-      active++
-      try {
-        await worker()
-      } finally {
-        active--
-        notify()
+    // up to `concurrency` wants in flight, blocks handed on as they land
+    const intake = function * (): Generator<CID> {
+      for (const cid of cids) {
+        if (stop) return
+        yield cid
       }
-    })
-    const all = Promise.all(workers)
+    }
+    const fetched = parallel(intake(), fetchOne, Math.min(this.#concurrency, cids.length))
     try {
       while (true) {
-        if (results.length > 0) {
-          const batch = results.splice(0)
-          for (const wakeOne of room.splice(0)) wakeOne()
-          yielded += batch.length
-          for (const block of batch) yield block
-          continue
-        }
-        if (active === 0) break
-        await new Promise<void>(resolve => { wake = resolve })
+        const next = await fetched.next()
+        if (next.done === true) break
+        if (next.value === undefined) continue
+        yielded++
+        yield next.value
       }
-      await all
     } finally {
+      // the consumer may have stopped early: cut the wants in flight short
+      left = !stop
       stop = true
       this.#libp2p.removeEventListener('connection:close', onClose)
-      for (const wakeOne of room.splice(0)) wakeOne()
+      inFlight.abort()
+      await fetched.return(undefined)
       for (const open of sessions) open.close?.()
     }
-    log('%d of %d blocks of %s from %d mirrors in %d ms', yielded, cids.length, options.did, peers.length, Math.round(performance.now() - started))
+    log('%d of %d blocks of %s from %d mirrors in %d ms', yielded, cids.length, did, peers.length, Math.round(performance.now() - started))
     signal?.throwIfAborted()
     // the mirrors we had did not have it all: look for mirrors again next time
-    if (gaveUp || this.#stats.failed > failedBefore) this.forget(options.did)
+    if (gaveUp || this.#stats.failed > failedBefore) this.forget(did)
     if (corrupt !== undefined) throw corrupt
   }
 
@@ -406,14 +398,15 @@ export class BitswapBroker implements BlockBroker {
   async #identified (peer: PeerId, init: { checkStore?: boolean, signal?: AbortSignal } = {}): Promise<void> {
     await new Promise<void>(resolve => {
       const done = (): void => {
-        clearTimeout(timer)
+        timer.clear()
         this.#libp2p.removeEventListener('peer:identify', onIdentify)
         init.signal?.removeEventListener('abort', done)
         resolve()
       }
       init.signal?.addEventListener('abort', done, { once: true })
       const onIdentify = (evt: CustomEvent<{ peerId: PeerId }>): void => { if (evt.detail.peerId.equals(peer)) done() }
-      const timer = setTimeout(done, this.#settleTimeoutMs)
+      const timer = new Alarm(done)
+      timer.set(this.#settleTimeoutMs)
       this.#libp2p.addEventListener('peer:identify', onIdentify)
       // listening first, then looking: an identify that ends in between is not missed
       if (init.checkStore === true) void this.#isIdentified(peer).then(yes => { if (yes) done() })

@@ -36,6 +36,7 @@ import { RAW, cidKey, parseCid } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { walkMstSteps } from '../repo/mst/walk.ts'
 import { isServable } from '../mirror/status-policy.ts'
+import { Alarm } from '../blocks/parallel.ts'
 import type { ServableState } from './head-exchange.ts'
 import type { PeerId } from '@libp2p/interface'
 
@@ -145,8 +146,8 @@ export class Reprovider {
   #stats = { provided: 0, cancelled: 0, failed: 0 }
   #lastPassAt: string | undefined
   #passes = 0
-  #nextPassAt: number | undefined
-  #timer: NodeJS.Timeout | undefined
+  /** The next pass: the periodic one, or a retry sooner while the DHT had no peers. */
+  readonly #next = new Alarm(() => { this.#runPass() })
   #pass: Promise<void> | undefined
   #stopping = new AbortController()
   #started = false
@@ -182,8 +183,7 @@ export class Reprovider {
   async stop (): Promise<void> {
     if (!this.#started) return
     this.#started = false
-    clearTimeout(this.#timer)
-    this.#nextPassAt = undefined
+    this.#next.clear()
     this.#stopping.abort(new DOMException('the reprovider is stopping', 'AbortError'))
     // what is still queued finds the reprovider stopped and does nothing
     this.#pending.clear()
@@ -193,7 +193,8 @@ export class Reprovider {
 
   stats (): ReproviderStats {
     const announced = this.#announced.size * 2 + this.#blockHolders.size
-    const nextPassAt = this.#nextPassAt === undefined ? undefined : new Date(this.#nextPassAt).toISOString()
+    const due = this.#next.due
+    const nextPassAt = due === undefined ? undefined : new Date(due).toISOString()
     return { ...this.#stats, queued: this.#ops.queued, running: this.#ops.running, announced, passes: this.#passes, lastPassAt: this.#lastPassAt, nextPassAt }
   }
 
@@ -432,7 +433,7 @@ export class Reprovider {
 
   #runPass (): void {
     if (!this.#started) return
-    this.#nextPassAt = undefined
+    this.#next.clear()
     this.#pass = this.reprovideAll()
       .catch(err => {
         if (!this.#stopping.signal.aborted) log.error('reprovide pass failed - %e', err)
@@ -455,11 +456,7 @@ export class Reprovider {
   #schedule (delay?: number): void {
     if (!this.#started) return
     const ms = delay ?? this.#intervalMs
-    if (ms <= 0) return
-    clearTimeout(this.#timer)
-    this.#nextPassAt = Date.now() + ms
-    this.#timer = setTimeout(() => { this.#runPass() }, ms)
-    this.#timer.unref()
+    if (ms > 0) this.#next.set(ms)
   }
 }
 

@@ -60,6 +60,9 @@ export const NDJSON = 'application/x-ndjson'
 /** Least time between two streamed progress lines of one phase. */
 const PROGRESS_INTERVAL_MS = 100
 
+/** How long requests still running at shutdown get to answer before their connections are cut, in ms. */
+const FORCE_CLOSE_MS = 1000
+
 /** The longest request body the API reads. */
 const MAX_BODY_BYTES = 16 * 1024
 
@@ -286,12 +289,18 @@ export class ControlApi {
     if (server === undefined) return
     this.#server = undefined
     this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
-    await new Promise<void>(resolve => {
-      server.close(() => { resolve() })
-      server.closeIdleConnections()
-      // Requests still running were just aborted; give them a moment to answer 503.
-      setTimeout(() => { server.closeAllConnections() }, 1000).unref()
-    })
+    const closed = new Promise<void>(resolve => { server.close(() => { resolve() }) })
+    server.closeIdleConnections()
+    // Requests still running were just aborted: they get a moment to answer 503,
+    // then whatever connection is still open is cut.
+    const grace = AbortSignal.timeout(FORCE_CLOSE_MS)
+    const cut = (): void => { server.closeAllConnections() }
+    grace.addEventListener('abort', cut, { once: true })
+    try {
+      await closed
+    } finally {
+      grace.removeEventListener('abort', cut)
+    }
     log('control API closed')
   }
 

@@ -307,6 +307,55 @@ describe('control client time limits', () => {
 })
 
 describe('control API shutdown', () => {
+  it('stop() answers 503 to running requests that heed the abort and cuts the connection of one that does not', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'atmirror-api-stop-'))
+    const started: string[] = []
+    const unused = async (): Promise<never> => { throw new Error('not used') }
+    const target: MirrorApi = {
+      // heeds its signal, as the node's operations do
+      unpin: async (did, options) => {
+        started.push('unpin')
+        return await new Promise((resolve, reject) => {
+          options?.signal?.addEventListener('abort', () => { reject(options.signal?.reason) }, { once: true })
+        })
+      },
+      // never answers, whatever happens
+      status: async () => {
+        started.push('status')
+        return await new Promise(() => {})
+      },
+      listPins: unused,
+      pin: unused,
+      mirror: unused,
+      repo: unused,
+      sync: unused,
+      peers: unused,
+      mirrors: unused,
+      getBlock: unused
+    }
+    const api = new ControlApi({ target }, { dataDir: dir, port: 0 })
+    try {
+      await api.start()
+      const token = (await readFile(apiTokenPath(dir), 'utf8')).trim()
+      const headers = { authorization: `Bearer ${token}` }
+      const unpin = fetch(`${api.url}/v1/pins/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa`, { method: 'DELETE', headers, signal: AbortSignal.timeout(30_000) })
+      const status = fetch(`${api.url}/v1/status`, { headers, signal: AbortSignal.timeout(30_000) })
+      await until('both requests to be running', () => started.length === 2)
+      await api.stop()
+      const answered = await unpin
+      assert.equal(answered.status, 503)
+      assert.equal((await answered.json() as { error: string }).error, 'AbortError')
+      // the connection was cut: a fetch error, not the 30 s limit
+      await assert.rejects(status, (err: Error) => {
+        assert.equal(err.name, 'TypeError')
+        return true
+      })
+    } finally {
+      await api.stop()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
   it('stop() closes the API, removes daemon.json and releases the lock', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'atmirror-api-'))
     try {
