@@ -37,6 +37,7 @@ import { decodeCommit } from '../repo/commit.ts'
 import { walkMstSteps } from '../repo/mst/walk.ts'
 import { isServable } from '../mirror/status-policy.ts'
 import { Alarm } from '../blocks/parallel.ts'
+import { DidRunner } from '../mirror/runner.ts'
 import type { ServableState } from './head-exchange.ts'
 import type { PeerId } from '@libp2p/interface'
 
@@ -141,8 +142,8 @@ export class Reprovider {
   readonly #ops: Queue<void>
   /** Operations waiting in `#ops`, by key: a later one on the same key only changes the kind. */
   readonly #pending = new Map<string, Op>()
-  /** One announce/withdraw per DID at a time, in call order. */
-  readonly #didLocks = new Map<string, Promise<void>>()
+  /** One announce/withdraw per DID at a time, in call order (no global limit: the DHT work is bounded by `#ops`). */
+  readonly #perDid = new DidRunner()
   #stats = { provided: 0, cancelled: 0, failed: 0 }
   #lastPassAt: string | undefined
   #passes = 0
@@ -420,15 +421,7 @@ export class Reprovider {
   }
 
   async #serial (did: string, fn: () => Promise<void>): Promise<void> {
-    const previous = this.#didLocks.get(did) ?? Promise.resolve()
-    const next = previous.catch(() => {}).then(fn)
-    const tail = next.catch(() => {})
-    this.#didLocks.set(did, tail)
-    try {
-      await next
-    } finally {
-      if (this.#didLocks.get(did) === tail) this.#didLocks.delete(did)
-    }
+    await this.#perDid.run(did, fn, { slot: false })
   }
 
   #runPass (): void {
