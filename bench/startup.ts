@@ -23,13 +23,15 @@
  */
 import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { packAndInstall } from '../support/package-install.ts'
 import { generateRepo } from '../support/generated-repo.ts'
-import { MirrorBlockstore } from '../src/mirror/blockstore.ts'
+import { settleBlockstoreKind } from '../src/mirror/blockstore.ts'
+import { FsMirrorBlockstore } from '../src/mirror/fs-blockstore.ts'
+import { MirrorStore } from '../src/mirror/store.ts'
 import { readCar } from '../src/repo/car.ts'
 import type { Block } from '../src/repo/block-store.ts'
 
@@ -49,15 +51,22 @@ try {
   const pkg = await packAndInstall(dir)
   process.stderr.write(`  npm pack (build included) ${pkg.seconds.pack.toFixed(1)} s, npm install ${pkg.seconds.install.toFixed(1)} s\n`)
 
-  // a stored repo: every block of a generated repo in <data>/blocks
+  // a stored repo, every block of a generated repo, in each kind of store: one
+  // file per block in <data>/blocks, and packed in <packed>/datastore
   const data = join(dir, 'data')
+  const packed = join(dir, 'packed')
   const repo = await generateRepo({ records: Number(values.records), seed: 3 })
-  const blockstore = new MirrorBlockstore(join(data, 'blocks'))
-  await blockstore.open()
   const blocks: Block[] = []
   for await (const block of (await readCar(repo.car)).blocks) blocks.push(block)
+  await mkdir(data)
+  settleBlockstoreKind(data, 'fs')
+  const blockstore = new FsMirrorBlockstore(join(data, 'blocks'))
+  await blockstore.open()
   await blockstore.putVerified(blocks)
   await blockstore.close()
+  const store = await MirrorStore.open(packed, { blockstore: 'level' })
+  await store.blockstore.putVerified(blocks)
+  await store.close()
   const record = repo.records[Math.floor(repo.records.length / 3)].cid
   const expected = blocks.find(block => block.cid.toString() === record)!.bytes
   const empty = join(dir, 'empty')
@@ -80,9 +89,16 @@ try {
       check: r => r.status === 1 && /no daemon/.test(String(r.stderr) + String(r.stdout)) ? undefined : `exit ${r.status}: ${String(r.stderr)}`
     },
     {
-      label: 'atmirror block get CID --offline',
+      label: 'atmirror block get CID --offline (fs)',
       file: pkg.bin,
       args: ['block', 'get', record, '--offline', '--data', data],
+      target: 300,
+      check: r => r.status === 0 && Buffer.compare(r.stdout as Buffer, expected) === 0 ? undefined : `exit ${r.status}: ${String(r.stderr)}`
+    },
+    {
+      label: 'atmirror block get CID --offline (level)',
+      file: pkg.bin,
+      args: ['block', 'get', record, '--offline', '--data', packed],
       target: 300,
       check: r => r.status === 0 && Buffer.compare(r.stdout as Buffer, expected) === 0 ? undefined : `exit ${r.status}: ${String(r.stderr)}`
     }

@@ -13,6 +13,7 @@ const commands: Record<string, { summary: string, load: () => Promise<Command> }
   mirror: { summary: 'mirror a repo once (resolve, sync, verify, store, pin)', load: async () => (await import('./commands/mirror.ts')).command },
   export: { summary: 'write a stored repo as a CAR file', load: async () => (await import('./commands/export.ts')).command },
   verify: { summary: 'check stored repos end to end and refetch damaged blocks', load: async () => (await import('./commands/verify.ts')).command },
+  du: { summary: 'bytes on disk: in all, blocks, and per stored repo', load: async () => (await import('./commands/du.ts')).command },
   block: { summary: 'print a block by CID (block get CID [--offline])', load: async () => (await import('./commands/block.ts')).command },
   records: { summary: 'list the records of a mirrored repo (records DID [COLLECTION])', load: async () => (await import('./commands/records.ts')).recordsCommand },
   record: { summary: 'print one mirrored record as JSON (record get at://…)', load: async () => (await import('./commands/records.ts')).recordCommand },

@@ -637,6 +637,22 @@ export class DataDirError extends MirrorError {
   }
 }
 
+/**
+ * The data directory keeps its blocks in another kind of blockstore than the one
+ * asked for (`--blockstore`): a data directory keeps the kind it was made with.
+ */
+export class BlockstoreKindError extends MirrorError {
+  readonly path: string
+  readonly recorded: string
+  readonly requested: string
+  constructor (path: string, recorded: string, requested: string) {
+    super(`data directory uses the ${recorded} blockstore, not ${requested}`, { path, recorded, requested })
+    this.path = path
+    this.recorded = recorded
+    this.requested = requested
+  }
+}
+
 /** The DID is not pinned here. */
 export class NotPinnedError extends MirrorError {
   readonly did: string

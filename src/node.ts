@@ -29,6 +29,7 @@ import { acquireDataDirLock, type DataDirLock } from './mirror/lock.ts'
 import { MirrorStore, type RepoState } from './mirror/store.ts'
 import { MirrorIdentityStore } from './mirror/identity-store.ts'
 import type { PlcLogKeeper } from './identity/plc-logs.ts'
+import type { BlockstoreKind } from './mirror/blockstore.ts'
 import { RepoSyncer, type SyncResult } from './mirror/sync.ts'
 import type { DownloadLimits } from './mirror/download-guard.ts'
 import { DidRunner } from './mirror/runner.ts'
@@ -62,6 +63,11 @@ export const VERSION: string = pkg.version
 export interface MirrorNodeInit {
   /** The data directory (created if missing). */
   dataDir: string
+  /**
+   * The blockstore kind of a new data directory; an existing one keeps its own
+   * (BlockstoreKindError when this names another). @default the recorded kind, else 'level'
+   */
+  blockstore?: BlockstoreKind
   /**
    * The PLC directory.
    *
@@ -727,7 +733,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
   const lock = await acquireDataDirLock(init.dataDir)
   let store: MirrorStore | undefined
   try {
-    store = await MirrorStore.open(init.dataDir)
+    store = await MirrorStore.open(init.dataDir, { blockstore: init.blockstore })
     const identityStore = new MirrorIdentityStore({ db: store.datastore.db, pins: store.pins })
     const identity = new AtprotoIdentityResolver({
       store: identityStore,

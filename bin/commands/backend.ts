@@ -14,7 +14,9 @@ import type { DaemonInfo } from '../../src/server/daemon-info.ts'
 import { applySettings, configPath, readConfig } from './config.ts'
 import { dataDir, type CommandContext } from './context.ts'
 import { daemonOptions } from './daemon-options.ts'
-import { identityConfig } from './node-options.ts'
+import { blockstoreFlag, identityConfig } from './node-options.ts'
+import { readBlockstoreKind } from '../../src/mirror/blockstore.ts'
+import { BlockstoreKindError } from '../../src/errors.ts'
 
 export interface Backend {
   api: MirrorApi
@@ -53,6 +55,10 @@ export interface BackendValues {
 
 export async function openBackend (values: BackendValues, ctx: CommandContext, init: OpenBackendInit = {}): Promise<Backend> {
   const dir = dataDir(values.data, ctx.env)
+  const blockstore = blockstoreFlag(values.blockstore as string | undefined)
+  const recorded = blockstore === undefined ? undefined : readBlockstoreKind(dir)
+  // said before a daemon is asked: it would otherwise go on with its own kind unnoticed
+  if (recorded !== undefined && blockstore !== undefined && recorded !== blockstore) throw new BlockstoreKindError(dir, recorded, blockstore)
   const found = await ControlClient.forDataDir(dir)
   // says why there is none: never started, or killed and gone
   if (found === undefined && init.daemonOnly === true) await ControlClient.requireForDataDir(dir)
@@ -70,6 +76,7 @@ export async function openBackend (values: BackendValues, ctx: CommandContext, i
   const { createMirrorNode } = await import('../../src/node.ts')
   const node = await createMirrorNode({
     dataDir: dir,
+    blockstore,
     ...identityConfig(identity, ctx.env),
     network: false,
     api: false,

@@ -1,20 +1,19 @@
 /**
  * `atmirror block get <cid> [--offline] [--did DID] [--json]`: a block's bytes.
  *
- * The local store is read first, straight from its block files (no lock needed, so
- * this works next to a running daemon). A block that is not stored goes, without
+ * The local store is read first without opening it (block-file.ts: a block file, or
+ * the packed store's LevelDB when no other process has it open). A block that is not stored goes, without
  * `--offline`, through the fetch chain of the backend (backend.ts): a running
  * daemon's (its store, Bitswap, and with `--did` that DID's PDS), or, with no daemon,
  * a node opened here without the peer-to-peer network (the PDS with `--did`).
  * Fetched blocks are printed, not stored: the mirror only keeps blocks some pinned
  * repo holds.
  */
-import { join } from 'node:path'
-import { BlockNotFoundError } from '../../src/errors.ts'
-import { readBlockFile } from '../../src/mirror/block-file.ts'
+import { BlockNotFoundError, DataDirLockedError } from '../../src/errors.ts'
+import { readStoredBlock } from '../../src/mirror/block-file.ts'
 import { parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { UsageError, dataDir, defineCommand, globalOptions, type CommandContext } from './context.ts'
-import { identityOptions } from './node-options.ts'
+import { identityOptions, storeOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror block get CID [--offline] [--did DID] [options]
 
@@ -32,12 +31,15 @@ mirrors, and the PDS with --did); without a daemon only the PDS can be asked, wi
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, with --did and no daemon (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)`
 
 const options = {
   ...globalOptions,
   ...identityOptions,
+  ...storeOptions,
   offline: { type: 'boolean', default: false },
   did: { type: 'string' }
 } as const
@@ -51,11 +53,13 @@ export const command = defineCommand({
     if (text === undefined || rest.length > 0) throw new UsageError('block get takes one CID')
     if (values.offline && values.did !== undefined) throw new UsageError('--did asks the PDS, --offline forbids it: pick one')
     const cid = parseCid(text)
-    const local = readBlockFile(join(dataDir(values.data, ctx.env), 'blocks'), cid) // read only: the store is never opened
-    if (local !== undefined) {
+    // read only: the store is never opened ('locked': a daemon has the packed store, ask it)
+    const local = await readStoredBlock(dataDir(values.data, ctx.env), cid)
+    if (local !== undefined && local !== 'locked') {
       verifyBlock(cid, local)
       return print(cid, local, values.json, ctx)
     }
+    if (values.offline && local === 'locked') throw new DataDirLockedError(dataDir(values.data, ctx.env))
     if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
     // loaded only past the local read: a stored block is printed without them
     const { openBackend } = await import('./backend.ts')

@@ -102,6 +102,8 @@ export function hintFor (err: Error): string | undefined {
       return 'choose a data directory on an ordinary filesystem with --data DIR (or ATMIRROR_DATA)'
     case 'DataDirLockedError':
       return 'another atmirror process (named by pid) uses this data directory: stop it, or use another --data'
+    case 'BlockstoreKindError':
+      return 'a data directory keeps the blockstore it was made with: leave out --blockstore, or use another --data'
     case 'ListenError':
       return 'another process listens there: pick a free port (--listen …/tcp/PORT, --api PORT; 0 picks any free one)'
     case 'DidResolutionError':

@@ -4,11 +4,12 @@
  * against the same names.
  */
 import { globalOptions } from './context.ts'
-import { identityOptions } from './node-options.ts'
+import { identityOptions, storeOptions } from './node-options.ts'
 
 export const daemonOptions = {
   ...globalOptions,
   ...identityOptions,
+  ...storeOptions,
   config: { type: 'string' },
   api: { type: 'string' },
   'api-host': { type: 'string' },

@@ -10,7 +10,7 @@ import { DEFAULT_HTTP_PORT } from '../../src/server/public-server.ts'
 import { UsageError, dataDir, defineCommand, expectPositionals } from './context.ts'
 import { applySettings, configPath, readConfig } from './config.ts'
 import { daemonOptions, daemonSettings } from './daemon-options.ts'
-import { formatSync, identityConfig, integerFlag, sizeFlag } from './node-options.ts'
+import { blockstoreFlag, formatSync, identityConfig, integerFlag, sizeFlag } from './node-options.ts'
 
 const USAGE = `usage: atmirror daemon [options]
 
@@ -22,6 +22,8 @@ SIGINT/SIGTERM.
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --api PORT              control API port, 0 for any free port (default ${DEFAULT_API_PORT})
   --api-host HOST         control API interface (default 127.0.0.1; anything else
                           exposes the token-protected API beyond this machine)
@@ -96,6 +98,7 @@ export const command = defineCommand({
 
     const init: MirrorNodeInit = {
       dataDir: dataDir(dir, ctx.env),
+      blockstore: blockstoreFlag(values.blockstore),
       ...identityConfig(values, ctx.env),
       api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
       http: httpFlag(values.http, values['http-trust-proxy'] === true),

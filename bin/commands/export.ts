@@ -3,25 +3,23 @@
  * first). Nothing is fetched: this writes what the mirror holds.
  *
  * Without a daemon the data directory is opened here (taking its lock). With one,
- * the repo's state comes from its control API and the blocks are read straight from
- * the block files, which is safe while the daemon writes (files appear complete or
- * not at all); if the daemon collects a block of that commit meanwhile (the repo
+ * the repo's state comes from its control API and the blocks as stored-blocks.ts
+ * says (the block files, or the daemon); if the daemon collects a block of that commit meanwhile (the repo
  * advanced), the export is retried once from the new state.
  */
 import { createWriteStream } from 'node:fs'
 import { rename, unlink } from 'node:fs/promises'
-import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable } from 'node:stream'
 import { MissingBlockError, NotPinnedError, RepoNotMirroredError } from '../../src/errors.ts'
 import type { MirrorNode } from '../../src/node.ts'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { exportRepoCar } from '../../src/mirror/export.ts'
 import { isExportable } from '../../src/mirror/status-policy.ts'
-import { parseCid, type CID } from '../../src/repo/cid.ts'
+import { parseCid } from '../../src/repo/cid.ts'
 import { openBackend } from './backend.ts'
+import { storedBlocks } from './stored-blocks.ts'
 import { UsageError, defineCommand, globalOptions } from './context.ts'
-import { formatBytes, identityOptions } from './node-options.ts'
+import { formatBytes, identityOptions, storeOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror export DID-or-HANDLE -o FILE.car [options]
 
@@ -32,11 +30,13 @@ reference implementation accept it. Use '-o -' for stdout.
 options:
   -o, --output FILE       where to write (required; '-' for stdout)
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, to resolve a handle (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --json                  print the result as one JSON object`
 
-const options = { ...globalOptions, ...identityOptions, output: { type: 'string', short: 'o' } } as const
+const options = { ...globalOptions, ...identityOptions, ...storeOptions, output: { type: 'string', short: 'o' } } as const
 
 export const command = defineCommand({
   usage: USAGE,
@@ -50,10 +50,9 @@ export const command = defineCommand({
     if (output === '-' && json) throw new UsageError('--json cannot be combined with -o - (the CAR goes to stdout)')
     const backend = await openBackend(values, ctx)
     let written: { did: string, commit: string, rev: string, bytes: number }
-    const { node, dir } = backend
+    const { node } = backend
     if (node === undefined) {
-      const blockstore = new MirrorBlockstore(join(dir, 'blocks')) // read only: never opened (open sweeps temp files)
-      const store = { get: (cid: CID) => blockstore.getBytesSync(cid), has: (cid: CID) => blockstore.hasSync(cid) }
+      const store = storedBlocks(backend, ctx.signal)
       const attempt = async (): Promise<typeof written> => {
         const repo = await backend.api.repo(id, { signal: ctx.signal })
         if (repo.commit === undefined || repo.rev === undefined || !isExportable(repo)) {

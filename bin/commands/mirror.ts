@@ -9,7 +9,7 @@ import { syncResultJson } from '../../src/server/control-api.ts'
 import { openBackend } from './backend.ts'
 import { UsageError, defineCommand, globalOptions } from './context.ts'
 import { DEFAULT_MAX_BLOB_SIZE } from '../../src/mirror/blobs.ts'
-import { blobOptions, formatBlobs, formatBytes, identityOptions, sizeFlag } from './node-options.ts'
+import { blobOptions, formatBlobs, formatBytes, identityOptions, sizeFlag, storeOptions } from './node-options.ts'
 import { progressFor } from './progress.ts'
 
 const USAGE = `usage: atmirror mirror DID-or-HANDLE [options]
@@ -31,6 +31,8 @@ its PDS is down.
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory (ATMIRROR_PLC; default https://plc.directory)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --peer MULTIADDR        a mirror to ask (/ip4/…/tcp/…/p2p/<peer id>), repeatable;
@@ -47,7 +49,7 @@ options:
 On a terminal (and without --json), progress (phase, blocks, bytes, rate) is redrawn
 on one stderr line at most 10 times a second.`
 
-const options = { ...globalOptions, ...identityOptions, ...blobOptions, peer: { type: 'string', multiple: true }, progress: { type: 'boolean', default: false } } as const
+const options = { ...globalOptions, ...identityOptions, ...blobOptions, ...storeOptions, peer: { type: 'string', multiple: true }, progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,

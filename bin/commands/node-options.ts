@@ -4,6 +4,7 @@
  * results print.
  */
 import type { ParseArgsConfig } from 'node:util'
+import { BLOCKSTORE_KINDS, type BlockstoreKind } from '../../src/mirror/blockstore.ts'
 import type { SyncResult } from '../../src/mirror/sync.ts'
 import { UsageError, plcUrl } from './context.ts'
 
@@ -12,6 +13,18 @@ export const identityOptions = {
   'handle-resolver': { type: 'string' },
   'allow-private-network': { type: 'boolean' }
 } as const satisfies NonNullable<ParseArgsConfig['options']>
+
+/** `--blockstore fs|level`, for the verbs that open a data directory. */
+export const storeOptions = {
+  blockstore: { type: 'string' }
+} as const satisfies NonNullable<ParseArgsConfig['options']>
+
+/** `--blockstore`: the kind a new data directory gets (an existing one must match). */
+export function blockstoreFlag (value: string | undefined): BlockstoreKind | undefined {
+  if (value === undefined) return undefined
+  if (!(BLOCKSTORE_KINDS as readonly string[]).includes(value)) throw new UsageError(`--blockstore must be ${BLOCKSTORE_KINDS.join(' or ')}, got ${JSON.stringify(value)}`)
+  return value as BlockstoreKind
+}
 
 export interface IdentityConfig {
   plcUrl: string

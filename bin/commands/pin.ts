@@ -5,7 +5,7 @@
 import { pinResultJson } from '../../src/server/control-api.ts'
 import { openBackend } from './backend.ts'
 import { UsageError, defineCommand, globalOptions } from './context.ts'
-import { blobOptions, formatSync, identityOptions } from './node-options.ts'
+import { blobOptions, formatSync, identityOptions, storeOptions } from './node-options.ts'
 import { progressFor } from './progress.ts'
 import { formatRepo } from './status.ts'
 
@@ -20,6 +20,8 @@ DataDirLockedError while another atmirror process, e.g. 'mirror', holds it).
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, direct mode (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service, direct mode (ATMIRROR_HANDLE_RESOLVER)
   --no-blobs              add: do not mirror the repos' blobs (images, video); kept
@@ -28,7 +30,7 @@ options:
   --json                  ls: one JSON array of repos; add/rm: one JSON object per
                           repo and line ({"ok":true,…} or {"ok":false,"error":…})`
 
-const options = { ...globalOptions, ...identityOptions, 'no-blobs': blobOptions['no-blobs'], progress: { type: 'boolean', default: false } } as const
+const options = { ...globalOptions, ...identityOptions, ...storeOptions, 'no-blobs': blobOptions['no-blobs'], progress: { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,

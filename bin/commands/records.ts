@@ -6,15 +6,13 @@
  * - `atmirror record get at://DID-or-HANDLE/COLLECTION/RKEY`: one record as JSON.
  *
  * The repo's stored commit comes from the backend (backend.ts: the running daemon,
- * or the data directory opened here); the tree and records are read straight from
- * the block files, which is safe next to a running daemon. Nothing is fetched. If
+ * or the data directory opened here); the tree and records as stored-blocks.ts
+ * says (the store opened here, the block files, or the daemon). Nothing is fetched. If
  * the daemon collects a block of that commit meanwhile (the repo advanced), the
  * read starts over once from the new state.
  */
-import { join } from 'node:path'
 import { MissingBlockError, RecordNotFoundError, RepoNotMirroredError } from '../../src/errors.ts'
 import type { MirrorApi } from '../../src/mirror/api.ts'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { holdsBlocks } from '../../src/mirror/status-policy.ts'
 import type { ReadonlyBlockStore } from '../../src/repo/block-store.ts'
 import { decodeCbor } from '../../src/repo/cbor.ts'
@@ -25,9 +23,10 @@ import { MstEditor } from '../../src/repo/mst/mutate.ts'
 import { walkMstBatches } from '../../src/repo/mst/walk.ts'
 import { isValidNsid, isValidRecordKey } from '../../src/repo/syntax.ts'
 import { openBackend } from './backend.ts'
+import { storedBlocks } from './stored-blocks.ts'
 import { UsageError, defineCommand, globalOptions, type CommandContext } from './context.ts'
 import { LineWriter } from './line-writer.ts'
-import { identityOptions } from './node-options.ts'
+import { identityOptions, storeOptions } from './node-options.ts'
 
 const RECORDS_USAGE = `usage: atmirror records DID-or-HANDLE [COLLECTION] [--values] [options]
 
@@ -38,6 +37,8 @@ nothing is fetched, and it works next to a running daemon.
 options:
   --values                also print each record's value (JSON, after the CID)
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, to resolve a handle not stored here (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --json                  one JSON array of {"uri","cid"} ("value" too with --values),
@@ -50,13 +51,15 @@ as {"$bytes"}). Reads the stored copy only; nothing is fetched.
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, to resolve a handle not stored here (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --json                  {"ok":true,"uri","cid","value"}`
 
 export const recordsCommand = defineCommand({
   usage: RECORDS_USAGE,
-  options: { ...globalOptions, ...identityOptions, values: { type: 'boolean', default: false } },
+  options: { ...globalOptions, ...identityOptions, ...storeOptions, values: { type: 'boolean', default: false } },
   async run ({ values, positionals }, ctx) {
     if (positionals.length < 1 || positionals.length > 2) throw new UsageError(positionals.length === 0 ? 'missing DID or handle' : `unexpected arguments: ${positionals.slice(2).join(' ')}`)
     const [id, collection] = positionals as [string, string | undefined]
@@ -76,7 +79,7 @@ export const recordsCommand = defineCommand({
             continue
           }
           const uri = `at://${repo.did}/${rpath}`
-          const value = values.values ? readRecord(repo.blocks, cid) : undefined
+          const value = values.values ? await readRecord(repo.blocks, cid) : undefined
           if (values.json) {
             await out.write(`${first ? '[' : ','}${JSON.stringify(values.values ? { uri, cid: cid.toString(), value } : { uri, cid: cid.toString() })}`)
           } else {
@@ -94,7 +97,7 @@ export const recordsCommand = defineCommand({
 
 export const recordCommand = defineCommand({
   usage: RECORD_USAGE,
-  options: { ...globalOptions, ...identityOptions },
+  options: { ...globalOptions, ...identityOptions, ...storeOptions },
   async run ({ values, positionals }, ctx) {
     const [verb, uri, ...rest] = positionals
     if (verb !== 'get') throw new UsageError(`${verb === undefined ? 'missing subcommand' : `unknown subcommand ${JSON.stringify(verb)}`} (get)`)
@@ -105,7 +108,7 @@ export const recordCommand = defineCommand({
       const cid = await new MstEditor(repo.blocks).get(repo.data, rpath, { signal: ctx.signal })
       const canonical = `at://${repo.did}/${rpath}`
       if (cid === null) throw new RecordNotFoundError(canonical, { rev: repo.rev })
-      const value = readRecord(repo.blocks, cid)
+      const value = await readRecord(repo.blocks, cid)
       ctx.stdout.write((values.json
         ? JSON.stringify({ ok: true, uri: canonical, cid: cid.toString(), value })
         : JSON.stringify(value, null, 2)) + '\n')
@@ -140,8 +143,7 @@ interface StoredRepo {
 async function withStoredRepo (values: { data?: string, plc?: string, 'handle-resolver'?: string }, id: string, ctx: CommandContext, read: (repo: StoredRepo) => Promise<number>): Promise<number> {
   const backend = await openBackend(values, ctx)
   try {
-    const files = new MirrorBlockstore(join(backend.dir, 'blocks')) // read only: never opened
-    const blocks: ReadonlyBlockStore = { get: (cid) => files.getBytesSync(cid), has: (cid) => files.hasSync(cid) }
+    const blocks = storedBlocks(backend, ctx.signal)
     const attempt = async (): Promise<number> => await read(await storedRepo(backend.api, id, blocks, ctx.signal))
     try {
       return await attempt()
@@ -167,8 +169,8 @@ async function storedRepo (api: MirrorApi, id: string, blocks: ReadonlyBlockStor
 }
 
 /** A record block, hash-checked and decoded to atproto JSON. */
-function readRecord (blocks: ReadonlyBlockStore, cid: CID): unknown {
-  const bytes = blocks.get(cid) as Uint8Array | undefined
+async function readRecord (blocks: ReadonlyBlockStore, cid: CID): Promise<unknown> {
+  const bytes = await blocks.get(cid)
   if (bytes === undefined) throw new MissingBlockError(cid, { what: 'record' })
   verifyBlock(cid, bytes)
   return dataModelToJson(decodeCbor(bytes, { cid }))

@@ -9,7 +9,7 @@ import { createMirrorNode } from '../../src/node.ts'
 import type { StoredRepoReport } from '../../src/mirror/repair.ts'
 import { ControlClient } from '../../src/server/control-client.ts'
 import { UsageError, dataDir, defineCommand, globalOptions } from './context.ts'
-import { identityConfig, identityOptions } from './node-options.ts'
+import { blockstoreFlag, identityConfig, identityOptions, storeOptions } from './node-options.ts'
 
 const USAGE = `usage: atmirror verify [DID-or-HANDLE] [options]
 
@@ -24,12 +24,14 @@ itself never serves a damaged block; it refetches one when it reads it).
 
 options:
   --data DIR              data directory (ATMIRROR_DATA; default ~/.atmirror)
+  --blockstore KIND       level (packed; the default) or fs (a file per block) for a
+                          new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, for signing keys (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
   --no-repair             only check: damaged blocks are removed and reported, nothing is fetched
   --json                  print the result as one JSON object`
 
-const options = { ...globalOptions, ...identityOptions, 'no-repair': { type: 'boolean', default: false } } as const
+const options = { ...globalOptions, ...identityOptions, ...storeOptions, 'no-repair': { type: 'boolean', default: false } } as const
 
 export const command = defineCommand({
   usage: USAGE,
@@ -39,7 +41,7 @@ export const command = defineCommand({
     const dir = dataDir(values.data, ctx.env)
     const daemon = await ControlClient.forDataDir(dir)
     if (daemon !== undefined) throw new DataDirLockedError(dir, { pid: daemon.daemon.pid })
-    const node = await createMirrorNode({ dataDir: dir, ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
+    const node = await createMirrorNode({ dataDir: dir, blockstore: blockstoreFlag(values.blockstore), ...identityConfig(values, ctx.env), network: false, api: false, checkOnStart: false, intervalMs: 0 })
     let reports: StoredRepoReport[]
     try {
       reports = await node.verify(positionals[0], { signal: ctx.signal, repair: !values['no-repair'] })

@@ -38,7 +38,7 @@ import { logger } from '@libp2p/logger'
 import { CID } from 'multiformats/cid'
 import { hashChecked, type BlobStream } from '../blocks/blob-fetch.ts'
 import { RAW } from '../repo/cid.ts'
-import { shardedFilesUsage } from './blockstore.ts'
+import { shardedFilesUsage } from './fs-blockstore.ts'
 
 const log = logger('atmirror:mirror:blobs')
 

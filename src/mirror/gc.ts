@@ -3,7 +3,7 @@
  *
  * For every stored repo the datastore says which blocks it consists of and how
  * often each occurs in it (a record CID can sit under two record keys). Blocks are
- * named by their multihash in hex, as blockstore-fs names its files by multihash:
+ * named by their multihash in hex:
  *
  *   /atmirror/holders/<multihash>/<did>   → occurrences in the DID's current repo (decimal)
  *
@@ -31,7 +31,7 @@
  * this one has started none yet). Opening releases the lists of DIDs that are not
  * pinned, list by list, deleting the blocks no repo holds: a killed first sync of
  * a DID that is never run again leaves nothing behind, and cleaning up costs about
- * what writing did (a seek and an unlink per block, memory flat). A pinned DID's list stays for its next
+ * what writing did (a seek and a delete per block, memory flat). A pinned DID's list stays for its next
  * sync, which reuses the blocks already stored (a peer-to-peer walk fetches only
  * what is missing) and releases the rest when it advances or fails. Blocks shared by several repos survive while any
  * holder remains.
@@ -463,7 +463,7 @@ export class BlockHolds {
    * blocks are dealt with, so a crash halfway leaves the rest listed. Only for when
    * no sync runs on the store at all (at open: a staging list can then only be left
    * by a process killed mid-sync). Time and memory go with the blocks listed, a
-   * seek and an unlink each, and a chunk of them at a time.
+   * seek and a delete each, and a chunk of them at a time.
    */
   async releaseStaged (keep: ReadonlySet<string> = new Set(), options: { signal?: AbortSignal } = {}): Promise<{ dids: string[], checked: number, deleted: number }> {
     const dids = new Set<string>()
@@ -502,7 +502,7 @@ export class BlockHolds {
     return { dids: [...dids], checked, deleted }
   }
 
-  /** Deletes the files of `blocks` (named by {@link blockKey}) that no repo holds. */
+  /** Deletes the blocks of `blocks` (named by {@link blockKey}) that no repo holds. */
   async #deleteUnheld (blocks: readonly string[], holders: HolderProbe): Promise<{ deleted: number }> {
     const doomed: CID[] = []
     // in key order, so the probe mostly answers from the key it already read
@@ -514,7 +514,7 @@ export class BlockHolds {
         log.error('ignoring malformed block name %s', block)
       }
     }
-    return { deleted: await this.#blockstore.deleteFiles(doomed) }
+    return { deleted: await this.#blockstore.deleteBlocks(doomed) }
   }
 
   /**

@@ -1,9 +1,11 @@
 /**
  * What a mirror keeps on disk, under one data directory:
  *
- *   <dir>/blocks      blockstore-fs layout: one file per block (see blockstore.ts)
+ *   <dir>/blockstore  the blockstore kind the directory uses (blockstore.ts)
  *   <dir>/datastore   datastore-level: pins, per-DID repo state, the GC holder index
- *                     (gc.ts), and whatever else the node keeps (libp2p identity)
+ *                     (gc.ts), whatever else the node keeps (libp2p identity), and
+ *                     with the `level` kind the blocks (level-blockstore.ts)
+ *   <dir>/blocks      with the `fs` kind: one file per block (fs-blockstore.ts)
  *
  * The store does not lock the directory; the node (or a one-shot command) takes
  * `<dir>/lock` before opening it. Within the process it serialises garbage
@@ -13,7 +15,6 @@
  * a killed process left behind for DIDs that are not pinned (see gc.ts), deleting
  * their blocks that no repo holds as it goes.
  */
-import { unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { LevelDatastore } from 'datastore-level'
@@ -21,7 +22,9 @@ import { CID } from 'multiformats/cid'
 import { DamagedBlockError, DataDirLockedError } from '../errors.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { SHA2_256, cidForBytes, sha256, verifyBlock } from '../repo/cid.ts'
-import { MirrorBlockstore } from './blockstore.ts'
+import { settleBlockstoreKind, type BlockstoreKind, type MirrorBlockstore } from './blockstore.ts'
+import { FsMirrorBlockstore } from './fs-blockstore.ts'
+import { COMPACT_AFTER, LevelMirrorBlockstore } from './level-blockstore.ts'
 import { ensureDataDir } from './lock.ts'
 import { BlockHolds, HoldDelta, repoBlocksDelta } from './gc.ts'
 import { BlobStore, type BlobPlanBatch } from './blob-store.ts'
@@ -54,11 +57,17 @@ export interface RepoState {
 
 export interface MirrorStoreInit {
   /**
-   * Power-loss safety: fsync every block file before it is renamed into place, and
-   * write the advance batch synchronously. Process crashes never need it (the page
+   * Power-loss safety: every block is on disk before it counts as written (`fs`:
+   * fsync of each file before its rename; `level`: synchronous batches), and the
+   * advance batch is written synchronously. Process crashes never need it (the page
    * cache survives them). @default false
    */
   fsync?: boolean
+  /**
+   * The blockstore kind a new data directory gets; an existing one keeps its own,
+   * and naming another is a BlockstoreKindError. @default the recorded kind, else 'level'
+   */
+  blockstore?: BlockstoreKind
 }
 
 export interface StoreOptions {
@@ -160,6 +169,8 @@ export class MirrorStore {
    */
   static async open (dataDir: string, init: MirrorStoreInit = {}): Promise<MirrorStore> {
     await ensureDataDir(dataDir)
+    // before the datastore exists: a directory with one and no record is an old fs one
+    const kind = settleBlockstoreKind(dataDir, init.blockstore)
     const datastore = new LevelDatastore(join(dataDir, 'datastore'))
     try {
       // opened here rather than by datastore.open(), which hides the reason
@@ -170,7 +181,9 @@ export class MirrorStore {
       throw err
     }
     await datastore.open()
-    const blockstore = new MirrorBlockstore(join(dataDir, 'blocks'), { fsync: init.fsync })
+    const blockstore: MirrorBlockstore = kind === 'level'
+      ? new LevelMirrorBlockstore(datastore.db, { fsync: init.fsync })
+      : new FsMirrorBlockstore(join(dataDir, 'blocks'), { fsync: init.fsync })
     try {
       await blockstore.open()
     } catch (err) {
@@ -265,7 +278,7 @@ export class MirrorStore {
       const actual = actualDigest(cid, bytes)
       if (actual === undefined) return bytes
       damage = new DamagedBlockError(cid, { did: options.did, actual: cidForBytes(bytes, cid.code) })
-      this.#removeDamaged(cid, actual)
+      await this.#removeDamaged(cid, actual)
     } else if (options.fetchMissing !== true) {
       return undefined
     }
@@ -300,15 +313,11 @@ export class MirrorStore {
     }
   }
 
-  #removeDamaged (cid: CID, actual: Buffer): void {
-    // checked again right before the unlink: a block rewritten meanwhile is good now
+  async #removeDamaged (cid: CID, actual: Buffer): Promise<void> {
+    // checked again right before the delete: a block rewritten meanwhile is good now
     const again = this.blockstore.getBytesSync(cid)
     if (again === undefined || actualDigest(cid, again) === undefined) return
-    try {
-      unlinkSync(this.blockstore.pathOf(cid))
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-    }
+    await this.blockstore.deleteBlocks([cid])
     log.error('block %c is damaged on disk (its bytes hash to sha256 %s); removed it so it is never served', cid, actual.toString('hex'))
   }
 
@@ -446,7 +455,13 @@ export class MirrorStore {
     this.#gcPending = false
     this.#collecting = (async () => {
       try {
-        await this.holds.collect()
+        const { deleted } = await this.holds.collect()
+        if (deleted > COMPACT_AFTER && this.blockstore instanceof LevelMirrorBlockstore) {
+          // the space of deleted blocks comes back now rather than over later writes
+          const started = Date.now()
+          await this.blockstore.compact()
+          log('compacted the block range after deleting %d blocks in %d ms', deleted, Date.now() - started)
+        }
         await this.blobs.collect()
       } catch (err) {
         // background work: keep the candidates for the next run

@@ -45,7 +45,8 @@
  * | `process_*`, `nodejs_*` | | | prom-client's default metrics |
  *
  * Blocks, blob files and their bytes come from a scan of the blockstore and the blob
- * directory (`shardedFilesUsage` in src/mirror/blockstore.ts): the first scrape waits
+ * directory (`shardedFilesUsage` in src/mirror/fs-blockstore.ts; the packed store scans its
+ * LevelDB range): the first scrape waits
  * for the first scan, and a scrape finding the last one older than `usageMaxAgeMs`
  * starts the next in the background and answers with the last figures. A scan is
  * never closer to the previous one than ten times its own length, so a huge store is

@@ -8,10 +8,12 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
+import { settleBlockstoreKind } from '../../src/mirror/blockstore.ts'
+import { FsMirrorBlockstore } from '../../src/mirror/fs-blockstore.ts'
+import { MirrorStore } from '../../src/mirror/store.ts'
 import { block } from '../helpers/blocks.ts'
 
 const launcher = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.js')
@@ -24,6 +26,8 @@ const trace = 'data:text/javascript,' + encodeURIComponent(`
 
 /** Packages the quick verbs must not load. */
 const HEAVY = /\/node_modules\/(libp2p|helia|prom-client|express|@atproto\/(?:xrpc-server|api|lexicon)|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|datastore-level|level|classic-level|fast-glob|it-glob|did-resolver|@ipld\/car)\//
+/** What a read of the packed store may not load either: it needs LevelDB, nothing else of the store's. */
+const HEAVY_BUT_LEVELDB = /\/node_modules\/(libp2p|helia|prom-client|express|@atproto\/(?:xrpc-server|api|lexicon)|@helia\/[^/]+|@chainsafe\/[^/]+|@libp2p\/(?!logger\/)[^/]+|blockstore-level|blockstore-fs\/dist\/src\/index|fast-glob|it-glob|did-resolver|@ipld\/car)\//
 
 async function loads (args: string[]): Promise<{ code: number, stdout: string, loaded: string[] }> {
   return await new Promise(resolve => {
@@ -42,10 +46,15 @@ describe('what the quick verbs load', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'atmirror-startup-'))
     stored = block({ text: 'a stored block' })
-    const blockstore = new MirrorBlockstore(join(dir, 'data', 'blocks'))
+    await mkdir(join(dir, 'data'))
+    settleBlockstoreKind(join(dir, 'data'), 'fs')
+    const blockstore = new FsMirrorBlockstore(join(dir, 'data', 'blocks'))
     await blockstore.open()
     await blockstore.putVerified([stored])
     await blockstore.close()
+    const packed = await MirrorStore.open(join(dir, 'packed'), { blockstore: 'level' })
+    await packed.blockstore.putVerified([stored])
+    await packed.close()
   })
 
   after(async () => {
@@ -65,10 +74,18 @@ describe('what the quick verbs load', () => {
     assert.deepEqual(run.loaded.filter(url => HEAVY.test(url)), [])
   })
 
+  it('block get --offline of a block in the packed store loads LevelDB and nothing else heavy', async () => {
+    const run = await loads(['block', 'get', stored.cid.toString(), '--offline', '--data', join(dir, 'packed')])
+    assert.equal(run.code, 0)
+    assert.equal(Buffer.compare(Buffer.from(run.stdout, 'latin1'), stored.bytes), 0)
+    assert.ok(run.loaded.some(url => url.includes('/node_modules/classic-level/')), 'classic-level was not loaded')
+    assert.deepEqual(run.loaded.filter(url => HEAVY_BUT_LEVELDB.test(url) || url.endsWith('/bin/commands/backend.ts') || url.endsWith('/src/mirror/level-blockstore.ts') || url.endsWith('/src/mirror/store.ts')), [])
+  })
+
   it('block get --offline of a stored block reads its file and loads nothing else heavy', async () => {
     const run = await loads(['block', 'get', stored.cid.toString(), '--offline', '--data', join(dir, 'data')])
     assert.equal(run.code, 0)
     assert.equal(Buffer.compare(Buffer.from(run.stdout, 'latin1'), stored.bytes), 0)
-    assert.deepEqual(run.loaded.filter(url => HEAVY.test(url) || url.endsWith('/bin/commands/backend.ts') || url.endsWith('/src/mirror/blockstore.ts')), [])
+    assert.deepEqual(run.loaded.filter(url => HEAVY.test(url) || url.endsWith('/bin/commands/backend.ts') || url.endsWith('/src/mirror/fs-blockstore.ts') || url.endsWith('/src/mirror/level-blockstore.ts')), [])
   })
 })

@@ -151,7 +151,8 @@ describe('daemon', () => {
 
     before(async () => {
       dir = await tempDir()
-      daemon = await startDaemon(dir)
+      // one block file per block, so the test can count them next to the running daemon
+      daemon = await startDaemon(dir, ['--blockstore', 'fs'])
     })
 
     it('writes daemon.json with pid, API url, peer id and loopback addresses', () => {

@@ -9,26 +9,25 @@
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { parseCid, sha256, type CID } from '../../src/repo/cid.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
 import { until } from '../helpers/until.ts'
+import { BLOCKSTORE_KINDS, overwriteRawBlock, readRawBlock, type StoreOrDir } from '../helpers/blocks.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WriteResult } from '../../support/network.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
 
-describe('a damaged disk', () => {
+for (const kind of BLOCKSTORE_KINDS) describe(`a damaged disk (${kind} store)`, () => {
   let net: TestNetwork
   let root: string
   let dir: string
-  let blocks: MirrorBlockstore
   let carol: TestAccount
   let written: WriteResult
   /** The record whose block file the tests damage. */
@@ -44,19 +43,23 @@ describe('a damaged disk', () => {
     }
   }
 
-  /** Flips one byte of the block's file; returns the good bytes. */
+  /** The open store of the node running in this process, if one is: its database is not to be opened twice. */
+  let running: MirrorNode['store'] | undefined
+  const where = (): StoreOrDir => running ?? dir
+
+  /** Flips one byte of the stored block; returns the good bytes. */
   async function damage (cid: CID): Promise<Uint8Array> {
-    const path = blocks.pathOf(cid)
-    const good = new Uint8Array(await readFile(path))
+    const good = await readRawBlock(where(), cid)
+    assert.ok(good !== undefined, `block ${cid.toString()} is stored`)
     const bad = good.slice()
     bad[bad.length >> 1] ^= 0x01
-    await writeFile(path, bad)
+    await overwriteRawBlock(where(), cid, bad)
     return good
   }
 
-  /** Whether the block's file holds bytes that hash to it. */
+  /** Whether the stored block holds bytes that hash to it. */
   async function intact (cid: CID): Promise<boolean> {
-    const bytes = blocks.getBytesSync(cid)
+    const bytes = await readRawBlock(where(), cid)
     return bytes !== undefined && Buffer.from(sha256(bytes)).equals(cid.multihash.digest)
   }
 
@@ -64,14 +67,13 @@ describe('a damaged disk', () => {
     net = await startTestNetwork()
     root = await mkdtemp(join(tmpdir(), 'atmirror-e2e-damaged-'))
     dir = join(root, 'data')
-    blocks = new MirrorBlockstore(join(dir, 'blocks')) // only for paths and reads: never opened
     carol = await net.createAccount('carol')
     written = await net.writeRecords(carol, Array.from({ length: 40 }, (_, i) => ({
       collection: 'app.bsky.feed.post',
       value: { text: `carol post ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i)).toISOString() }
     })))
     record = parseCid(written.records[17].cid)
-    const first = await run('mirror', carol.handle, '--json')
+    const first = await run('mirror', carol.handle, '--json', '--blockstore', kind)
     assert.equal(first.code, 0, first.stderr)
   })
 
@@ -99,7 +101,7 @@ describe('a damaged disk', () => {
       assert.equal(result.code, 1)
       assert.match(result.stderr, /stored block is damaged and could not be refetched; cid=\S+ did=\S+ \(DamagedBlockError\)/)
       await assert.rejects(stat(out), { code: 'ENOENT' })
-      assert.equal(blocks.getBytesSync(record), undefined, 'the damaged file was removed, so it is never served')
+      assert.equal(await readRawBlock(where(), record), undefined, 'the damaged file was removed, so it is never served')
     } finally {
       await net.startPds()
     }
@@ -191,9 +193,11 @@ describe('a damaged disk', () => {
         intervalMs: 0
       })
       await node.start()
+      running = node.store
     })
 
     after(async () => {
+      running = undefined
       await node?.stop()
     })
 
@@ -221,7 +225,7 @@ describe('a damaged disk', () => {
         await assert.rejects(served(record), { name: 'NotFoundError' })
         await new Promise(resolve => setTimeout(resolve, 200))
         await assert.rejects(served(record), { name: 'NotFoundError' })
-        assert.equal(blocks.getBytesSync(record), undefined)
+        assert.equal(await readRawBlock(where(), record), undefined)
       } finally {
         await net.startPds()
       }

@@ -107,7 +107,7 @@ describe('a PDS that tries to fill the disk', () => {
       assert.ok(progress.written <= 500, `wrote ${progress.written} blocks`)
       assert.ok(junkSent >= 500, `sent ${junkSent}`)
       assert.equal(await store.getState(version.did), undefined)
-      assert.deepEqual(await storedBlocks(store.dir), [])
+      assert.deepEqual(await storedBlocks(store), [])
     } finally {
       await store.close()
     }
@@ -132,7 +132,7 @@ describe('a PDS that tries to fill the disk', () => {
       assert.equal(result.records, 60)
       assert.equal(result.rev, version.rev)
       assert.ok(progress.written <= blocks.length + 1000, `wrote ${progress.written} blocks`)
-      assert.deepEqual(await storedBlocks(store.dir), blocks.map(b => hexOf(b.cid)).sort())
+      assert.deepEqual(await storedBlocks(store), blocks.map(b => hexOf(b.cid)).sort())
     } finally {
       await store.close()
     }
@@ -149,7 +149,7 @@ describe('a PDS that tries to fill the disk', () => {
     try {
       const result = await syncer.sync(version.did)
       assert.equal(result.records, 60)
-      assert.deepEqual(await storedBlocks(store.dir), blocks.map(b => hexOf(b.cid)).sort())
+      assert.deepEqual(await storedBlocks(store), blocks.map(b => hexOf(b.cid)).sort())
     } finally {
       await store.close()
     }
@@ -187,7 +187,7 @@ describe('a PDS that tries to fill the disk', () => {
       await assert.rejects(syncer.sync(version.did, { onProgress }), (err: Error & { limit?: string }) => err.name === 'DownloadLimitError' && err.limit === 'unreachableBlocks')
       assert.ok(progress.written <= 20, `wrote ${progress.written} blocks`)
       assert.equal(await store.getState(version.did), undefined)
-      assert.deepEqual(await storedBlocks(store.dir), [])
+      assert.deepEqual(await storedBlocks(store), [])
     } finally {
       await store.close()
     }
@@ -198,7 +198,7 @@ describe('a PDS that tries to fill the disk', () => {
     try {
       await assert.rejects(syncer.sync(version.did), (err: Error & { limit?: string }) => err.name === 'DownloadLimitError' && err.limit === 'maxBlocks')
       assert.equal(await store.getState(version.did), undefined)
-      assert.deepEqual(await storedBlocks(store.dir), [])
+      assert.deepEqual(await storedBlocks(store), [])
     } finally {
       await store.close()
     }

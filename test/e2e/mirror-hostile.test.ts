@@ -45,7 +45,7 @@ describe('mirroring from a hostile PDS', () => {
     const first = await syncer.sync(v1.did)
     assert.equal(first.records, 60)
     stateBefore = await store.getState(v1.did)
-    blocksBefore = await storedBlocks(store.dir)
+    blocksBefore = await storedBlocks(store)
     assert.equal(blocksBefore.length, v1.blocks.length)
 
     // the PDS moves on; every test serves this version badly
@@ -74,7 +74,7 @@ describe('mirroring from a hostile PDS', () => {
   }
   const assertUnchanged = async (): Promise<void> => {
     assert.deepEqual(await store.getState(v1.did), stateBefore)
-    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+    assert.deepEqual(await storedBlocks(store), blocksBefore)
   }
 
   it('rejects a block whose bytes do not match its CID (CidMismatchError)', async () => {
@@ -177,7 +177,7 @@ describe('mirroring from a hostile PDS', () => {
     // only the changed path and the new record: the walk does not enter what v1 held
     assert.ok(result.fetched.pds <= 8, `fetched ${result.fetched.pds}`)
     assert.ok(pds.requests.some(r => r.route === 'getBlocks'))
-    assert.deepEqual(await storedBlocks(store.dir), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
+    assert.deepEqual(await storedBlocks(store), v2.blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
   })
 })
 
@@ -205,7 +205,7 @@ describe('an incremental sync of a tree that reuses stored subtrees wrongly', ()
     pds.setRepo(v1.did, repo.keypair, v1)
     assert.equal((await syncer.sync(v1.did)).records, 300)
     stateBefore = await store.getState(v1.did)
-    blocksBefore = await storedBlocks(store.dir)
+    blocksBefore = await storedBlocks(store)
   })
 
   after(async () => {
@@ -230,7 +230,7 @@ describe('an incremental sync of a tree that reuses stored subtrees wrongly', ()
       return true
     })
     assert.deepEqual(await store.getState(v1.did), stateBefore)
-    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+    assert.deepEqual(await storedBlocks(store), blocksBefore)
   }
 
   it('two stored subtrees swapped, each in the other\'s key range: MstInvalidError, nothing stored', async () => {

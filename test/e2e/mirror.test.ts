@@ -104,7 +104,7 @@ describe('mirroring from a real PDS', () => {
       await net.deleteRecord(alice, gone.collection, gone.rkey)
       const update = await net.updateRecord(alice, { collection: edited.collection, rkey: edited.rkey, value: { text: 'edited', createdAt: new Date().toISOString() } })
       const added = await net.writeRecords(alice, postsFor(2, 'alice later'))
-      const blocksBefore = (await storedBlocks(store.dir)).length
+      const blocksBefore = (await storedBlocks(store)).length
 
       const result = await syncer.sync(alice.did)
       assert.equal(result.full, false)
@@ -125,17 +125,17 @@ describe('mirroring from a real PDS', () => {
       assert.equal(await store.hasBlock(parseCid(update.cid)), true)
       // and the store holds exactly the current repo
       const summary = await verifyRepo(store.blocks, result.commit, { did: alice.did })
-      assert.equal((await storedBlocks(store.dir)).length, summary.blocks)
+      assert.equal((await storedBlocks(store)).length, summary.blocks)
     })
 
     it('keeps the blocks of a deactivated account and records its status', async () => {
-      const blocks = await storedBlocks(store.dir)
+      const blocks = await storedBlocks(store)
       await net.deactivateAccount(alice)
       try {
         await assert.rejects(syncer.sync(alice.did), { name: 'RepoDeactivatedError' })
         const state = await store.getState(alice.did)
         assert.equal(state?.status, 'deactivated')
-        assert.deepEqual(await storedBlocks(store.dir), blocks)
+        assert.deepEqual(await storedBlocks(store), blocks)
       } finally {
         await net.activateAccount(alice)
       }
@@ -150,7 +150,7 @@ describe('mirroring from a real PDS', () => {
         await assert.rejects(syncer.sync(alice.did), { name: 'RepoTakendownError' })
         const state = await store.getState(alice.did)
         assert.equal(state?.status, 'takendown')
-        assert.deepEqual(await storedBlocks(store.dir), [])
+        assert.deepEqual(await storedBlocks(store), [])
         assert.ok(await store.pins.has(alice.did))
         await assert.rejects(collect(exportStoredRepo(store, alice.did)), { name: 'RepoNotMirroredError' })
       } finally {
@@ -166,7 +166,7 @@ describe('mirroring from a real PDS', () => {
       await store.unpinRepo(alice.did)
       assert.equal(await store.getState(alice.did), undefined)
       assert.deepEqual(await store.pins.list(), [])
-      assert.deepEqual(await storedBlocks(store.dir), [])
+      assert.deepEqual(await storedBlocks(store), [])
     })
   })
 
@@ -236,9 +236,9 @@ describe('mirroring from a real PDS', () => {
       assert.ok(bytes !== undefined && Buffer.from(bytes).includes(Buffer.from(blobCid.bytes)), `${record.collection} links the blob`)
     }
     assert.equal(await store.hasBlock(blobCid), false)
-    assert.equal((await storedBlocks(store.dir)).includes(hexOf(blobCid)), false)
+    assert.equal((await storedBlocks(store)).includes(hexOf(blobCid)), false)
     const summary = await verifyRepo(store.blocks, result.commit, { did: frank.did })
-    assert.equal((await storedBlocks(store.dir)).length, summary.blocks)
+    assert.equal((await storedBlocks(store)).length, summary.blocks)
 
     const exported = await collect(exportStoredRepo(store, frank.did))
     const verified = await verifyRepoCar(exported, { did: frank.did })
@@ -353,7 +353,7 @@ describe('mirroring from a real PDS', () => {
       const look = async (): Promise<{ states: unknown[], pins: string[], blocks: string[] }> => {
         const opened = await MirrorStore.open(dir)
         try {
-          return { states: await opened.listStates(), pins: await opened.pins.list(), blocks: await storedBlocks(dir) }
+          return { states: await opened.listStates(), pins: await opened.pins.list(), blocks: await storedBlocks(opened) }
         } finally {
           await opened.close()
         }

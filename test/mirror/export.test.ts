@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, rm, unlink } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -9,16 +9,17 @@ import { MirrorStore } from '../../src/mirror/store.ts'
 import { verifyRepoCar } from '../../src/repo/verify.ts'
 import { EvolvingRepo, posts, type RepoVersion } from '../helpers/evolving-repo.ts'
 import { collect } from '../helpers/bytes.ts'
+import { BLOCKSTORE_KINDS, removeRawBlock } from '../helpers/blocks.ts'
 import { hostileRepo } from '../helpers/hostile-mst.ts'
 
-describe('export', () => {
+for (const kind of BLOCKSTORE_KINDS) describe(`export (${kind} store)`, () => {
   let root: string
   let store: MirrorStore
   let repo: EvolvingRepo
   let version: RepoVersion
   before(async () => {
     root = await mkdtemp(join(tmpdir(), 'atmirror-export-'))
-    store = await MirrorStore.open(join(root, 'data'))
+    store = await MirrorStore.open(join(root, 'data'), { blockstore: kind })
     repo = await EvolvingRepo.create(21, posts(120))
     version = await repo.version()
     const release = await store.beginWrite()
@@ -58,7 +59,7 @@ describe('export', () => {
     await release()
     const record = other.blocks.find(b => b.bytes[0] !== 0xa2 && !b.cid.equals(other.commit))
     assert.ok(record !== undefined)
-    await unlink(store.blockstore.pathOf(record.cid))
+    await removeRawBlock(store, record.cid)
     await assert.rejects(collect(exportRepoCar(store.blocks, other.commit)), { name: 'MissingBlockError' })
   })
 

@@ -83,7 +83,7 @@ describe('every path asks the status policy', () => {
     pds.reset()
     await syncer.sync(v1.did)
     assert.equal((await store.getState(v1.did))?.status, 'active')
-    assert.equal((await storedBlocks(store.dir)).length, v1.blocks.length)
+    assert.equal((await storedBlocks(store)).length, v1.blocks.length)
   }
 
   /** Puts the repo in `status` the way a sync does: the PDS says so. */
@@ -105,7 +105,7 @@ describe('every path asks the status policy', () => {
       const state = await store.getState(v1.did) as RepoState
 
       // the syncer (and GC): blocks kept or dropped, the pin kept either way
-      const stored = await storedBlocks(store.dir)
+      const stored = await storedBlocks(store)
       assert.equal(stored.length, rules.store ? v1.blocks.length : 0)
       assert.equal(await store.pins.has(v1.did), true)
 

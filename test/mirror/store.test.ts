@@ -1,33 +1,39 @@
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { FsBlockstore } from 'blockstore-fs'
+import { LevelDatastore } from 'datastore-level'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { createHash } from 'node:crypto'
-import { MirrorBlockstore } from '../../src/mirror/blockstore.ts'
+import { DEFAULT_BLOCKSTORE_KIND, readBlockstoreKind } from '../../src/mirror/blockstore.ts'
+import { FsMirrorBlockstore } from '../../src/mirror/fs-blockstore.ts'
+import { LevelMirrorBlockstore } from '../../src/mirror/level-blockstore.ts'
+import { BLOCKSTORE_KINDS } from '../helpers/blocks.ts'
 import { MirrorStore, type RepoState } from '../../src/mirror/store.ts'
 import { encodeCbor } from '../../src/repo/cbor.ts'
 import { cidForBytes } from '../../src/repo/cid.ts'
 
-describe('MirrorStore', () => {
+for (const kind of BLOCKSTORE_KINDS) describe(`MirrorStore (${kind} store)`, () => {
   let root: string
   before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-store-')) })
   after(async () => { await rm(root, { recursive: true, force: true }) })
 
   const fresh = async (name: string): Promise<{ dir: string, store: MirrorStore }> => {
     const dir = join(root, name)
-    return { dir, store: await MirrorStore.open(dir) }
+    return { dir, store: await MirrorStore.open(dir, { blockstore: kind }) }
   }
 
-  it('opens blocks and datastore under the data directory', async () => {
+  it('opens its stores under the data directory and records the kind', async () => {
     const { dir, store } = await fresh('layout')
     try {
-      assert.ok(existsSync(join(dir, 'blocks')))
+      assert.equal(existsSync(join(dir, 'blocks')), kind === 'fs')
       assert.ok(existsSync(join(dir, 'datastore')))
+      assert.equal(readBlockstoreKind(dir), kind)
+      assert.equal(store.blockstore.kind, kind)
       assert.equal(store.dir, dir)
     } finally {
       await store.close()
@@ -87,7 +93,25 @@ describe('MirrorStore', () => {
     }
   })
 
-  it('stores blocks hash-checked and readable by blockstore-fs', async () => {
+  it('stores blocks hash-checked and reads them back', async () => {
+    const { store } = await fresh('readback')
+    const bytes = encodeCbor({ hello: 'again' })
+    const cid = cidForBytes(bytes)
+    const release = await store.beginWrite()
+    await store.putBlocks('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', [{ cid, bytes }])
+    await release()
+    assert.deepEqual(await store.getBlock(cid), bytes)
+    assert.deepEqual(store.blocks.get(cid), bytes)
+    assert.equal(await store.hasBlock(cid), true)
+    const chunks: Uint8Array[] = []
+    for await (const chunk of store.blockstore.get(cid)) chunks.push(chunk)
+    assert.deepEqual(new Uint8Array(Buffer.concat(chunks)), bytes)
+    assert.equal(await store.blockstore.deleteBlocks([cid, cidForBytes(encodeCbor({ absent: 1 }))]), 1)
+    assert.equal(await store.hasBlock(cid), false)
+    await store.close()
+  })
+
+  if (kind === 'fs') it('stores blocks readable by blockstore-fs', async () => {
     const { dir, store } = await fresh('blocks')
     const bytes = encodeCbor({ hello: 'world' })
     const cid = cidForBytes(bytes)
@@ -135,15 +159,15 @@ describe('MirrorStore', () => {
     }
   })
 
-  it('removes temp files a killed writer left behind when it opens', async () => {
+  if (kind === 'fs') it('removes temp files a killed writer left behind when it opens', async () => {
     const dir = join(root, 'tmpfiles')
-    const first = await MirrorStore.open(dir)
+    const first = await MirrorStore.open(dir, { blockstore: 'fs' })
     const { cid, bytes } = { bytes: encodeCbor({ t: 1 }), cid: cidForBytes(encodeCbor({ t: 1 })) }
     // written outside any sync (a staged block of a killed sync would be collected
     // at open, see gc.test.ts): only the temp file is garbage here
     await first.blockstore.put(cid, bytes)
     // killed mid-write: a temp file next to the block, and the store never closed
-    const shard = dirname(first.blockstore.pathOf(cid))
+    const shard = dirname((first.blockstore as FsMirrorBlockstore).pathOf(cid))
     await writeFile(join(shard, '.4242-7.tmp'), 'half a block')
     await first.datastore.close()
     const second = await MirrorStore.open(dir)
@@ -158,13 +182,76 @@ describe('MirrorStore', () => {
   })
 })
 
-describe('MirrorBlockstore', () => {
+describe('the blockstore kind a data directory records', () => {
+  let root: string
+  before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-kind-')) })
+  after(async () => { await rm(root, { recursive: true, force: true }) })
+
+  it('a new data directory gets the default kind, recorded', async () => {
+    const dir = join(root, 'new')
+    const store = await MirrorStore.open(dir)
+    await store.close()
+    assert.equal(readBlockstoreKind(dir), DEFAULT_BLOCKSTORE_KIND)
+    assert.equal(existsSync(join(dir, 'blocks')), DEFAULT_BLOCKSTORE_KIND === 'fs')
+  })
+
+  it('a data directory made before kinds were recorded opens as fs, with what it stored', async () => {
+    const dir = join(root, 'old')
+    // what an older atmirror left: a datastore and block files, no record of the kind
+    const old = new FsBlockstore(join(dir, 'blocks'))
+    await old.open()
+    const bytes = encodeCbor({ old: true })
+    const cid = cidForBytes(bytes)
+    await old.put(cid, bytes)
+    await old.close()
+    const datastore = new LevelDatastore(join(dir, 'datastore'))
+    await datastore.open()
+    await datastore.close()
+    const store = await MirrorStore.open(dir)
+    try {
+      assert.equal(store.blockstore.kind, 'fs')
+      assert.deepEqual(await store.getBlock(cid), bytes)
+    } finally {
+      await store.close()
+    }
+    assert.equal(readBlockstoreKind(dir), 'fs')
+    assert.equal((await readFile(join(dir, 'blockstore'), 'utf8')).trim(), 'fs')
+  })
+
+  it('asking for the other kind is BlockstoreKindError, and the directory is left as it was', async () => {
+    for (const [made, asked] of [['fs', 'level'], ['level', 'fs']] as const) {
+      const dir = join(root, `mismatch-${made}`)
+      const store = await MirrorStore.open(dir, { blockstore: made })
+      await store.close()
+      await assert.rejects(MirrorStore.open(dir, { blockstore: asked }), (err: Error & { recorded?: string, requested?: string }) => {
+        assert.equal(err.name, 'BlockstoreKindError')
+        assert.equal(err.recorded, made)
+        assert.equal(err.requested, asked)
+        assert.match(err.message, new RegExp(`uses the ${made} blockstore, not ${asked}`))
+        return true
+      })
+      assert.equal(readBlockstoreKind(dir), made)
+      const again = await MirrorStore.open(dir)
+      assert.equal(again.blockstore.kind, made)
+      await again.close()
+    }
+  })
+
+  it('a record naming no kind is DataDirError, never a guess', async () => {
+    const dir = join(root, 'garbled')
+    await mkdir(dir, { recursive: true })
+    await writeFile(join(dir, 'blockstore'), 'tape\n')
+    await assert.rejects(MirrorStore.open(dir), { name: 'DataDirError' })
+  })
+})
+
+describe('FsMirrorBlockstore', () => {
   let root: string
   before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-blockstore-')) })
   after(async () => { await rm(root, { recursive: true, force: true }) })
 
   it('put hash-checks whoever calls it', async () => {
-    const store = new MirrorBlockstore(join(root, 'put'))
+    const store = new FsMirrorBlockstore(join(root, 'put'))
     await store.open()
     const bytes = encodeCbor({ a: 1 })
     const cid = cidForBytes(encodeCbor({ a: 2 }))
@@ -179,7 +266,7 @@ describe('MirrorBlockstore', () => {
     const bytes = encodeCbor({ b: 1 })
     const cid = cidForBytes(bytes)
     await fs.put(cid, bytes)
-    const store = new MirrorBlockstore(dir)
+    const store = new FsMirrorBlockstore(dir)
     await store.open()
     assert.deepEqual(await store.getBytes(cid), bytes)
     const chunks: Uint8Array[] = []
@@ -190,7 +277,7 @@ describe('MirrorBlockstore', () => {
   })
 
   it('get of an absent block throws NotFoundError', async () => {
-    const store = new MirrorBlockstore(join(root, 'absent'))
+    const store = new FsMirrorBlockstore(join(root, 'absent'))
     await store.open()
     const cid = cidForBytes(encodeCbor({ c: 1 }))
     assert.equal(await store.getBytes(cid), undefined)
@@ -198,13 +285,13 @@ describe('MirrorBlockstore', () => {
   })
 })
 
-describe('MirrorBlockstore.usage', () => {
+describe('FsMirrorBlockstore.usage', () => {
   let root: string
   before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-usage-')) })
   after(async () => { await rm(root, { recursive: true, force: true }) })
 
   it('counts the stored blocks and their bytes, and no temp file', async () => {
-    const store = new MirrorBlockstore(join(root, 'usage'))
+    const store = new FsMirrorBlockstore(join(root, 'usage'))
     await store.open()
     assert.deepEqual(await store.usage(), { blocks: 0, bytes: 0 })
     const blocks = Array.from({ length: 40 }, (_, i) => encodeCbor({ n: i, text: 'x'.repeat(i) })).map(bytes => ({ cid: cidForBytes(bytes), bytes }))
@@ -215,5 +302,53 @@ describe('MirrorBlockstore.usage', () => {
     await store.delete(blocks[0].cid)
     assert.deepEqual(await store.usage(), { blocks: 39, bytes: bytes - blocks[0].bytes.byteLength })
     await store.close()
+  })
+})
+
+describe('LevelMirrorBlockstore', () => {
+  let root: string
+  before(async () => { root = await mkdtemp(join(tmpdir(), 'atmirror-level-')) })
+  after(async () => { await rm(root, { recursive: true, force: true }) })
+
+  const withStore = async (name: string, use: (store: LevelMirrorBlockstore, datastore: LevelDatastore) => Promise<void>): Promise<void> => {
+    const datastore = new LevelDatastore(join(root, name))
+    await datastore.open()
+    try {
+      const store = new LevelMirrorBlockstore(datastore.db)
+      await store.open()
+      await use(store, datastore)
+    } finally {
+      await datastore.close()
+    }
+  }
+
+  it('put hash-checks whoever calls it', async () => {
+    await withStore('put', async (store) => {
+      const cid = cidForBytes(encodeCbor({ a: 2 }))
+      await assert.rejects(store.put(cid, encodeCbor({ a: 1 })), { name: 'CidMismatchError' })
+      assert.equal(await store.has(cid), false)
+    })
+  })
+
+  it('get of an absent block throws NotFoundError', async () => {
+    await withStore('absent', async (store) => {
+      const cid = cidForBytes(encodeCbor({ c: 1 }))
+      assert.equal(store.getBytesSync(cid), undefined)
+      await assert.rejects(async () => { for await (const _ of store.get(cid)) { /* nothing */ } }, { name: 'NotFoundError' })
+    })
+  })
+
+  it('keeps blocks apart from the datastore keys, and lists them through blockstore-level', async () => {
+    await withStore('apart', async (store, datastore) => {
+      const blocks = [encodeCbor({ d: 1 }), encodeCbor({ d: 2 })].map(bytes => ({ cid: cidForBytes(bytes), bytes }))
+      await store.putVerified(blocks)
+      await datastore.db.put('/atmirror/pins/did:plc:cccccccccccccccccccccccc', new Uint8Array([1]))
+      const listed: string[] = []
+      for await (const { cid } of store.getAll()) listed.push(Buffer.from(cid.multihash.bytes).toString('hex'))
+      assert.deepEqual(listed.sort(), blocks.map(b => Buffer.from(b.cid.multihash.bytes).toString('hex')).sort())
+      const keys = await datastore.db.keys({ gte: '/', lt: '/\xff' }).all()
+      assert.deepEqual(keys, ['/atmirror/pins/did:plc:cccccccccccccccccccccccc'])
+      assert.ok(await store.diskUsage() >= 0)
+    })
   })
 })

@@ -130,7 +130,7 @@ describe('RepoSyncer against a fake PDS', () => {
 
   it('a takedown said by the host the account left sets no status and keeps the blocks', async () => {
     await syncer.sync(v1.did)
-    const blocks = await storedBlocks(store.dir)
+    const blocks = await storedBlocks(store)
     pds.setPdsEndpoint(v1.did, other.url) // the new host does not answer for it yet: 400 RepoNotFound
     other.handle('getLatestCommit', (_req, res) => { res.writeHead(503); res.end() })
     pds.handle('getLatestCommit', (_req, res) => {
@@ -140,12 +140,12 @@ describe('RepoSyncer against a fake PDS', () => {
     await assert.rejects(syncer.sync(v1.did), { name: 'PdsUnavailableError' })
     const state = await store.getState(v1.did)
     assert.deepEqual({ status: state?.status, commit: state?.commit, pds: state?.pds }, { status: 'active', commit: v1.commit.toString(), pds: pds.url })
-    assert.deepEqual(await storedBlocks(store.dir), blocks)
+    assert.deepEqual(await storedBlocks(store), blocks)
   })
 
   it('a status error naming a host other than the current PDS is not recorded; from the current PDS it is', async () => {
     await syncer.sync(v1.did)
-    const blocks = await storedBlocks(store.dir)
+    const blocks = await storedBlocks(store)
     const takedown = (url: string): HeadResolver => ({
       name: 'pds',
       resolveHead: async () => { throw new RepoTakendownError('com.atproto.sync.getLatestCommit: RepoTakendown', { did: v1.did, url: `${url}/xrpc/com.atproto.sync.getLatestCommit`, status: 400 }) }
@@ -153,11 +153,11 @@ describe('RepoSyncer against a fake PDS', () => {
     const elsewhere = new RepoSyncer({ store, identity, heads: takedown('http://localhost:9') })
     await assert.rejects(elsewhere.sync(v1.did), { name: 'RepoTakendownError' })
     assert.equal((await store.getState(v1.did))?.status, 'active')
-    assert.deepEqual(await storedBlocks(store.dir), blocks)
+    assert.deepEqual(await storedBlocks(store), blocks)
 
     const here = new RepoSyncer({ store, identity, heads: takedown(pds.url) })
     await assert.rejects(here.sync(v1.did), { name: 'RepoTakendownError' })
     assert.equal((await store.getState(v1.did))?.status, 'takendown')
-    assert.deepEqual(await storedBlocks(store.dir), [])
+    assert.deepEqual(await storedBlocks(store), [])
   })
 })

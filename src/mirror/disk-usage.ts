@@ -1,0 +1,94 @@
+/**
+ * Bytes on disk, as `du` counts them: allocated blocks (`st_blocks` × 512), not
+ * file sizes, so a 200-byte file in a 4 KiB filesystem block counts 4 KiB. For a
+ * data directory as a whole and per stored repo (`atmirror du`).
+ */
+import { lstat, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { CID } from 'multiformats/cid'
+import type { BlockstoreKind } from './blockstore.ts'
+import { cidOfBlockKey, repoBlocksDelta } from './gc.ts'
+import { holdsBlocks } from './status-policy.ts'
+import type { MirrorStore } from './store.ts'
+
+/** Allocated bytes of a file, or of a directory and everything under it (0 when absent). */
+export async function allocatedBytes (path: string): Promise<number> {
+  let stats
+  try {
+    stats = await lstat(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
+    throw err
+  }
+  let total = stats.blocks * 512
+  if (!stats.isDirectory()) return total
+  let names: string[]
+  try {
+    names = await readdir(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return total
+    throw err
+  }
+  for (const name of names) total += await allocatedBytes(join(path, name))
+  return total
+}
+
+/** One stored repo's blocks. */
+export interface RepoBlockUsage {
+  did: string
+  /** Distinct blocks of the stored repo (commit, MST nodes, records). */
+  blocks: number
+  /** Their bytes as blocks (a block shared with another repo counts in both). */
+  bytes: number
+  /** Their share of the blockstore's disk: `bytes` × the store's bytes on disk per block byte. */
+  disk: number
+}
+
+/** What a data directory takes on disk. */
+export interface StoreDiskUsage {
+  kind: BlockstoreKind
+  /** Allocated bytes of the whole data directory. */
+  total: number
+  /**
+   * Bytes on disk of the blocks. fs: the block files, allocated. level: LevelDB's
+   * estimate for the block range in its table files; blocks written since its last
+   * flush sit in its log and count under `other` until then.
+   */
+  blocks: number
+  /** Bytes of every stored block, as blocks. */
+  blockBytes: number
+  /** Everything else: the datastore's state and index, keys, the lock (`total − blocks`). */
+  other: number
+  /** Per stored repo that holds blocks. */
+  repos: RepoBlockUsage[]
+  // @NOTE blobs are not mirrored yet; their bytes go next to `blocks` when they are
+}
+
+/**
+ * Bytes on disk of a data directory, and per stored repo. Reads every stored block
+ * once (the blockstore's bytes per block byte) and walks each stored repo's tree
+ * (commit and nodes; records only by CID), so it costs about a verification's reads.
+ */
+export async function storeDiskUsage (store: MirrorStore, options: { signal?: AbortSignal } = {}): Promise<StoreDiskUsage> {
+  let blockBytes = 0
+  for await (const { bytes } of store.blockstore.getAll(options)) {
+    for await (const part of bytes) blockBytes += part.byteLength
+  }
+  const blocks = await store.blockstore.diskUsage()
+  const total = await allocatedBytes(store.dir)
+  const perByte = blockBytes === 0 ? 0 : blocks / blockBytes
+  const repos: RepoBlockUsage[] = []
+  for (const state of await store.listStates()) {
+    if (!holdsBlocks(state)) continue
+    const held = await repoBlocksDelta(store.blocks, CID.parse(state.commit), options)
+    let count = 0
+    let bytes = 0
+    for (const [block] of held.entries()) {
+      const found = store.blockstore.getBytesSync(cidOfBlockKey(block))
+      count++
+      bytes += found?.byteLength ?? 0
+    }
+    repos.push({ did: state.did, blocks: count, bytes, disk: Math.round(bytes * perByte) })
+  }
+  return { kind: store.blockstore.kind, total, blocks, blockBytes, other: Math.max(0, total - blocks), repos }
+}
