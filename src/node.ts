@@ -390,11 +390,20 @@ export class MirrorNode implements MirrorApi {
   async pin (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<PinResult> {
     const signal = this.#signal(options.signal)
     const identity = await this.identity.resolve(didOrHandle, { signal })
+    await this.#blobSetting(identity.did, options.blobs)
     await this.store.pins.add(identity.did)
     this.events.safeDispatchEvent('repo:pinned', { detail: { did: identity.did } })
-    if (options.blobs !== undefined) await this.store.blobs.setOff(identity.did, !options.blobs)
     const sync = await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
     return { did: identity.did, handle: identity.handle, pinned: true, sync }
+  }
+
+  /**
+   * Stores a pin's blob setting: as asked, or, for a repo not pinned yet, on (a
+   * setting left by a failed `mirror --no-blobs` does not outlive it).
+   */
+  async #blobSetting (did: string, blobs: boolean | undefined): Promise<void> {
+    if (blobs !== undefined) await this.store.blobs.setOff(did, !blobs)
+    else if (!await this.store.pins.has(did)) await this.store.blobs.setOff(did, false)
   }
 
   /**
@@ -404,7 +413,7 @@ export class MirrorNode implements MirrorApi {
   async mirror (didOrHandle: string, options: MirrorSyncOptions = {}): Promise<SyncResult> {
     const signal = this.#signal(options.signal)
     const identity = await this.identity.resolve(didOrHandle, { signal })
-    if (options.blobs !== undefined) await this.store.blobs.setOff(identity.did, !options.blobs)
+    await this.#blobSetting(identity.did, options.blobs)
     return await this.#request(identity.did, signal, { pin: true, onProgress: options.onProgress, check: options.check })
   }
 

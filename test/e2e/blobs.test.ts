@@ -11,6 +11,8 @@
  * CID is refused and nothing is stored.
  */
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -29,6 +31,9 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 import { EvolvingRepo, posts } from '../helpers/evolving-repo.ts'
 import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
+
+const pexec = promisify(execFile)
+const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
 
 interface Uploaded {
   cid: string
@@ -233,6 +238,20 @@ describe('blob mirroring from a real PDS', () => {
     } finally {
       await node?.stop()
     }
+  })
+
+  it('atmirror mirror --no-blobs keeps the setting with the pin; --max-blob-size caps', async () => {
+    const data = join(root, 'cli')
+    const env = { ...process.env, ATMIRROR_DATA: data, ATMIRROR_PLC: net.plcUrl, DEBUG: '' }
+    const run = async (...args: string[]): Promise<{ blobs?: { wanted: number, refused: number, fetched: { pds: number } } }> => JSON.parse((await pexec(process.execPath, [CLI, 'mirror', alice.did, '--json', ...args], { env })).stdout)
+    assert.equal((await run('--no-blobs')).blobs?.wanted, 0)
+    // the pin remembers: a plain rerun fetches none either
+    assert.equal((await run()).blobs?.wanted, 0)
+    // on again, with a cap that only the 80 KiB blob fits
+    await pexec(process.execPath, [CLI, 'pin', 'rm', alice.did], { env })
+    const capped = await run('--max-blob-size', '100K')
+    assert.equal(capped.blobs?.fetched.pds, 1)
+    assert.equal(capped.blobs?.refused, 1)
   })
 
   it('unpin collects the repo\'s blobs', async () => {
