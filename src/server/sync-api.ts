@@ -24,6 +24,14 @@
  *
  * Every block leaves through the store's hash-checked read (a damaged block is
  * refetched, never served).
+ *
+ * A repo's CAR at a commit never changes, so whole getRepo answers are kept in a
+ * bounded cache by commit CID ({@link RepoCarCache}): a repo asked for again (relays,
+ * several clients) is answered from memory instead of reading one block file per
+ * block again. An answer is filled as it streams the first time, only kept when
+ * complete, and served only after the status check and only while the commit is
+ * still the stored one; a new commit or a status change makes it unreachable, and
+ * the least recently used go first.
  */
 import { Readable } from 'node:stream'
 import { InvalidRequestError, type Server as XrpcServer } from '@atproto/xrpc-server'
@@ -32,7 +40,7 @@ import { writeCar } from '../repo/car.ts'
 import { CID, cidKey } from '../repo/cid.ts'
 import { proofNodesFor } from '../repo/mst/diff.ts'
 import type { MstNode } from '../repo/mst/node.ts'
-import { exportStoredRepo } from '../mirror/export.ts'
+import { exportRepoCar } from '../mirror/export.ts'
 import { statusRules } from '../mirror/status-policy.ts'
 import type { MirrorStore, RepoState } from '../mirror/store.ts'
 
@@ -44,6 +52,62 @@ export interface HolderIndex {
 export interface ReadApiComponents {
   store: MirrorStore
   holders: HolderIndex
+}
+
+export interface ReadApiInit {
+  /**
+   * Bytes of whole getRepo answers kept in memory (0: none); a CAR over a quarter
+   * of it is never kept.
+   *
+   * @default 64 MiB
+   */
+  carCacheBytes?: number
+}
+
+/** Whole repo CARs by commit CID, least recently used dropped first. */
+export class RepoCarCache {
+  readonly #max: number
+  readonly #entries = new Map<string, Buffer[]>()
+  #bytes = 0
+
+  constructor (maxBytes: number) {
+    this.#max = maxBytes
+  }
+
+  get bytes (): number {
+    return this.#bytes
+  }
+
+  get (commit: string): Buffer[] | undefined {
+    const chunks = this.#entries.get(commit)
+    if (chunks !== undefined) {
+      this.#entries.delete(commit)
+      this.#entries.set(commit, chunks)
+    }
+    return chunks
+  }
+
+  /** `source`, passed through; kept once it ends complete and fits. */
+  async * fill (commit: string, source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+    let chunks: Buffer[] | undefined = this.#max > 0 ? [] : undefined
+    let size = 0
+    for await (const chunk of source) {
+      if (chunks !== undefined) {
+        size += chunk.length
+        if (size > this.#max / 4) chunks = undefined
+        else chunks.push(chunk)
+      }
+      yield chunk
+    }
+    if (chunks === undefined || this.#entries.has(commit)) return
+    this.#entries.set(commit, chunks)
+    this.#bytes += size
+    for (const [key, old] of this.#entries) {
+      if (this.#bytes <= this.#max) break
+      this.#entries.delete(key)
+      this.#bytes -= old.reduce((n, c) => n + c.length, 0)
+    }
+  }
 }
 
 /** Most CIDs one getBlocks call may ask for (a URL holds ~250 anyway: heads are capped at 16 KiB). */
@@ -81,8 +145,8 @@ export function cidParam (text: string, what = 'cid'): CID {
  * byte (the repo vanished, a block is missing) is still answered as an XRPC error,
  * not as a connection cut mid-answer. Small chunks are gathered to {@link CHUNK_BYTES}.
  */
-export async function startStream (source: AsyncIterable<Uint8Array>): Promise<Readable> {
-  const chunks = coalesce(source)
+export async function startStream (source: AsyncIterable<Uint8Array>, cache?: { cache: RepoCarCache, commit: string }): Promise<Readable> {
+  const chunks = cache === undefined ? coalesce(source) : cache.cache.fill(cache.commit, coalesce(source))
   const first = await chunks.next()
   return Readable.from((async function * () {
     if (first.done !== true) yield first.value
@@ -124,8 +188,9 @@ export async function * recordProofBlocks (store: ReadonlyBlockStore, commit: CI
 }
 
 /** Registers the com.atproto.sync read methods. */
-export function syncApi (components: ReadApiComponents): (server: XrpcServer) => void {
+export function syncApi (components: ReadApiComponents, init: ReadApiInit = {}): (server: XrpcServer) => void {
   const { store, holders } = components
+  const cars = new RepoCarCache(init.carCacheBytes ?? 64 * 1024 * 1024)
   return (server) => {
     server.method('com.atproto.sync.getLatestCommit', async ({ params }) => {
       const state = await servedState(store, params.did as string)
@@ -147,14 +212,14 @@ export function syncApi (components: ReadApiComponents): (server: XrpcServer) =>
       const did = params.did as string
       const state = await servedState(store, did)
       const since = params.since as string | undefined
-      let car: AsyncIterable<Uint8Array>
       if (since !== undefined && since >= state.rev) {
         const commit = CID.parse(state.commit)
-        car = writeCar([commit], recordlessCommit(store, commit, did, signal))
-      } else {
-        car = exportStoredRepo(store, did, { signal })
+        return { encoding: CAR, body: await startStream(writeCar([commit], recordlessCommit(store, commit, did, signal))) }
       }
-      return { encoding: CAR, body: await startStream(car) }
+      const cached = cars.get(state.commit)
+      if (cached !== undefined) return { encoding: CAR, body: Readable.from(cached, { objectMode: false }) }
+      const car = exportCommit(store, did, state.commit, signal)
+      return { encoding: CAR, body: await startStream(car, { cache: cars, commit: state.commit }) }
     })
 
     server.method('com.atproto.sync.getRecord', async ({ params, signal }) => {
@@ -204,6 +269,22 @@ export function syncApi (components: ReadApiComponents): (server: XrpcServer) =>
         body: { repos, ...(states.length > limit ? { cursor: page[page.length - 1].did } : {}) }
       }
     })
+  }
+}
+
+/**
+ * The stored repo at `commit` as a CAR (mirror/export.ts's order); GC waits while it
+ * is read. Refused (RepoNotFound) when the repo moved on or stopped being served
+ * since the caller looked, so a cached answer is always the commit it is filed under.
+ */
+async function * exportCommit (store: MirrorStore, did: string, commit: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  const release = await store.beginWrite()
+  try {
+    const state = await servedState(store, did)
+    if (state.commit !== commit) throw new InvalidRequestError(`the repo advanced while it was asked for; ask again (did=${did})`)
+    yield * exportRepoCar(store.verifiedBlocks({ did, signal }), CID.parse(commit), { signal })
+  } finally {
+    await release()
   }
 }
 
