@@ -13,9 +13,10 @@ import { blockstoreFlag, formatBytes, storeOptions } from './node-options.ts'
 const USAGE = `usage: atmirror du [--data DIR] [--json]
 
 Shows the bytes the data directory takes on disk (allocated, as du counts them): in
-all, for the blocks, and for everything else (repo states, the GC index, keys); and
-per stored repo its blocks, their bytes, and their share of the blockstore's disk
-(a block two repos share counts in both). Reads every stored block once.
+all, for the blocks, for the blob files, and for everything else (repo states, the
+GC index, keys); and per stored repo its blocks, their bytes, their share of the
+blockstore's disk, and the blobs it references that are stored with their bytes (a
+block or blob two repos share counts in both). Reads every stored block once.
 
 Needs the data directory to itself: stop a daemon running on it first.
 
@@ -47,10 +48,11 @@ export const command = defineCommand({
       `data:      ${dir} (${usage.kind} blockstore)`,
       `on disk:   ${formatBytes(usage.total)} in all`,
       `blocks:    ${formatBytes(usage.blocks)} on disk for ${formatBytes(usage.blockBytes)} of blocks`,
+      `blobs:     ${formatBytes(usage.blobFiles)} on disk in files (blobs over 64 KiB; smaller ones are blocks)`,
       `other:     ${formatBytes(usage.other)} (repo states, GC index, keys)`,
       `repos:     ${usage.repos.length}`
     ]
-    for (const repo of usage.repos) lines.push(`  ${repo.did}  blocks=${repo.blocks}  bytes=${formatBytes(repo.bytes)}  disk=${formatBytes(repo.disk)}`)
+    for (const repo of usage.repos) lines.push(`  ${repo.did}  blocks=${repo.blocks}  bytes=${formatBytes(repo.bytes)}  disk=${formatBytes(repo.disk)}  blobs=${repo.blobs}  blob bytes=${formatBytes(repo.blobBytes)}`)
     ctx.stdout.write(lines.join('\n') + '\n')
     return 0
   }

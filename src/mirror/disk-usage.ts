@@ -42,6 +42,10 @@ export interface RepoBlockUsage {
   bytes: number
   /** Their share of the blockstore's disk: `bytes` × the store's bytes on disk per block byte. */
   disk: number
+  /** Blobs its records reference that are stored here (a blob two repos reference counts in both). */
+  blobs: number
+  /** Their bytes. */
+  blobBytes: number
 }
 
 /** What a data directory takes on disk. */
@@ -57,17 +61,21 @@ export interface StoreDiskUsage {
   blocks: number
   /** Bytes of every stored block, as blocks. */
   blockBytes: number
-  /** Everything else: the datastore's state and index, keys, the lock (`total − blocks`). */
+  /** Allocated bytes of the blob files (`blobs/`: blobs over 64 KiB; smaller ones are blocks). */
+  blobFiles: number
+  /** Everything else: the datastore's state and index, keys, the lock (`total − blocks − blobFiles`). */
   other: number
   /** Per stored repo that holds blocks. */
   repos: RepoBlockUsage[]
-  // @NOTE blobs are not mirrored yet; their bytes go next to `blocks` when they are
 }
 
 /**
  * Bytes on disk of a data directory, and per stored repo. Reads every stored block
  * once (the blockstore's bytes per block byte) and walks each stored repo's tree
  * (commit and nodes; records only by CID), so it costs about a verification's reads.
+ * Blobs: the files under `blobs/` (those over 64 KiB; smaller ones are blocks and
+ * count with them), and per repo the blobs it references that are stored, from the
+ * sizes the blob index recorded (blob-store.ts).
  */
 export async function storeDiskUsage (store: MirrorStore, options: { signal?: AbortSignal } = {}): Promise<StoreDiskUsage> {
   let blockBytes = 0
@@ -88,7 +96,9 @@ export async function storeDiskUsage (store: MirrorStore, options: { signal?: Ab
       count++
       bytes += found?.byteLength ?? 0
     }
-    repos.push({ did: state.did, blocks: count, bytes, disk: Math.round(bytes * perByte) })
+    const blobs = await store.blobs.usage(state.did)
+    repos.push({ did: state.did, blocks: count, bytes, disk: Math.round(bytes * perByte), blobs: blobs.stored, blobBytes: blobs.bytes })
   }
-  return { kind: store.blockstore.kind, total, blocks, blockBytes, other: Math.max(0, total - blocks), repos }
+  const blobFiles = await allocatedBytes(store.blobs.dir)
+  return { kind: store.blockstore.kind, total, blocks, blockBytes, blobFiles, other: Math.max(0, total - blocks - blobFiles), repos }
 }

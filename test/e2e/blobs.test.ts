@@ -25,6 +25,7 @@ import { PdsHeadResolver } from '../../src/head/pds-head-resolver.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { BlobMirror, type BlobMirrorInit } from '../../src/mirror/blobs.ts'
 import { MirrorStore } from '../../src/mirror/store.ts'
+import { storeDiskUsage } from '../../src/mirror/disk-usage.ts'
 import { RepoSyncer } from '../../src/mirror/sync.ts'
 import { CID, RAW, cidForBytes } from '../../src/repo/cid.ts'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
@@ -127,6 +128,11 @@ describe('blob mirroring from a real PDS', () => {
     assert.equal(await store.blobs.has(CID.parse(stray.cid)), false)
     assert.deepEqual(new Map([...(await store.blobs.refs(alice.did))].sort()), new Map<string, number>([[small.cid, 1], [large.cid, 1], [shared.cid, 2]].sort((a, b) => String(a[0]).localeCompare(String(b[0]))) as Array<[string, number]>))
     assert.deepEqual(await store.blobs.usage(alice.did), { referenced: 3, stored: 3, bytes: result.blobs?.bytes })
+    // atmirror du: the blob files on disk, and the repo's stored blobs
+    const du = await storeDiskUsage(store)
+    assert.ok(du.blobFiles >= large.bytes.byteLength + shared.bytes.byteLength, `blob files ${du.blobFiles}`)
+    assert.deepEqual(du.repos.map(repo => [repo.did, repo.blobs, repo.blobBytes]), [[alice.did, 3, result.blobs?.bytes]])
+    assert.equal(du.other, Math.max(0, du.total - du.blocks - du.blobFiles))
   })
 
   it('an unchanged repo fetches no blob again', async () => {
