@@ -287,7 +287,11 @@ export class MirrorNode implements MirrorApi {
         }
         this.events.safeDispatchEvent('firehose:event', { detail })
       })
-      follower.addEventListener('follow:identity', (evt) => { this.events.safeDispatchEvent('repo:identity', { detail: evt.detail }) })
+      follower.addEventListener('follow:identity', (evt) => {
+        this.events.safeDispatchEvent('repo:identity', { detail: evt.detail })
+        // the DID's operation log changed too (a did:plc): fetch, verify and keep it now
+        void this.#keepPlcLog(evt.detail.did, this.#stopping.signal, true)
+      })
       follower.addEventListener('follow:error', (evt) => { this.events.safeDispatchEvent('firehose:error', { detail: evt.detail }) })
       for (const name of ['repo:pinned', 'repo:unpinned'] as const) {
         this.events.addEventListener(name, () => { follower.refresh().catch(err => { log.error('following the hosts of the pinned repos failed - %e', err) }) })

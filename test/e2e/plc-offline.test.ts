@@ -2,12 +2,15 @@
  * Identity without the PLC directory: a real PDS + PLC (support/network.ts) and
  * real nodes (createMirrorNode) in private mode on loopback.
  *
- * A pins an account while everything is up, and so keeps its verified PLC log. Then
- * the PDS and the PLC directory both stop. C, a fresh node given only A's address
- * (`--peer`), resolves the DID from A's log (`/atmirror/plc/1.0.0`), takes the head
- * by head exchange and the blocks by Bitswap, verifies the repo, and keeps the log.
- * With A gone too, E (given only C's address) gets a record written before the
- * outage from C. Hostile peers offering a forged or truncated log change nothing.
+ * A node that follows the PDS's firehose stores each new operation of the DID's log
+ * on `#identity`. A pins the account while everything is up, keeps its verified PLC
+ * log and serves the directory's read API for it. Then the PDS and the PLC
+ * directory both stop. C, a fresh node given only A's address (`--peer`), resolves
+ * the DID from A's log (`/atmirror/plc/1.0.0`), takes the head by head exchange and
+ * the blocks by Bitswap, verifies the repo, keeps the log and serves a record
+ * written before the outage. With A gone too, E (given only C's address) gets a
+ * record from C. Peers offering a forged or truncated log change nothing; the CLI's
+ * `resolve`, `head` and `mirror` with `--peer` say where the identity came from.
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
@@ -31,6 +34,7 @@ import { parseAtprotoDocument } from '../../src/identity/did-document.ts'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseCid } from '../../src/repo/cid.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
+import { until } from '../helpers/until.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
 const pexec = promisify(execFile)
@@ -54,7 +58,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
   let a: MirrorNode
   let c: MirrorNode
 
-  async function node (name: string, peers: MirrorNode[], init: { http?: boolean } = {}): Promise<MirrorNode> {
+  async function node (name: string, peers: MirrorNode[], init: { http?: boolean, follow?: boolean } = {}): Promise<MirrorNode> {
     const addresses = peers.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
     const created = await createMirrorNode({
       dataDir: join(root, name),
@@ -71,6 +75,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
       },
       api: false,
       http: init.http === true ? { port: 0 } : false,
+      follow: init.follow === true ? {} : false,
       checkOnStart: false,
       intervalMs: 0
     })
@@ -102,7 +107,6 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
       collection: 'app.bsky.feed.post',
       value: { text: `before the outage ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i)).toISOString() }
     })))).records
-    a = await node('a', [], { http: true })
   })
 
   after(async () => {
@@ -115,12 +119,29 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     await rm(root, { recursive: true, force: true })
   })
 
+  it('a following node keeps the log current: an #identity event from the PDS\'s firehose brings the new operation in', async () => {
+    // a daemon follows its hosts; stopped before the outage (the PDS's server waits for open WebSockets)
+    const f = await node('f', [], { follow: true })
+    try {
+      await f.pin(account.did)
+      assert.equal((await f.identityStore?.getPlcLog(account.did))?.entries.length, 2)
+      await until('F to follow the PDS', async () => (await f.status()).subscriptions?.some(sub => sub.state === 'connected') === true)
+      const { didKey } = await net.rotateSigningKey(account)
+      await until('the stored log to hold the rotation', async () => (await f.identityStore?.getPlcLog(account.did))?.entries.length === 3)
+      const stored = await f.identityStore?.getPlcLog(account.did)
+      assert.equal((stored?.entries[2]?.operation as { verificationMethods?: Record<string, string> }).verificationMethods?.atproto, didKey)
+    } finally {
+      await f.stop()
+    }
+  })
+
   it('A mirrors the account while everything is up and keeps its verified PLC log', async () => {
+    a = await node('a', [], { http: true })
     const result = await a.pin(account.did)
     assert.equal(result.sync.records, 40)
     const stored = await a.identityStore?.getPlcLog(account.did)
     assert.equal(stored?.source, `plc:${net.plcUrl}`)
-    assert.equal(stored?.entries.length, 2)
+    assert.equal(stored?.entries.length, 3)
     assert.equal((await a.identity.resolve(account.did)).source, `plc:${net.plcUrl}`)
   })
 
@@ -146,13 +167,13 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     const identity = await viaMirror.resolve(account.did, { verifyHandle: false })
     assert.equal(identity.didKey, theirs.didKey)
     assert.equal(identity.source, `plc:${http}`)
-    assert.equal((await viaMirror.plcLogs.fetchLog(account.did)).entries.length, 2)
+    assert.equal((await viaMirror.plcLogs.fetchLog(account.did)).entries.length, 3)
   })
 
   it('with the PDS and the directory down, a fresh node given only A resolves the DID from A, mirrors and verifies the repo', async () => {
     await net.stopPds()
     await net.stopPlc()
-    c = await node('c', [a])
+    c = await node('c', [a], { http: true })
     const identity = await c.identity.resolve(account.did, { verifyHandle: false })
     assert.equal(identity.source, `peer:${a.network?.peerId.toString()}`)
     assert.equal(identity.didKey, (await a.identity.resolve(account.did)).didKey)
@@ -165,7 +186,13 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     // C keeps the log it verified, for the next outage and for its own peers
     const kept = await c.identityStore?.getPlcLog(account.did)
     assert.equal(kept?.source, `peer:${a.network?.peerId.toString()}`)
-    assert.equal(kept?.entries.length, 2)
+    assert.equal(kept?.entries.length, 3)
+    // and serves a record written before the outage, with its proof
+    const record = written[3] as WrittenRecord
+    const res = await fetch(`${c.http?.url ?? ''}/xrpc/com.atproto.repo.getRecord?repo=${account.did}&collection=${record.collection}&rkey=${record.rkey}`)
+    assert.equal(res.status, 200)
+    const body = await res.json() as { uri: string, cid: string, value: { text: string } }
+    assert.deepEqual([body.uri, body.cid, body.value.text], [record.uri, record.cid, 'before the outage 3'])
   })
 
   it('with A gone too, a node given only C gets a record written before the outage from C', async () => {
@@ -198,7 +225,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     const found = await keeper.resolveOffline(account.did)
     assert.equal(found.source, 'stored-log')
     assert.deepEqual(found.refused.map(r => r.source), [`peer:${truncated.net.peerId.toString()}`, `peer:${forged.net.peerId.toString()}`])
-    assert.match(found.refused[0]?.error.message ?? '', /PLC log refused: the offered log has 1 entries, the stored one 2: truncated/)
+    assert.match(found.refused[0]?.error.message ?? '', /PLC log refused: the offered log has 1 entries, the stored one 3: truncated/)
     assert.equal(found.refused[0]?.error.name, 'PlcLogConflictError')
     assert.equal(found.refused[1]?.error.name, 'PlcLogInvalidError')
     assert.match(found.refused[1]?.error.message ?? '', /signature is not by any rotation key valid at this point .*; did=\S+ index=1 cid=/)
@@ -212,7 +239,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     })
   })
 
-  it('atmirror resolve and head with --peer say where the identity came from', async () => {
+  it('atmirror resolve, head and mirror with --peer say where the identity came from', async () => {
     const env = { ...process.env, ATMIRROR_PLC: net.plcUrl }
     const peer = c.network?.getMultiaddrs()[0]?.toString() as string
     const resolved = JSON.parse((await pexec(process.execPath, [CLI, 'resolve', account.did, '--peer', peer, '--json'], { env })).stdout)
@@ -221,5 +248,12 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
     assert.equal(head.identitySource, `peer:${c.network?.peerId.toString()}`)
     assert.equal(head.source, `peer:${c.network?.peerId.toString()}`)
     assert.equal(head.cid, (await c.store.getState(account.did))?.commit)
+    // and `mirror --peer` on a fresh data directory: identity, head and blocks from C
+    const dir = join(root, 'cli')
+    const mirrored = JSON.parse((await pexec(process.execPath, [CLI, 'mirror', account.did, '--peer', peer, '--data', dir, '--json'], { env })).stdout)
+    assert.equal(mirrored.identitySource, `peer:${c.network?.peerId.toString()}`)
+    assert.equal(mirrored.source, `peer:${c.network?.peerId.toString()}`)
+    assert.equal(mirrored.records, 40)
+    assert.equal(mirrored.commit, (await c.store.getState(account.did))?.commit)
   })
 })
