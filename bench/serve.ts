@@ -11,7 +11,7 @@
  *     from the mirror, alternating; MB/s from the median time. Target: the mirror
  *     at least 2× the PDS. Repeated requests are answered from the mirror's CAR
  *     cache, so the first request of each side is also printed on its own (one
- *     sample: the mirror reading one file per block).
+ *     sample: the mirror reading every block from its store).
  * (b) getRecord, one request at a time for random records of the repo: the
  *     `com.atproto.sync.getRecord` proof CAR and the `com.atproto.repo.getRecord`
  *     JSON, PDS and mirror alternating; p50 and p99 latency of each.
@@ -86,8 +86,8 @@ try {
   const sides = { pds: net.pdsUrl, mirror: mirrorUrl } as const
   const repoTimes: Record<keyof typeof sides, number[]> = { pds: [], mirror: [] }
   let carBytes = 0
-  // the first request of each is timed on its own: the mirror reads every block file
-  // then; later ones come from its CAR cache (sync-api.ts), and the PDS's from a warm
+  // the first request of each is timed on its own: the mirror reads every block from
+  // its store then; later ones come from its CAR cache (sync-api.ts), and the PDS's from a warm
   // SQLite page cache
   const cold: Record<keyof typeof sides, number> = { pds: 0, mirror: 0 }
   for (const side of ['pds', 'mirror'] as const) cold[side] = (await timedGet(`${sides[side]}/xrpc/com.atproto.sync.getRepo?did=${account.did}`)).seconds
@@ -106,7 +106,7 @@ try {
   process.stdout.write(`    mirror  ${median(repoTimes.mirror).toFixed(3)} s = ${mbps('mirror').toFixed(1)} MB/s  (${list(repoTimes.mirror)})\n`)
   process.stdout.write(`    mirror/PDS = ${ratio.toFixed(2)}x  (target >= 2x)  ${ratio >= 2 ? 'OK' : 'BELOW TARGET'}\n`)
   const coldRatio = cold.pds / cold.mirror
-  process.stdout.write(`    first request of each (mirror reading its block files, no cache): PDS ${cold.pds.toFixed(3)} s, mirror ${cold.mirror.toFixed(3)} s = ${coldRatio.toFixed(2)}x\n\n`)
+  process.stdout.write(`    first request of each (the mirror reading every block from its store, no cache): PDS ${cold.pds.toFixed(3)} s, mirror ${cold.mirror.toFixed(3)} s = ${coldRatio.toFixed(2)}x\n\n`)
 
   // (b) getRecord latency, one request at a time, random records, alternating
   let seed = 42

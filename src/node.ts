@@ -875,6 +875,8 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     })
     // getBlob and listBlobs from what is mirrored (loaded only when serving)
     if (http !== undefined) http.mountXrpc((await import('./server/blob-xrpc.ts')).blobXrpc(node))
+    // subscribeRepos: the mirror's own sequence of what it verified (loaded only when serving)
+    if (http !== undefined) http.mountXrpc((await import('./server/repo-events.ts')).subscribeReposApi(node))
     return node
   } catch (err) {
     await store?.close().catch(() => {})

@@ -113,6 +113,8 @@ export interface FollowedEvent {
   lagMs: number
   /** The new state when a commit was applied. */
   state?: RepoState
+  /** The event itself when it was applied (the public server relays it as verified). */
+  event?: CommitEvent | SyncEvent
   error?: Error
 }
 
@@ -394,7 +396,7 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
           : await this.#c.syncer.exclusive(did, async () => await checkSyncEvent(this.#c, msg, options))
         if (outcome.outcome === 'applied') {
           this.checked(did)
-          report('applied', { state: outcome.state })
+          report('applied', { state: outcome.state, event: msg })
           // the blobs the new records reference, once the repo stands (as after a sync)
           await this.#c.syncer.fetchBlobs(did, { pds: outcome.state.pds, signal }).catch((err: unknown) => {
             if (!signal.aborted) log.error('%s: fetching blobs after seq %d failed - %e', did, msg.seq, err)

@@ -153,6 +153,13 @@ export class PublicServer {
     return address
   }
 
+  /** WebSocket subscribers connected now (subscribeRepos and any other subscription). */
+  get subscribers (): number {
+    let n = 0
+    for (const sub of this.#xrpc?.subscriptions.values() ?? []) n += sub.wss.clients.size
+    return n
+  }
+
   /** Requests in flight now (all clients). */
   get inFlight (): number {
     return this.#inFlight
@@ -314,6 +321,11 @@ export class PublicServer {
     const sub = nsid === undefined ? undefined : this.#xrpc?.subscriptions.get(nsid)
     if (sub === undefined) {
       socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+      return
+    }
+    // subscribers hold a connection each for as long as they like: bounded like requests
+    if (this.subscribers >= this.#maxRequests) {
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 10\r\ncontent-length: 0\r\n\r\n')
       return
     }
     sub.wss.handleUpgrade(req, socket, head, (ws) => sub.wss.emit('connection', ws, req))
