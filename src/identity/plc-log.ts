@@ -135,6 +135,15 @@ export function verifyPlcLog (did: string, log: unknown, options: { maxEntries?:
   const entries = raw.map((value, index) => parseEntry(did, value, index))
   const chain: ChainLink[] = []
   const nullified = new Set<number>()
+  // the same few rotation keys sign every operation: parse each once
+  const parsed = new Map<string, PublicKey | null>()
+  // and one key usually signs them all: the last signer is tried first
+  let lastSigner: string | undefined
+  const signerOf = (keys: string[], bytes: Uint8Array, sig: Uint8Array): number => {
+    const index = findSigner(keys, bytes, sig, parsed, lastSigner)
+    if (index >= 0) lastSigner = keys[index]
+    return index
+  }
   let lastTime = -Infinity
   for (const [index, entry] of entries.entries()) {
     const { operation: op, cid } = entry
@@ -331,15 +340,24 @@ function unsignedBytes (op: PlcAnyOperation): Uint8Array {
 }
 
 /** The index of the first rotation key that signed `bytes`, or -1. Keys that do not parse sign nothing. */
-function signerOf (keys: string[], bytes: Uint8Array, sig: Uint8Array): number {
-  for (const [index, didKey] of keys.entries()) {
-    let key: PublicKey
-    try {
-      key = parseDidKey(didKey)
-    } catch {
-      continue
+function findSigner (keys: string[], bytes: Uint8Array, sig: Uint8Array, parsed: Map<string, PublicKey | null>, first?: string): number {
+  const verifies = (didKey: string): boolean => {
+    let key = parsed.get(didKey)
+    if (key === undefined) {
+      try {
+        key = parseDidKey(didKey)
+      } catch {
+        key = null
+      }
+      parsed.set(didKey, key)
     }
-    if (verifySignature(key, bytes, sig)) return index
+    return key !== null && verifySignature(key, bytes, sig)
+  }
+  // keys are distinct (checked), so whichever verifies is the one index
+  const hinted = first === undefined ? -1 : keys.indexOf(first)
+  if (hinted >= 0 && verifies(first as string)) return hinted
+  for (const [index, didKey] of keys.entries()) {
+    if (index !== hinted && verifies(didKey)) return index
   }
   return -1
 }

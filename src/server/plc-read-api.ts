@@ -9,7 +9,8 @@
  *   GET /{did}/log/audit    every entry, nullified ones included
  *
  * Everything comes from the stored verified log (src/identity/plc-logs.ts), verified
- * again before it is served. A DID this mirror holds no log for is 404 with the
+ * again before it is served (once per stored version: a verified log is reused while
+ * the stored one has the same entries, so a request costs no signature checks). A DID this mirror holds no log for is 404 with the
  * directory's `DID not registered` message; a tombstoned one is 410 for the
  * document and its data, as the directory answers.
  */
@@ -30,6 +31,17 @@ export interface PlcReadApiComponents {
 
 /** The route to mount on the public server (`http.mount(plcReadRoute(…))`). */
 export function plcReadRoute (components: PlcReadApiComponents): PublicRoute {
+  const verifiedLogs = new Map<string, { version: string, log: VerifiedPlcLog }>()
+  const verify = (did: string, stored: StoredPlcLog): VerifiedPlcLog => {
+    const version = JSON.stringify(stored.entries)
+    const cached = verifiedLogs.get(did)
+    if (cached?.version === version) return cached.log
+    const log = verifyPlcLog(did, stored.entries)
+    verifiedLogs.delete(did)
+    verifiedLogs.set(did, { version, log })
+    if (verifiedLogs.size > 1000) verifiedLogs.delete(verifiedLogs.keys().next().value as string)
+    return log
+  }
   return {
     path: '/did:plc',
     match: (pathname) => PATH.test(pathname),
@@ -39,7 +51,7 @@ export function plcReadRoute (components: PlcReadApiComponents): PublicRoute {
       let verified: VerifiedPlcLog | undefined
       if (stored !== undefined) {
         try {
-          verified = verifyPlcLog(did, stored.entries)
+          verified = verify(did, stored)
         } catch (err) {
           log.error('stored PLC log of %s does not verify; not serving it - %e', did, err)
         }
