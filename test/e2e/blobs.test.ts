@@ -255,9 +255,12 @@ describe('blob mirroring from a real PDS', () => {
     assert.equal((await run()).blobs?.wanted, 0)
     // on again, with a cap that only the 80 KiB blob fits
     await pexec(process.execPath, [CLI, 'pin', 'rm', alice.did], { env })
-    const capped = await run('--max-blob-size', '100K')
+    const { stdout, stderr } = await pexec(process.execPath, [CLI, 'mirror', alice.did, '--json', '--max-blob-size', '100K'], { env: { ...env, DEBUG: 'atmirror:mirror:blobs*' } })
+    const capped = JSON.parse(stdout) as { blobs?: { refused: number, fetched: { pds: number } } }
     assert.equal(capped.blobs?.fetched.pds, 1)
     assert.equal(capped.blobs?.refused, 1)
+    // logged, naming the repo, the blob and its size
+    assert.match(stderr, new RegExp(`over the cap of 102400 \\(did=${alice.did} cid=bafkrei[a-z2-7]+ size=\\d+\\)`))
   })
 
   it('unpin collects the repo\'s blobs', async () => {
