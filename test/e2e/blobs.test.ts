@@ -263,6 +263,23 @@ describe('blob mirroring from a real PDS', () => {
     assert.match(stderr, new RegExp(`over the cap of 102400 \\(did=${alice.did} cid=bafkrei[a-z2-7]+ size=\\d+\\)`))
   })
 
+  it('a blob the PDS has taken down (admin takedown) is removed from the mirror', async () => {
+    assert.equal(await store.blobs.has(CID.parse(shared.cid)), true)
+    const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.admin.updateSubjectStatus`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Basic ${Buffer.from(`admin:${net.adminPassword}`).toString('base64')}` },
+      body: JSON.stringify({ subject: { $type: 'com.atproto.admin.defs#repoBlobRef', did: alice.did, cid: shared.cid }, takedown: { applied: true, ref: 'atmirror-test' } })
+    })
+    assert.equal(res.status, 200, await res.text())
+    const report = await syncer.checkBlobs(alice.did)
+    assert.equal(report.removed, 1)
+    assert.equal(await store.blobs.has(CID.parse(shared.cid)), false)
+    assert.equal((await store.blobs.gone(alice.did)).get(shared.cid)?.reason, 'not-found')
+    // the others stay, and it is not fetched again
+    assert.equal((await syncer.sync(alice.did)).blobs?.wanted, 0)
+    assert.equal(await store.blobs.has(CID.parse(shared.cid)), false)
+  })
+
   it('unpin collects the repo\'s blobs', async () => {
     const before = await store.blobs.refs(alice.did)
     assert.ok(before.size > 0)
