@@ -6,6 +6,9 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { request } from 'node:http'
+import { connect } from 'node:net'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { PublicServer } from '../../src/server/public-server.ts'
 import { until } from '../helpers/until.ts'
 
@@ -131,6 +134,35 @@ describe('public server, overall limit', () => {
       assert.equal(refused.status, 503)
       for (const release of held.splice(0)) release()
       await Promise.all((await Promise.all(holding)).map(async res => await res.text()))
+    } finally {
+      await server.stop()
+    }
+  })
+})
+
+describe('public server, slow clients', () => {
+  it('closes a connection whose client stops reading, and frees its slot', async () => {
+    const server = new PublicServer({ port: 0, idleTimeoutMs: 300 })
+    let produced = 0
+    server.mount({
+      path: '/big',
+      handler: async (_req, res) => {
+        // 256 MiB if anyone read it; a client that does not read stalls it after the socket buffers fill
+        const chunk = Buffer.alloc(64 * 1024)
+        const source = Readable.from((function * () { for (let i = 0; i < 4096; i++) { produced++; yield chunk } })())
+        await pipeline(source, res).catch(() => {})
+      }
+    })
+    await server.start()
+    try {
+      const socket = connect(server.address.port, '127.0.0.1')
+      await new Promise<void>(resolve => socket.once('connect', () => { resolve() }))
+      socket.write('GET /big HTTP/1.1\r\nhost: x\r\n\r\n')
+      socket.pause() // and never read
+      await until('the request in flight', () => server.inFlight === 1)
+      await until('the stalled connection closed and its slot freed', () => server.inFlight === 0, { timeout: 20_000 })
+      socket.destroy()
+      assert.ok(produced < 4096, `the server stopped producing (${produced} of 4096 chunks)`)
     } finally {
       await server.stop()
     }
