@@ -170,6 +170,9 @@ export class BlobStore {
     }
     const raw = asRaw(cid)
     if (!await this.#blocks.has(raw)) return undefined
+    // the size recorded when it was stored, else its bytes (a block of the same hash stored as a block)
+    const recorded = await this.#db.get(blobKeys.size(raw.toString()))
+    if (recorded !== undefined) return { size: Number(fromUtf8.decode(recorded)), in: 'blocks' }
     const bytes = await this.#blockBytes(raw)
     return bytes === undefined ? undefined : { size: bytes.byteLength, in: 'blocks' }
   }
