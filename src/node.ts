@@ -586,6 +586,7 @@ export class MirrorNode implements MirrorApi {
       network: this.network?.mode ?? null,
       addresses: this.network?.getMultiaddrs().map(ma => ma.toString()) ?? [],
       peers: this.network?.getPeers().length ?? 0,
+      http: this.http !== undefined && this.#state === 'running' ? this.http.url : null,
       metrics: this.metrics !== undefined && this.http !== undefined && this.#state === 'running' ? `${this.http.url}/metrics` : null,
       repos: await this.listPins(),
       subscriptions: this.#follower?.status() ?? []

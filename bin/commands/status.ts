@@ -39,6 +39,7 @@ function formatStatus (status: NodeStatus, api: string): string {
     `peer id:   ${status.peerId ?? '-'}`
   ]
   // a daemon of an older version does not say
+  if (status.http !== undefined && status.http !== null) lines.push(`http:      ${status.http}`)
   if (status.metrics !== undefined && status.metrics !== null) lines.push(`metrics:   ${status.metrics}`)
   status.addresses.forEach((addr, i) => lines.push(`${i === 0 ? 'addresses:' : '          '} ${addr}`))
   const subs = status.subscriptions ?? []

@@ -55,6 +55,8 @@ export interface NodeStatus {
   addresses: string[]
   /** Peers connected now. */
   peers: number
+  /** The public read-only HTTP server (`--http`); null when off. Absent from daemons before it existed. */
+  http?: string | null
   /** The URL Prometheus scrapes (`…/metrics` on the public HTTP server); null when that server or metrics are off. */
   metrics: string | null
   repos: PinnedRepo[]

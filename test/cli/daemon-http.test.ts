@@ -65,6 +65,11 @@ describe('daemon --http', () => {
       const res = await fetch(`${started.http}/xrpc/_health`)
       assert.equal(res.status, 200)
       assert.equal(typeof (await res.json()).version, 'string')
+      // and `atmirror status` points at it
+      const status = await new Promise<string>((resolve, reject) => {
+        execFile(process.execPath, [CLI, 'status', '--data', join(dir, 'serving')], { env, timeout: 30_000 }, (err, stdout) => { if (err !== null) reject(err); else resolve(stdout) })
+      })
+      assert.match(status, new RegExp(`^http: +${started.http.replaceAll('.', '\\.')}$`, 'm'))
     } finally {
       const exited = once(child, 'exit')
       child.kill('SIGTERM')
