@@ -123,7 +123,8 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
     if (op.newValue !== null) delta.add(op.newValue)
   }
 
-  const release = await store.beginWrite()
+  // a steady stream of events must not hold off garbage collection (see beginWrite)
+  const release = await store.beginWrite({ yieldToGc: true })
   let committed = false
   try {
     await store.putBlocks(did, verified.blocks, { signal })

@@ -434,7 +434,17 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
       log('%s moved to %s; following it there', did, identity.pds)
       await this.refresh()
     }
-    if (state === undefined || state.pds !== identity.pds || (identity.handle !== undefined && state.handle !== identity.handle)) await this.#resync(did, signal)
+    if (state === undefined || hostOrigin(state.pds ?? identity.pds) !== hostOrigin(identity.pds)) {
+      log('%s: #identity: its PDS is %s (stored: %s); syncing', did, identity.pds, state?.pds ?? 'nothing')
+      await this.#resync(did, signal)
+    } else if (identity.handle !== undefined && state.handle !== identity.handle) {
+      const handle = identity.handle
+      await this.#c.syncer.exclusive(did, async () => {
+        const current = await this.#c.store.getState(did)
+        if (current !== undefined) await this.#c.store.putState({ ...current, handle })
+      })
+      log('%s: #identity: handle %s (was %s)', did, handle, state.handle ?? 'none')
+    }
   }
 
   async #accountEvent (sub: Subscription, msg: AccountEvent, url: string, signal: AbortSignal): Promise<string> {
@@ -457,6 +467,7 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
       log('%s: #account status %s; nothing to change', did, msg.status ?? '(none)')
       return 'ignored'
     }
+    if (msg.active && (await this.#c.store.getState(did))?.status === 'active') return 'ignored'
     // active again, or a status a relay reports: the PDS answers for itself
     await this.#resync(did, signal)
     return 'resync'

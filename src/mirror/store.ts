@@ -105,6 +105,9 @@ export interface BlockRepairSource {
   repair: (cid: CID, options: { did?: string, signal?: AbortSignal }) => Promise<Uint8Array>
 }
 
+/** How long a pending collection waits for writers before writers that yield wait for it. */
+const GC_PATIENCE_MS = 500
+
 const KEYS = {
   pin: (did: string) => `/atmirror/pins/${did}`,
   pinPrefix: '/atmirror/pins/',
@@ -139,7 +142,21 @@ export class MirrorStore {
   #repairer: BlockRepairSource | undefined
   #writers = 0
   #collecting: Promise<void> | undefined
-  #gcPending = false
+  #gcPendingValue = false
+  /** When the pending collection became pending. */
+  #gcPendingSince: number | undefined
+  /** Writers waiting for the others to leave so an overdue collection can run. */
+  readonly #drained: Array<() => void> = []
+
+  get #gcPending (): boolean {
+    return this.#gcPendingValue
+  }
+
+  set #gcPending (pending: boolean) {
+    if (pending && !this.#gcPendingValue) this.#gcPendingSince = performance.now()
+    if (!pending) this.#gcPendingSince = undefined
+    this.#gcPendingValue = pending
+  }
   #closed = false
 
   private constructor (dir: string, blockstore: MirrorBlockstore, datastore: LevelDatastore, sync: boolean) {
@@ -425,16 +442,32 @@ export class MirrorStore {
    * release runs any pending collection when the last one leaves, and resolves after
    * it.
    */
-  async beginWrite (): Promise<() => Promise<void>> {
-    while (this.#collecting !== undefined) await this.#collecting
+  async beginWrite (options: { yieldToGc?: boolean } = {}): Promise<() => Promise<void>> {
+    // `yieldToGc`: a collection pending for longer than GC_PATIENCE_MS goes first
+    // (this writer waits until the others leave and it has run). Under a steady
+    // stream of short writers, such as a followed firehose, the last writer would
+    // otherwise never leave and a deleted record would stay stored. Only for a
+    // writer that holds no other write (a nested one would wait for itself).
+    while (this.#collecting !== undefined || (options.yieldToGc === true && this.#gcOverdue())) {
+      if (this.#collecting !== undefined) await this.#collecting
+      else await new Promise<void>(resolve => { this.#drained.push(resolve) })
+    }
     this.#writers++
     let released = false
     return async () => {
       if (released) return
       released = true
       this.#writers--
-      if (this.#writers === 0 && this.#gcPending) await this.#collect()
+      if (this.#writers > 0) return
+      const waiting = this.#drained.splice(0)
+      const collecting = this.#gcPending ? this.#collect() : undefined
+      for (const resolve of waiting) resolve()
+      await collecting
     }
+  }
+
+  #gcOverdue (): boolean {
+    return this.#gcPending && this.#writers > 0 && this.#gcPendingSince !== undefined && performance.now() - this.#gcPendingSince > GC_PATIENCE_MS
   }
 
   /**
