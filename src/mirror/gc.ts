@@ -204,6 +204,8 @@ export async function repoBlocksDelta (blocks: ReadonlyBlockStore, commit: CID, 
 export interface HoldPlan {
   /** Blocks that became candidates for deletion. */
   candidates: number
+  /** Blocks the staging lists dropped by the plan named (an advance). */
+  staged?: number
 }
 
 /**
@@ -329,8 +331,10 @@ export class BlockHolds {
     // staged blocks: drop the list; those the delta does not touch may or may not be
     // held (unchanged blocks the download brought again): look them up
     const untouched = new Set<string>()
+    let staged = 0
     for await (const { key, blocks } of this.#staged(did)) {
       batch.del(key)
+      staged += blocks.length
       for (const block of blocks) {
         if (delta.change(block) === 0) untouched.add(block)
       }
@@ -342,7 +346,7 @@ export class BlockHolds {
       batch.put(holdKeys.candidate(list[i]), EMPTY)
       candidates++
     }
-    return { candidates }
+    return { candidates, staged }
   }
 
   /**
