@@ -64,10 +64,14 @@ export interface ReadApiInit {
   carCacheBytes?: number
 }
 
+/** Answers gathered for the cache at once (each up to a quarter of the cache). */
+const MAX_FILLING = 2
+
 /** Whole repo CARs by commit CID, least recently used dropped first. */
 export class RepoCarCache {
   readonly #max: number
   readonly #entries = new Map<string, Buffer[]>()
+  readonly #filling = new Set<string>()
   #bytes = 0
 
   constructor (maxBytes: number) {
@@ -87,17 +91,27 @@ export class RepoCarCache {
     return chunks
   }
 
-  /** `source`, passed through; kept once it ends complete and fits. */
+  /**
+   * `source`, passed through; kept once it ends complete and fits. Only one answer per
+   * commit, and {@link MAX_FILLING} at once, are gathered: a burst of requests for a
+   * repo not cached yet must not hold a copy each.
+   */
   async * fill (commit: string, source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-    let chunks: Buffer[] | undefined = this.#max > 0 ? [] : undefined
+    const gather = this.#max > 0 && !this.#filling.has(commit) && this.#filling.size < MAX_FILLING
+    let chunks: Buffer[] | undefined = gather ? [] : undefined
+    if (gather) this.#filling.add(commit)
     let size = 0
-    for await (const chunk of source) {
-      if (chunks !== undefined) {
-        size += chunk.length
-        if (size > this.#max / 4) chunks = undefined
-        else chunks.push(chunk)
+    try {
+      for await (const chunk of source) {
+        if (chunks !== undefined) {
+          size += chunk.length
+          if (size > this.#max / 4) chunks = undefined
+          else chunks.push(chunk)
+        }
+        yield chunk
       }
-      yield chunk
+    } finally {
+      if (gather) this.#filling.delete(commit)
     }
     if (chunks === undefined || this.#entries.has(commit)) return
     this.#entries.set(commit, chunks)
