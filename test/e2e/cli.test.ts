@@ -53,7 +53,7 @@ describe('the CLI as people use it', () => {
   }
 
   async function startDaemon (dir: string): Promise<ChildProcess> {
-    const child = spawn(process.execPath, [BIN, 'daemon', '--private', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '0', '--interval', '0', '--data', dir, '--json'], {
+    const child = spawn(process.execPath, [BIN, 'daemon', '--private', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '0', '--interval', '0', '--no-follow', '--data', dir, '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, DEBUG: '', ATMIRROR_PLC: net.plcUrl, ATMIRROR_HANDLE_RESOLVER: net.pdsUrl }
     })

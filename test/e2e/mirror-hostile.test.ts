@@ -262,7 +262,7 @@ describe('an incremental sync of a tree that reuses stored subtrees wrongly', ()
     const whole = new RepoSyncer({ store, identity, heads: new PdsHeadResolver({ identity }) }, { verify: 'full' })
     await assert.rejects(whole.sync(v1.did), { name: 'MstInvalidError' })
     assert.deepEqual(await store.getState(v1.did), stateBefore)
-    assert.deepEqual(await storedBlocks(store.dir), blocksBefore)
+    assert.deepEqual(await storedBlocks(store), blocksBefore)
   })
 
   it('a stored subtree linked a layer too high: MstInvalidError, nothing stored', async () => {
