@@ -37,6 +37,7 @@ import { join } from 'node:path'
 import { parseArgs, promisify } from 'node:util'
 import { CarBlockIterator } from '@ipld/car/iterator'
 import { FsBlockstore } from 'blockstore-fs'
+import { fixtureWrites } from '../support/generated-repo.ts'
 import { startTestNetwork } from '../support/network.ts'
 import { LevelBlockstore } from 'blockstore-level'
 import { LevelDatastore } from 'datastore-level'
@@ -73,10 +74,9 @@ try {
   process.stdout.write(`node ${process.version}; local PDS ${net.pdsUrl}, PLC ${net.plcUrl}\n`)
   const t0 = performance.now()
   const account = await net.createAccount('bench')
-  const records = Array.from({ length: RECORDS }, (_, i) => ({
-    collection: 'app.bsky.feed.post',
-    value: { text: `post number ${i}: ${'lorem ipsum '.repeat(1 + (i % 7))}`, createdAt: new Date(1_700_000_000_000 + i * 1000).toISOString() }
-  }))
+  // a mix like a real account's (posts of seeded random words, likes, follows, a
+  // profile): repeated text would compress far better than real records do
+  const records = fixtureWrites(RECORDS, account.did, 7).map(write => ({ collection: write.collection, rkey: write.rkey, value: write.record as Record<string, unknown> }))
   const written = await net.writeRecords(account, records)
   process.stdout.write(`account ${account.did}: ${RECORDS} records written in ${fmt((performance.now() - t0) / 1000)}\n\n`)
 
@@ -171,8 +171,9 @@ try {
   }
 
   // (c) one record changed
-  const target = written.records[Math.floor(RECORDS / 2)]
-  await net.updateRecord(account, { collection: target.collection, rkey: target.rkey, value: { text: 'changed', createdAt: new Date().toISOString() } })
+  const postsWritten = written.records.filter(record => record.collection === 'app.bsky.feed.post')
+  const target = postsWritten[Math.floor(postsWritten.length / 2)]
+  await net.updateRecord(account, { collection: target.collection, rkey: target.rkey, value: { $type: 'app.bsky.feed.post', text: 'changed', createdAt: new Date().toISOString() } })
   const again = await cli(mirrorDir)
   const fetched = again.result.fetched as { pds: number, bitswap: number, local: number }
   const depth = await mstDepth(mirrorDir, again.result.commit)
@@ -240,7 +241,8 @@ async function timeOpenClose (dir: string): Promise<number> {
 async function packedBlocksAlone (dir: string): Promise<number> {
   const source = await MirrorStore.open(dir)
   const target = join(dir + '-blocks-alone')
-  const datastore = new LevelDatastore(target)
+  // opened as MirrorStore opens its LevelDB (snappy on)
+  const datastore = new LevelDatastore(target, { compression: true })
   await datastore.open()
   try {
     const store = new LevelMirrorBlockstore(datastore.db)

@@ -145,6 +145,8 @@ export class MirrorStore {
   #repairer: BlockRepairSource | undefined
   #writers = 0
   #collecting: Promise<void> | undefined
+  /** A compaction of the staging range under way (see #compactStaging). */
+  #compacting: Promise<void> | undefined
   #gcPendingValue = false
   /** When the pending collection became pending. */
   #gcPendingSince: number | undefined
@@ -380,7 +382,10 @@ export class MirrorStore {
       if (options.pin === true && !await this.pins.has(state.did)) batch.put(KEYS.pin(state.did), pinRecord(state.did))
       await batch.write({ sync: this.#sync })
       if (plan.candidates > 0) this.#gcPending = true
-      if ((plan.staged ?? 0) > COMPACT_AFTER) await this.#compactStaging()
+      // in the background, as LevelDB's own compactions run; close() waits for it
+      if ((plan.staged ?? 0) > COMPACT_AFTER && this.#compacting === undefined) {
+        this.#compacting = this.#compactStaging().catch(err => { log.error('compacting the staging range failed: %e', err) }).finally(() => { this.#compacting = undefined })
+      }
       return { candidates: plan.candidates }
     } finally {
       await batch.close()
@@ -531,6 +536,7 @@ export class MirrorStore {
     if (this.#closed) return
     this.#closed = true
     while (this.#collecting !== undefined) await this.#collecting
+    await this.#compacting
     await this.blockstore.close()
     await this.datastore.close()
   }
