@@ -211,8 +211,11 @@ async function main (): Promise<void> {
     // 1. live writes
     const pending = new Map<string, Array<{ rev: string, ackAt: number }>>()
     const lags: number[] = []
+    /** The rev each repo was last advanced to (an event can be applied before the write's answer arrives). */
+    const appliedRev = new Map<string, string>()
     live.events.addEventListener('repo:synced', (evt) => {
       const now = performance.now()
+      if (evt.detail.rev > (appliedRev.get(evt.detail.did) ?? '')) appliedRev.set(evt.detail.did, evt.detail.rev)
       const waiting = pending.get(evt.detail.did)
       if (waiting === undefined) return
       const left = waiting.filter(w => {
@@ -249,9 +252,13 @@ async function main (): Promise<void> {
         const ackAt = performance.now()
         commits++
         ops += n
-        const list = pending.get(account.did) ?? []
-        list.push({ rev: out.commit.rev, ackAt })
-        pending.set(account.did, list)
+        if ((appliedRev.get(account.did) ?? '') >= out.commit.rev) {
+          lags.push(0) // servable before the PDS answered
+        } else {
+          const list = pending.get(account.did) ?? []
+          list.push({ rev: out.commit.rev, ackAt })
+          pending.set(account.did, list)
+        }
         for (const cid of deleting) deletions.push({ cid: parseCid(cid), ackAt })
         out.results.forEach((result, i) => {
           if (result.cid !== undefined && writes[i].$type === 'com.atproto.repo.applyWrites#create') mine.push({ rkey: writes[i].rkey as string, cid: result.cid })
