@@ -90,25 +90,34 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
   if (commitBytes === undefined) throw new CommitInvalidError('the event does not carry its commit block', { did, rev: evt.rev, cid: evt.commit })
   const commit = decodeCommit(commitBytes, evt.commit)
   checkCommitFields(commit, evt.did, evt.rev, evt.commit)
-  await checkSignature(components, commit, evt.commit, identity, signal)
+  // (the signature is checked by verifyIncremental below, before anything is written)
   await verifyCommitProof(blocks, commit.data, evt.prevData, evt.ops, { did, rev: evt.rev, signal })
   if (evt.prevData.toString() !== state.data) return { outcome: 'resync', why: `prevData ${evt.prevData.toString()} is not the stored data ${state.data} (a gap)` }
 
   // the advance, checked in proportion to the change before anything is written:
   // the event's blocks over the stored repo
   let verified: IncrementalVerification
+  const verify = async (key: Identity['signingKey']): Promise<IncrementalVerification> => await verifyIncremental({
+    oldData: CID.parse(state.data),
+    commit: evt.commit,
+    blocks: new OverlayBlockStore(blocks, store.blocks),
+    key,
+    did,
+    trusted: true,
+    records: 'hash',
+    signal,
+    log: repoLog
+  })
   try {
-    verified = await verifyIncremental({
-      oldData: CID.parse(state.data),
-      commit: evt.commit,
-      blocks: new OverlayBlockStore(blocks, store.blocks),
-      key: identity.signingKey,
-      did,
-      trusted: true,
-      records: 'hash',
-      signal,
-      log: repoLog
-    })
+    try {
+      verified = await verify(identity.signingKey)
+    } catch (err) {
+      if (!(err instanceof CommitSignatureError)) throw err
+      // keys rotate: the DID document once more, and the commit again with its key
+      const fresh = await components.identity.refresh(did, { signal, verifyHandle: false })
+      if (fresh.didKey === identity.didKey) throw err
+      verified = await verify(fresh.signingKey)
+    }
   } catch (err) {
     if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
     throw err
