@@ -15,7 +15,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { TypedEventEmitter } from '@libp2p/interface'
-import { AtmirrorError, NotPinnedError, RepoNotMirroredError } from './errors.ts'
+import { AtmirrorError, ConfigError, NotPinnedError, RepoNotMirroredError } from './errors.ts'
 import { AtprotoIdentityResolver, type IdentityResolver } from './identity/resolver.ts'
 import type { BlockBroker } from './blocks/broker.ts'
 import { BlockFetcher } from './blocks/fetcher.ts'
@@ -52,6 +52,7 @@ import { CID } from './repo/cid.ts'
 import { ControlApi } from './server/control-api.ts'
 import type { NodeMetrics, NodeMetricsInit } from './server/metrics.ts'
 import type { PublicServer, PublicServerInit } from './server/public-server.ts'
+import type { CrawlRequester } from './server/request-crawl.ts'
 import { removeDaemonInfo, writeDaemonInfo } from './server/daemon-info.ts'
 import pkg from '../package.json' with { type: 'json' }
 
@@ -123,6 +124,12 @@ export interface MirrorNodeInit {
    * @default false
    */
   http?: PublicServerInit | false
+  /**
+   * Announce the public HTTP server to these relays (`requestCrawl`, at start and
+   * every 20 minutes; src/server/request-crawl.ts) under `hostname`, the name they
+   * reach it by. Needs `http`.
+   */
+  requestCrawl?: { relays: string[], hostname: string, intervalMs?: number }
   /**
    * Milliseconds between re-checks of every pinned repo; 0 checks only at start.
    *
@@ -234,6 +241,7 @@ export class MirrorNode implements MirrorApi {
   readonly #streams: (EventStreams & { close?: () => Promise<void> }) | undefined
   readonly #repos = new Map<string, RepoRuntime>()
   #stopping = new AbortController()
+  readonly #crawl: CrawlRequester | undefined
   #state: 'stopped' | 'starting' | 'running' | 'stopping' = 'stopped'
   #startedAt: string | undefined
   #closed = false
@@ -241,7 +249,7 @@ export class MirrorNode implements MirrorApi {
   constructor (init: {
     dataDir: string, lock: DataDirLock, store: MirrorStore, identity: IdentityResolver, heads: HeadResolver, syncer: RepoSyncer,
     network?: MirrorNetwork, api?: { port?: number, host?: string }, http?: PublicServer, intervalMs: number, checkOnStart: boolean, concurrency: number,
-    p2p?: PeerServices, metrics?: NodeMetrics, plcLogs?: PlcLogKeeper, identityStore?: MirrorIdentityStore, identityRefreshMs?: number, follow?: FollowerInit, streams?: EventStreams & { close?: () => Promise<void> }
+    p2p?: PeerServices, metrics?: NodeMetrics, plcLogs?: PlcLogKeeper, identityStore?: MirrorIdentityStore, identityRefreshMs?: number, follow?: FollowerInit, streams?: EventStreams & { close?: () => Promise<void> }, crawl?: CrawlRequester
   }) {
     this.dataDir = init.dataDir
     this.#lock = init.lock
@@ -265,6 +273,7 @@ export class MirrorNode implements MirrorApi {
     }
     this.api = init.api === undefined ? undefined : new ControlApi({ target: this }, { dataDir: init.dataDir, ...init.api })
     this.http = init.http
+    this.#crawl = init.crawl
     this.#runner = new DidRunner({ concurrency: init.concurrency })
     this.#streams = init.streams
     if (init.streams !== undefined) {
@@ -341,6 +350,7 @@ export class MirrorNode implements MirrorApi {
     log('node running: data=%s network=%s api=%s http=%s', this.dataDir, this.network?.mode ?? 'off', this.api?.url ?? 'off', this.http?.url ?? 'off')
     this.#scheduler.start()
     this.#follower?.start().catch(err => { log.error('starting to follow the hosts failed - %e', err) })
+    this.#crawl?.start()
   }
 
   /**
@@ -362,6 +372,7 @@ export class MirrorNode implements MirrorApi {
       }
     }
     this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
+    this.#crawl?.stop()
     await step('syncs', async () => {
       await this.#scheduler.stop()
       await this.#follower?.stop()
@@ -589,7 +600,8 @@ export class MirrorNode implements MirrorApi {
       http: this.http !== undefined && this.#state === 'running' ? this.http.url : null,
       metrics: this.metrics !== undefined && this.http !== undefined && this.#state === 'running' ? `${this.http.url}/metrics` : null,
       repos: await this.listPins(),
-      subscriptions: this.#follower?.status() ?? []
+      subscriptions: this.#follower?.status() ?? [],
+      crawlRequests: this.#crawl?.status() ?? []
     }
   }
 
@@ -832,6 +844,10 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
     }, init.blobs === false ? { enabled: false } : init.blobs)
     const syncer = new RepoSyncer({ store, identity, heads, fetcher, blobs }, { pds: init.pds, limits: init.downloadLimits })
     let http: PublicServer | undefined
+    let crawl: CrawlRequester | undefined
+    if (init.requestCrawl !== undefined && init.requestCrawl.relays.length > 0 && (init.http === undefined || init.http === false)) {
+      throw new ConfigError('requestCrawl needs the public HTTP server (http): relays crawl it')
+    }
     if (init.http !== undefined && init.http !== false) {
       // loaded only when serving: express and the lexicons are a one-shot command's dead weight
       const [{ PublicServer }, { plcReadRoute }, { syncApi }, { repoApi }, { gatewayRoute }] = await Promise.all([
@@ -846,6 +862,10 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       http.mountXrpc(repoApi({ store, identity }))
       // blobs too: the repos that reference them decide, as holders do for blocks
       http.mount(gatewayRoute({ store, holders: servedHolders(holders, store), blobs: store.blobs }))
+      if (init.requestCrawl !== undefined && init.requestCrawl.relays.length > 0) {
+        const { CrawlRequester } = await import('./server/request-crawl.ts')
+        crawl = new CrawlRequester({ ...init.requestCrawl, allowLoopback: init.allowHttpLocalhost, allowPrivateNetwork: init.allowPrivateNetwork, fetch: init.fetch })
+      }
     }
     const node = new MirrorNode({
       dataDir: init.dataDir,
@@ -857,6 +877,7 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       network,
       api: init.api === false ? undefined : (init.api ?? {}),
       http,
+      crawl,
       intervalMs: init.intervalMs ?? 60_000,
       checkOnStart: init.checkOnStart ?? true,
       concurrency: init.concurrency ?? 4,

@@ -15,6 +15,8 @@ export const daemonOptions = {
   'api-host': { type: 'string' },
   http: { type: 'string' },
   'http-trust-proxy': { type: 'boolean' },
+  'request-crawl': { type: 'string', multiple: true },
+  'public-hostname': { type: 'string' },
   interval: { type: 'string' },
   concurrency: { type: 'string' },
   'max-repo-blocks': { type: 'string' },

@@ -33,6 +33,9 @@ options:
                           off; the default port is ${DEFAULT_HTTP_PORT})
   --http-trust-proxy      behind a reverse proxy: count requests per client by the last
                           X-Forwarded-For address
+  --public-hostname HOST  the host name (and port) relays reach the --http server by
+  --request-crawl URL     announce the mirror to this relay (com.atproto.sync.requestCrawl
+                          with --public-hostname) at start and every 20 minutes; repeatable
   --interval SECONDS      re-check every pinned repo this often; 0 = only at start (default 60)
   --concurrency N         repos synced at once by the re-check (default 4)
   --max-repo-blocks N     most blocks one sync may download (default 20000000)
@@ -102,6 +105,7 @@ export const command = defineCommand({
       ...identityConfig(values, ctx.env),
       api: { port: integerFlag('--api', values.api, DEFAULT_API_PORT, { max: 65535 }), host: values['api-host'] },
       http: httpFlag(values.http, values['http-trust-proxy'] === true),
+      requestCrawl: requestCrawlFlags(values['request-crawl'], values['public-hostname'], values.http),
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
       intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
@@ -174,6 +178,20 @@ export const command = defineCommand({
     return 0
   }
 })
+
+/** `--request-crawl URL…` with `--public-hostname HOST`: both, and `--http`, or none. */
+export function requestCrawlFlags (relays: string[] | undefined, hostname: string | undefined, http: string | undefined): MirrorNodeInit['requestCrawl'] {
+  if (relays === undefined || relays.length === 0) {
+    if (hostname !== undefined) throw new UsageError('--public-hostname is only used with --request-crawl')
+    return undefined
+  }
+  if (hostname === undefined) throw new UsageError('--request-crawl needs --public-hostname: the host name relays reach this mirror by')
+  if (http === undefined || http === 'off') throw new UsageError('--request-crawl needs --http: relays crawl the public HTTP server')
+  for (const relay of relays) {
+    if (!/^https?:\/\/[^/]/.test(relay)) throw new UsageError(`--request-crawl must be an http(s) URL, got ${JSON.stringify(relay)}`)
+  }
+  return { relays, hostname }
+}
 
 /** `--http`: `HOST:PORT`, `[V6]:PORT`, `PORT` (loopback), `HOST` (default port) or `off`. */
 export function httpFlag (value: string | undefined, trustProxy: boolean): MirrorNodeInit['http'] {

@@ -49,6 +49,9 @@ function formatStatus (status: NodeStatus, api: string): string {
     if (sub.error !== undefined && sub.state !== 'connected') parts.push(`error=${JSON.stringify(sub.error)}`)
     lines.push(parts.join('  '))
   }
+  for (const crawl of status.crawlRequests ?? []) {
+    lines.push(`relay:     ${crawl.relay}  ${crawl.ok ? 'asked to crawl' : `requestCrawl failed: ${crawl.error ?? 'unknown'}`}  at=${crawl.at}`)
+  }
   lines.push(`pinned:    ${status.repos.length} repo${status.repos.length === 1 ? '' : 's'}${status.intervalSeconds > 0 ? `, re-checked every ${status.intervalSeconds} s` : ''}`)
   for (const repo of status.repos) lines.push(`  ${formatRepo(repo)}`)
   return lines.join('\n')

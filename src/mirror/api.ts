@@ -62,6 +62,18 @@ export interface NodeStatus {
   repos: PinnedRepo[]
   /** Each followed host's event stream (none when not following). */
   subscriptions?: SubscriptionStatus[]
+  /** The last `requestCrawl` to each relay the mirror announces itself to (`--request-crawl`). */
+  crawlRequests?: CrawlRequestStatus[]
+}
+
+/** The last announcement of the mirror to one relay (src/server/request-crawl.ts). */
+export interface CrawlRequestStatus {
+  relay: string
+  /** ISO time of the last attempt. */
+  at: string
+  ok: boolean
+  /** What failed, when `ok` is false. */
+  error?: string
 }
 
 export interface PinResult {
