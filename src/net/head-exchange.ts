@@ -17,14 +17,14 @@
  * docs/PROTOCOL.md ("Head exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'
-import { varint } from 'multiformats'
-import { CommitDidMismatchError, PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
+import { CommitDidMismatchError, PeerError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
 import { isServable } from '../mirror/status-policy.ts'
-import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
+import { decodeCbor } from '../repo/cbor.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit, type Commit } from '../repo/commit.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { FrameExchange, encodeFrame, readFrame } from './exchange.ts'
+import type { Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:head')
 
@@ -113,33 +113,27 @@ export interface HeadExchangeInit {
  */
 export class HeadExchange {
   readonly protocol: string
-  readonly #libp2p: HeadExchangeComponents['libp2p']
   readonly #heads: LocalHeadSource | undefined
-  readonly #maxRequestBytes: number
-  readonly #maxResponseBytes: number
-  readonly #timeoutMs: number
-  readonly #maxConcurrentInbound: number
-  readonly #maxInboundStreams: number
-  readonly #maxOutboundStreams: number
-  #inbound = 0
+  readonly #exchange: FrameExchange
   #stats = { requests: 0, served: 0 }
-  #started = false
 
   constructor (components: HeadExchangeComponents, init: HeadExchangeInit = {}) {
-    this.#libp2p = components.libp2p
     this.#heads = components.heads
     this.protocol = init.protocol ?? HEAD_PROTOCOL
-    this.#maxRequestBytes = init.maxRequestBytes ?? 4096
-    this.#maxResponseBytes = init.maxResponseBytes ?? 16384
-    this.#timeoutMs = init.timeoutMs ?? 5000
-    this.#maxConcurrentInbound = init.maxConcurrentInbound ?? 64
-    this.#maxInboundStreams = init.maxInboundStreamsPerConnection ?? 8
-    this.#maxOutboundStreams = init.maxOutboundStreamsPerConnection ?? 16
+    this.#exchange = new FrameExchange(components.libp2p, {
+      protocol: this.protocol,
+      maxRequestBytes: init.maxRequestBytes ?? 4096,
+      maxResponseBytes: init.maxResponseBytes ?? 16384,
+      timeoutMs: init.timeoutMs ?? 5000,
+      maxConcurrentInbound: init.maxConcurrentInbound ?? 64,
+      maxInboundStreamsPerConnection: init.maxInboundStreamsPerConnection ?? 8,
+      maxOutboundStreamsPerConnection: init.maxOutboundStreamsPerConnection ?? 16
+    }, { name: 'head', log, answer: async (frame, peer, signal) => await this.#serve(frame, peer, signal) })
   }
 
   /** Streams being served right now. */
   get inbound (): number {
-    return this.#inbound
+    return this.#exchange.inbound
   }
 
   /** Responder side: well-formed requests read, and how many were answered with a head. */
@@ -148,22 +142,15 @@ export class HeadExchange {
   }
 
   isStarted (): boolean {
-    return this.#started
+    return this.#exchange.isStarted()
   }
 
   async start (): Promise<void> {
-    if (this.#started) return
-    await this.#libp2p.handle(this.protocol, (stream, connection) => { void this.#serve(stream, connection) }, {
-      maxInboundStreams: this.#maxInboundStreams,
-      maxOutboundStreams: this.#maxOutboundStreams
-    })
-    this.#started = true
+    await this.#exchange.start()
   }
 
   async stop (): Promise<void> {
-    if (!this.#started) return
-    this.#started = false
-    await this.#libp2p.unhandle(this.protocol)
+    await this.#exchange.stop()
   }
 
   /**
@@ -173,69 +160,20 @@ export class HeadExchange {
    * its block is not a commit for `did`. The caller must still check the signature.
    */
   async requestHead (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<PeerHeadAnswer> {
-    const timeout = AbortSignal.timeout(this.#timeoutMs)
-    const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
-    const peerName = peer.toString()
-    let stream: Stream | undefined
-    try {
-      stream = await this.#libp2p.dialProtocol(peer, this.protocol, { signal })
-      const onAbort = (): void => { stream?.abort(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))) }
-      signal.addEventListener('abort', onAbort, { once: true })
-      try {
-        await send(stream, encodeFrame(encodeCbor({ did })), signal)
-        await stream.close({ signal })
-        const frame = await readFrame(stream, this.#maxResponseBytes, { peer: peerName, did })
-        return { peer, ...parseAnswer(frame, did, peerName) }
-      } finally {
-        signal.removeEventListener('abort', onAbort)
-      }
-    } catch (err) {
-      stream?.abort(err instanceof Error ? err : new Error(String(err)))
-      options.signal?.throwIfAborted()
-      if (timeout.aborted) throw new PeerTimeoutError({ peer: peerName, did, ms: this.#timeoutMs })
-      if (err instanceof PeerError || err instanceof RepoVerificationError) throw err
-      throw new PeerError(`head exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
-    }
+    return await this.#exchange.ask(peer, did, { did }, (frame, peerName) => ({ peer, ...parseAnswer(frame, did, peerName) }), options)
   }
 
-  async #serve (stream: Stream, connection: Connection): Promise<void> {
-    const peer = connection.remotePeer
-    if (this.#inbound >= this.#maxConcurrentInbound) {
-      log('busy (%d streams): resetting head request from %p', this.#inbound, peer)
-      stream.abort(new PeerError('too many concurrent head requests'))
-      return
+  async #serve (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const did = parseRequest(frame)
+    if (did === undefined) {
+      log('malformed head request from %p', peer)
+      return { error: 'InvalidRequest' }
     }
-    this.#inbound++
-    const signal = AbortSignal.timeout(this.#timeoutMs)
-    const onAbort = (): void => { stream.abort(new PeerTimeoutError({ peer: peer.toString(), ms: this.#timeoutMs })) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    try {
-      const frame = await readFrame(stream, this.#maxRequestBytes, { peer: peer.toString() })
-      const did = parseRequest(frame)
-      let answer: Record<string, unknown>
-      if (did === undefined) {
-        log('malformed head request from %p', peer)
-        answer = { error: 'InvalidRequest' }
-      } else {
-        this.#stats.requests++
-        answer = await this.#answer(did, signal)
-        if (answer.error === undefined) this.#stats.served++
-        log.trace('head request from %p for %s: %s', peer, did, answer.error ?? 'found')
-      }
-      let bytes = encodeCbor(answer)
-      if (bytes.byteLength > this.#maxResponseBytes) {
-        log.error('head block for %s too large to serve (%d bytes)', did, bytes.byteLength)
-        bytes = encodeCbor({ error: 'InternalError' })
-      }
-      await send(stream, encodeFrame(bytes), signal)
-      await stream.close({ signal })
-    } catch (err) {
-      log('head request from %p cut off: %e', peer, err)
-      stream.abort(err instanceof Error ? err : new Error(String(err)))
-    } finally {
-      signal.removeEventListener('abort', onAbort)
-      this.#inbound--
-    }
+    this.#stats.requests++
+    const answer = await this.#answer(did, signal)
+    if (answer.error === undefined) this.#stats.served++
+    log.trace('head request from %p for %s: %s', peer, did, answer.error ?? 'found')
+    return answer
   }
 
   async #answer (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
@@ -251,54 +189,7 @@ export class HeadExchange {
   }
 }
 
-/** A frame: unsigned LEB128 varint of the payload length, then the payload. */
-export function encodeFrame (payload: Uint8Array): Uint8Array {
-  const headerLength = varint.encodingLength(payload.byteLength)
-  const out = new Uint8Array(headerLength + payload.byteLength)
-  varint.encodeTo(payload.byteLength, out)
-  out.set(payload, headerLength)
-  return out
-}
-
-/** A varint of more than 4 bytes cannot encode a length we accept (4 bytes = 2^28). */
-const MAX_FRAME_VARINT_BYTES = 4
-
-/**
- * Reads exactly one frame of at most `maxBytes` payload bytes. Throws
- * {@link PeerProtocolError} on an oversized, non-minimal or truncated frame; the
- * caller bounds it in time by aborting the stream.
- */
-export async function readFrame (stream: AsyncIterable<Uint8Array | { subarray: () => Uint8Array }>, maxBytes: number, context: { peer?: string, did?: string } = {}): Promise<Uint8Array> {
-  const header = new Uint8Array(MAX_FRAME_VARINT_BYTES)
-  let headerLength = 0
-  let length = -1
-  let payload: Uint8Array | undefined
-  let filled = 0
-  for await (const chunk of stream) {
-    const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
-    let offset = 0
-    while (length < 0 && offset < bytes.byteLength) {
-      // one byte at a time until multiformats can decode the header: the rest of the chunk is payload
-      header[headerLength++] = bytes[offset++] as number
-      try {
-        length = varint.decode(header.subarray(0, headerLength))[0]
-      } catch (err) {
-        if ((err as Error).message.includes('minimal')) throw new PeerProtocolError('frame length varint not minimal', context)
-        if (headerLength >= MAX_FRAME_VARINT_BYTES) throw new PeerProtocolError('frame length varint too long', context)
-        continue
-      }
-      if (length === 0) throw new PeerProtocolError('empty frame', context)
-      if (length > maxBytes) throw new PeerProtocolError(`frame of ${length} bytes exceeds the ${maxBytes}-byte cap`, context)
-      payload = new Uint8Array(length)
-    }
-    if (payload === undefined) continue
-    const take = Math.min(bytes.byteLength - offset, length - filled)
-    payload.set(bytes.subarray(offset, offset + take), filled)
-    filled += take
-    if (filled === length) return payload
-  }
-  throw new PeerProtocolError(length < 0 ? 'stream ended before a frame' : `stream ended after ${filled} of ${length} frame bytes`, context)
-}
+export { encodeFrame, readFrame }
 
 function parseRequest (frame: Uint8Array): string | undefined {
   let value: unknown
@@ -340,8 +231,3 @@ function parseAnswer (frame: Uint8Array, did: string, peer: string): Omit<PeerHe
 function isPlainMap (value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array) && asCid(value) === null
 }
-
-async function send (stream: Stream, bytes: Uint8Array, signal: AbortSignal): Promise<void> {
-  if (!stream.send(bytes)) await stream.onDrain({ signal })
-}
-

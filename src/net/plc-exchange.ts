@@ -17,13 +17,13 @@
  * concurrency limit. docs/PROTOCOL.md ("PLC log exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'
-import { PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError } from '../errors.ts'
-import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
+import { PeerError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
+import { decodeCbor } from '../repo/cbor.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { encodeFrame, readFrame } from './head-exchange.ts'
+import { FrameExchange } from './exchange.ts'
 import type { OfferedPlcLog, PlcLogSource, StoredPlcLog } from '../identity/plc-logs.ts'
 import type { MirrorLocator } from '../blocks/broker.ts'
-import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+import type { Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:plc')
 
@@ -61,28 +61,22 @@ export interface PlcExchangeInit {
 /** Both ends of the PLC log exchange; register it in the node as a `Startable`. */
 export class PlcExchange {
   readonly protocol: string
-  readonly #libp2p: PlcExchangeComponents['libp2p']
   readonly #logs: LocalPlcLogs | undefined
-  readonly #maxRequestBytes: number
-  readonly #maxResponseBytes: number
-  readonly #timeoutMs: number
-  readonly #maxConcurrentInbound: number
-  readonly #maxInboundStreams: number
-  readonly #maxOutboundStreams: number
-  #inbound = 0
+  readonly #exchange: FrameExchange
   #stats = { requests: 0, served: 0 }
-  #started = false
 
   constructor (components: PlcExchangeComponents, init: PlcExchangeInit = {}) {
-    this.#libp2p = components.libp2p
     this.#logs = components.logs
     this.protocol = init.protocol ?? PLC_PROTOCOL
-    this.#maxRequestBytes = init.maxRequestBytes ?? 4096
-    this.#maxResponseBytes = init.maxResponseBytes ?? 1024 * 1024
-    this.#timeoutMs = init.timeoutMs ?? 5000
-    this.#maxConcurrentInbound = init.maxConcurrentInbound ?? 32
-    this.#maxInboundStreams = init.maxInboundStreamsPerConnection ?? 4
-    this.#maxOutboundStreams = init.maxOutboundStreamsPerConnection ?? 8
+    this.#exchange = new FrameExchange(components.libp2p, {
+      protocol: this.protocol,
+      maxRequestBytes: init.maxRequestBytes ?? 4096,
+      maxResponseBytes: init.maxResponseBytes ?? 1024 * 1024,
+      timeoutMs: init.timeoutMs ?? 5000,
+      maxConcurrentInbound: init.maxConcurrentInbound ?? 32,
+      maxInboundStreamsPerConnection: init.maxInboundStreamsPerConnection ?? 4,
+      maxOutboundStreamsPerConnection: init.maxOutboundStreamsPerConnection ?? 8
+    }, { name: 'PLC log', log, answer: async (frame, peer, signal) => await this.#serve(frame, peer, signal) })
   }
 
   /** Responder side: well-formed requests read, and how many were answered with a log. */
@@ -91,22 +85,15 @@ export class PlcExchange {
   }
 
   isStarted (): boolean {
-    return this.#started
+    return this.#exchange.isStarted()
   }
 
   async start (): Promise<void> {
-    if (this.#started) return
-    await this.#libp2p.handle(this.protocol, (stream, connection) => { void this.#serve(stream, connection) }, {
-      maxInboundStreams: this.#maxInboundStreams,
-      maxOutboundStreams: this.#maxOutboundStreams
-    })
-    this.#started = true
+    await this.#exchange.start()
   }
 
   async stop (): Promise<void> {
-    if (!this.#started) return
-    this.#started = false
-    await this.#libp2p.unhandle(this.protocol)
+    await this.#exchange.stop()
   }
 
   /**
@@ -115,68 +102,17 @@ export class PlcExchange {
    * PeerTimeoutError / PeerProtocolError when it misbehaves.
    */
   async requestLog (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<unknown[]> {
-    const timeout = AbortSignal.timeout(this.#timeoutMs)
-    const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
-    const peerName = peer.toString()
-    let stream: Stream | undefined
-    try {
-      stream = await this.#libp2p.dialProtocol(peer, this.protocol, { signal })
-      const onAbort = (): void => { stream?.abort(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))) }
-      signal.addEventListener('abort', onAbort, { once: true })
-      try {
-        await send(stream, encodeFrame(encodeCbor({ did })), signal)
-        await stream.close({ signal })
-        const frame = await readFrame(stream, this.#maxResponseBytes, { peer: peerName, did })
-        return parseAnswer(frame, did, peerName)
-      } finally {
-        signal.removeEventListener('abort', onAbort)
-      }
-    } catch (err) {
-      stream?.abort(err instanceof Error ? err : new Error(String(err)))
-      options.signal?.throwIfAborted()
-      if (timeout.aborted) throw new PeerTimeoutError({ peer: peerName, did, ms: this.#timeoutMs })
-      if (err instanceof PeerError) throw err
-      throw new PeerError(`PLC log exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
-    }
+    return await this.#exchange.ask(peer, did, { did }, (frame, peerName) => parseAnswer(frame, did, peerName), options)
   }
 
-  async #serve (stream: Stream, connection: Connection): Promise<void> {
-    const peer = connection.remotePeer
-    if (this.#inbound >= this.#maxConcurrentInbound) {
-      log('busy (%d streams): resetting PLC log request from %p', this.#inbound, peer)
-      stream.abort(new PeerError('too many concurrent PLC log requests'))
-      return
-    }
-    this.#inbound++
-    const signal = AbortSignal.timeout(this.#timeoutMs)
-    const onAbort = (): void => { stream.abort(new PeerTimeoutError({ peer: peer.toString(), ms: this.#timeoutMs })) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    try {
-      const frame = await readFrame(stream, this.#maxRequestBytes, { peer: peer.toString() })
-      const did = parseRequest(frame)
-      let answer: Record<string, unknown>
-      if (did === undefined) {
-        answer = { error: 'InvalidRequest' }
-      } else {
-        this.#stats.requests++
-        answer = await this.#answer(did, signal)
-        if (answer.error === undefined) this.#stats.served++
-        log.trace('PLC log request from %p for %s: %s', peer, did, answer.error ?? 'found')
-      }
-      let bytes = encodeCbor(answer)
-      if (bytes.byteLength > this.#maxResponseBytes) {
-        log.error('PLC log of %s too large to serve (%d bytes)', did, bytes.byteLength)
-        bytes = encodeCbor({ error: 'InternalError' })
-      }
-      await send(stream, encodeFrame(bytes), signal)
-      await stream.close({ signal })
-    } catch (err) {
-      log('PLC log request from %p cut off: %e', peer, err)
-      stream.abort(err instanceof Error ? err : new Error(String(err)))
-    } finally {
-      signal.removeEventListener('abort', onAbort)
-      this.#inbound--
-    }
+  async #serve (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const did = parseRequest(frame)
+    if (did === undefined) return { error: 'InvalidRequest' }
+    this.#stats.requests++
+    const answer = await this.#answer(did, signal)
+    if (answer.error === undefined) this.#stats.served++
+    log.trace('PLC log request from %p for %s: %s', peer, did, answer.error ?? 'found')
+    return answer
   }
 
   async #answer (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
@@ -269,8 +205,4 @@ function parseAnswer (frame: Uint8Array, did: string, peer: string): unknown[] {
 
 function isPlainMap (value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array) && Object.getPrototypeOf(value) === Object.prototype
-}
-
-async function send (stream: Stream, bytes: Uint8Array, signal: AbortSignal): Promise<void> {
-  if (!stream.send(bytes)) await stream.onDrain({ signal })
 }

@@ -1,0 +1,192 @@
+/**
+ * One request, one answer per libp2p stream, each a single length-prefixed DRISL
+ * map: the mechanism shared by head exchange (head-exchange.ts) and PLC log
+ * exchange (plc-exchange.ts). Each protocol keeps its own request and answer
+ * checks; this module bounds both sides the same way: frames above a cap, a
+ * stream open past the time limit, inbound streams beyond a concurrency limit.
+ */
+import { varint } from 'multiformats'
+import { PeerError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
+import { encodeCbor } from '../repo/cbor.ts'
+import type { Connection, Libp2p, Logger, PeerId, Stream } from '@libp2p/interface'
+
+/** The bounds of one protocol, defaults already applied by its class. */
+export interface ExchangeLimits {
+  protocol: string
+  /** Largest request frame accepted (payload bytes). */
+  maxRequestBytes: number
+  /** Largest answer frame accepted or sent (payload bytes). */
+  maxResponseBytes: number
+  /** Time limit for a whole exchange, on either side. */
+  timeoutMs: number
+  /** Inbound streams served at once over all connections; more are reset. */
+  maxConcurrentInbound: number
+  /** Inbound streams per connection (libp2p's limit). */
+  maxInboundStreamsPerConnection: number
+  /** Outbound streams per connection (libp2p's limit). */
+  maxOutboundStreamsPerConnection: number
+}
+
+/** What a protocol plugs in: its name for messages, its logger, and the responder's answer. */
+export interface ExchangeCodec {
+  /** 'head', 'PLC log': in `head request from …`, `head exchange failed: …`. */
+  name: string
+  log: Logger
+  /** The DRISL map answering one request frame; an error here cuts the stream off. */
+  answer: (frame: Uint8Array, peer: PeerId, signal: AbortSignal) => Promise<Record<string, unknown>>
+}
+
+/** Both ends of one request/response protocol; the protocol's class starts and stops it. */
+export class FrameExchange {
+  readonly #libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>
+  readonly #limits: ExchangeLimits
+  readonly #codec: ExchangeCodec
+  #inbound = 0
+  #started = false
+
+  constructor (libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>, limits: ExchangeLimits, codec: ExchangeCodec) {
+    this.#libp2p = libp2p
+    this.#limits = limits
+    this.#codec = codec
+  }
+
+  /** Streams being served right now. */
+  get inbound (): number {
+    return this.#inbound
+  }
+
+  isStarted (): boolean {
+    return this.#started
+  }
+
+  async start (): Promise<void> {
+    if (this.#started) return
+    await this.#libp2p.handle(this.#limits.protocol, (stream, connection) => { void this.#serve(stream, connection) }, {
+      maxInboundStreams: this.#limits.maxInboundStreamsPerConnection,
+      maxOutboundStreams: this.#limits.maxOutboundStreamsPerConnection
+    })
+    this.#started = true
+  }
+
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.#libp2p.unhandle(this.#limits.protocol)
+  }
+
+  /**
+   * Sends `request` to `peer` and returns `parse` of its answer frame. PeerError and
+   * RepoVerificationError from `parse` pass through; a timeout is a PeerTimeoutError,
+   * anything else a PeerError.
+   */
+  async ask<T> (peer: PeerId, did: string, request: Record<string, unknown>, parse: (frame: Uint8Array, peerName: string) => T, options: { signal?: AbortSignal } = {}): Promise<T> {
+    const { timeoutMs, maxResponseBytes } = this.#limits
+    const timeout = AbortSignal.timeout(timeoutMs)
+    const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
+    const peerName = peer.toString()
+    let stream: Stream | undefined
+    try {
+      stream = await this.#libp2p.dialProtocol(peer, this.#limits.protocol, { signal })
+      const onAbort = (): void => { stream?.abort(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))) }
+      signal.addEventListener('abort', onAbort, { once: true })
+      try {
+        await send(stream, encodeFrame(encodeCbor(request)), signal)
+        await stream.close({ signal })
+        const frame = await readFrame(stream, maxResponseBytes, { peer: peerName, did })
+        return parse(frame, peerName)
+      } finally {
+        signal.removeEventListener('abort', onAbort)
+      }
+    } catch (err) {
+      stream?.abort(err instanceof Error ? err : new Error(String(err)))
+      options.signal?.throwIfAborted()
+      if (timeout.aborted) throw new PeerTimeoutError({ peer: peerName, did, ms: timeoutMs })
+      if (err instanceof PeerError || err instanceof RepoVerificationError) throw err
+      throw new PeerError(`${this.#codec.name} exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
+    }
+  }
+
+  async #serve (stream: Stream, connection: Connection): Promise<void> {
+    const { name, log } = this.#codec
+    const { timeoutMs, maxRequestBytes, maxResponseBytes } = this.#limits
+    const peer = connection.remotePeer
+    if (this.#inbound >= this.#limits.maxConcurrentInbound) {
+      log('busy (%d streams): resetting %s request from %p', this.#inbound, name, peer)
+      stream.abort(new PeerError(`too many concurrent ${name} requests`))
+      return
+    }
+    this.#inbound++
+    const signal = AbortSignal.timeout(timeoutMs)
+    const onAbort = (): void => { stream.abort(new PeerTimeoutError({ peer: peer.toString(), ms: timeoutMs })) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      const frame = await readFrame(stream, maxRequestBytes, { peer: peer.toString() })
+      let bytes = encodeCbor(await this.#codec.answer(frame, peer, signal))
+      if (bytes.byteLength > maxResponseBytes) {
+        log.error('%s answer to %p too large to serve (%d bytes)', name, peer, bytes.byteLength)
+        bytes = encodeCbor({ error: 'InternalError' })
+      }
+      await send(stream, encodeFrame(bytes), signal)
+      await stream.close({ signal })
+    } catch (err) {
+      log('%s request from %p cut off: %e', name, peer, err)
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      this.#inbound--
+    }
+  }
+}
+
+/** A frame: unsigned LEB128 varint of the payload length, then the payload. */
+export function encodeFrame (payload: Uint8Array): Uint8Array {
+  const headerLength = varint.encodingLength(payload.byteLength)
+  const out = new Uint8Array(headerLength + payload.byteLength)
+  varint.encodeTo(payload.byteLength, out)
+  out.set(payload, headerLength)
+  return out
+}
+
+/** A varint of more than 4 bytes cannot encode a length we accept (4 bytes = 2^28). */
+const MAX_FRAME_VARINT_BYTES = 4
+
+/**
+ * Reads exactly one frame of at most `maxBytes` payload bytes. Throws
+ * {@link PeerProtocolError} on an oversized, non-minimal or truncated frame; the
+ * caller bounds it in time by aborting the stream.
+ */
+export async function readFrame (stream: AsyncIterable<Uint8Array | { subarray: () => Uint8Array }>, maxBytes: number, context: { peer?: string, did?: string } = {}): Promise<Uint8Array> {
+  const header = new Uint8Array(MAX_FRAME_VARINT_BYTES)
+  let headerLength = 0
+  let length = -1
+  let payload: Uint8Array | undefined
+  let filled = 0
+  for await (const chunk of stream) {
+    const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
+    let offset = 0
+    while (length < 0 && offset < bytes.byteLength) {
+      // one byte at a time until multiformats can decode the header: the rest of the chunk is payload
+      header[headerLength++] = bytes[offset++] as number
+      try {
+        length = varint.decode(header.subarray(0, headerLength))[0]
+      } catch (err) {
+        if ((err as Error).message.includes('minimal')) throw new PeerProtocolError('frame length varint not minimal', context)
+        if (headerLength >= MAX_FRAME_VARINT_BYTES) throw new PeerProtocolError('frame length varint too long', context)
+        continue
+      }
+      if (length === 0) throw new PeerProtocolError('empty frame', context)
+      if (length > maxBytes) throw new PeerProtocolError(`frame of ${length} bytes exceeds the ${maxBytes}-byte cap`, context)
+      payload = new Uint8Array(length)
+    }
+    if (payload === undefined) continue
+    const take = Math.min(bytes.byteLength - offset, length - filled)
+    payload.set(bytes.subarray(offset, offset + take), filled)
+    filled += take
+    if (filled === length) return payload
+  }
+  throw new PeerProtocolError(length < 0 ? 'stream ended before a frame' : `stream ended after ${filled} of ${length} frame bytes`, context)
+}
+
+async function send (stream: Stream, bytes: Uint8Array, signal: AbortSignal): Promise<void> {
+  if (!stream.send(bytes)) await stream.onDrain({ signal })
+}
