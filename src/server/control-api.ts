@@ -44,10 +44,10 @@ import type { BlobPassResult } from '../mirror/blobs.ts'
 import { CID } from 'multiformats/cid'
 import {
   BadRequestError, BlockFetchError, BlockNotFoundError, ControlApiError, DataDirLockedError, DidNotFoundError, HandleNotFoundError, HeadError,
-  IdentityError, InvalidIdentifierError, ListenError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
+  IdentityError, InvalidIdentifierError, MethodNotAllowedError, NotPinnedError, PayloadTooLargeError, PdsError,
   RepoNotMirroredError, RepoVerificationError, RouteNotFoundError
 } from '../errors.ts'
-import { nodeHttp } from './node-http.ts'
+import { closeHttp, listenHttp, nodeHttp } from './node-http.ts'
 
 const log = logger('atmirror:api')
 
@@ -266,20 +266,7 @@ export class ControlApi {
     // A pin's first mirror can take minutes; only idle keep-alive sockets time out.
     server.requestTimeout = 60_000
     server.headersTimeout = 30_000
-    await new Promise<void>((resolve, reject) => {
-      const fail = (err: NodeJS.ErrnoException): void => {
-        const reason = err.code === 'EADDRINUSE' ? 'address already in use' : err.code === 'EADDRNOTAVAIL' ? 'address not available on this machine' : err.message
-        reject(new ListenError(reason, { address: `${this.#host}:${this.#port} (control API)`, code: err.code }, { cause: err }))
-      }
-      server.once('error', fail)
-      server.listen(this.#port, this.#host, () => {
-        server.off('error', fail)
-        resolve()
-      })
-    })
-    const { port } = server.address() as AddressInfo
-    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host
-    this.#url = `http://${host}:${port}`
+    this.#url = await listenHttp(server, { host: this.#host, port: this.#port, what: 'control API' })
     this.#server = server
     log('control API on %s', this.#url)
   }
@@ -289,18 +276,9 @@ export class ControlApi {
     if (server === undefined) return
     this.#server = undefined
     this.#stopping.abort(new DOMException('the node is stopping', 'AbortError'))
-    const closed = new Promise<void>(resolve => { server.close(() => { resolve() }) })
-    server.closeIdleConnections()
     // Requests still running were just aborted: they get a moment to answer 503,
     // then whatever connection is still open is cut.
-    const grace = AbortSignal.timeout(FORCE_CLOSE_MS)
-    const cut = (): void => { server.closeAllConnections() }
-    grace.addEventListener('abort', cut, { once: true })
-    try {
-      await closed
-    } finally {
-      grace.removeEventListener('abort', cut)
-    }
+    await closeHttp(server, FORCE_CLOSE_MS)
     log('control API closed')
   }
 

@@ -36,7 +36,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import { logger } from '@libp2p/logger'
 import type { Server as XrpcServer } from '@atproto/xrpc-server'
 import { ListenError } from '../errors.ts'
-import { nodeHttp } from './node-http.ts'
+import { closeHttp, listenHttp, nodeHttp } from './node-http.ts'
 
 const log = logger('atmirror:http')
 
@@ -212,21 +212,8 @@ export class PublicServer {
     server.timeout = this.#idleTimeoutMs
     server.keepAliveTimeout = 5_000
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => { this.#upgrade(req, socket, head) })
-    await new Promise<void>((resolve, reject) => {
-      const fail = (err: NodeJS.ErrnoException): void => {
-        const reason = err.code === 'EADDRINUSE' ? 'address already in use' : err.code === 'EADDRNOTAVAIL' ? 'address not available on this machine' : err.message
-        reject(new ListenError(reason, { address: `${this.#host}:${this.#port} (http)`, code: err.code }, { cause: err }))
-      }
-      server.once('error', fail)
-      // a burst of clients connecting at once waits in the kernel's queue rather than being reset
-      server.listen({ port: this.#port, host: this.#host, backlog: LISTEN_BACKLOG }, () => {
-        server.off('error', fail)
-        resolve()
-      })
-    })
-    const { port } = server.address() as AddressInfo
-    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host
-    this.#url = `http://${host}:${port}`
+    // a burst of clients connecting at once waits in the kernel's queue rather than being reset
+    this.#url = await listenHttp(server, { host: this.#host, port: this.#port, backlog: LISTEN_BACKLOG, what: 'http' })
     this.#server = server
     log('public HTTP server on %s', this.#url)
   }
@@ -239,12 +226,8 @@ export class PublicServer {
     for (const sub of this.#xrpc?.subscriptions.values() ?? []) {
       for (const client of sub.wss.clients) client.terminate()
     }
-    await new Promise<void>(resolve => {
-      server.close(() => { resolve() })
-      server.closeIdleConnections()
-      // streams still running (a getRepo) end with the node
-      setTimeout(() => { server.closeAllConnections() }, 500).unref()
-    })
+    // streams still running (a getRepo) end with the node
+    await closeHttp(server, 500)
     log('public HTTP server closed')
   }
 
