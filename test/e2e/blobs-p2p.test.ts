@@ -14,8 +14,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { AtpAgent } from '@atproto/api'
-import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import type { MirrorNode } from '../../src/node.ts'
 import { CID } from '../../src/repo/cid.ts'
+import { startTestNode } from '../helpers/nodes.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 
 async function readAll (chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -33,25 +34,7 @@ describe('blobs peer to peer with the PDS down', () => {
   const cids: Record<string, string> = {}
 
   async function node (name: string, bootstrap: MirrorNode[]): Promise<MirrorNode> {
-    const created = await createMirrorNode({
-      dataDir: join(root, name),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: {
-        mode: 'private',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        bootstrap: bootstrap.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string),
-        mirrors: { timeoutMs: 5000 },
-        bitswap: { blockTimeoutMs: 60_000 },
-        services: { peerHeads: { timeoutMs: 10_000 } }
-      },
-      api: false,
-      checkOnStart: false,
-      intervalMs: 0
-    })
-    nodes.push(created)
-    await created.start()
-    return created
+    return await startTestNode(nodes, { root, plcUrl: net.plcUrl }, name, { bootstrap })
   }
 
   before(async () => {

@@ -25,6 +25,7 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import type { SyncResult } from '../../src/mirror/sync.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
+import { startTestNode } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -51,29 +52,11 @@ describe('metrics', () => {
   let a: MirrorNode
 
   async function node (name: string, init: { peers?: MirrorNode[] } = {}): Promise<MirrorNode> {
-    const peers = (init.peers ?? []).map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
-    const created = await createMirrorNode({
-      dataDir: join(root, name),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: {
-        mode: 'private',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        bootstrap: peers,
-        mirrors: { peers, timeoutMs: 5000 },
-        bitswap: { blockTimeoutMs: 60_000 },
-        services: { peerHeads: { timeoutMs: 10_000 } }
-      },
-      api: false,
-      http: { port: 0 },
+    return await startTestNode(nodes, { root, plcUrl: net.plcUrl }, name, {
+      peers: init.peers ?? [],
       // every scrape starts a fresh scan of the stores (the figures show on a later one)
-      metrics: { usageMaxAgeMs: 0 },
-      checkOnStart: false,
-      intervalMs: 0
+      init: { http: { port: 0 }, metrics: { usageMaxAgeMs: 0 } }
     })
-    nodes.push(created)
-    await created.start()
-    return created
   }
 
   before(async () => {

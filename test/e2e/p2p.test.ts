@@ -31,6 +31,7 @@ import { decodeCommit } from '../../src/repo/commit.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
 import { CorruptingBlockstore, serveUnchecked } from '../helpers/blockstores.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
+import { startTestNode } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { collect } from '../helpers/bytes.ts'
 
@@ -75,27 +76,7 @@ describe('peer to peer with the PDS down', () => {
   let c: MirrorNode
 
   async function node (name: string, bootstrap: MirrorNode[], init: { api?: boolean } = {}): Promise<MirrorNode> {
-    const created = await createMirrorNode({
-      dataDir: join(root, name),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: {
-        mode: 'private',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        bootstrap: bootstrap.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string),
-        mirrors: { timeoutMs: 5000 },
-        // blocks from a mirror must arrive, however loaded the machine: the limit only bounds a failure
-        bitswap: { blockTimeoutMs: 60_000 },
-        // a PDS that is down answers at once; the wait is for peers
-        services: { peerHeads: { timeoutMs: 10_000 } }
-      },
-      api: init.api === true ? { port: 0 } : false,
-      checkOnStart: false,
-      intervalMs: 0
-    })
-    nodes.push(created)
-    await created.start()
-    return created
+    return await startTestNode(nodes, { root, plcUrl: net.plcUrl }, name, { bootstrap, init: { api: init.api === true ? { port: 0 } : false } })
   }
 
   before(async () => {

@@ -25,7 +25,7 @@ import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { MemoryBlockstore } from 'blockstore-core/memory'
 import { MemoryDatastore } from 'datastore-core/memory'
-import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import type { MirrorNode } from '../../src/node.ts'
 import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
 import { PlcExchange } from '../../src/net/plc-exchange.ts'
 import { PlcLogKeeper, type PlcLogSource } from '../../src/identity/plc-logs.ts'
@@ -34,6 +34,7 @@ import { parseAtprotoDocument } from '../../src/identity/did-document.ts'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseCid } from '../../src/repo/cid.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
+import { startTestNode } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
@@ -59,29 +60,10 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
   let c: MirrorNode
 
   async function node (name: string, peers: MirrorNode[], init: { http?: boolean, follow?: boolean } = {}): Promise<MirrorNode> {
-    const addresses = peers.map(peer => peer.network?.getMultiaddrs()[0]?.toString() as string)
-    const created = await createMirrorNode({
-      dataDir: join(root, name),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: {
-        mode: 'private',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        bootstrap: addresses,
-        // what `--peer` gives a node: these peers, asked first
-        mirrors: { peers: addresses, timeoutMs: 5000 },
-        bitswap: { blockTimeoutMs: 60_000 },
-        services: { peerHeads: { timeoutMs: 10_000 } }
-      },
-      api: false,
-      http: init.http === true ? { port: 0 } : false,
-      follow: init.follow === true ? {} : false,
-      checkOnStart: false,
-      intervalMs: 0
+    return await startTestNode(nodes, { root, plcUrl: net.plcUrl }, name, {
+      peers,
+      init: { http: init.http === true ? { port: 0 } : false, follow: init.follow === true ? {} : false }
     })
-    nodes.push(created)
-    await created.start()
-    return created
   }
 
   /** A bare peer answering the PLC log exchange with `log()`. */

@@ -1,0 +1,50 @@
+/**
+ * Real nodes (createMirrorNode) for e2e tests, in private mode on loopback and
+ * wired to each other by address: what the peer-to-peer tests start again and again.
+ */
+import { join } from 'node:path'
+import { createMirrorNode, type MirrorNode, type MirrorNodeInit } from '../../src/node.ts'
+
+export interface TestNodeOptions {
+  /** Nodes dialled at start. */
+  bootstrap?: MirrorNode[]
+  /** Nodes dialled at start and asked first for a DID's mirrors (what `--peer` gives a node). */
+  peers?: MirrorNode[]
+  /** The rest of the node's init (api, http, follow, metrics…); `api` is off unless given. */
+  init?: Partial<MirrorNodeInit>
+}
+
+/** A node's first listen address. */
+export function addressOf (node: MirrorNode): string {
+  return node.network?.getMultiaddrs()[0]?.toString() as string
+}
+
+/**
+ * Creates and starts a node under `root/name` that resolves DIDs with `plcUrl`,
+ * and adds it to `nodes` (for the test's `after` to stop) before it starts.
+ */
+export async function startTestNode (nodes: MirrorNode[], where: { root: string, plcUrl: string }, name: string, options: TestNodeOptions = {}): Promise<MirrorNode> {
+  const peers = options.peers?.map(addressOf)
+  const created = await createMirrorNode({
+    dataDir: join(where.root, name),
+    plcUrl: where.plcUrl,
+    allowHttpLocalhost: true,
+    network: {
+      mode: 'private',
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: peers ?? (options.bootstrap ?? []).map(addressOf),
+      mirrors: peers === undefined ? { timeoutMs: 5000 } : { peers, timeoutMs: 5000 },
+      // blocks from a mirror must arrive, however loaded the machine: the limit only bounds a failure
+      bitswap: { blockTimeoutMs: 60_000 },
+      // a PDS that is down answers at once; the wait is for peers
+      services: { peerHeads: { timeoutMs: 10_000 } }
+    },
+    api: false,
+    checkOnStart: false,
+    intervalMs: 0,
+    ...options.init
+  })
+  nodes.push(created)
+  await created.start()
+  return created
+}
