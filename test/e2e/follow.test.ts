@@ -16,6 +16,7 @@ import { parseCid, type CID } from '../../src/repo/cid.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 import { collect } from '../helpers/bytes.ts'
 import { splitCar } from '../helpers/car-tools.ts'
+import { followerInit } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 
 describe('following a real PDS', () => {
@@ -30,16 +31,7 @@ describe('following a real PDS', () => {
     dir = await mkdtemp(join(tmpdir(), 'atmirror-e2e-follow-'))
     alice = await net.createAccount('alice')
     await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', value: { text: 'first', createdAt: new Date().toISOString() } }])
-    node = await createMirrorNode({
-      dataDir: dir,
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'] },
-      api: false,
-      intervalMs: 0,
-      checkOnStart: true,
-      follow: { backoffMinMs: 50, backoffMaxMs: 500 }
-    })
+    node = await createMirrorNode(followerInit(dir, net.plcUrl, { network: { mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'] } }))
     node.events.addEventListener('firehose:event', (evt) => { events.push(evt.detail) })
     await node.pin(alice.did)
     await node.start()

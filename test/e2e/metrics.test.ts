@@ -25,7 +25,7 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import type { SyncResult } from '../../src/mirror/sync.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
-import { startTestNode } from '../helpers/nodes.ts'
+import { followerInit, startTestNode } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -234,17 +234,7 @@ describe('metrics of a daemon, and of a node following a firehose', () => {
   it('a node following the PDS counts firehose events, its streams and their lag', async () => {
     const alice = await net.createAccount('follow')
     await net.writeRecords(alice, postsFor(2, 'before'))
-    const node = await createMirrorNode({
-      dataDir: join(dir, 'follower'),
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: false,
-      api: false,
-      http: { port: 0 },
-      intervalMs: 0,
-      checkOnStart: true,
-      follow: { backoffMinMs: 50, backoffMaxMs: 500 }
-    })
+    const node = await createMirrorNode(followerInit(join(dir, 'follower'), net.plcUrl, { http: { port: 0 } }))
     try {
       const handled: Array<{ type: string, outcome: string, rev?: string }> = []
       node.events.addEventListener('firehose:event', (evt) => { handled.push(evt.detail) })

@@ -18,20 +18,18 @@ import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
 import * as dagCbor from '@ipld/dag-cbor'
 import { Secp256k1Keypair } from '@atproto/crypto'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import { MemoryBlockstore } from 'blockstore-core/memory'
-import { MemoryDatastore } from 'datastore-core/memory'
 import { rendezvousCid } from '../../src/identity/rendezvous.ts'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { HeadExchange, type LocalHead } from '../../src/net/head-exchange.ts'
-import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import type { MirrorNetwork } from '../../src/net/network.ts'
 import { readCar } from '../../src/repo/car.ts'
 import { cidForBytes, parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
 import { CorruptingBlockstore, serveUnchecked } from '../helpers/blockstores.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
-import { startTestNode } from '../helpers/nodes.ts'
+import { startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { collect } from '../helpers/bytes.ts'
 
@@ -54,10 +52,7 @@ async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, st
 
 /** A bare peer: libp2p + Helia/Bitswap over `blockstore`, and a head-exchange responder serving `head()`. */
 async function hostilePeer (blockstore: MemoryBlockstore, bootstrap: string[], head: () => LocalHead | undefined): Promise<{ net: MirrorNetwork, exchange: HeadExchange }> {
-  const net = await createNetwork({ blockstore, datastore: new MemoryDatastore(), privateKey: await generateKeyPair('Ed25519') }, {
-    mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap
-  })
-  await net.start()
+  const net = await startBarePeer(blockstore, bootstrap)
   serveUnchecked(net, blockstore)
   const exchange = new HeadExchange({ libp2p: net.libp2p, heads: { getLocalHead: async () => head() } })
   await exchange.start()
@@ -96,11 +91,7 @@ describe('peer to peer with the PDS down', () => {
   })
 
   after(async () => {
-    for (const peer of bare) {
-      await peer.exchange.stop()
-      await peer.net.stop()
-    }
-    await Promise.allSettled(nodes.map(async n => { await n.stop() }))
+    await stopPeers(bare, nodes)
     await net?.stop()
     await rm(root, { recursive: true, force: true })
   })

@@ -19,14 +19,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import * as dagCbor from '@ipld/dag-cbor'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
-import { MemoryBlockstore } from 'blockstore-core/memory'
-import { MemoryDatastore } from 'datastore-core/memory'
 import type { MirrorNode } from '../../src/node.ts'
-import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import type { MirrorNetwork } from '../../src/net/network.ts'
 import { PlcExchange } from '../../src/net/plc-exchange.ts'
 import { PlcLogKeeper, type PlcLogSource } from '../../src/identity/plc-logs.ts'
 import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
@@ -34,7 +31,7 @@ import { parseAtprotoDocument } from '../../src/identity/did-document.ts'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseCid } from '../../src/repo/cid.ts'
 import { walkMst } from '../../src/repo/mst/walk.ts'
-import { startTestNode } from '../helpers/nodes.ts'
+import { startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
@@ -68,10 +65,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
 
   /** A bare peer answering the PLC log exchange with `log()`. */
   async function logPeer (log: () => unknown[]): Promise<{ net: MirrorNetwork, exchange: PlcExchange }> {
-    const peerNet = await createNetwork({ blockstore: new MemoryBlockstore(), datastore: new MemoryDatastore(), privateKey: await generateKeyPair('Ed25519') }, {
-      mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: []
-    })
-    await peerNet.start()
+    const peerNet = await startBarePeer()
     const exchange = new PlcExchange({ libp2p: peerNet.libp2p, logs: { getPlcLog: async () => ({ entries: log() as any }) } })
     await exchange.start()
     const peer = { net: peerNet, exchange }
@@ -92,11 +86,7 @@ describe('identity and repo with the PDS and the PLC directory both down', () =>
   })
 
   after(async () => {
-    for (const peer of bare) {
-      await peer.exchange.stop()
-      await peer.net.stop()
-    }
-    await Promise.allSettled(nodes.map(async n => { await n.stop() }))
+    await stopPeers(bare, nodes)
     await net?.stop()
     await rm(root, { recursive: true, force: true })
   })

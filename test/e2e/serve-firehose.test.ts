@@ -14,6 +14,7 @@ import { IdResolver } from '@atproto/identity'
 import { Firehose, type Event } from '@atproto/sync'
 import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
+import { followerInit } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 
 describe('subscribeRepos from the mirror (real PDS and PLC, @atproto/sync Firehose)', () => {
@@ -44,17 +45,7 @@ describe('subscribeRepos from the mirror (real PDS and PLC, @atproto/sync Fireho
     dir = await mkdtemp(join(tmpdir(), 'atmirror-e2e-serve-firehose-'))
     alice = await net.createAccount('alice')
     await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', value: { text: 'first', createdAt: new Date().toISOString() } }])
-    node = await createMirrorNode({
-      dataDir: dir,
-      plcUrl: net.plcUrl,
-      allowHttpLocalhost: true,
-      network: false,
-      api: false,
-      http: { port: 0 },
-      intervalMs: 0,
-      checkOnStart: true,
-      follow: { backoffMinMs: 50, backoffMaxMs: 500 }
-    })
+    node = await createMirrorNode(followerInit(dir, net.plcUrl, { http: { port: 0 } }))
     await node.start()
   })
 

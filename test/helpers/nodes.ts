@@ -1,9 +1,14 @@
 /**
  * Real nodes (createMirrorNode) for e2e tests, in private mode on loopback and
- * wired to each other by address: what the peer-to-peer tests start again and again.
+ * wired to each other by address, bare libp2p peers beside them, and nodes that
+ * follow the PDS: what the e2e tests start again and again.
  */
 import { join } from 'node:path'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { MemoryBlockstore } from 'blockstore-core/memory'
+import { MemoryDatastore } from 'datastore-core/memory'
 import { createMirrorNode, type MirrorNode, type MirrorNodeInit } from '../../src/node.ts'
+import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
 
 export interface TestNodeOptions {
   /** Nodes dialled at start. */
@@ -47,4 +52,37 @@ export async function startTestNode (nodes: MirrorNode[], where: { root: string,
   nodes.push(created)
   await created.start()
   return created
+}
+
+/** The init of a node that follows its PDSes from the start (no network, no API unless `init` says so). */
+export function followerInit (dataDir: string, plcUrl: string, init: Partial<MirrorNodeInit> = {}): MirrorNodeInit {
+  return {
+    dataDir,
+    plcUrl,
+    allowHttpLocalhost: true,
+    network: false,
+    api: false,
+    intervalMs: 0,
+    checkOnStart: true,
+    follow: { backoffMinMs: 50, backoffMaxMs: 500 },
+    ...init
+  }
+}
+
+/** A started bare libp2p peer (no node around it) in private mode on loopback, dialling `bootstrap`. */
+export async function startBarePeer (blockstore: MemoryBlockstore = new MemoryBlockstore(), bootstrap: string[] = []): Promise<MirrorNetwork> {
+  const net = await createNetwork({ blockstore, datastore: new MemoryDatastore(), privateKey: await generateKeyPair('Ed25519') }, {
+    mode: 'private', listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap
+  })
+  await net.start()
+  return net
+}
+
+/** Stops the bare peers one after another (their protocol, then libp2p), then every node, whatever fails. */
+export async function stopPeers (bare: Array<{ net: MirrorNetwork, exchange: { stop: () => Promise<void> } }>, nodes: MirrorNode[]): Promise<void> {
+  for (const peer of bare) {
+    await peer.exchange.stop()
+    await peer.net.stop()
+  }
+  await Promise.allSettled(nodes.map(async n => { await n.stop() }))
 }
