@@ -10,7 +10,7 @@ import { PeerError, PeerProtocolError, PeerTimeoutError, RepoVerificationError }
 import { encodeCbor } from '../repo/cbor.ts'
 import type { Connection, Libp2p, Logger, PeerId, Stream } from '@libp2p/interface'
 
-/** The bounds of one protocol, defaults already applied by its class. */
+/** The bounds of one protocol (its class documents its defaults). */
 export interface ExchangeLimits {
   protocol: string
   /** Largest request frame accepted (payload bytes). */
@@ -27,28 +27,40 @@ export interface ExchangeLimits {
   maxOutboundStreamsPerConnection: number
 }
 
-/** What a protocol plugs in: its name for messages, its logger, and the responder's answer. */
-export interface ExchangeCodec {
-  /** 'head', 'PLC log': in `head request from …`, `head exchange failed: …`. */
-  name: string
-  log: Logger
-  /** The DRISL map answering one request frame; an error here cuts the stream off. */
-  answer: (frame: Uint8Array, peer: PeerId, signal: AbortSignal) => Promise<Record<string, unknown>>
-}
-
-/** Both ends of one request/response protocol; the protocol's class starts and stops it. */
-export class FrameExchange {
+/**
+ * Both ends of one request/response protocol: `start()` registers the responder,
+ * `ask()` asks a peer. A protocol extends it with its own requests and its
+ * `answer()`; register it in the node as a `Startable`.
+ */
+export abstract class FrameExchange {
+  readonly protocol: string
   readonly #libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>
   readonly #limits: ExchangeLimits
-  readonly #codec: ExchangeCodec
+  /** 'head', 'PLC log': in `head request from …`, `head exchange failed: …`. */
+  readonly #name: string
+  readonly #log: Logger
   #inbound = 0
   #started = false
 
-  constructor (libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>, limits: ExchangeLimits, codec: ExchangeCodec) {
+  /** `init`'s limits where given, else `defaults`. */
+  constructor (libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>, init: Partial<ExchangeLimits>, defaults: ExchangeLimits, name: string, log: Logger) {
     this.#libp2p = libp2p
-    this.#limits = limits
-    this.#codec = codec
+    this.#limits = {
+      protocol: init.protocol ?? defaults.protocol,
+      maxRequestBytes: init.maxRequestBytes ?? defaults.maxRequestBytes,
+      maxResponseBytes: init.maxResponseBytes ?? defaults.maxResponseBytes,
+      timeoutMs: init.timeoutMs ?? defaults.timeoutMs,
+      maxConcurrentInbound: init.maxConcurrentInbound ?? defaults.maxConcurrentInbound,
+      maxInboundStreamsPerConnection: init.maxInboundStreamsPerConnection ?? defaults.maxInboundStreamsPerConnection,
+      maxOutboundStreamsPerConnection: init.maxOutboundStreamsPerConnection ?? defaults.maxOutboundStreamsPerConnection
+    }
+    this.protocol = this.#limits.protocol
+    this.#name = name
+    this.#log = log
   }
+
+  /** The DRISL map answering one request frame; an error here cuts the stream off. */
+  protected abstract answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>>
 
   /** Streams being served right now. */
   get inbound (): number {
@@ -79,7 +91,7 @@ export class FrameExchange {
    * RepoVerificationError from `parse` pass through; a timeout is a PeerTimeoutError,
    * anything else a PeerError.
    */
-  async ask<T> (peer: PeerId, did: string, request: Record<string, unknown>, parse: (frame: Uint8Array, peerName: string) => T, options: { signal?: AbortSignal } = {}): Promise<T> {
+  protected async ask<T> (peer: PeerId, did: string, request: Record<string, unknown>, parse: (frame: Uint8Array, peerName: string) => T, options: { signal?: AbortSignal } = {}): Promise<T> {
     const { timeoutMs, maxResponseBytes } = this.#limits
     const timeout = AbortSignal.timeout(timeoutMs)
     const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
@@ -102,12 +114,13 @@ export class FrameExchange {
       options.signal?.throwIfAborted()
       if (timeout.aborted) throw new PeerTimeoutError({ peer: peerName, did, ms: timeoutMs })
       if (err instanceof PeerError || err instanceof RepoVerificationError) throw err
-      throw new PeerError(`${this.#codec.name} exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
+      throw new PeerError(`${this.#name} exchange failed: ${(err as Error).message}`, { peer: peerName, did }, { cause: err })
     }
   }
 
   async #serve (stream: Stream, connection: Connection): Promise<void> {
-    const { name, log } = this.#codec
+    const name = this.#name
+    const log = this.#log
     const { timeoutMs, maxRequestBytes, maxResponseBytes } = this.#limits
     const peer = connection.remotePeer
     if (this.#inbound >= this.#limits.maxConcurrentInbound) {
@@ -121,7 +134,7 @@ export class FrameExchange {
     signal.addEventListener('abort', onAbort, { once: true })
     try {
       const frame = await readFrame(stream, maxRequestBytes, { peer: peer.toString() })
-      let bytes = encodeCbor(await this.#codec.answer(frame, peer, signal))
+      let bytes = encodeCbor(await this.answer(frame, peer, signal))
       if (bytes.byteLength > maxResponseBytes) {
         log.error('%s answer to %p too large to serve (%d bytes)', name, peer, bytes.byteLength)
         bytes = encodeCbor({ error: 'InternalError' })

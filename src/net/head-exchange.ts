@@ -23,7 +23,7 @@ import { decodeCbor } from '../repo/cbor.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit, type Commit } from '../repo/commit.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { FrameExchange, encodeFrame, readFrame } from './exchange.ts'
+import { FrameExchange, type ExchangeLimits, encodeFrame, readFrame } from './exchange.ts'
 import type { Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:head')
@@ -90,67 +90,39 @@ export interface HeadExchangeComponents {
   heads?: LocalHeadSource
 }
 
-export interface HeadExchangeInit {
-  /** @default '/atmirror/head/1.0.0' */
-  protocol?: string
-  /** Largest request frame accepted (payload bytes). @default 4096 */
-  maxRequestBytes?: number
-  /** Largest answer frame accepted (payload bytes); a commit block is < 1 KB. @default 16384 */
-  maxResponseBytes?: number
-  /** Time limit for a whole exchange, on either side. @default 5000 */
-  timeoutMs?: number
-  /** Inbound streams served at once over all connections; more are reset. @default 64 */
-  maxConcurrentInbound?: number
-  /** Inbound streams per connection (libp2p's limit). @default 8 */
-  maxInboundStreamsPerConnection?: number
-  /** Outbound streams per connection (libp2p's limit). @default 16 */
-  maxOutboundStreamsPerConnection?: number
+/**
+ * The limits, each optional; the defaults: protocol '/atmirror/head/1.0.0', requests
+ * up to 4096 bytes, answers up to 16384 (a commit block is < 1 KB), 5000 ms an
+ * exchange, 64 inbound streams at once, 8 inbound and 16 outbound streams a connection.
+ */
+export type HeadExchangeInit = Partial<ExchangeLimits>
+
+const DEFAULTS: ExchangeLimits = {
+  protocol: HEAD_PROTOCOL,
+  maxRequestBytes: 4096,
+  maxResponseBytes: 16384,
+  timeoutMs: 5000,
+  maxConcurrentInbound: 64,
+  maxInboundStreamsPerConnection: 8,
+  maxOutboundStreamsPerConnection: 16
 }
 
 /**
  * Both ends of the head exchange. `start()` registers the responder; `requestHead()`
  * asks a peer. Register it in the node as a `Startable`.
  */
-export class HeadExchange {
-  readonly protocol: string
+export class HeadExchange extends FrameExchange {
   readonly #heads: LocalHeadSource | undefined
-  readonly #exchange: FrameExchange
   #stats = { requests: 0, served: 0 }
 
   constructor (components: HeadExchangeComponents, init: HeadExchangeInit = {}) {
+    super(components.libp2p, init, DEFAULTS, 'head', log)
     this.#heads = components.heads
-    this.protocol = init.protocol ?? HEAD_PROTOCOL
-    this.#exchange = new FrameExchange(components.libp2p, {
-      protocol: this.protocol,
-      maxRequestBytes: init.maxRequestBytes ?? 4096,
-      maxResponseBytes: init.maxResponseBytes ?? 16384,
-      timeoutMs: init.timeoutMs ?? 5000,
-      maxConcurrentInbound: init.maxConcurrentInbound ?? 64,
-      maxInboundStreamsPerConnection: init.maxInboundStreamsPerConnection ?? 8,
-      maxOutboundStreamsPerConnection: init.maxOutboundStreamsPerConnection ?? 16
-    }, { name: 'head', log, answer: async (frame, peer, signal) => await this.#serve(frame, peer, signal) })
-  }
-
-  /** Streams being served right now. */
-  get inbound (): number {
-    return this.#exchange.inbound
   }
 
   /** Responder side: well-formed requests read, and how many were answered with a head. */
   stats (): { requests: number, served: number } {
     return { ...this.#stats }
-  }
-
-  isStarted (): boolean {
-    return this.#exchange.isStarted()
-  }
-
-  async start (): Promise<void> {
-    await this.#exchange.start()
-  }
-
-  async stop (): Promise<void> {
-    await this.#exchange.stop()
   }
 
   /**
@@ -160,23 +132,23 @@ export class HeadExchange {
    * its block is not a commit for `did`. The caller must still check the signature.
    */
   async requestHead (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<PeerHeadAnswer> {
-    return await this.#exchange.ask(peer, did, { did }, (frame, peerName) => ({ peer, ...parseAnswer(frame, did, peerName) }), options)
+    return await this.ask(peer, did, { did }, (frame, peerName) => ({ peer, ...parseAnswer(frame, did, peerName) }), options)
   }
 
-  async #serve (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
+  protected async answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
     const did = parseRequest(frame)
     if (did === undefined) {
       log('malformed head request from %p', peer)
       return { error: 'InvalidRequest' }
     }
     this.#stats.requests++
-    const answer = await this.#answer(did, signal)
+    const answer = await this.#lookUp(did, signal)
     if (answer.error === undefined) this.#stats.served++
     log.trace('head request from %p for %s: %s', peer, did, answer.error ?? 'found')
     return answer
   }
 
-  async #answer (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+  async #lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
     if (this.#heads === undefined) return { error: 'NotFound' }
     try {
       const head = await this.#heads.getLocalHead(did, { signal })

@@ -20,7 +20,7 @@ import { logger } from '@libp2p/logger'
 import { PeerError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
 import { decodeCbor } from '../repo/cbor.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { FrameExchange } from './exchange.ts'
+import { FrameExchange, type ExchangeLimits } from './exchange.ts'
 import type { OfferedPlcLog, PlcLogSource, StoredPlcLog } from '../identity/plc-logs.ts'
 import type { MirrorLocator } from '../blocks/broker.ts'
 import type { Libp2p, PeerId } from '@libp2p/interface'
@@ -41,59 +41,36 @@ export interface PlcExchangeComponents {
   logs?: LocalPlcLogs
 }
 
-export interface PlcExchangeInit {
-  /** @default '/atmirror/plc/1.0.0' */
-  protocol?: string
-  /** Largest request frame accepted (payload bytes). @default 4096 */
-  maxRequestBytes?: number
-  /** Largest answer frame accepted (payload bytes). @default 1_048_576 */
-  maxResponseBytes?: number
-  /** Time limit for a whole exchange, on either side. @default 5000 */
-  timeoutMs?: number
-  /** Inbound streams served at once over all connections; more are reset. @default 32 */
-  maxConcurrentInbound?: number
-  /** Inbound streams per connection (libp2p's limit). @default 4 */
-  maxInboundStreamsPerConnection?: number
-  /** Outbound streams per connection (libp2p's limit). @default 8 */
-  maxOutboundStreamsPerConnection?: number
+/**
+ * The limits, each optional; the defaults: protocol '/atmirror/plc/1.0.0', requests
+ * up to 4096 bytes, answers up to 1 MiB, 5000 ms an exchange, 32 inbound streams at
+ * once, 4 inbound and 8 outbound streams a connection.
+ */
+export type PlcExchangeInit = Partial<ExchangeLimits>
+
+const DEFAULTS: ExchangeLimits = {
+  protocol: PLC_PROTOCOL,
+  maxRequestBytes: 4096,
+  maxResponseBytes: 1024 * 1024,
+  timeoutMs: 5000,
+  maxConcurrentInbound: 32,
+  maxInboundStreamsPerConnection: 4,
+  maxOutboundStreamsPerConnection: 8
 }
 
 /** Both ends of the PLC log exchange; register it in the node as a `Startable`. */
-export class PlcExchange {
-  readonly protocol: string
+export class PlcExchange extends FrameExchange {
   readonly #logs: LocalPlcLogs | undefined
-  readonly #exchange: FrameExchange
   #stats = { requests: 0, served: 0 }
 
   constructor (components: PlcExchangeComponents, init: PlcExchangeInit = {}) {
+    super(components.libp2p, init, DEFAULTS, 'PLC log', log)
     this.#logs = components.logs
-    this.protocol = init.protocol ?? PLC_PROTOCOL
-    this.#exchange = new FrameExchange(components.libp2p, {
-      protocol: this.protocol,
-      maxRequestBytes: init.maxRequestBytes ?? 4096,
-      maxResponseBytes: init.maxResponseBytes ?? 1024 * 1024,
-      timeoutMs: init.timeoutMs ?? 5000,
-      maxConcurrentInbound: init.maxConcurrentInbound ?? 32,
-      maxInboundStreamsPerConnection: init.maxInboundStreamsPerConnection ?? 4,
-      maxOutboundStreamsPerConnection: init.maxOutboundStreamsPerConnection ?? 8
-    }, { name: 'PLC log', log, answer: async (frame, peer, signal) => await this.#serve(frame, peer, signal) })
   }
 
   /** Responder side: well-formed requests read, and how many were answered with a log. */
   stats (): { requests: number, served: number } {
     return { ...this.#stats }
-  }
-
-  isStarted (): boolean {
-    return this.#exchange.isStarted()
-  }
-
-  async start (): Promise<void> {
-    await this.#exchange.start()
-  }
-
-  async stop (): Promise<void> {
-    await this.#exchange.stop()
   }
 
   /**
@@ -102,20 +79,20 @@ export class PlcExchange {
    * PeerTimeoutError / PeerProtocolError when it misbehaves.
    */
   async requestLog (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<unknown[]> {
-    return await this.#exchange.ask(peer, did, { did }, (frame, peerName) => parseAnswer(frame, did, peerName), options)
+    return await this.ask(peer, did, { did }, (frame, peerName) => parseAnswer(frame, did, peerName), options)
   }
 
-  async #serve (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
+  protected async answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
     const did = parseRequest(frame)
     if (did === undefined) return { error: 'InvalidRequest' }
     this.#stats.requests++
-    const answer = await this.#answer(did, signal)
+    const answer = await this.#lookUp(did, signal)
     if (answer.error === undefined) this.#stats.served++
     log.trace('PLC log request from %p for %s: %s', peer, did, answer.error ?? 'found')
     return answer
   }
 
-  async #answer (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+  async #lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
     if (this.#logs === undefined) return { error: 'NotFound' }
     try {
       const stored = await this.#logs.getPlcLog(did)
