@@ -6,8 +6,8 @@
  * stream open past the time limit, inbound streams beyond a concurrency limit.
  */
 import { varint } from 'multiformats'
-import { PeerError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
-import { encodeCbor } from '../repo/cbor.ts'
+import { PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
+import { decodeCbor, encodeCbor } from '../repo/cbor.ts'
 import type { Connection, Libp2p, Logger, PeerId, Stream } from '@libp2p/interface'
 
 /** The bounds of one protocol (its class documents its defaults). */
@@ -149,6 +149,38 @@ export abstract class FrameExchange {
       this.#inbound--
     }
   }
+}
+
+/** A request frame's map, or `undefined` when it is not DRISL or not a map (`isMap` is the protocol's test). */
+export function decodeRequest (frame: Uint8Array, isMap: (value: unknown) => value is Record<string, unknown>): Record<string, unknown> | undefined {
+  let value: unknown
+  try {
+    value = decodeCbor(frame)
+  } catch {
+    return undefined
+  }
+  return isMap(value) ? value : undefined
+}
+
+/**
+ * An answer frame's map. Throws PeerProtocolError when it is not DRISL, not a map or
+ * has a non-string error, PeerHeadNotFoundError (`notFound`) on NotFound, PeerError
+ * on any other error code.
+ */
+export function decodeAnswer (frame: Uint8Array, context: { peer: string, did: string }, isMap: (value: unknown) => value is Record<string, unknown>, notFound: string): Record<string, unknown> {
+  let value: unknown
+  try {
+    value = decodeCbor(frame)
+  } catch (err) {
+    throw new PeerProtocolError('answer is not DRISL', context, { cause: err })
+  }
+  if (!isMap(value)) throw new PeerProtocolError('answer is not a map', context)
+  if (value.error !== undefined) {
+    if (typeof value.error !== 'string') throw new PeerProtocolError('error is not a string', context)
+    if (value.error === 'NotFound') throw new PeerHeadNotFoundError(notFound, context)
+    throw new PeerError(`peer answered ${JSON.stringify(value.error.slice(0, 64))}`, context)
+  }
+  return value
 }
 
 /** A frame: unsigned LEB128 varint of the payload length, then the payload. */

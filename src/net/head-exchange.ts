@@ -17,13 +17,12 @@
  * docs/PROTOCOL.md ("Head exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'
-import { CommitDidMismatchError, PeerError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
+import { CommitDidMismatchError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
 import { isServable } from '../mirror/status-policy.ts'
-import { decodeCbor } from '../repo/cbor.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit, type Commit } from '../repo/commit.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { FrameExchange, type ExchangeLimits, encodeFrame, readFrame } from './exchange.ts'
+import { FrameExchange, decodeAnswer, decodeRequest, type ExchangeLimits, encodeFrame, readFrame } from './exchange.ts'
 import type { Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:head')
@@ -164,31 +163,15 @@ export class HeadExchange extends FrameExchange {
 export { encodeFrame, readFrame }
 
 function parseRequest (frame: Uint8Array): string | undefined {
-  let value: unknown
-  try {
-    value = decodeCbor(frame)
-  } catch {
-    return undefined
-  }
-  if (!isPlainMap(value)) return undefined
+  const value = decodeRequest(frame, isPlainMap)
+  if (value === undefined) return undefined
   const did = value.did
   return isValidDid(did) ? did : undefined
 }
 
 function parseAnswer (frame: Uint8Array, did: string, peer: string): Omit<PeerHeadAnswer, 'peer'> {
   const context = { peer, did }
-  let value: unknown
-  try {
-    value = decodeCbor(frame)
-  } catch (err) {
-    throw new PeerProtocolError('answer is not DRISL', context, { cause: err })
-  }
-  if (!isPlainMap(value)) throw new PeerProtocolError('answer is not a map', context)
-  if (value.error !== undefined) {
-    if (typeof value.error !== 'string') throw new PeerProtocolError('error is not a string', context)
-    if (value.error === 'NotFound') throw new PeerHeadNotFoundError('peer holds no head', context)
-    throw new PeerError(`peer answered ${JSON.stringify(value.error.slice(0, 64))}`, context)
-  }
+  const value = decodeAnswer(frame, context, isPlainMap, 'peer holds no head')
   const cid = asCid(value.cid)
   if (cid === null) throw new PeerProtocolError('cid is not a CID link', context)
   const bytes = value.block

@@ -17,10 +17,9 @@
  * concurrency limit. docs/PROTOCOL.md ("PLC log exchange") describes the bytes.
  */
 import { logger } from '@libp2p/logger'
-import { PeerError, PeerHeadNotFoundError, PeerProtocolError } from '../errors.ts'
-import { decodeCbor } from '../repo/cbor.ts'
+import { PeerProtocolError } from '../errors.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { FrameExchange, type ExchangeLimits } from './exchange.ts'
+import { FrameExchange, decodeAnswer, decodeRequest, type ExchangeLimits } from './exchange.ts'
 import type { OfferedPlcLog, PlcLogSource, StoredPlcLog } from '../identity/plc-logs.ts'
 import type { MirrorLocator } from '../blocks/broker.ts'
 import type { Libp2p, PeerId } from '@libp2p/interface'
@@ -152,30 +151,14 @@ export class PeerPlcLogSource implements PlcLogSource {
 }
 
 function parseRequest (frame: Uint8Array): string | undefined {
-  let value: unknown
-  try {
-    value = decodeCbor(frame)
-  } catch {
-    return undefined
-  }
-  if (!isPlainMap(value)) return undefined
+  const value = decodeRequest(frame, isPlainMap)
+  if (value === undefined) return undefined
   return isValidDid(value.did) && value.did.startsWith('did:plc:') ? value.did : undefined
 }
 
 function parseAnswer (frame: Uint8Array, did: string, peer: string): unknown[] {
   const context = { peer, did }
-  let value: unknown
-  try {
-    value = decodeCbor(frame)
-  } catch (err) {
-    throw new PeerProtocolError('answer is not DRISL', context, { cause: err })
-  }
-  if (!isPlainMap(value)) throw new PeerProtocolError('answer is not a map', context)
-  if (value.error !== undefined) {
-    if (typeof value.error !== 'string') throw new PeerProtocolError('error is not a string', context)
-    if (value.error === 'NotFound') throw new PeerHeadNotFoundError('peer holds no PLC log', context)
-    throw new PeerError(`peer answered ${JSON.stringify(value.error.slice(0, 64))}`, context)
-  }
+  const value = decodeAnswer(frame, context, isPlainMap, 'peer holds no PLC log')
   if (!Array.isArray(value.log)) throw new PeerProtocolError('log is not an array', context)
   return value.log
 }
