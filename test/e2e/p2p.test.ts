@@ -26,10 +26,9 @@ import type { MirrorNetwork } from '../../src/net/network.ts'
 import { readCar } from '../../src/repo/car.ts'
 import { cidForBytes, parseCid, verifyBlock, type CID } from '../../src/repo/cid.ts'
 import { decodeCommit } from '../../src/repo/commit.ts'
-import { walkMst } from '../../src/repo/mst/walk.ts'
 import { CorruptingBlockstore, serveUnchecked } from '../helpers/blockstores.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord } from '../../support/network.ts'
-import { startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
+import { recordsOf, startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { collect } from '../helpers/bytes.ts'
 
@@ -40,15 +39,6 @@ const postsFor = (n: number, tag: string): TestRecord[] => Array.from({ length: 
   collection: 'app.bsky.feed.post',
   value: { text: `${tag} post ${i}`, createdAt: new Date(Date.UTC(2024, 0, 1, 0, 0, i % 60, i)).toISOString() }
 }))
-
-/** Every record of the repo a node stores, `rpath → cid`, walked from its stored state. */
-async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, string>> {
-  const state = await node.store.getState(did)
-  assert.ok(state !== undefined, 'repo stored')
-  const records = new Map<string, string>()
-  for await (const { rpath, cid } of walkMst(node.store.blocks, parseCid(state.data))) records.set(rpath, cid.toString())
-  return records
-}
 
 /** A bare peer: libp2p + Helia/Bitswap over `blockstore`, and a head-exchange responder serving `head()`. */
 async function hostilePeer (blockstore: MemoryBlockstore, bootstrap: string[], head: () => LocalHead | undefined): Promise<{ net: MirrorNetwork, exchange: HeadExchange }> {

@@ -30,21 +30,12 @@ import { AtprotoIdentityResolver } from '../../src/identity/resolver.ts'
 import { parseAtprotoDocument } from '../../src/identity/did-document.ts'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { parseCid } from '../../src/repo/cid.ts'
-import { walkMst } from '../../src/repo/mst/walk.ts'
-import { startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
+import { recordsOf, startBarePeer, startTestNode, stopPeers } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
-
-async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, string>> {
-  const state = await node.store.getState(did)
-  assert.ok(state !== undefined, 'repo stored')
-  const records = new Map<string, string>()
-  for await (const { rpath, cid } of walkMst(node.store.blocks, parseCid(state.data))) records.set(rpath, cid.toString())
-  return records
-}
 
 describe('identity and repo with the PDS and the PLC directory both down', () => {
   let net: TestNetwork

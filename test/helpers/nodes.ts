@@ -3,12 +3,15 @@
  * wired to each other by address, bare libp2p peers beside them, and nodes that
  * follow the PDS: what the e2e tests start again and again.
  */
+import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { MemoryBlockstore } from 'blockstore-core/memory'
 import { MemoryDatastore } from 'datastore-core/memory'
 import { createMirrorNode, type MirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { createNetwork, type MirrorNetwork } from '../../src/net/network.ts'
+import { parseCid } from '../../src/repo/cid.ts'
+import { walkMst } from '../../src/repo/mst/walk.ts'
 
 export interface TestNodeOptions {
   /** Nodes dialled at start. */
@@ -85,4 +88,13 @@ export async function stopPeers (bare: Array<{ net: MirrorNetwork, exchange: { s
     await peer.net.stop()
   }
   await Promise.allSettled(nodes.map(async n => { await n.stop() }))
+}
+
+/** Every record of the repo a node stores, `rpath → cid`, walked from its stored state. */
+export async function recordsOf (node: MirrorNode, did: string): Promise<Map<string, string>> {
+  const state = await node.store.getState(did)
+  assert.ok(state !== undefined, 'repo stored')
+  const records = new Map<string, string>()
+  for await (const { rpath, cid } of walkMst(node.store.blocks, parseCid(state.data))) records.set(rpath, cid.toString())
+  return records
 }
