@@ -230,7 +230,10 @@ async function main (): Promise<void> {
     let ops = 0
     const endAt = performance.now() + seconds * 1000
     const perWriterMs = 1000 * accounts / rate
-    await Promise.all(writers.map(async (account) => {
+    // the writes still in flight at endAt are acknowledged after it: the watch below
+    // ends only once every writer has stopped, so their commits and deletions count
+    let writing = true
+    const writersDone = Promise.all(writers.map(async (account) => {
       const mine: Array<{ rkey: string, cid: string }> = []
       let next = performance.now() + Math.random() * perWriterMs
       while (performance.now() < endAt) {
@@ -264,18 +267,25 @@ async function main (): Promise<void> {
           if (result.cid !== undefined && writes[i].$type === 'com.atproto.repo.applyWrites#create') mine.push({ rkey: writes[i].rkey as string, cid: result.cid })
         })
       }
-    }).concat([(async () => {
-      // deletions become unservable when the block file is gone
-      while (performance.now() < endAt + 60_000) {
+    })).finally(() => { writing = false })
+    await Promise.all([writersDone, (async () => {
+      // deletions become unservable when the block file is gone; at most 60 s after the writes stopped
+      let quietAt: number | undefined
+      while (quietAt === undefined || performance.now() < quietAt + 60_000) {
         for (const d of deletions) {
           if (d.goneAt === undefined && !live.store.blockstore.hasSync(d.cid)) d.goneAt = performance.now()
         }
-        if (performance.now() > endAt && deletions.every(d => d.goneAt !== undefined) && [...pending.values()].every(l => l.length === 0)) break
+        if (!writing) {
+          quietAt ??= performance.now()
+          if (deletions.every(d => d.goneAt !== undefined) && [...pending.values()].every(l => l.length === 0)) break
+        }
         await sleep(2)
       }
-    })()]))
+    })()])
     const deletionLags = deletions.filter(d => d.goneAt !== undefined).map(d => (d.goneAt as number) - d.ackAt)
     const unapplied = [...pending.values()].reduce((n, l) => n + l.length, 0)
+    // taken now, with the count above: a commit applied later (during the takedowns) is not a live lag
+    const liveLags = [...lags]
 
     // 2. takedowns
     const takedownLags: number[] = []
@@ -290,9 +300,9 @@ async function main (): Promise<void> {
     node = undefined
 
     console.log(`live: ${accounts} accounts, ${commits} commits (${ops} ops) in ${seconds} s = ${(commits / seconds).toFixed(1)} commits/s; ${unapplied} not applied`)
-    console.log(`lag write-ack -> servable: p50 ${ms(percentile(lags, 50))}, p99 ${ms(percentile(lags, 99))} over ${lags.length} commits  (target p99 <= ${LAG_TARGET_MS} ms)  ${verdict(percentile(lags, 99) <= LAG_TARGET_MS && unapplied === 0)}`)
+    console.log(`lag write-ack -> servable: p50 ${ms(percentile(liveLags, 50))}, p99 ${ms(percentile(liveLags, 99))} over ${liveLags.length} commits  (target p99 <= ${LAG_TARGET_MS} ms)  ${verdict(percentile(liveLags, 99) <= LAG_TARGET_MS && unapplied === 0)}`)
     console.log(`deletion unservable (block file gone): p50 ${ms(percentile(deletionLags, 50))}, p99 ${ms(percentile(deletionLags, 99))} over ${deletionLags.length} of ${deletions.length} records  (target p99 <= ${UNSERVABLE_TARGET_MS} ms)  ${verdict(percentile(deletionLags, 99) <= UNSERVABLE_TARGET_MS && deletionLags.length === deletions.length)}`)
-    console.log(`takedown unservable (status + commit block gone): p50 ${ms(percentile(takedownLags, 50))}, p99 ${ms(percentile(takedownLags, 99))} over ${takedownLags.length}  (target p99 <= ${UNSERVABLE_TARGET_MS} ms)  ${verdict(percentile(takedownLags, 99) <= UNSERVABLE_TARGET_MS)}`)
+    if (takedowns > 0) console.log(`takedown unservable (status + commit block gone): p50 ${ms(percentile(takedownLags, 50))}, p99 ${ms(percentile(takedownLags, 99))} over ${takedownLags.length}  (target p99 <= ${UNSERVABLE_TARGET_MS} ms)  ${verdict(percentile(takedownLags, 99) <= UNSERVABLE_TARGET_MS)}`)
 
     // 3. replay from cursor 0
     if (wantEvents > 0) {
