@@ -65,10 +65,10 @@ describe('requestCrawl: announcing the mirror to relays', () => {
   it('asks every relay once per pass with the public hostname, and keeps each outcome', async () => {
     const gone = await startRelay()
     await gone.close() // nothing listens there any more
-    const crawl = new CrawlRequester({ relays: [relay.url, refusing.url, gone.url], hostname: 'Mirror.Example.com:8443', allowLoopback: true })
+    const crawl = new CrawlRequester({ relays: [relay.url, refusing.url, gone.url], hostname: 'Mirror.Example.TEST:8443', allowLoopback: true })
     const before = relay.asked.length
     const results = await crawl.announce()
-    assert.deepEqual(relay.asked.slice(before), ['mirror.example.com:8443'])
+    assert.deepEqual(relay.asked.slice(before), ['mirror.example.test:8443'])
     assert.equal(crawl.passes, 1)
     assert.deepEqual(results.map(r => [r.relay, r.ok]), [[relay.url, true], [refusing.url, false], [gone.url, false]])
     assert.match(results[1].error ?? '', /^HTTP 400 HostBanned: this relay does not crawl that host$/)
@@ -77,7 +77,7 @@ describe('requestCrawl: announcing the mirror to relays', () => {
   })
 
   it('goes through the address policy: a relay on loopback is refused unless allowed', async () => {
-    const crawl = new CrawlRequester({ relays: [relay.url], hostname: 'mirror.example.com' })
+    const crawl = new CrawlRequester({ relays: [relay.url], hostname: 'mirror.example.test' })
     const before = relay.asked.length
     const [result] = await crawl.announce()
     assert.equal(result.ok, false)
@@ -86,9 +86,9 @@ describe('requestCrawl: announcing the mirror to relays', () => {
   })
 
   it('refuses a hostname with a scheme or path, and a relay that is not an http(s) URL', () => {
-    assert.throws(() => new CrawlRequester({ relays: [relay.url], hostname: 'https://mirror.example.com' }), { name: 'ConfigError', message: /hostname=/ })
-    assert.throws(() => new CrawlRequester({ relays: [relay.url], hostname: 'mirror.example.com/x' }), { name: 'ConfigError' })
-    assert.throws(() => new CrawlRequester({ relays: ['ftp://relay.example.com'], hostname: 'mirror.example.com' }), { name: 'ConfigError', message: /relay=ftp:/ })
+    assert.throws(() => new CrawlRequester({ relays: [relay.url], hostname: 'https://mirror.example.test' }), { name: 'ConfigError', message: /hostname=/ })
+    assert.throws(() => new CrawlRequester({ relays: [relay.url], hostname: 'mirror.example.test/x' }), { name: 'ConfigError' })
+    assert.throws(() => new CrawlRequester({ relays: ['ftp://relay.example.test'], hostname: 'mirror.example.test' }), { name: 'ConfigError', message: /relay=ftp:/ })
   })
 
   it('a node with --http announces itself when it starts and shows the outcome in its status', async () => {
@@ -98,7 +98,7 @@ describe('requestCrawl: announcing the mirror to relays', () => {
       network: false,
       api: false,
       http: { port: 0 },
-      requestCrawl: { relays: [relay.url, refusing.url], hostname: 'mirror.example.com' },
+      requestCrawl: { relays: [relay.url, refusing.url], hostname: 'mirror.example.test' },
       checkOnStart: false,
       intervalMs: 0
     })
@@ -107,7 +107,7 @@ describe('requestCrawl: announcing the mirror to relays', () => {
       await node.start()
       await until('both relays asked', async () => (await node.status()).crawlRequests?.length === 2)
       const status = await node.status()
-      assert.deepEqual(relay.asked.slice(before), ['mirror.example.com'])
+      assert.deepEqual(relay.asked.slice(before), ['mirror.example.test'])
       assert.deepEqual(status.crawlRequests?.map(r => [r.relay, r.ok]), [[relay.url, true], [refusing.url, false]])
     } finally {
       await node.stop()
@@ -116,17 +116,17 @@ describe('requestCrawl: announcing the mirror to relays', () => {
 
   it('a node without the public HTTP server cannot announce one: ConfigError, the data directory released', async () => {
     const dataDir = join(root, 'no-http')
-    await assert.rejects(createMirrorNode({ dataDir, network: false, api: false, requestCrawl: { relays: [relay.url], hostname: 'mirror.example.com' } }), { name: 'ConfigError' })
+    await assert.rejects(createMirrorNode({ dataDir, network: false, api: false, requestCrawl: { relays: [relay.url], hostname: 'mirror.example.test' } }), { name: 'ConfigError' })
     const node = await createMirrorNode({ dataDir, network: false, api: false })
     await node.stop()
   })
 
   it('daemon flags: --request-crawl needs --public-hostname and --http, and the reverse', () => {
     assert.equal(requestCrawlFlags(undefined, undefined, undefined), undefined)
-    assert.deepEqual(requestCrawlFlags(['https://relay.example.com'], 'mirror.example.com', '0.0.0.0:2584'), { relays: ['https://relay.example.com'], hostname: 'mirror.example.com' })
-    assert.throws(() => requestCrawlFlags(['https://relay.example.com'], undefined, '2584'), { name: 'UsageError', message: /--public-hostname/ })
-    assert.throws(() => requestCrawlFlags(['https://relay.example.com'], 'mirror.example.com', undefined), { name: 'UsageError', message: /--http/ })
-    assert.throws(() => requestCrawlFlags(undefined, 'mirror.example.com', '2584'), { name: 'UsageError', message: /only used with --request-crawl/ })
-    assert.throws(() => requestCrawlFlags(['relay.example.com'], 'mirror.example.com', '2584'), { name: 'UsageError', message: /http\(s\) URL/ })
+    assert.deepEqual(requestCrawlFlags(['https://relay.example.test'], 'mirror.example.test', '0.0.0.0:2584'), { relays: ['https://relay.example.test'], hostname: 'mirror.example.test' })
+    assert.throws(() => requestCrawlFlags(['https://relay.example.test'], undefined, '2584'), { name: 'UsageError', message: /--public-hostname/ })
+    assert.throws(() => requestCrawlFlags(['https://relay.example.test'], 'mirror.example.test', undefined), { name: 'UsageError', message: /--http/ })
+    assert.throws(() => requestCrawlFlags(undefined, 'mirror.example.test', '2584'), { name: 'UsageError', message: /only used with --request-crawl/ })
+    assert.throws(() => requestCrawlFlags(['relay.example.test'], 'mirror.example.test', '2584'), { name: 'UsageError', message: /http\(s\) URL/ })
   })
 })
