@@ -16,8 +16,10 @@
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { AbortOptions } from '@libp2p/interface'
-import type { Blockstore } from 'interface-blockstore'
+import type { Blockstore, Pair } from 'interface-blockstore'
+import { NotFoundError } from 'interface-store'
 import type { CID } from 'multiformats/cid'
 import { BlockstoreKindError, DataDirError } from '../errors.ts'
 import type { Block } from '../repo/block-store.ts'
@@ -130,4 +132,28 @@ export function settleBlockstoreKind (dataDir: string, requested?: BlockstoreKin
     renameSync(tmp, blockstoreKindPath(dataDir))
   }
   return kind
+}
+
+/** How both kinds read whole blocks: bytes, or undefined when not held. */
+type BytesReader = (cid: CID, options?: AbortOptions) => Promise<Uint8Array | undefined>
+
+/** `Blockstore.get` over a whole-block read: one chunk, or NotFoundError naming the CID. */
+export async function * getOrThrow (getBytes: BytesReader, cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
+  const bytes = await getBytes(cid, options)
+  if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+  yield bytes
+}
+
+/**
+ * `Blockstore.getMany` over a whole-block read, yielding the event loop every
+ * `slice` blocks (reads may be synchronous underneath).
+ */
+export async function * getManyOrThrow (getBytes: BytesReader, source: Iterable<CID> | AsyncIterable<CID>, slice: number, options?: AbortOptions): AsyncGenerator<Pair> {
+  let n = 0
+  for await (const cid of source) {
+    const bytes = await getBytes(cid, options)
+    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
+    if (++n % slice === 0) await nextTurn()
+    yield { cid, bytes: (function * () { yield bytes })() }
+  }
 }

@@ -35,7 +35,6 @@ import { join } from 'node:path'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { FsBlockstore } from 'blockstore-fs'
 import { NextToLast } from 'blockstore-fs/sharding'
-import { NotFoundError } from 'interface-store'
 import type { CID } from 'multiformats/cid'
 import type { AbortOptions } from '@libp2p/interface'
 import type { InputPair, Pair } from 'interface-blockstore'
@@ -44,7 +43,7 @@ import type { Block } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { blockFilePath, readBlockFile } from './block-file.ts'
 import { allocatedBytes } from './disk-usage.ts'
-import type { BlockstoreUsage, MirrorBlockstore, MirrorBlockstoreInit } from './blockstore.ts'
+import { getManyOrThrow, getOrThrow, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
 
 const OPEN_MARKER = '.open'
 /** Temp files: `.<pid>-<n>.tmp` in a shard directory. */
@@ -205,19 +204,11 @@ export class FsMirrorBlockstore extends FsBlockstore implements MirrorBlockstore
   }
 
   override async * get (cid: CID, options: AbortOptions = {}): AsyncGenerator<Uint8Array> {
-    const bytes = await this.getBytes(cid, options)
-    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
-    yield bytes
+    yield * getOrThrow(async (c, o) => await this.getBytes(c, o), cid, options)
   }
 
   override async * getMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<Pair> {
-    let n = 0
-    for await (const cid of source) {
-      const bytes = await this.getBytes(cid, options)
-      if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
-      if (++n % this.#slice === 0) await nextTurn()
-      yield { cid, bytes: (function * () { yield bytes })() }
-    }
+    yield * getManyOrThrow(async (c, o) => await this.getBytes(c, o), source, this.#slice, options)
   }
 
   /** Bytes allocated on disk for the block files (st_blocks, as `du` counts them). */

@@ -34,17 +34,15 @@
  * (snappy, MirrorStore opens it so): blocks that do not compress are stored as they
  * are.
  */
-import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { AbortOptions } from '@libp2p/interface'
 import { LevelBlockstore } from 'blockstore-level'
 import type { InputPair, Pair } from 'interface-blockstore'
-import { NotFoundError } from 'interface-store'
 import type { LevelDatastore } from 'datastore-level'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import type { Block } from '../repo/block-store.ts'
 import { RAW, verifyBlock } from '../repo/cid.ts'
-import type { BlockstoreUsage, MirrorBlockstore, MirrorBlockstoreInit } from './blockstore.ts'
+import { getManyOrThrow, getOrThrow, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
 import { BLOCK_SUBLEVEL, rawBlocks, type RawBlocks } from './level-raw.ts'
 
 /** Collections that deleted more blocks than this compact the block range. */
@@ -125,19 +123,11 @@ export class LevelMirrorBlockstore extends LevelBlockstore implements MirrorBloc
   }
 
   override async * get (cid: CID, options: AbortOptions = {}): AsyncGenerator<Uint8Array> {
-    const bytes = await this.getBytes(cid, options)
-    if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
-    yield bytes
+    yield * getOrThrow(async (c, o) => await this.getBytes(c, o), cid, options)
   }
 
   override async * getMany (source: Iterable<CID> | AsyncIterable<CID>, options: AbortOptions = {}): AsyncGenerator<Pair> {
-    let n = 0
-    for await (const cid of source) {
-      const bytes = await this.getBytes(cid, options)
-      if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
-      if (++n % this.#slice === 0) await nextTurn()
-      yield { cid, bytes: (function * () { yield bytes })() }
-    }
+    yield * getManyOrThrow(async (c, o) => await this.getBytes(c, o), source, this.#slice, options)
   }
 
   async deleteBlocks (cids: readonly CID[], options: AbortOptions = {}): Promise<number> {
