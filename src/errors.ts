@@ -312,19 +312,16 @@ export class HandleResolutionError extends IdentityError {
   }
 }
 
-/**
- * A did:plc operation log fails verification (src/identity/plc-log.ts): `index` and
- * `cid` name the entry, the message what failed.
- */
-export class PlcLogInvalidError extends IdentityError {
+/** A did:plc operation log that cannot be used: `index` and `cid` name the entry, `reason` what failed. */
+export abstract class PlcLogError extends IdentityError {
   readonly did: string
   /** What failed, without the details. */
   readonly reason: string
   readonly index?: number
   readonly cid?: string
   readonly source?: string
-  constructor (did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
-    super(`PLC log invalid: ${reason}`, { did, index: init.index, cid: init.cid, source: init.source })
+  constructor (message: string, did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
+    super(message, { did, index: init.index, cid: init.cid, source: init.source })
     this.did = did
     this.reason = reason
     this.index = init.index
@@ -333,24 +330,20 @@ export class PlcLogInvalidError extends IdentityError {
   }
 }
 
+/** A did:plc operation log fails verification (src/identity/plc-log.ts). */
+export class PlcLogInvalidError extends PlcLogError {
+  constructor (did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
+    super(`PLC log invalid: ${reason}`, did, reason, init)
+  }
+}
+
 /**
  * A valid did:plc log that cannot replace the stored one: shorter (truncated), or
  * leaving out or rewriting stored entries other than by a valid recovery.
  */
-export class PlcLogConflictError extends IdentityError {
-  readonly did: string
-  /** What failed, without the details. */
-  readonly reason: string
-  readonly index?: number
-  readonly cid?: string
-  readonly source?: string
+export class PlcLogConflictError extends PlcLogError {
   constructor (did: string, reason: string, init: { index?: number, cid?: string, source?: string } = {}) {
-    super(`PLC log refused: ${reason}`, { did, index: init.index, cid: init.cid, source: init.source })
-    this.did = did
-    this.reason = reason
-    this.index = init.index
-    this.cid = init.cid
-    this.source = init.source
+    super(`PLC log refused: ${reason}`, did, reason, init)
   }
 }
 
