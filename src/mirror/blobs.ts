@@ -29,7 +29,7 @@ import type { BlobFetcher } from '../blocks/blob-fetch.ts'
 import type { Block, ReadonlyBlockStore } from '../repo/block-store.ts'
 import { blobRefsOf, mayReferenceBlobs, type BlobRef } from '../repo/blob-refs.ts'
 import { CID, cidKey } from '../repo/cid.ts'
-import { diffMst } from '../repo/mst/diff.ts'
+import { diffMst, type MstRecordOp } from '../repo/mst/diff.ts'
 import { walkMstBatches } from '../repo/mst/walk.ts'
 import type { BlobDelta } from './blob-store.ts'
 import type { MirrorStore } from './store.ts'
@@ -89,9 +89,11 @@ function addRefs (delta: BlobDelta, refs: readonly BlobRef[], sign: 1 | -1): voi
 
 /**
  * How `did`'s blob references change from the tree at `before` (whose references
- * the index holds; `null`: it holds none) to the tree at `after`.
+ * the index holds; `null`: it holds none) to the tree at `after`. `recordOps`: the
+ * record changes from `before` to `after` when the caller has them already (an
+ * incremental verification found them), so the trees are not diffed again.
  */
-export async function blobDelta (blocks: ReadonlyBlockStore, scan: BlobScan, before: CID | null, after: CID, options: { signal?: AbortSignal } = {}): Promise<BlobDelta> {
+export async function blobDelta (blocks: ReadonlyBlockStore, scan: BlobScan, before: CID | null, after: CID, options: { signal?: AbortSignal, recordOps?: readonly MstRecordOp[] } = {}): Promise<BlobDelta> {
   const delta: BlobDelta = new Map()
   if (before === null) {
     for await (const leaves of walkMstBatches(blocks, after, { signal: options.signal })) {
@@ -99,8 +101,8 @@ export async function blobDelta (blocks: ReadonlyBlockStore, scan: BlobScan, bef
     }
     return delta
   }
-  const diff = await diffMst(blocks, before, after, { signal: options.signal })
-  for (const op of diff.recordOps) {
+  const recordOps = options.recordOps ?? (await diffMst(blocks, before, after, { signal: options.signal })).recordOps
+  for (const op of recordOps) {
     if (op.oldValue !== null) addRefs(delta, await scan.refsOf(op.oldValue, blocks, options), -1)
     if (op.newValue !== null) addRefs(delta, await scan.refsOf(op.newValue, blocks, options), 1)
   }
@@ -109,7 +111,11 @@ export async function blobDelta (blocks: ReadonlyBlockStore, scan: BlobScan, bef
 
 /** A recount: `did`'s whole tree at `data` against what the index holds for it now. */
 export async function blobRecount (store: MirrorStore, blocks: ReadonlyBlockStore, did: string, data: CID, options: { signal?: AbortSignal } = {}): Promise<BlobDelta> {
-  const delta = await blobDelta(blocks, new BlobScan({ remember: false }), null, data, options)
+  return await withoutStoredRefs(store, did, await blobDelta(blocks, new BlobScan({ remember: false }), null, data, options))
+}
+
+/** Turns a whole tree's references (`delta`) into a change from what the index holds for `did`. */
+export async function withoutStoredRefs (store: MirrorStore, did: string, delta: BlobDelta): Promise<BlobDelta> {
   for (const [cid, count] of await store.blobs.refs(did)) {
     const entry = delta.get(cid) ?? { change: 0 }
     entry.change -= count

@@ -35,7 +35,7 @@ import { verifyCommitProof } from '../repo/mst/proof.ts'
 import { verifyIncremental, type IncrementalVerification } from '../repo/verify-incremental.ts'
 import { OverlayBlockStore } from '../repo/block-store.ts'
 import type { BlobDelta } from './blob-store.ts'
-import { BlobScan, blobDelta } from './blobs.ts'
+import { BlobScan, blobDelta, withoutStoredRefs } from './blobs.ts'
 import { HoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks } from './status-policy.ts'
@@ -142,14 +142,9 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
     const described = await store.blobs.describedCommit(did)
     const incrementalBlobs = described === state.commit
     const overlay = new OverlayBlockStore(blocks, store.blocks)
-    const blobs: BlobDelta = await blobDelta(overlay, new BlobScan({ remember: false }), incrementalBlobs ? CID.parse(state.data) : null, verified.data, { signal })
-    if (!incrementalBlobs) {
-      for (const [cid, count] of await store.blobs.refs(did)) {
-        const entry = blobs.get(cid) ?? { change: 0 }
-        entry.change -= count
-        blobs.set(cid, entry)
-      }
-    }
+    const blobs: BlobDelta = incrementalBlobs
+      ? await blobDelta(overlay, new BlobScan({ remember: false }), CID.parse(state.data), verified.data, { signal, recordOps: verified.recordOps })
+      : await withoutStoredRefs(store, did, await blobDelta(overlay, new BlobScan({ remember: false }), null, verified.data, { signal }))
     const next: RepoState = {
       did,
       commit: evt.commit.toString(),

@@ -52,7 +52,7 @@ import { verifyIncremental } from '../repo/verify-incremental.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
 import { HoldDelta, holdDeltaOf, repoHoldDelta } from './gc.ts'
-import { BlobScan, blobDelta, blobRecount, type BlobMirror, type BlobPassResult } from './blobs.ts'
+import { BlobScan, blobDelta, blobRecount, withoutStoredRefs, type BlobMirror, type BlobPassResult } from './blobs.ts'
 import type { BlobDelta } from './blob-store.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
@@ -633,14 +633,11 @@ export class RepoSyncer {
       // the index describes it, a recount otherwise (stored before blobs were)
       const described = holdsBlocks(state) ? await this.#store.blobs.describedCommit(did) : undefined
       const incrementalBlobs = holdsBlocks(state) && described === state.commit
-      const blobs: BlobDelta = await blobDelta(view, scan, incrementalBlobs ? CID.parse(state.data) : null, target.data, { signal })
-      if (!incrementalBlobs) {
-        for (const [cid, count] of await this.#store.blobs.refs(did)) {
-          const entry = blobs.get(cid) ?? { change: 0 }
-          entry.change -= count
-          blobs.set(cid, entry)
-        }
-      }
+      // an incremental verification (from the stored tree, `previous` is `state`) found the record changes already
+      const recordOps = advance?.recordOps
+      const blobs: BlobDelta = incrementalBlobs
+        ? await blobDelta(view, scan, CID.parse(state.data), target.data, { signal, recordOps })
+        : await withoutStoredRefs(this.#store, did, await blobDelta(view, scan, null, target.data, { signal }))
       signal?.throwIfAborted()
       const { candidates } = await this.#store.commitRepo(next, delta, {
         pin,
