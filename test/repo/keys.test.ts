@@ -134,6 +134,43 @@ describe('key forms', () => {
   })
 })
 
+// verifySignature checks with OpenSSL; noble's verify (prehash, low-S, compact) is
+// the reference it must agree with on every input, valid or not
+describe('verifySignature agrees with noble', () => {
+  for (const type of ['k256', 'p256'] as const) {
+    it(`${type}: 300 signatures, valid, tampered, high-S, out of range`, () => {
+      const curve = curves[type]
+      const order = curve.Point.Fn.ORDER
+      const toBytes = (n: bigint): Uint8Array => Uint8Array.from(Buffer.from(n.toString(16).padStart(64, '0'), 'hex'))
+      let valid = 0
+      for (let i = 0; i < 300; i++) {
+        const secret = curve.utils.randomSecretKey()
+        const compressed = curve.getPublicKey(secret, true)
+        const key = publicKeyFromBytes(type, compressed)
+        const message = Uint8Array.from(Buffer.from(`message ${i} ${Math.random()}`))
+        let sig = curve.sign(message, secret)
+        const s = BigInt('0x' + Buffer.from(sig.subarray(32)).toString('hex'))
+        switch (i % 6) {
+          case 1: sig = sig.slice(); sig[i % 64] ^= 1 << (i % 8); break
+          case 2: sig = Uint8Array.from([...sig.subarray(0, 32), ...toBytes(order - s)]); break
+          case 3: sig = Uint8Array.from([...sig.subarray(0, 32), ...toBytes(0n)]); break
+          case 4: sig = Uint8Array.from([...toBytes(order), ...sig.subarray(32)]); break
+          case 5: message[0] ^= 1; break
+        }
+        let expected: boolean
+        try {
+          expected = curve.verify(sig, message, compressed, { prehash: true, lowS: true, format: 'compact' })
+        } catch {
+          expected = false
+        }
+        assert.equal(verifySignature(key, message, sig), expected, `case ${i % 6}, signature ${Buffer.from(sig).toString('hex')}`)
+        if (expected) valid++
+      }
+      assert.equal(valid, 50)
+    })
+  }
+})
+
 describe('malformed keys throw InvalidKeyError', () => {
   const good = formatDidKey(publicKeyFromBytes('k256', secp256k1.getPublicKey(secp256k1.utils.randomSecretKey())))
   const cases: Array<[string, () => unknown]> = [
