@@ -317,9 +317,13 @@ export class MirrorNode implements MirrorApi {
         } catch (err) {
           // unpinned while its re-check was queued: nothing to report, nothing failed
           if ((err as Error).name !== 'NotPinnedError') throw err
+          return
         }
+        // blobs taken down at the PDS since they were stored (a bounded round, paced by the blob mirror)
+        await this.syncer.recheckBlobs(did, { signal })
       },
-      skip: (did) => this.#follower?.followed(did) ?? false
+      skip: (did) => this.#follower?.followed(did) ?? false,
+      light: async (did, { signal }) => await this.syncer.recheckBlobs(did, { signal })
     }, { intervalMs: init.intervalMs, checkOnStart: init.checkOnStart })
   }
 

@@ -26,6 +26,7 @@
  *   /atmirror/blobs/repo/<did>         → the commit the DID's references describe
  *   /atmirror/blobs/off/<did>          → '' (pinned with blobs off)
  *   /atmirror/blobs/size/<cid>         → a stored blob's size (decimal; for disk usage without reading it)
+ *   /atmirror/blobs/probe/<did>        → the last blob a bounded takedown re-check asked its PDS about (blobs.ts)
  *
  * Collection runs with the block collection (MirrorStore, never while a writer is
  * in: the blob fetch pass enters as one), so a blob is never deleted under a
@@ -65,7 +66,8 @@ export const blobKeys = {
   candidatePrefix: `${PREFIX}/gc/`,
   repo: (did: string) => `${PREFIX}/repo/${did}`,
   off: (did: string) => `${PREFIX}/off/${did}`,
-  size: (cid: string) => `${PREFIX}/size/${cid}`
+  size: (cid: string) => `${PREFIX}/size/${cid}`,
+  probe: (did: string) => `${PREFIX}/probe/${did}`
 }
 
 /** The datastore's LevelDB, as far as the index uses it. */
@@ -361,6 +363,7 @@ export class BlobStore {
     for (const cid of await this.#keysAfter(blobKeys.wantPrefix(did))) batch.del(blobKeys.want(did, cid))
     for (const cid of await this.#keysAfter(blobKeys.gonePrefix(did))) batch.del(blobKeys.gone(did, cid))
     batch.del(blobKeys.repo(did))
+    batch.del(blobKeys.probe(did))
     if (options.unpin === true) batch.del(blobKeys.off(did))
     return candidates
   }
@@ -392,6 +395,16 @@ export class BlobStore {
     const gte = options.cursor === undefined ? prefix : `${prefix}${options.cursor}\x00`
     const keys = await this.#db.keys({ gte, lt: prefix + '\xff', limit: options.limit ?? 500 }).all()
     return keys.map(key => key.slice(prefix.length))
+  }
+
+  /** Where the next bounded takedown re-check of `did`'s blobs starts: after this blob CID (none: at the first). */
+  async probeCursor (did: string): Promise<string | undefined> {
+    const value = await this.#db.get(blobKeys.probe(did))
+    return value === undefined ? undefined : fromUtf8.decode(value)
+  }
+
+  async setProbeCursor (did: string, cid: string): Promise<void> {
+    await this.#db.put(blobKeys.probe(did), utf8.encode(cid))
   }
 
   /** Whether `did`'s current repo references the blob. */

@@ -19,7 +19,9 @@
  * blob under it. A failure leaves the blob wanted for the next sync; a blob over
  * the cap, or one the PDS says it does not have while a record references it (a
  * takedown), is recorded as gone, logged, not fetched again, and a copy of a
- * taken-down blob is removed. References are counted whatever the setting; with
+ * taken-down blob is removed. A blob taken down after it was stored is found by
+ * asking the PDS about stored blobs (headers only): all of them for an explicit
+ * check, a bounded round per repo for a daemon's re-checks. References are counted whatever the setting; with
  * blobs off (the node, or one pin) nothing is fetched.
  */
 import { logger } from '@libp2p/logger'
@@ -157,8 +159,21 @@ export interface BlobMirrorInit {
   enabled?: boolean
   /** The largest blob fetched, in bytes. @default 104857600 (100 MiB) */
   maxBlobSize?: number
-  /** Blobs downloaded at once per repo. @default 4 */
+  /** Blobs downloaded (or asked about) at once per repo. @default 4 */
   concurrency?: number
+  /**
+   * Stored blobs a periodic re-check asks the repo's PDS about, per repo and round
+   * ({@link BlobMirror.recheckStored}); 0 for none.
+   *
+   * @default 100
+   */
+  recheckBlobs?: number
+  /**
+   * The least time between two such rounds of one repo.
+   *
+   * @default 600000 (10 minutes)
+   */
+  recheckIntervalMs?: number
 }
 
 export class BlobMirror {
@@ -167,6 +182,10 @@ export class BlobMirror {
   readonly enabled: boolean
   readonly maxBlobSize: number
   readonly #concurrency: number
+  readonly #recheckBlobs: number
+  readonly #recheckIntervalMs: number
+  /** When each DID's blobs were last re-checked (Date.now()). */
+  readonly #recheckedAt = new Map<string, number>()
 
   constructor (components: BlobMirrorComponents, init: BlobMirrorInit = {}) {
     this.#store = components.store
@@ -174,6 +193,8 @@ export class BlobMirror {
     this.enabled = init.enabled ?? true
     this.maxBlobSize = init.maxBlobSize ?? DEFAULT_MAX_BLOB_SIZE
     this.#concurrency = Math.max(1, init.concurrency ?? 4)
+    this.#recheckBlobs = Math.max(0, init.recheckBlobs ?? 100)
+    this.#recheckIntervalMs = Math.max(0, init.recheckIntervalMs ?? 600_000)
   }
 
   /**
@@ -245,20 +266,55 @@ export class BlobMirror {
    * Asks the DID's PDS whether it still serves each blob of `did` stored here (and
    * stops at the headers): one it no longer serves while a record references it
    * was taken down (or deleted), and is removed and recorded as gone. For explicit
-   * checks (`atmirror mirror` of an unchanged repo), not every re-check.
+   * checks (`atmirror mirror` of an unchanged repo); a daemon's re-checks use
+   * {@link BlobMirror.recheckStored}, which is bounded.
    */
   async checkStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+    return await this.#probe(did, [...(await this.#store.blobs.refs(did)).keys()], options)
+  }
+
+  /**
+   * A bounded {@link BlobMirror.checkStored}, for the daemon's periodic re-checks:
+   * at most once per `recheckIntervalMs` for a DID, it asks the PDS about the next
+   * `recheckBlobs` blobs the repo references (in CID order, from where the last
+   * round stopped, kept in the index, wrapping round), so every stored blob is
+   * asked about in turn at a bounded rate and nothing is downloaded. Why probes
+   * and not `listBlobs`: the reference PDS keeps listing a blob it has taken down
+   * (listBlobs reads the record references), only `getBlob` refuses it.
+   */
+  async recheckStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+    const none = { checked: 0, removed: 0 }
+    if (this.#recheckBlobs === 0) return none
+    const last = this.#recheckedAt.get(did)
+    if (last !== undefined && Date.now() - last < this.#recheckIntervalMs) return none
+    this.#recheckedAt.set(did, Date.now())
+    const blobs = this.#store.blobs
+    const cursor = await blobs.probeCursor(did)
+    const round = await blobs.list(did, { cursor, limit: this.#recheckBlobs })
+    if (round.length < this.#recheckBlobs && cursor !== undefined) {
+      // past the last one: on from the first, up to where this round began
+      round.push(...(await blobs.list(did, { limit: this.#recheckBlobs - round.length })).filter(cid => cid <= cursor))
+    }
+    if (round.length === 0) return none
+    const out = await this.#probe(did, round, options)
+    await blobs.setProbeCursor(did, round[round.length - 1])
+    if (out.checked > 0) log('%s: asked its PDS about %d stored blobs, %d removed (taken down)', did, out.checked, out.removed)
+    return out
+  }
+
+  async #probe (did: string, cids: readonly string[], options: { pds?: string, signal?: AbortSignal }): Promise<{ checked: number, removed: number }> {
     const pds = this.#fetcher.source('pds')
     const out = { checked: 0, removed: 0 }
     if (pds?.has === undefined) return out
+    const has = pds.has.bind(pds)
     const blobs = this.#store.blobs
-    const refs = [...(await blobs.refs(did)).keys()].map(cid => CID.parse(cid))
-    await eachParallel(refs, async (cid) => {
+    await eachParallel(cids, async (key) => {
+      const cid = CID.parse(key)
       if (!await blobs.has(cid)) return
       out.checked++
       let served: boolean
       try {
-        served = await (pds.has as NonNullable<typeof pds.has>)(cid, { did, pds: options.pds, maxBytes: this.maxBlobSize, signal: options.signal })
+        served = await has(cid, { did, pds: options.pds, maxBytes: this.maxBlobSize, signal: options.signal })
       } catch (err) {
         if (options.signal?.aborted === true) throw err
         log('%s: cannot check blob %c at its PDS: %e', did, cid, err)
@@ -271,5 +327,4 @@ export class BlobMirror {
     }, this.#concurrency)
     return out
   }
-
 }

@@ -9,6 +9,10 @@
  * for a slot, so a healthy repo is not queued behind hosts that keep failing (slow
  * ones fail on the download's throughput floor, see PdsClient). One repo failing is
  * logged by the check function and the rest go on.
+ *
+ * A repo a tick leaves out (`skip`: a followed firehose keeps it current, and an
+ * active repo's events may keep it from ever being polled) still gets the tick's
+ * `light` job: the checks no event would bring (a blob taken down at the PDS).
  */
 import { repeatingTask, type RepeatingTask } from '@libp2p/utils'
 import { logger } from '@libp2p/logger'
@@ -36,6 +40,11 @@ export interface RepoSchedulerComponents {
    * follower says which), re-checked only at its slower interval.
    */
   skip?: (did: string) => boolean
+  /**
+   * What a tick runs for the repos it leaves out (`skip`), in the DID's runner job
+   * at the lowest priority: cheap checks that pace themselves (it runs every tick).
+   */
+  light?: (did: string, options: { signal: AbortSignal }) => Promise<unknown>
 }
 
 export interface RepoSchedulerInit {
@@ -58,6 +67,7 @@ export class RepoScheduler {
   readonly #runner: DidRunner
   readonly #check: RepoSchedulerComponents['check']
   readonly #skip: (did: string) => boolean
+  readonly #light: RepoSchedulerComponents['light']
   readonly #intervalMs: number
   readonly #checkOnStart: boolean
   /** DIDs whose last re-check failed: they wait behind the others for a slot. */
@@ -71,6 +81,7 @@ export class RepoScheduler {
     this.#runner = components.runner
     this.#check = components.check
     this.#skip = components.skip ?? (() => false)
+    this.#light = components.light
     this.#intervalMs = Math.min(Math.max(0, init.intervalMs ?? 60_000), MAX_TIMER_MS)
     this.#checkOnStart = init.checkOnStart ?? true
   }
@@ -121,10 +132,30 @@ export class RepoScheduler {
   }
 
   async #checkDue (): Promise<void> {
-    const dids = (await this.#pins.list()).filter(did => !this.#runner.busy(did) && !this.#skip(did))
+    const idle = (await this.#pins.list()).filter(did => !this.#runner.busy(did))
+    const dids = idle.filter(did => !this.#skip(did))
+    const skipped = idle.filter(did => this.#skip(did))
     const order = (did: string): number => this.#failing.has(did) ? 1 : 0
     dids.sort((a, b) => order(a) - order(b))
-    await Promise.all(dids.map(async did => { await this.#checkOne(did) }))
+    await Promise.all([
+      ...dids.map(async did => { await this.#checkOne(did) }),
+      ...skipped.map(async did => { await this.#lightOne(did) })
+    ])
+  }
+
+  async #lightOne (did: string): Promise<void> {
+    const light = this.#light
+    if (light === undefined) return
+    const job = this.#runner.run(did, async (signal) => await light(did, { signal }), {
+      signal: this.#stopping.signal,
+      priority: PRIORITY.retry
+    }).then(() => {}, (err) => { if (!this.#stopping.signal.aborted) log('light check of %s failed - %e', did, err) })
+    this.#checks.add(job)
+    try {
+      await job
+    } finally {
+      this.#checks.delete(job)
+    }
   }
 
   async #checkOne (did: string): Promise<void> {

@@ -349,6 +349,21 @@ export class RepoSyncer {
     return await this.#mutex.run(did, async () => await blobs.checkStored(did, { pds: (await this.#store.getState(did))?.pds, signal: options.signal }))
   }
 
+  /**
+   * {@link BlobMirror.recheckStored} for `did` (a bounded round, at most once per its
+   * interval), in turn with its syncs: what a daemon's re-checks run, so a blob taken
+   * down after it was stored is removed without an explicit check.
+   */
+  async recheckBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+    if (this.#blobs === undefined) return { checked: 0, removed: 0 }
+    const blobs = this.#blobs
+    return await this.#mutex.run(did, async () => {
+      const state = await this.#store.getState(did)
+      if (state === undefined || state.status !== 'active') return { checked: 0, removed: 0 }
+      return await blobs.recheckStored(did, { pds: state.pds, signal: options.signal })
+    })
+  }
+
   /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
   async verifyStored (did: string, options: VerifyStoredOptions = {}): Promise<StoredRepoReport> {
     return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))

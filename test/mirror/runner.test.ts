@@ -198,6 +198,27 @@ describe('RepoScheduler', () => {
     await requested
   })
 
+  it('a tick gives the repos it skips (followed) the light job instead of a check, and a failing light job is only logged', async () => {
+    const runner = new DidRunner({ concurrency: 4 })
+    const checked: string[] = []
+    const light: string[] = []
+    const scheduler = new RepoScheduler({
+      pins: { list: async () => ['did:polled', 'did:followed', 'did:broken'] },
+      runner,
+      check: async (did) => { checked.push(did) },
+      skip: (did) => did !== 'did:polled',
+      light: async (did) => {
+        light.push(did)
+        if (did === 'did:broken') throw new Error('the light job failed')
+      }
+    }, { intervalMs: 10, checkOnStart: true })
+    scheduler.start()
+    await until('two light jobs of each skipped repo', () => light.filter(d => d === 'did:followed').length >= 2 && light.filter(d => d === 'did:broken').length >= 2)
+    await scheduler.stop()
+    assert.ok(checked.length >= 2 && checked.every(did => did === 'did:polled'), `checked: ${checked.join(' ')}`)
+    assert.ok(!light.includes('did:polled'))
+  })
+
   it("a repo whose check hangs does not hold back the others' next ticks", async () => {
     const runner = new DidRunner({ concurrency: 4 })
     const counts = new Map<string, number>()
