@@ -1,5 +1,5 @@
 /**
- * Applying one firehose event to a stored repo, without `getRepo`.
+ * Applying firehose events to a stored repo, without `getRepo`.
  *
  * A `#commit` is taken only when everything holds: the event's blocks hash to
  * their CIDs (the CAR reader), its root is the commit it names, the commit is for
@@ -10,7 +10,9 @@
  * (verifyIncremental, over the event's blocks laid on the stored ones) before
  * anything is written, and goes through the same path as a sync's: the new blocks
  * staged and written, one atomic advance with the hold and blob-reference changes,
- * and garbage collection once the writer leaves.
+ * and garbage collection once the writer leaves. Consecutive events of one repo
+ * are applied as a run: each verified on top of the ones before it, all written
+ * as one advance (applyCommitEvents).
  *
  * What the outcome is, and who acts on it (follower.ts):
  * - `applied`: the repo advanced;
@@ -72,35 +74,114 @@ export function hostOrigin (url: string): string {
   return parsed.origin
 }
 
-/** Applies a `#commit` to the stored repo, or says why not (see the module docs). */
-export async function applyCommitEvent (components: ApplyComponents, evt: CommitEvent, options: ApplyOptions): Promise<ApplyOutcome> {
+/** What became of one `#commit` of a run: applied, ignored or resync (see the module docs), or refused with its error. */
+export type EventOutcome = ApplyOutcome | { outcome: 'refused', error: Error }
+
+/** What {@link applyCommitEvents} did with a run of events. */
+export interface RunOutcome {
+  /** One per event handled, in order; the last may be `resync` or `refused`, which ends the run. */
+  outcomes: EventOutcome[]
+  /** The applied events reference blobs the repo did not reference before (a fetch pass is due). */
+  blobsAdded: boolean
+}
+
+/** One event checked and verified on top of the run so far, not yet written. */
+interface Verified {
+  evt: CommitEvent
+  verified: IncrementalVerification
+  prevData: CID
+}
+
+/**
+ * Applies a run of one DID's `#commit` events, in stream order, as one write (see
+ * the module docs for what each must pass). Each event is verified on top of the
+ * ones before it (their blocks over the stored repo); the run stops at the first
+ * event that is neither applied nor ignored, and the caller goes on with the rest.
+ * What was verified up to there is written in one staged write and one atomic
+ * advance: a burst of events (a replay, a busy account) costs one store round, and
+ * a block that one event creates and a later one drops is never written. A failed
+ * write throws, and then none of the run was applied.
+ */
+export async function applyCommitEvents (components: ApplyComponents, events: readonly CommitEvent[], options: ApplyOptions): Promise<RunOutcome> {
   const { store } = components
   const { signal, url } = options
-  const did = evt.did
+  if (events.length === 0) return { outcomes: [], blobsAdded: false }
+  const did = events[0].did
   const state = await store.getState(did)
-  const identity = await hostIdentity(components, did, state, options)
-  if (state === undefined) return { outcome: 'resync', why: 'nothing stored yet' }
+  const outcomes: EventOutcome[] = []
+  const applied: Verified[] = []
+  // the blocks of the applied events (each hash-checked by the CAR reader), over the stored ones
+  const pending = new MemoryBlockStore({ verified: true })
+  const below = new OverlayBlockStore(pending, store.blocks)
+  let identity: Identity | undefined
+  let data = state?.data
+  let rev = state?.rev
+  for (const evt of events) {
+    if (evt.did !== did) throw new TypeError(`a run of events is one DID's; got ${evt.did} after ${did}`)
+    try {
+      identity ??= await hostIdentity(components, did, state, options)
+      const outcome = await verifyEvent(components, evt, { state, data, rev, identity, below, signal, url })
+      if ('outcome' in outcome) {
+        outcomes.push(outcome)
+        if (outcome.outcome === 'ignored') continue
+        break
+      }
+      applied.push(outcome)
+      identity = outcome.identity
+      data = outcome.verified.data.toString()
+      rev = evt.rev
+      for (const block of outcome.blocks) pending.put(block.cid, block.bytes)
+      outcomes.push({ outcome: 'applied', state: state as RepoState, blocks: outcome.verified.blocks.length, bytes: evt.blocks.byteLength })
+    } catch (err) {
+      if (signal?.aborted === true) throw err
+      outcomes.push({ outcome: 'refused', error: err as Error })
+      break
+    }
+  }
+  if (applied.length === 0 || state === undefined) return { outcomes, blobsAdded: false }
+  const { states, blobsAdded } = await writeRun(store, state, applied, pending, { signal, url })
+  let n = 0
+  for (const outcome of outcomes) if (outcome.outcome === 'applied') outcome.state = states[n++]
+  return { outcomes, blobsAdded }
+}
+
+interface VerifyContext {
+  /** The stored state when the run began. */
+  state: RepoState | undefined
+  /** The data root and rev the run has reached. */
+  data: string | undefined
+  rev: string | undefined
+  identity: Identity
+  /** The blocks of the run's applied events over the stored ones. */
+  below: OverlayBlockStore
+  signal?: AbortSignal
+  url: string
+}
+
+/** One event checked against where the run stands: an outcome that ends it here, or the verified advance. */
+async function verifyEvent (components: ApplyComponents, evt: CommitEvent, ctx: VerifyContext): Promise<ApplyOutcome | (Verified & { identity: Identity, blocks: Block[] })> {
+  const { state, signal, url } = ctx
+  const did = evt.did
+  if (state === undefined || ctx.data === undefined || ctx.rev === undefined) return { outcome: 'resync', why: 'nothing stored yet' }
   if (!holdsBlocks(state)) return { outcome: 'resync', why: `stored status ${(state as RepoState).status}` }
-  if (compareRevs(evt.rev, state.rev) <= 0) return { outcome: 'ignored', why: `rev ${evt.rev} is not newer than the stored rev ${state.rev}` }
+  if (compareRevs(evt.rev, ctx.rev) <= 0) return { outcome: 'ignored', why: `rev ${evt.rev} is not newer than the stored rev ${ctx.rev}` }
   if (evt.tooBig) return { outcome: 'resync', why: 'tooBig' }
   if (evt.prevData === undefined) return { outcome: 'resync', why: 'no prevData (not a sync 1.1 host)' }
 
-  const { blocks } = await readEventBlocks(evt.blocks, evt.commit, { did, url, signal })
+  const { blocks, list } = await readEventBlocks(evt.blocks, evt.commit, { did, url, signal })
   const commitBytes = blocks.get(evt.commit)
   if (commitBytes === undefined) throw new CommitInvalidError('the event does not carry its commit block', { did, rev: evt.rev, cid: evt.commit })
   const commit = decodeCommit(commitBytes, evt.commit)
   checkCommitFields(commit, evt.did, evt.rev, evt.commit)
   // (the signature is checked by verifyIncremental below, before anything is written)
   await verifyCommitProof(blocks, commit.data, evt.prevData, evt.ops, { did, rev: evt.rev, signal })
-  if (evt.prevData.toString() !== state.data) return { outcome: 'resync', why: `prevData ${evt.prevData.toString()} is not the stored data ${state.data} (a gap)` }
+  if (evt.prevData.toString() !== ctx.data) return { outcome: 'resync', why: `prevData ${evt.prevData.toString()} is not the stored data ${ctx.data} (a gap)` }
 
-  // the advance, checked in proportion to the change before anything is written:
-  // the event's blocks over the stored repo
-  let verified: IncrementalVerification
+  // the advance, checked in proportion to the change: the event's blocks over the run's and the stored ones
   const verify = async (key: Identity['signingKey']): Promise<IncrementalVerification> => await verifyIncremental({
-    oldData: CID.parse(state.data),
+    oldData: evt.prevData as CID,
     commit: evt.commit,
-    blocks: new OverlayBlockStore(blocks, store.blocks),
+    blocks: new OverlayBlockStore(blocks, ctx.below),
     key,
     did,
     trusted: true,
@@ -108,6 +189,8 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
     signal,
     log: repoLog
   })
+  let identity = ctx.identity
+  let verified: IncrementalVerification
   try {
     try {
       verified = await verify(identity.signingKey)
@@ -117,35 +200,38 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
       const fresh = await components.identity.refresh(did, { signal, verifyHandle: false })
       if (fresh.didKey === identity.didKey) throw err
       verified = await verify(fresh.signingKey)
+      identity = fresh
     }
   } catch (err) {
     if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
     throw err
   }
-  const delta = new HoldDelta()
-  delta.add(evt.commit)
-  delta.remove(CID.parse(state.commit))
-  for (const cid of verified.createdNodes) delta.add(cid)
-  for (const cid of verified.deletedNodes) delta.remove(cid)
-  for (const op of verified.recordOps) {
-    if (op.oldValue !== null) delta.remove(op.oldValue)
-    if (op.newValue !== null) delta.add(op.newValue)
-  }
+  return { evt, verified, prevData: evt.prevData, identity, blocks: list }
+}
 
-  // a steady stream of events must not hold off garbage collection (see beginWrite)
-  const release = await store.beginWrite({ yieldToGc: true })
-  let committed = false
-  try {
-    await store.putBlocks(did, verified.blocks, { signal })
-    // the blob references of the new commit: a change from the old commit's when the
-    // index describes it, a recount otherwise (as a sync does)
-    const described = await store.blobs.describedCommit(did)
-    const incrementalBlobs = described === state.commit
-    const overlay = new OverlayBlockStore(blocks, store.blocks)
-    const blobs: BlobDelta = incrementalBlobs
-      ? await blobDelta(overlay, new BlobScan({ remember: false }), CID.parse(state.data), verified.data, { signal, recordOps: verified.recordOps })
-      : await withoutStoredRefs(store, did, await blobDelta(overlay, new BlobScan({ remember: false }), null, verified.data, { signal }))
-    const next: RepoState = {
+/**
+ * Writes a run's verified advances as one: the blocks the last commit's repo holds
+ * that the stored one did not, staged and written, then one atomic advance with the
+ * summed hold and blob-reference changes. Returns the state after each event.
+ */
+async function writeRun (store: MirrorStore, state: RepoState, run: readonly Verified[], pending: MemoryBlockStore, options: { signal?: AbortSignal, url: string }): Promise<{ states: RepoState[], blobsAdded: boolean }> {
+  const { signal, url } = options
+  const did = state.did
+  const delta = new HoldDelta()
+  delta.remove(CID.parse(state.commit))
+  let records = state.records
+  const states: RepoState[] = []
+  // the commits in between are never held: only the last one
+  delta.add(run[run.length - 1].evt.commit)
+  for (const { evt, verified } of run) {
+    for (const cid of verified.createdNodes) delta.add(cid)
+    for (const cid of verified.deletedNodes) delta.remove(cid)
+    for (const op of verified.recordOps) {
+      if (op.oldValue !== null) delta.remove(op.oldValue)
+      if (op.newValue !== null) delta.add(op.newValue)
+    }
+    records = records === undefined ? undefined : records + verified.recordDelta
+    states.push({
       did,
       commit: evt.commit.toString(),
       rev: evt.rev,
@@ -154,19 +240,61 @@ export async function applyCommitEvent (components: ApplyComponents, evt: Commit
       handle: state.handle,
       status: 'active',
       syncedAt: new Date().toISOString(),
-      records: state.records === undefined ? undefined : state.records + verified.recordDelta
+      records
+    })
+  }
+  // what the new repo gains; a block an earlier event created and a later one dropped is left out
+  const written = new Set<string>()
+  const blocks: Block[] = []
+  for (const { verified } of run) {
+    for (const block of verified.blocks) {
+      const key = cidKey(block.cid)
+      if (written.has(key) || delta.changeOf(block.cid) <= 0) continue
+      written.add(key)
+      blocks.push(block)
+    }
+  }
+  const last = states[states.length - 1]
+  const lastEvent = run[run.length - 1].evt
+
+  // a steady stream of events must not hold off garbage collection (see beginWrite)
+  const release = await store.beginWrite({ yieldToGc: true })
+  let committed = false
+  try {
+    await store.putBlocks(did, blocks, { signal })
+    // the blob references of the new commit: the events' changes when the index
+    // describes the stored commit, a recount otherwise (as a sync does)
+    const overlay = new OverlayBlockStore(pending, store.blocks)
+    let blobs: BlobDelta
+    if (await store.blobs.describedCommit(did) === state.commit) {
+      blobs = new Map()
+      for (const { verified, prevData } of run) {
+        addBlobDelta(blobs, await blobDelta(overlay, new BlobScan({ remember: false }), prevData, verified.data, { signal, recordOps: verified.recordOps }))
+      }
+    } else {
+      blobs = await withoutStoredRefs(store, did, await blobDelta(overlay, new BlobScan({ remember: false }), null, CID.parse(last.data), { signal }))
     }
     signal?.throwIfAborted()
-    await store.commitRepo(next, delta, {
+    await store.commitRepo(last, delta, {
       pin: false,
-      blobs: async (batch) => await store.blobs.planAdvance(did, blobs, evt.commit.toString(), batch)
+      blobs: async (batch) => await store.blobs.planAdvance(did, blobs, last.commit, batch)
     })
     committed = true
-    log('%s: applied #commit seq=%d rev=%s (%d ops, %d blocks written, %d read) from %s', did, evt.seq, evt.rev, evt.ops.length, verified.blocks.length, verified.blocksRead, url)
-    return { outcome: 'applied', state: next, blocks: verified.blocks.length, bytes: evt.blocks.byteLength }
+    log('%s: applied %d #commit (seq %d to %d, rev %s; %d blocks written) from %s', did, run.length, run[0].evt.seq, lastEvent.seq, last.rev, blocks.length, url)
+    return { states, blobsAdded: [...blobs.values()].some(({ change }) => change > 0) }
   } finally {
     if (!committed) await store.discardStaged(did).catch(err => { log.error('%s: discarding staged blocks failed: %e', did, err) })
     await release()
+  }
+}
+
+/** Adds `more` to `total` (blob reference changes of successive advances). */
+function addBlobDelta (total: BlobDelta, more: BlobDelta): void {
+  for (const [cid, { change, size }] of more) {
+    const entry = total.get(cid) ?? { change: 0 }
+    entry.change += change
+    if (size !== undefined) entry.size = size
+    total.set(cid, entry)
   }
 }
 

@@ -1,10 +1,13 @@
 /**
  * Live following: one `com.atproto.sync.subscribeRepos` stream per host that holds
  * a pinned repo (hosts come from the stored states and the DID documents), plus the
- * relays the operator names. Every event for a pinned DID becomes a job of that
- * DID in the per-DID runner (runner.ts), so an event never races a re-check or
- * another event of its repo, and events of different repos are applied in
- * parallel. Events for DIDs that are not pinned are dropped once their frame is
+ * relays the operator names. Events for a pinned DID queue for a job of that DID
+ * in the per-DID runner (runner.ts), so an event never races a re-check or another
+ * event of its repo, and events of different repos are applied in parallel. A job
+ * takes every event of its DID queued when it starts, and a run of `#commit`s among
+ * them is applied as one write: a backlog (a replay from a cursor, a busy account)
+ * costs one store round per run, not per event, while a lone live event is applied
+ * at once. Events for DIDs that are not pinned are dropped once their frame is
  * parsed, before any block is read.
  *
  * - `#commit`: applied without getRepo when it verifies and follows on from the
@@ -37,7 +40,7 @@ import { TypedEventEmitter } from '@libp2p/interface'
 import { FirehoseConnectionError, FirehoseEventRefusedError, RepoDeactivatedError, RepoNotFoundError, RepoSuspendedError, RepoTakendownError } from '../errors.ts'
 import type { Identity, IdentityResolver } from '../identity/resolver.ts'
 import { parseFrame, type AccountEvent, type CommitEvent, type IdentityEvent, type SyncEvent } from '../repo/firehose.ts'
-import { applyCommitEvent, checkSyncEvent, hostOrigin, type ApplyOutcome } from './commit-event.ts'
+import { applyCommitEvents, checkSyncEvent, hostOrigin, type RunOutcome } from './commit-event.ts'
 import type { DidRunner } from './runner.ts'
 import { PRIORITY } from './scheduler.ts'
 import type { MirrorStore, RepoState } from './store.ts'
@@ -131,6 +134,15 @@ interface Pending {
   done: boolean
 }
 
+type RepoEvent = CommitEvent | SyncEvent | IdentityEvent | AccountEvent
+
+/** A DID's events, in stream order, for one job of its runner lane. */
+interface Lane {
+  events: Array<{ msg: RepoEvent, entry: Pending }>
+  /** The job has taken them: later events go to a new lane. */
+  started: boolean
+}
+
 class Subscription {
   readonly host: string
   readonly relay: boolean
@@ -143,7 +155,11 @@ class Subscription {
   failures = 0
   error: string | undefined
   readonly pending: Pending[] = []
+  /** Each DID's events waiting for its next runner job (one job takes them all). */
+  readonly lanes = new Map<string, Lane>()
   readonly inFlight = new Set<Promise<void>>()
+  /** Events received and not yet handled. */
+  queued = 0
   /** The cursor last written, and whether a write is under way. */
   written: number | undefined
   writing: Promise<void> | undefined
@@ -367,58 +383,139 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
       this.#advance(sub)
       return
     }
-    while (sub.inFlight.size >= this.#maxInFlight) await Promise.race(sub.inFlight)
-    const job: Promise<void> = this.#c.runner.run(did, async (signal) => { await this.#handle(sub, msg, url, signal) }, { signal: sub.controller.signal, priority: PRIORITY.request })
-      .catch((err: unknown) => { if (!sub.controller.signal.aborted) log.error('%s: handling seq %d failed - %e', did, msg.seq, err) })
+    while (sub.queued >= this.#maxInFlight) await Promise.race(sub.inFlight)
+    sub.queued++
+    const lane = sub.lanes.get(did)
+    if (lane !== undefined && !lane.started) {
+      lane.events.push({ msg, entry })
+      return
+    }
+    this.#schedule(sub, did, { events: [{ msg, entry }], started: false }, url)
+  }
+
+  /**
+   * Queues a job in the DID's runner lane for `lane`'s events. When it starts it
+   * takes every event queued by then, so a burst of one repo's commits (a replay,
+   * a busy account) is applied as one run (commit-event.ts).
+   */
+  #schedule (sub: Subscription, did: string, lane: Lane, url: string): void {
+    sub.lanes.set(did, lane)
+    const job: Promise<void> = this.#c.runner.run(did, async (signal) => {
+      lane.started = true
+      if (sub.lanes.get(did) === lane) sub.lanes.delete(did)
+      await this.#handleLane(sub, lane.events.map(({ msg }) => msg), url, signal)
+    }, { signal: sub.controller.signal, priority: PRIORITY.request })
+      .catch((err: unknown) => { if (!sub.controller.signal.aborted) log.error('%s: handling seq %d to %d failed - %e', did, lane.events[0].msg.seq, lane.events[lane.events.length - 1].msg.seq, err) })
       .finally(() => {
         sub.inFlight.delete(job)
-        // aborted (stopping, host dropped): not handled, so the cursor stays before it
+        sub.queued -= lane.events.length
+        // aborted (stopping, host dropped): not handled, so the cursor stays before them
         if (sub.controller.signal.aborted) return
-        entry.done = true
+        for (const { entry } of lane.events) entry.done = true
         this.#advance(sub)
       })
     sub.inFlight.add(job)
   }
 
-  async #handle (sub: Subscription, msg: CommitEvent | SyncEvent | IdentityEvent | AccountEvent, url: string, signal: AbortSignal): Promise<void> {
-    const did = msg.did
-    const report = (outcome: string, extra: Partial<FollowedEvent> = {}): void => {
-      const lagMs = Math.max(0, Date.now() - Date.parse(msg.time))
-      if (Number.isFinite(lagMs)) sub.lagMs = lagMs
-      this.#lastEventAt.set(did, new Date().toISOString())
-      this.safeDispatchEvent('follow:event', { detail: { host: sub.host, seq: msg.seq, did, type: msg.type, rev: 'rev' in msg ? msg.rev : undefined, outcome, lagMs: Number.isFinite(lagMs) ? lagMs : 0, ...extra } })
+  /** One DID's events in order: each run of `#commit`s together, the others one by one. */
+  async #handleLane (sub: Subscription, events: RepoEvent[], url: string, signal: AbortSignal): Promise<void> {
+    let i = 0
+    while (i < events.length) {
+      const msg = events[i]
+      if (msg.type !== 'commit') {
+        await this.#handle(sub, msg, url, signal)
+        i++
+        continue
+      }
+      let end = i + 1
+      while (end < events.length && events[end].type === 'commit') end++
+      i += await this.#commits(sub, events.slice(i, end) as CommitEvent[], url, signal)
     }
+  }
+
+  #report (sub: Subscription, msg: RepoEvent, outcome: string, extra: Partial<FollowedEvent> = {}): void {
+    const lagMs = Math.max(0, Date.now() - Date.parse(msg.time))
+    if (Number.isFinite(lagMs)) sub.lagMs = lagMs
+    this.#lastEventAt.set(msg.did, new Date().toISOString())
+    this.safeDispatchEvent('follow:event', { detail: { host: sub.host, seq: msg.seq, did: msg.did, type: msg.type, rev: 'rev' in msg ? msg.rev : undefined, outcome, lagMs: Number.isFinite(lagMs) ? lagMs : 0, ...extra } })
+  }
+
+  /**
+   * A run of `#commit`s (applyCommitEvents), reported one by one; a resync or a
+   * refusal ends the run. Returns how many events were handled (at least one).
+   */
+  async #commits (sub: Subscription, events: CommitEvent[], url: string, signal: AbortSignal): Promise<number> {
+    const did = events[0].did
+    let run: RunOutcome
+    try {
+      run = await this.#c.syncer.exclusive(did, async () => await applyCommitEvents(this.#c, events, { signal, url, relay: sub.relay }))
+    } catch (err) {
+      if (signal.aborted) throw err
+      // the write failed: none of the run was applied
+      log.error('%s: applying #commit seq %d to %d from %s failed - %e', did, events[0].seq, events[events.length - 1].seq, sub.host, err)
+      for (const msg of events) this.#report(sub, msg, 'refused', { error: err as Error })
+      return events.length
+    }
+    const { outcomes } = run
+    let applied: RepoState | undefined
+    for (let k = 0; k < outcomes.length; k++) {
+      const msg = events[k]
+      const outcome = outcomes[k]
+      if (outcome.outcome === 'applied') {
+        applied = outcome.state
+        this.#report(sub, msg, 'applied', { state: outcome.state, event: msg })
+      } else if (outcome.outcome === 'ignored') {
+        log('%s: #commit seq=%d rev=%s ignored: %s', did, msg.seq, msg.rev, outcome.why)
+        this.#report(sub, msg, 'ignored')
+      }
+    }
+    if (applied !== undefined) {
+      this.checked(did)
+      // the blobs the new records reference, once the repo stands (as after a sync)
+      if (run.blobsAdded) {
+        await this.#c.syncer.fetchBlobs(did, { pds: applied.pds, signal }).catch((err: unknown) => {
+          if (!signal.aborted) log.error('%s: fetching blobs after seq %d failed - %e', did, events[outcomes.length - 1].seq, err)
+        })
+      }
+    }
+    const last = outcomes[outcomes.length - 1]
+    const msg = events[outcomes.length - 1]
+    if (last.outcome === 'resync') {
+      log('%s: #commit seq=%d rev=%s: %s; syncing the repo', did, msg.seq, msg.rev, last.why)
+      await this.#resync(did, signal)
+      this.#report(sub, msg, 'resync')
+    } else if (last.outcome === 'refused') {
+      log.error('%s: refused #commit seq=%d from %s - %e', did, msg.seq, sub.host, last.error)
+      this.#report(sub, msg, 'refused', { error: last.error })
+    }
+    return outcomes.length
+  }
+
+  /** One `#sync`, `#identity` or `#account`. */
+  async #handle (sub: Subscription, msg: SyncEvent | IdentityEvent | AccountEvent, url: string, signal: AbortSignal): Promise<void> {
+    const did = msg.did
     const options = { signal, url, relay: sub.relay }
     try {
-      if (msg.type === 'commit' || msg.type === 'sync') {
-        const outcome: ApplyOutcome = msg.type === 'commit'
-          ? await this.#c.syncer.exclusive(did, async () => await applyCommitEvent(this.#c, msg, options))
-          : await this.#c.syncer.exclusive(did, async () => await checkSyncEvent(this.#c, msg, options))
-        if (outcome.outcome === 'applied') {
-          this.checked(did)
-          report('applied', { state: outcome.state, event: msg })
-          // the blobs the new records reference, once the repo stands (as after a sync)
-          await this.#c.syncer.fetchBlobs(did, { pds: outcome.state.pds, signal }).catch((err: unknown) => {
-            if (!signal.aborted) log.error('%s: fetching blobs after seq %d failed - %e', did, msg.seq, err)
-          })
-        } else if (outcome.outcome === 'ignored') {
-          log('%s: #%s seq=%d rev=%s ignored: %s', did, msg.type, msg.seq, msg.rev, outcome.why)
-          report('ignored')
+      if (msg.type === 'sync') {
+        const outcome = await this.#c.syncer.exclusive(did, async () => await checkSyncEvent(this.#c, msg, options))
+        if (outcome.outcome === 'ignored') {
+          log('%s: #sync seq=%d rev=%s ignored: %s', did, msg.seq, msg.rev, outcome.why)
+          this.#report(sub, msg, 'ignored')
         } else {
-          log('%s: #%s seq=%d rev=%s: %s; syncing the repo', did, msg.type, msg.seq, msg.rev, outcome.why)
+          log('%s: #sync seq=%d rev=%s: %s; syncing the repo', did, msg.seq, msg.rev, outcome.outcome === 'resync' ? outcome.why : 'applied')
           await this.#resync(did, signal)
-          report('resync')
+          this.#report(sub, msg, 'resync')
         }
       } else if (msg.type === 'identity') {
         await this.#identityEvent(sub, msg, url, signal)
-        report('identity')
+        this.#report(sub, msg, 'identity')
       } else {
-        report(await this.#accountEvent(sub, msg, url, signal))
+        this.#report(sub, msg, await this.#accountEvent(sub, msg, url, signal))
       }
     } catch (err) {
       if (signal.aborted) throw err
       log.error('%s: refused #%s seq=%d from %s - %e', did, msg.type, msg.seq, sub.host, err)
-      report('refused', { error: err as Error })
+      this.#report(sub, msg, 'refused', { error: err as Error })
     }
   }
 

@@ -123,6 +123,11 @@ export class HoldDelta {
     this.add(cid, -n)
   }
 
+  /** Net change for `cid` (0 when untouched). */
+  changeOf (cid: CID): number {
+    return this.#changes.get(cidKey(cid)) ?? 0
+  }
+
   /** Net change for a block named by {@link blockKey} (0 when untouched). */
   change (block: string): number {
     return this.#changes.get(Buffer.from(block, 'hex').toString('latin1')) ?? 0

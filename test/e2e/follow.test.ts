@@ -96,6 +96,37 @@ describe('following a real PDS', () => {
     assert.ok(status.repos.find(r => r.did === alice.did)?.lastEventAt !== undefined)
   })
 
+  it('applies a backlog of one repo\'s commits as one run: every event reported, one advance, the export equals the PDS', async () => {
+    // the repo's writer is held, so the events arrive while the first one waits and queue behind it
+    let release!: () => void
+    const held = node.syncer.exclusive(alice.did, async () => { await new Promise<void>(resolve => { release = resolve }) })
+    let advances = 0
+    const commitRepo = node.store.commitRepo.bind(node.store)
+    node.store.commitRepo = async (...args) => { advances++; return await commitRepo(...args) }
+    try {
+      const revs: string[] = []
+      const doomed = await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', rkey: 'doomed', value: { text: 'short-lived', createdAt: new Date().toISOString() } }])
+      revs.push(doomed.commit.rev)
+      for (let i = 0; i < 4; i++) {
+        revs.push((await net.writeRecords(alice, [{ collection: 'app.bsky.feed.post', rkey: `run${i}`, value: { text: `run ${i}`, createdAt: new Date().toISOString() } }])).commit.rev)
+      }
+      revs.push((await net.deleteRecord(alice, 'app.bsky.feed.post', 'doomed')).commit.rev)
+      await until('the events received', () => node.status().then(s => (s.subscriptions?.[0]?.seq ?? 0) >= (s.subscriptions?.[0]?.cursor ?? 0) + revs.length))
+      release()
+      await held
+      await caughtUp(revs[revs.length - 1])
+      for (const rev of revs) assert.ok(events.some(e => e.outcome === 'applied' && e.rev === rev), `rev ${rev} reported applied`)
+      // the first event (taken alone, before the hold) and then the other five together
+      assert.equal(advances, 2)
+      assert.equal(node.store.blockstore.getBytesSync(parseCid(doomed.records[0].cid)), undefined, 'a record created and deleted within the run is not stored')
+      assert.equal(node.store.blockstore.getBytesSync(parseCid(doomed.commit.cid)), undefined, 'nor is a commit the run went past')
+      await assertExportEqualsPds(alice.did)
+    } finally {
+      release?.()
+      node.store.commitRepo = commitRepo
+    }
+  })
+
   it('stops serving the whole repo on a takedown through the admin API', async () => {
     const state = await node.getState(alice.did)
     const commit = parseCid(state.commit)
