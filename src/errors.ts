@@ -526,6 +526,18 @@ export class BlobTooLargeError extends BlockFetchError {
   }
 }
 
+/** `verify`: blobs a stored repo references are damaged or missing on disk and were not refetched. */
+export class StoredBlobsDamagedError extends AtmirrorError {
+  readonly did: string
+  /** The blobs, by CID. */
+  readonly cids: readonly string[]
+  constructor (did: string, cids: readonly string[]) {
+    super('stored blobs damaged or missing, not refetched', { did, count: cids.length, cids: cids.slice(0, 5).join(',') + (cids.length > 5 ? ',…' : '') })
+    this.did = did
+    this.cids = cids
+  }
+}
+
 /** Every source failed for this block; `errors` lists each source's reason. */
 export class AllSourcesFailedError extends BlockFetchError {
   readonly cid: string

@@ -15,9 +15,10 @@ const USAGE = `usage: atmirror verify [DID-or-HANDLE] [options]
 
 Checks the stored copy of a repo (or of every stored repo) end to end: every
 block's hash, the commit and its signature against the DID's current key, the MST
-structure and every record. A block that is damaged on disk or missing is
-refetched from the repo's PDS and the repair is reported. Exits 1 when a repo
-still fails its check (a block no source has, a bad signature).
+structure and every record; then every stored blob the repo references, re-hashed.
+A block or blob that is damaged on disk or missing is refetched from the repo's
+PDS and the repair is reported. Exits 1 when a repo still fails its check (a
+block or blob no source has, a bad signature).
 
 Needs the data directory to itself: stop a daemon running on it first (the daemon
 itself never serves a damaged block; it refetches one when it reads it).
@@ -28,7 +29,8 @@ options:
                           new data directory; an existing one keeps the kind it has
   --plc URL               PLC directory, for signing keys (ATMIRROR_PLC)
   --handle-resolver URL   handle resolution service (ATMIRROR_HANDLE_RESOLVER)
-  --no-repair             only check: damaged blocks are removed and reported, nothing is fetched
+  --no-repair             only check: damaged blocks and blobs are removed and reported,
+                          nothing is fetched (a daemon's next sync fetches the blobs)
   --json                  print the result as one JSON object`
 
 const options = { ...globalOptions, ...identityOptions, ...storeOptions, 'no-repair': { type: 'boolean', default: false } } as const
@@ -55,7 +57,8 @@ export const command = defineCommand({
       for (const report of reports) ctx.stdout.write(formatReport(report) + '\n')
       const failed = reports.filter(report => !report.ok).length
       const repaired = reports.reduce((n, report) => n + report.repaired.length, 0)
-      ctx.stdout.write(`${reports.length} repo${reports.length === 1 ? '' : 's'} checked: ${reports.length - failed} ok, ${failed} failed; ${repaired} block${repaired === 1 ? '' : 's'} refetched\n`)
+      const blobs = reports.reduce((n, report) => n + (report.blobs?.repaired.length ?? 0), 0)
+      ctx.stdout.write(`${reports.length} repo${reports.length === 1 ? '' : 's'} checked: ${reports.length - failed} ok, ${failed} failed; ${repaired} block${repaired === 1 ? '' : 's'} and ${blobs} blob${blobs === 1 ? '' : 's'} refetched\n`)
     }
     return ok ? 0 : 1
   }
@@ -72,6 +75,13 @@ function formatReport (report: StoredRepoReport): string {
     ? head + (report.ok ? '  (no blocks held: taken down or deleted)' : '')
     : `${head}  records=${report.records}  blocks=${report.blocks ?? '-'}  signature=${report.signature ?? '-'}`]
   for (const { cid, was } of report.repaired) lines.push(`  refetched ${was} block ${cid}`)
+  const blobs = report.blobs
+  if (blobs !== undefined) {
+    lines.push(`  blobs: ${blobs.checked} intact (${blobs.bytes} bytes), ${blobs.repaired.length} refetched, ${blobs.failed.length} not refetched, ${blobs.gone.length} taken down`)
+    for (const { cid, was } of blobs.repaired) lines.push(`  refetched ${was} blob ${cid}`)
+    for (const { cid, was } of blobs.failed) lines.push(`  ${was} blob ${cid}, not refetched`)
+    for (const cid of blobs.gone) lines.push(`  blob ${cid} no longer served by its PDS (taken down); removed`)
+  }
   if (report.error !== undefined) lines.push(`  error: ${report.error.name}: ${report.error.message}`)
   return lines.join('\n')
 }

@@ -435,6 +435,11 @@ export class BlobStore {
     await this.#db.del(blobKeys.want(did, cid.toString()))
   }
 
+  /** A blob `did` references is to be fetched again (verify found it damaged or missing). */
+  async rewant (did: string, cid: CID): Promise<void> {
+    await this.#db.put(blobKeys.want(did, asRaw(cid).toString()), EMPTY)
+  }
+
   /** A wanted blob will not be fetched: taken down at the PDS, or over the cap. A stored copy is removed when taken down. */
   async markGone (did: string, cid: CID, gone: GoneBlob): Promise<void> {
     const batch = this.#db.batch()

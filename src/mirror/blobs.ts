@@ -21,8 +21,10 @@
  * takedown), is recorded as gone, logged, not fetched again, and a copy of a
  * taken-down blob is removed. A blob taken down after it was stored is found by
  * asking the PDS about stored blobs (headers only): all of them for an explicit
- * check, a bounded round per repo for a daemon's re-checks. References are counted whatever the setting; with
- * blobs off (the node, or one pin) nothing is fetched.
+ * check, a bounded round per repo for a daemon's re-checks. `verify` re-hashes the
+ * stored blobs and refetches the damaged and missing ones ({@link BlobMirror.verifyStored}).
+ * References are counted whatever the setting; with blobs off (the node, or one
+ * pin) nothing is fetched.
  */
 import { logger } from '@libp2p/logger'
 import { BlobTooLargeError, PdsBlobNotFoundError, AllSourcesFailedError } from '../errors.ts'
@@ -140,6 +142,20 @@ export interface BlobPassResult {
   refused: number
 }
 
+/** What `verify` found among the blobs a stored repo references. */
+export interface BlobVerifyReport {
+  /** Stored blobs re-hashed and found intact. */
+  checked: number
+  /** Their bytes. */
+  bytes: number
+  /** Damaged (did not hash to their CID) or missing, and refetched. */
+  repaired: Array<{ cid: string, was: 'damaged' | 'missing' }>
+  /** Damaged or missing, and not refetched (repair off, or every source failed). */
+  failed: Array<{ cid: string, was: 'damaged' | 'missing' }>
+  /** Damaged or missing, and the PDS no longer serves them: recorded as gone (taken down). */
+  gone: string[]
+}
+
 /** Progress of a fetch pass. */
 export interface BlobProgress {
   did: string
@@ -211,50 +227,12 @@ export class BlobMirror {
     const release = await this.#store.beginWrite()
     try {
       await eachParallel(wanted, async ({ cid, size }) => {
-        const blobs = this.#store.blobs
-        if (await blobs.has(cid)) {
-          await blobs.fetched(did, cid)
+        if (await this.#store.blobs.has(cid)) {
+          await this.#store.blobs.fetched(did, cid)
           return
         }
         result.wanted++
-        let counted = 0
-        try {
-          const got = await this.#fetcher.fetch(cid, async (chunks) => await blobs.write(cid, chunks, { signal: options.signal }), {
-            did,
-            pds: options.pds,
-            size,
-            maxBytes: this.maxBlobSize,
-            signal: options.signal,
-            onBytes: (n) => {
-              progress.blobBytes += n - counted
-              counted = n
-              options.onProgress?.({ ...progress })
-            }
-          })
-          await blobs.fetched(did, cid)
-          if (got.source === 'local' || got.source === 'bitswap' || got.source === 'pds') result.fetched[got.source]++
-          result.bytes += got.bytes
-          progress.blobs++
-          options.onProgress?.({ ...progress })
-        } catch (err) {
-          if (options.signal?.aborted === true) throw err
-          progress.blobBytes -= counted
-          if (err instanceof BlobTooLargeError) {
-            result.refused++
-            log.error('%s: blob %c not mirrored: %d bytes, over the cap of %d (did=%s cid=%s size=%d)', did, cid, err.size, err.max, did, cid.toString(), err.size)
-            await blobs.markGone(did, cid, { reason: 'too-large', at: new Date().toISOString(), size: err.size, max: err.max })
-            return
-          }
-          const notFound = err instanceof AllSourcesFailedError ? err.errors.find(({ error }) => error instanceof PdsBlobNotFoundError)?.error : undefined
-          if (notFound !== undefined) {
-            result.refused++
-            log.error('%s: blob %c is referenced but its PDS does not serve it (taken down or deleted): %s', did, cid, notFound.message)
-            await blobs.markGone(did, cid, { reason: 'not-found', at: new Date().toISOString() })
-            return
-          }
-          result.failed++
-          log.error('%s: blob %c not fetched (asked again on the next sync): %e', did, cid, err)
-        }
+        await this.#fetchOne(did, cid, size, result, progress, options)
       }, this.#concurrency)
     } finally {
       await release()
@@ -262,6 +240,118 @@ export class BlobMirror {
     if (result.wanted > 0) log('%s: blobs: %d wanted, %d from pds, %d from bitswap, %d bytes; %d failed, %d refused', did, result.wanted, result.fetched.pds, result.fetched.bitswap, result.bytes, result.failed, result.refused)
     return result
   }
+  /** Fetches one blob into the store, counting into `result`; failures are logged and recorded, never thrown (an abort is). The caller is a writer. */
+  async #fetchOne (did: string, cid: CID, size: number | undefined, result: BlobPassResult, progress: BlobProgress, options: { pds?: string, signal?: AbortSignal, onProgress?: (progress: BlobProgress) => void }): Promise<void> {
+    const blobs = this.#store.blobs
+    let counted = 0
+    try {
+      const got = await this.#fetcher.fetch(cid, async (chunks) => await blobs.write(cid, chunks, { signal: options.signal }), {
+        did,
+        pds: options.pds,
+        size,
+        maxBytes: this.maxBlobSize,
+        signal: options.signal,
+        onBytes: (n) => {
+          progress.blobBytes += n - counted
+          counted = n
+          options.onProgress?.({ ...progress })
+        }
+      })
+      await blobs.fetched(did, cid)
+      if (got.source === 'local' || got.source === 'bitswap' || got.source === 'pds') result.fetched[got.source]++
+      result.bytes += got.bytes
+      progress.blobs++
+      options.onProgress?.({ ...progress })
+    } catch (err) {
+      if (options.signal?.aborted === true) throw err
+      progress.blobBytes -= counted
+      if (err instanceof BlobTooLargeError) {
+        result.refused++
+        log.error('%s: blob %c not mirrored: %d bytes, over the cap of %d (did=%s cid=%s size=%d)', did, cid, err.size, err.max, did, cid.toString(), err.size)
+        await blobs.markGone(did, cid, { reason: 'too-large', at: new Date().toISOString(), size: err.size, max: err.max })
+        return
+      }
+      const notFound = err instanceof AllSourcesFailedError ? err.errors.find(({ error }) => error instanceof PdsBlobNotFoundError)?.error : undefined
+      if (notFound !== undefined) {
+        result.refused++
+        log.error('%s: blob %c is referenced but its PDS does not serve it (taken down or deleted): %s', did, cid, notFound.message)
+        await blobs.markGone(did, cid, { reason: 'not-found', at: new Date().toISOString() })
+        return
+      }
+      result.failed++
+      log.error('%s: blob %c not fetched (asked again on the next sync): %e', did, cid, err)
+    }
+  }
+
+  /**
+   * The blob part of `verify`: re-hashes every stored blob `did` references,
+   * streamed (a damaged copy is removed by the read), and finds those that should be
+   * stored and are not (referenced, neither still to fetch nor gone). With `repair`
+   * (the default) each of them is refetched through the blob chain, whatever the
+   * pin's blob setting, as a fetch pass would; one the PDS no longer serves is
+   * recorded as gone. A blob that fails here is wanted again, so the next sync
+   * tries once more.
+   */
+  async verifyStored (did: string, options: { repair?: boolean, pds?: string, signal?: AbortSignal } = {}): Promise<BlobVerifyReport> {
+    const { signal } = options
+    const blobs = this.#store.blobs
+    const report: BlobVerifyReport = { checked: 0, bytes: 0, repaired: [], failed: [], gone: [] }
+    const skip = new Set([...(await blobs.gone(did)).keys(), ...(await blobs.wanted(did)).map(({ cid }) => cid.toString())])
+    const bad: Array<{ cid: CID, was: 'damaged' | 'missing', size?: number }> = []
+    let cursor: string | undefined
+    while (true) {
+      const page = await blobs.list(did, { cursor, limit: 500 })
+      if (page.length === 0) break
+      cursor = page[page.length - 1]
+      for (const key of page) {
+        signal?.throwIfAborted()
+        if (skip.has(key)) continue
+        const cid = CID.parse(key)
+        const stream = await blobs.read(cid, { signal })
+        if (stream === undefined) {
+          log.error('%s: blob %c is missing from the store', did, cid)
+          bad.push({ cid, was: 'missing' })
+          continue
+        }
+        let bytes = 0
+        try {
+          for await (const chunk of stream.chunks) bytes += chunk.byteLength
+          report.checked++
+          report.bytes += bytes
+        } catch (err) {
+          if ((err as Error).name !== 'BlobMismatchError') throw err
+          bad.push({ cid, was: 'damaged', size: stream.size })
+        }
+      }
+    }
+    if (bad.length === 0) return report
+    if (options.repair === false) {
+      for (const { cid, was } of bad) report.failed.push({ cid: cid.toString(), was })
+    } else {
+      const result: BlobPassResult = { wanted: 0, fetched: { local: 0, bitswap: 0, pds: 0 }, bytes: 0, failed: 0, refused: 0 }
+      const progress: BlobProgress = { did, blobs: 0, blobBytes: 0 }
+      const release = await this.#store.beginWrite()
+      try {
+        await eachParallel(bad, async ({ cid, was, size }) => {
+          await this.#fetchOne(did, cid, size, result, progress, { pds: options.pds, signal })
+          if (await blobs.has(cid)) {
+            log('%s: refetched %s blob %c', did, was, cid)
+            report.repaired.push({ cid: cid.toString(), was })
+          } else if ((await blobs.gone(did)).has(cid.toString())) {
+            report.gone.push(cid.toString())
+          } else {
+            report.failed.push({ cid: cid.toString(), was })
+          }
+        }, this.#concurrency)
+      } finally {
+        await release()
+      }
+    }
+    // what is still not stored is fetched by the next sync's pass
+    for (const { cid } of report.failed) await blobs.rewant(did, CID.parse(cid))
+    return report
+  }
+
   /**
    * Asks the DID's PDS whether it still serves each blob of `did` stored here (and
    * stops at the headers): one it no longer serves while a record references it

@@ -13,14 +13,17 @@
  * `verifyStoredRepo` is the `atmirror verify` check of one stored repo, like fsck: it
  * reads every block of the repo hash-checked, checks the commit's signature against
  * the DID's current key, the MST's structure and every record (decoded as strict
- * DRISL), and refetches whatever is damaged or missing on the way.
+ * DRISL), and refetches whatever is damaged or missing on the way; then, given the
+ * blob mirror, re-hashes every stored blob the repo references and refetches those
+ * damaged or missing (BlobMirror.verifyStored).
  */
 import { logger } from '@libp2p/logger'
-import { AtmirrorError, RepoNotMirroredError } from '../errors.ts'
+import { AtmirrorError, RepoNotMirroredError, StoredBlobsDamagedError } from '../errors.ts'
 import type { BlockFetcher } from '../blocks/fetcher.ts'
 import { CID, cidKey } from '../repo/cid.ts'
 import type { PublicKey } from '../repo/keys.ts'
 import { verifyRepo, type RepoSummary } from '../repo/verify.ts'
+import type { BlobVerifyReport } from './blobs.ts'
 import { type BlockRepairSource, type MirrorStore } from './store.ts'
 
 const log = logger('atmirror:mirror:repair')
@@ -118,6 +121,8 @@ export interface StoredRepoReport {
   signature?: 'verified' | 'unchecked'
   /** Blocks that were damaged or missing and were refetched. */
   repaired: Array<{ cid: string, was: 'damaged' | 'missing' }>
+  /** The blobs the repo references, when they were checked (the repo verified and a blob mirror was given). */
+  blobs?: BlobVerifyReport
   /** Why the repo is not ok. */
   error?: Error
 }
@@ -133,6 +138,8 @@ export interface VerifyStoredOptions {
    * @default true
    */
   repair?: boolean
+  /** Checks (and repairs) the stored blobs too (BlobMirror). @default blobs not checked */
+  blobs?: { verifyStored: (did: string, options: { repair?: boolean, pds?: string, signal?: AbortSignal }) => Promise<BlobVerifyReport> }
 }
 
 /**
@@ -176,7 +183,7 @@ export async function verifyStoredRepo (store: MirrorStore, did: string, options
       return { did, rev: state.rev, commit: state.commit, ok: false, repaired, error: err instanceof Error ? err : new Error(String(err)) }
     }
     if (repaired.length > 0) log('%s: stored repo at rev %s verified after refetching %d blocks', did, state.rev, repaired.length)
-    return {
+    const report: StoredRepoReport = {
       did,
       rev: summary.rev,
       commit: summary.commit.toString(),
@@ -186,6 +193,15 @@ export async function verifyStoredRepo (store: MirrorStore, did: string, options
       signature: summary.signature,
       repaired
     }
+    if (options.blobs !== undefined) {
+      report.blobs = await options.blobs.verifyStored(did, { repair, pds: state.pds, signal })
+      if (report.blobs.failed.length > 0) {
+        report.ok = false
+        report.error = new StoredBlobsDamagedError(did, report.blobs.failed.map(({ cid }) => cid))
+        log.error('%s: %e', did, report.error)
+      }
+    }
+    return report
   } finally {
     await release()
   }

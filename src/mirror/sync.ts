@@ -364,9 +364,12 @@ export class RepoSyncer {
     })
   }
 
-  /** {@link verifyStoredRepo} for `did`, in turn with its syncs (a sync does not move the repo meanwhile). */
+  /**
+   * {@link verifyStoredRepo} for `did`, its blobs included, in turn with its syncs (a
+   * sync does not move the repo meanwhile).
+   */
   async verifyStored (did: string, options: VerifyStoredOptions = {}): Promise<StoredRepoReport> {
-    return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, options))
+    return await this.#mutex.run(did, async () => await verifyStoredRepo(this.#store, did, { blobs: this.#blobs, ...options }))
   }
 
   /** The blob fetch pass for `did` (blobs.ts), after an advance made outside `sync` (a firehose event). */

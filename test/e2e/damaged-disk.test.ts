@@ -126,7 +126,7 @@ for (const kind of BLOCKSTORE_KINDS) describe(`a damaged disk (${kind} store)`, 
     assert.equal(await intact(node), true)
     const again = await run('verify', carol.handle)
     assert.equal(again.code, 0)
-    assert.match(again.stdout, /1 repo checked: 1 ok, 0 failed; 0 blocks refetched/)
+    assert.match(again.stdout, /1 repo checked: 1 ok, 0 failed; 0 blocks and 0 blobs refetched/)
   })
 
   it('verify exits 1 when a damaged block cannot be refetched', async () => {
