@@ -1,7 +1,8 @@
 /**
  * Blob references in records (src/repo/blob-refs.ts): blob objects anywhere in a
- * record, each once; raw links that are not blobs, blobs with other links, legacy
- * blobs and blocks that are not DRISL are not references.
+ * record, each once, and legacy blobs (`{ cid, mimeType }` strings); raw links that
+ * are not blobs, blobs with other links, legacy-looking objects that are not legacy
+ * blobs, and blocks that are not DRISL are not references.
  */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
@@ -44,8 +45,39 @@ describe('blob references', () => {
     assert.deepEqual(blobRefsOf(encodeCbor({ $type: 'x.y.z', file: blob(dagCbor), other: blobA })), [])
   })
 
-  it('a legacy blob (cid as a string) is not followed', () => {
-    assert.deepEqual(blobRefsOf(encodeCbor({ $type: 'x.y.z', image: { cid: blobA.toString(), mimeType: 'image/png' } })), [])
+  it('a legacy blob (cid as a string, no $type) is a reference with no declared size', () => {
+    const bytes = encodeCbor({ $type: 'app.bsky.actor.profile', avatar: { cid: blobA.toString(), mimeType: 'image/png' } })
+    assert.equal(mayReferenceBlobs(bytes), true)
+    const refs = blobRefsOf(bytes)
+    assert.equal(refs.length, 1)
+    assert.equal(refs[0].cid.toString(), blobA.toString())
+    assert.equal(refs[0].cid.code, RAW)
+    assert.equal(refs[0].size, undefined)
+  })
+
+  it('legacy and current blobs in one record: each blob once', () => {
+    const bytes = encodeCbor({
+      $type: 'app.bsky.feed.post',
+      embed: { images: [{ image: { cid: blobA.toString(), mimeType: 'image/png' } }, { image: blob(blobB, 7) }, { image: blob(blobA, 9) }] }
+    })
+    assert.deepEqual(blobRefsOf(bytes).map(ref => ref.cid.toString()).sort(), [blobA.toString(), blobB.toString()].sort())
+  })
+
+  it('a legacy-looking object is no reference: a $type, a CID that is not raw sha2-256, not a CID, no mimeType, a strong ref', () => {
+    const dagCbor = cidForBytes(encodeCbor({ a: 1 }), DAG_CBOR)
+    const notCid = 'bafkrei' + 'z'.repeat(52)
+    assert.equal(notCid.length, 59)
+    const cases: Array<Record<string, unknown>> = [
+      { $type: 'x.y.z', cid: blobA.toString(), mimeType: 'image/png' },
+      { cid: dagCbor.toString(), mimeType: 'image/png' },
+      { cid: notCid, mimeType: 'image/png' },
+      { cid: blobA.toString() },
+      { cid: blobA.toString(), mimeType: 5 },
+      { uri: 'at://did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/app.bsky.feed.post/3k', cid: dagCbor.toString() }
+    ]
+    for (const value of cases) assert.deepEqual(blobRefsOf(encodeCbor({ $type: 'x.y.z', value })), [], JSON.stringify(value))
+    // a record that only names a dag-cbor CID as a string is not even decoded
+    assert.equal(mayReferenceBlobs(encodeCbor({ subject: { uri: 'at://x', cid: dagCbor.toString() } })), false)
   })
 
   it('bytes that are not DRISL reference nothing, even when they hold a raw link', () => {
