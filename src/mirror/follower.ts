@@ -451,9 +451,10 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
       run = await this.#c.syncer.exclusive(did, async () => await applyCommitEvents(this.#c, events, { signal, url, relay: sub.relay }))
     } catch (err) {
       if (signal.aborted) throw err
-      // the write failed: none of the run was applied
+      // the write failed: none of the run was applied, and the repo is synced instead
       log.error('%s: applying #commit seq %d to %d from %s failed - %e', did, events[0].seq, events[events.length - 1].seq, sub.host, err)
       for (const msg of events) this.#report(sub, msg, 'refused', { error: err as Error })
+      await this.#resync(did, signal)
       return events.length
     }
     const { outcomes } = run
