@@ -50,6 +50,11 @@ import type { RepoSyncer } from './sync.ts'
 const log = logger('atmirror:mirror:follow')
 
 const CURSOR_PREFIX = '/atmirror/cursors/'
+/**
+ * Most events one job takes: a run is reported once all of it is verified and
+ * written, so this bounds how long its first event waits (about 2 ms per event).
+ */
+const MAX_RUN = 64
 const utf8 = new TextEncoder()
 const fromUtf8 = new TextDecoder()
 
@@ -386,7 +391,7 @@ export class Follower extends TypedEventEmitter<FollowerEvents> {
     while (sub.queued >= this.#maxInFlight) await Promise.race(sub.inFlight)
     sub.queued++
     const lane = sub.lanes.get(did)
-    if (lane !== undefined && !lane.started) {
+    if (lane !== undefined && !lane.started && lane.events.length < MAX_RUN) {
       lane.events.push({ msg, entry })
       return
     }
