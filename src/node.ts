@@ -15,7 +15,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { TypedEventEmitter } from '@libp2p/interface'
-import { AtmirrorError, ConfigError, NotPinnedError, RepoNotMirroredError } from './errors.ts'
+import { AtmirrorError, BlockNotFoundError, ConfigError, NotPinnedError, RepoNotMirroredError } from './errors.ts'
 import { AtprotoIdentityResolver, type IdentityResolver } from './identity/resolver.ts'
 import type { BlockBroker } from './blocks/broker.ts'
 import { BlockFetcher } from './blocks/fetcher.ts'
@@ -517,11 +517,17 @@ export class MirrorNode implements MirrorApi {
 
   /**
    * A block through the fetch chain: the store, Bitswap (with a network), and the
-   * PDS of `options.did`. Fetched blocks are not stored: the mirror only keeps
-   * blocks some pinned repo holds.
+   * PDS of `options.did`; with `options.local`, the store alone. Fetched blocks are
+   * not stored: the mirror only keeps blocks some pinned repo holds.
    */
   async getBlock (cid: CID, options: GetBlockOptions = {}): Promise<Uint8Array> {
-    const [block] = await this.syncer.fetcher.fetchAll([cid], { did: options.did, store: false, signal: this.#signal(options.signal) })
+    const signal = this.#signal(options.signal)
+    if (options.local === true) {
+      const bytes = await this.store.getVerified(cid, { did: options.did, signal })
+      if (bytes === undefined) throw new BlockNotFoundError(cid, { source: 'local' })
+      return bytes
+    }
+    const [block] = await this.syncer.fetcher.fetchAll([cid], { did: options.did, store: false, signal })
     return block.bytes
   }
 

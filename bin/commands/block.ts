@@ -2,7 +2,10 @@
  * `atmirror block get <cid> [--offline] [--did DID] [--json]`: a block's bytes.
  *
  * The local store is read first without opening it (block-file.ts: a block file, or
- * the packed store's LevelDB when no other process has it open). A block that is not stored goes, without
+ * the packed store's LevelDB when no other process has it open). When a running
+ * daemon has the packed store open, it is asked instead, for its store alone with
+ * `--offline` (a process that holds it without a control API, such as a one-shot
+ * `mirror`, makes `--offline` fail with DataDirLockedError). A block that is not stored goes, without
  * `--offline`, through the fetch chain of the backend (backend.ts): a running
  * daemon's (its store, Bitswap, and with `--did` that DID's PDS), or, with no daemon,
  * a node opened here without the peer-to-peer network (the PDS with `--did`).
@@ -25,7 +28,8 @@ Prints a block's raw bytes to stdout (hash-checked against the CID first).
   --json                  one JSON object instead of raw bytes:
                           {"ok":true,"cid","size","base64"}
 
-A block not stored here is fetched through the running daemon (Bitswap from other
+With a daemon running on the data directory, --offline asks it for what its store
+holds. A block not stored here is fetched through the running daemon (Bitswap from other
 mirrors, and the PDS with --did); without a daemon only the PDS can be asked, with
 --did. Fetched blocks are printed, not stored.
 
@@ -59,7 +63,7 @@ export const command = defineCommand({
       verifyBlock(cid, local)
       return print(cid, local, values.json, ctx)
     }
-    if (values.offline && local === 'locked') throw new DataDirLockedError(dataDir(values.data, ctx.env))
+    if (values.offline && local === 'locked') return print(cid, await fromDaemonStore(dataDir(values.data, ctx.env), cid, ctx.signal), values.json, ctx)
     if (values.offline) throw new BlockNotFoundError(cid, { source: 'local' })
     // loaded only past the local read: a stored block is printed without them
     const { openBackend } = await import('./backend.ts')
@@ -78,6 +82,16 @@ export const command = defineCommand({
     }
   }
 })
+
+/** The block from the store of the daemon that holds the data directory (never fetched). */
+async function fromDaemonStore (dir: string, cid: CID, signal: AbortSignal): Promise<Uint8Array> {
+  const { ControlClient } = await import('../../src/server/control-client.ts')
+  const daemon = await ControlClient.forDataDir(dir)
+  if (daemon === undefined) throw new DataDirLockedError(dir)
+  const bytes = await daemon.client.getBlock(cid, { local: true, signal })
+  verifyBlock(cid, bytes)
+  return bytes
+}
 
 function print (cid: CID, bytes: Uint8Array, json: boolean, ctx: CommandContext): number {
   if (json) ctx.stdout.write(JSON.stringify({ ok: true, cid: cid.toString(), size: bytes.byteLength, base64: Buffer.from(bytes).toString('base64') }) + '\n')

@@ -2,11 +2,12 @@
  * The stored blocks a reading verb (export, records) walks, wherever they can be
  * read from: the node opened here (no daemon), the block files next to a running
  * daemon (`fs` kind: a file is complete or absent), or the daemon itself (`level`
- * kind: its LevelDB is open in the daemon alone), one `getBlock` per block. The
- * daemon reads its store first; a block it no longer holds is reported missing.
+ * kind: its LevelDB is open in the daemon alone), one `getBlock` per block, from its
+ * store alone (`local`): a block it no longer holds is reported missing, never
+ * fetched.
  */
 import { join } from 'node:path'
-import { BlockFetchError } from '../../src/errors.ts'
+import { BlockFetchError, DaemonError } from '../../src/errors.ts'
 import { readBlockFile } from '../../src/mirror/block-file.ts'
 import { readBlockstoreKind } from '../../src/mirror/blockstore.ts'
 import type { ReadonlyBlockStore } from '../../src/repo/block-store.ts'
@@ -21,9 +22,10 @@ export function storedBlocks (backend: Backend, signal: AbortSignal): ReadonlyBl
   const { api } = backend
   const get = async (cid: Parameters<ReadonlyBlockStore['get']>[0]): Promise<Uint8Array | undefined> => {
     try {
-      return await api.getBlock(cid, { signal })
+      return await api.getBlock(cid, { local: true, signal })
     } catch (err) {
-      if (err instanceof BlockFetchError) return undefined
+      // the daemon's answer keeps the error's name: not stored there is missing
+      if (err instanceof BlockFetchError || (err instanceof DaemonError && err.name === 'BlockNotFoundError')) return undefined
       throw err
     }
   }

@@ -124,6 +124,13 @@ export interface MirrorSyncOptions extends MirrorApiOptions {
 export interface GetBlockOptions extends MirrorApiOptions {
   /** The repo the block belongs to: lets the fetch chain ask that DID's PDS. */
   did?: string
+  /**
+   * Only what the store holds: nothing is fetched, a block not stored is
+   * BlockNotFoundError (a damaged one is still refetched, as every checked read does).
+   *
+   * @default false
+   */
+  local?: boolean
 }
 
 /** What a mirror node does on request. */

@@ -20,7 +20,7 @@
  * | POST   | /v1/repos/:did/sync[?check=1] | SyncResultJson                          |
  * | GET    | /v1/peers              | PeersResult (connected peers)                  |
  * | GET    | /v1/mirrors/:did       | MirrorsResult (who announces the DID)          |
- * | GET    | /v1/blocks/:cid[?did=] | the block's bytes (application/vnd.ipld.raw), through the fetch chain |
+ * | GET    | /v1/blocks/:cid[?did=][&local=true] | the block's bytes (application/vnd.ipld.raw), through the fetch chain (`local`: the store alone) |
  *
  * The types are those of {@link MirrorApi} (src/mirror/api.ts), CIDs as strings.
  * The three syncing routes stream when asked with `Accept: application/x-ndjson`:
@@ -382,6 +382,7 @@ export class ControlApi {
       const options: GetBlockOptions = { signal }
       const did = url.searchParams.get('did')
       if (did !== null) options.did = did
+      if (url.searchParams.get('local') === 'true') options.local = true
       return await this.#target.getBlock(cid, options)
     }
     throw new RouteNotFoundError(url.pathname)

@@ -122,7 +122,10 @@ export class ControlClient implements MirrorApi {
 
   /** A block through the daemon's fetch chain: its store, Bitswap, and with `did` that DID's PDS. */
   async getBlock (cid: CID, options: GetBlockOptions = {}): Promise<Uint8Array> {
-    const query = options.did === undefined ? '' : `?did=${encodeURIComponent(options.did)}`
+    const params = new URLSearchParams()
+    if (options.did !== undefined) params.set('did', options.did)
+    if (options.local === true) params.set('local', 'true')
+    const query = params.size === 0 ? '' : `?${params.toString()}`
     const answer = await this.#request('GET', `/v1/blocks/${cid.toString()}${query}`, options)
     return new Uint8Array(answer.body.buffer, answer.body.byteOffset, answer.body.byteLength)
   }

@@ -8,13 +8,14 @@
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { readDaemonInfo } from '../../src/server/daemon-info.ts'
+import { verifyRepoCar } from '../../src/repo/verify.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork, type WrittenRecord } from '../../support/network.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
@@ -238,6 +239,19 @@ describe('the CLI as people use it', () => {
       const record = await cli(['record', 'get', posts[5]?.uri ?? '', '--json'], dir)
       assert.equal(record.code, 0, record.stderr)
       assert.equal((JSON.parse(record.stdout) as { value: { text: string } }).value.text, 'post 5')
+    })
+
+    it('export and block get --offline read the packed store through the running daemon', async () => {
+      const file = join(dir, 'alice.car')
+      const run = await cli(['export', alice.did, '-o', file, '--json'], dir)
+      assert.equal(run.code, 0, run.stderr)
+      const written = JSON.parse(run.stdout) as { did: string, rev: string }
+      const summary = await verifyRepoCar(new Uint8Array(await readFile(file)), { did: alice.did })
+      assert.equal(summary.rev, written.rev)
+      assert.equal(summary.records, 14)
+      const offline = await cli(['block', 'get', like.cid, '--offline', '--json'], dir)
+      assert.equal(offline.code, 0, offline.stderr)
+      assert.equal((JSON.parse(offline.stdout) as { cid: string }).cid, like.cid)
     })
   })
 })
