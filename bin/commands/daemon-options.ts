@@ -22,6 +22,7 @@ export const daemonOptions = {
   'max-repo-blocks': { type: 'string' },
   'max-repo-mb': { type: 'string' },
   'max-blob-size': { type: 'string' },
+  'blob-recheck': { type: 'string' },
   // switches have no parser default: unset on the command line, they may come from elsewhere (config.ts)
   private: { type: 'boolean' },
   listen: { type: 'string', multiple: true },

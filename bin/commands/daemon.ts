@@ -3,7 +3,7 @@
  */
 import { once } from 'node:events'
 import { DEFAULT_DOWNLOAD_LIMITS } from '../../src/mirror/download-guard.ts'
-import { DEFAULT_MAX_BLOB_SIZE } from '../../src/mirror/blobs.ts'
+import { DEFAULT_BLOB_RECHECK, DEFAULT_MAX_BLOB_SIZE } from '../../src/mirror/blobs.ts'
 import { createMirrorNode, type MirrorNodeInit } from '../../src/node.ts'
 import { DEFAULT_API_PORT, syncResultJson } from '../../src/server/control-api.ts'
 import { DEFAULT_HTTP_PORT } from '../../src/server/public-server.ts'
@@ -43,6 +43,8 @@ options:
   --max-blob-size SIZE    largest blob mirrored, bytes or with K/M/G (default 100M);
                           a larger one is refused and logged
   --no-blobs              mirror no blobs (images, video) of any repo; records still are
+  --blob-recheck N        stored blobs per repo asked about at its PDS each hour, to
+                          remove those taken down there (default 25; 0: never)
   --private               private network: no public bootstrap, no autoNAT/UPnP, DHT
                           server mode on any address incl. loopback, dials only
                           loopback and the hosts of --listen/--bootstrap/--announce/
@@ -109,7 +111,9 @@ export const command = defineCommand({
       // setTimeout holds at most 2^31-1 ms (about 24.8 days)
       intervalMs: integerFlag('--interval', values.interval, 60, { max: 2_147_483 }) * 1000,
       concurrency: integerFlag('--concurrency', values.concurrency, 4, { min: 1, max: 64 }),
-      blobs: values['no-blobs'] === true ? false : { maxBlobSize: sizeFlag('--max-blob-size', values['max-blob-size'], DEFAULT_MAX_BLOB_SIZE) },
+      blobs: values['no-blobs'] === true
+        ? false
+        : { maxBlobSize: sizeFlag('--max-blob-size', values['max-blob-size'], DEFAULT_MAX_BLOB_SIZE), recheckBlobs: integerFlag('--blob-recheck', values['blob-recheck'], DEFAULT_BLOB_RECHECK, { min: 0, max: 100_000 }) },
       downloadLimits: {
         maxBlocks: integerFlag('--max-repo-blocks', values['max-repo-blocks'], DEFAULT_DOWNLOAD_LIMITS.maxBlocks, { min: 1 }),
         maxBytes: integerFlag('--max-repo-mb', values['max-repo-mb'], DEFAULT_DOWNLOAD_LIMITS.maxBytes / 1024 / 1024, { min: 1 }) * 1024 * 1024

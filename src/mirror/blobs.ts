@@ -43,6 +43,9 @@ const log = logger('atmirror:mirror:blobs')
 /** The default cap on one blob: 100 MiB. */
 export const DEFAULT_MAX_BLOB_SIZE = 100 * 1024 * 1024
 
+/** Stored blobs a takedown re-check round asks about per repo, by default. */
+export const DEFAULT_BLOB_RECHECK = 25
+
 /**
  * The blob references of the blocks a sync sees pass. For a full sync it also
  * remembers which blocks it saw, so that at the advance only records the download
@@ -179,15 +182,16 @@ export interface BlobMirrorInit {
   concurrency?: number
   /**
    * Stored blobs a periodic re-check asks the repo's PDS about, per repo and round
-   * ({@link BlobMirror.recheckStored}); 0 for none.
+   * ({@link BlobMirror.recheckStored}); 0 for none. A repo with more stored blobs
+   * has them all asked about once per `recheckIntervalMs` × (blobs ÷ this).
    *
-   * @default 100
+   * @default 25
    */
   recheckBlobs?: number
   /**
    * The least time between two such rounds of one repo.
    *
-   * @default 600000 (10 minutes)
+   * @default 3600000 (an hour, as the slow poll of a followed repo)
    */
   recheckIntervalMs?: number
 }
@@ -209,8 +213,8 @@ export class BlobMirror {
     this.enabled = init.enabled ?? true
     this.maxBlobSize = init.maxBlobSize ?? DEFAULT_MAX_BLOB_SIZE
     this.#concurrency = Math.max(1, init.concurrency ?? 4)
-    this.#recheckBlobs = Math.max(0, init.recheckBlobs ?? 100)
-    this.#recheckIntervalMs = Math.max(0, init.recheckIntervalMs ?? 600_000)
+    this.#recheckBlobs = Math.max(0, init.recheckBlobs ?? DEFAULT_BLOB_RECHECK)
+    this.#recheckIntervalMs = Math.max(0, init.recheckIntervalMs ?? 3_600_000)
   }
 
   /**

@@ -90,6 +90,17 @@ describe('daemon configuration', () => {
     assert.match(stderr, /^error: unknown setting "intreval" \(did you mean "interval"\?\); path=\S+typo\.json \(ConfigError\)\n/)
   })
 
+  it('a --blob-recheck that is not a count from 0 is refused before the daemon starts', async () => {
+    for (const value of ['-1', 'lots']) {
+      const child = spawn(process.execPath, [CLI, 'daemon', '--offline', '--blob-recheck', value, '--data', join(dir, 'recheck')], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DEBUG: '' } })
+      let stderr = ''
+      child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+      const [code] = await once(child, 'exit') as [number]
+      assert.equal(code, 2, stderr)
+      assert.match(stderr, /--blob-recheck/)
+    }
+  })
+
   it('every daemon option but --data, --config, --json, --help is a setting', () => {
     assert.deepEqual([...daemonSettings].sort(), Object.keys(daemonOptions).filter(key => !['data', 'config', 'json', 'help'].includes(key)).sort())
     assert.equal(envName('handle-resolver'), 'ATMIRROR_HANDLE_RESOLVER')
