@@ -534,8 +534,8 @@ export class MirrorNode implements MirrorApi {
   /**
    * A blob of `did`'s stored repo, as a stream hash-checked while it is read (its end
    * throws BlobMismatchError if the disk spoiled it), for `com.atproto.sync.getBlob`
-   * and the gateway. Only while the repo is served (status-policy.ts) and its current
-   * commit references the blob.
+   * and the gateway. Only while the repo is served (status-policy.ts), its current
+   * commit references the blob and the blob is not gone for it (taken down at its PDS).
    *
    * @throws RepoNotMirroredError (nothing stored, or a repo not served now),
    * BlobNotMirroredError (not referenced by the repo, or not stored here)
@@ -543,7 +543,8 @@ export class MirrorNode implements MirrorApi {
   async getBlob (did: string, cid: CID, options: MirrorApiOptions = {}): Promise<{ size: number, chunks: AsyncIterable<Uint8Array> }> {
     const state = await this.store.getState(did)
     if (!isServable(state)) throw new RepoNotMirroredError(did)
-    if (!await this.store.blobs.isReferencedBy(did, cid)) throw new BlobNotMirroredError(did, cid)
+    // gone: taken down at the DID's PDS; the bytes may be stored again for another repo that references them
+    if (!await this.store.blobs.isReferencedBy(did, cid) || await this.store.blobs.isGone(did, cid)) throw new BlobNotMirroredError(did, cid)
     const stream = await this.store.blobs.read(cid, { signal: this.#signal(options.signal) })
     if (stream === undefined) throw new BlobNotMirroredError(did, cid)
     return { size: stream.size ?? 0, chunks: stream.chunks }
@@ -566,7 +567,7 @@ export class MirrorNode implements MirrorApi {
       if (page.length === 0) break
       for (const cid of page) {
         cursor = cid
-        if (cids.length < limit && await this.store.blobs.has(CID.parse(cid))) cids.push(cid)
+        if (cids.length < limit && await this.store.blobs.has(CID.parse(cid)) && !await this.store.blobs.isGone(did, CID.parse(cid))) cids.push(cid)
       }
       if (page.length < limit) break
     }

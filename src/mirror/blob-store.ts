@@ -449,6 +449,11 @@ export class BlobStore {
     if (gone.reason === 'not-found' && await this.#remove(cid)) log('%s: removed blob %c, which its PDS no longer serves', did, cid)
   }
 
+  /** Whether the blob is gone for `did` (taken down at its PDS, or over the cap): never served as `did`'s. */
+  async isGone (did: string, cid: CID): Promise<boolean> {
+    return await this.#db.get(blobKeys.gone(did, asRaw(cid).toString())) !== undefined
+  }
+
   /** Blobs `did` references that will not be fetched, and why. */
   async gone (did: string): Promise<Map<string, GoneBlob>> {
     const out = new Map<string, GoneBlob>()

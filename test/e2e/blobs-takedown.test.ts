@@ -6,7 +6,8 @@
  * disk, while the repo's other blobs stay. The node follows the PDS's firehose, so
  * the repo is never polled in full: the rounds run as the scheduler's light job.
  * Also: a round asks about at most `recheckBlobs` blobs, and none before
- * `recheckIntervalMs` has passed.
+ * `recheckIntervalMs` has passed; bytes that another repo references too are
+ * refetched for it by `verify`, and never served again as the first repo's.
  */
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
@@ -145,6 +146,50 @@ describe('a blob taken down after a daemon stored it', () => {
       // the repo's records are untouched and it was never synced in full for it
       assert.equal((await running.getState(alice.did)).status, 'active')
       assert.equal(net.pdsRequests.filter(path => path.includes('getRepo')).length, 1, 'one getRepo: the pin')
+    } finally {
+      await node?.stop()
+    }
+  })
+
+  it('the same bytes in two repos: taken down for one, refetched for the other by verify, never served again as the first one\'s', async () => {
+    const owners = [await net.createAccount('sharea'), await net.createAccount('shareb')]
+    const bytes = randomBytes(100 * 1024)
+    const [fromA, fromB] = await Promise.all(owners.map(async (owner) => {
+      const ownerAgent = new AtpAgent({ service: net.pdsUrl })
+      await ownerAgent.login({ identifier: owner.handle, password: owner.password })
+      const uploaded = await upload(ownerAgent, bytes)
+      await net.writeRecords(owner, [{ collection: 'app.bsky.feed.post', rkey: 'same', value: imagePost('same', [uploaded]) }])
+      return uploaded
+    }))
+    assert.equal(fromA.cid, fromB.cid)
+    const [a, b] = owners
+    let node: MirrorNode | undefined
+    try {
+      node = await createMirrorNode({ dataDir: join(root, 'shared'), plcUrl: net.plcUrl, allowHttpLocalhost: true, network: false, api: false, http: { port: 0 }, checkOnStart: false, intervalMs: 0 })
+      await node.start()
+      await node.pin(a.did)
+      await node.pin(b.did)
+      const base = node.http?.url ?? ''
+      const status = async (did: string): Promise<number> => {
+        const res = await fetch(`${base}/xrpc/com.atproto.sync.getBlob?did=${did}&cid=${fromA.cid}`)
+        await res.arrayBuffer()
+        return res.status
+      }
+      const listed = async (did: string): Promise<string[]> => (await (await fetch(`${base}/xrpc/com.atproto.sync.listBlobs?did=${did}`)).json() as { cids: string[] }).cids
+      assert.equal(await status(a.did), 200)
+      assert.equal(await status(b.did), 200)
+
+      await takedownBlob(net, a.did, fromA.cid)
+      assert.equal((await node.syncer.checkBlobs(a.did)).removed, 1)
+      assert.equal(await node.store.blobs.has(CID.parse(fromA.cid)), false, 'the bytes are gone')
+      // b's PDS still serves its copy: verify of b finds it missing and refetches it
+      const [report] = await node.verify(b.did)
+      assert.deepEqual(report.blobs?.repaired, [{ cid: fromB.cid, was: 'missing' }])
+      assert.equal(await status(b.did), 200)
+      assert.deepEqual(await listed(b.did), [fromB.cid])
+      // but never as a's
+      assert.equal(await status(a.did), 400)
+      assert.deepEqual(await listed(a.did), [])
     } finally {
       await node?.stop()
     }
