@@ -440,13 +440,39 @@ export class BlobStore {
     await this.#db.put(blobKeys.want(did, asRaw(cid).toString()), EMPTY)
   }
 
-  /** A wanted blob will not be fetched: taken down at the PDS, or over the cap. A stored copy is removed when taken down. */
+  /**
+   * A referenced blob will not be fetched: taken down at the PDS, or over the cap.
+   * A stored copy of one taken down is removed, unless another repo references the
+   * same bytes and has not lost them too (then they stay, served for that repo
+   * alone: never as `did`'s).
+   */
   async markGone (did: string, cid: CID, gone: GoneBlob): Promise<void> {
     const batch = this.#db.batch()
     batch.del(blobKeys.want(did, cid.toString()))
     batch.put(blobKeys.gone(did, cid.toString()), utf8.encode(JSON.stringify(gone)))
     await batch.write()
-    if (gone.reason === 'not-found' && await this.#remove(cid)) log('%s: removed blob %c, which its PDS no longer serves', did, cid)
+    if (gone.reason !== 'not-found') return
+    for await (const holder of this.holders(cid)) {
+      if (holder !== did && !await this.isGone(holder, cid)) {
+        log('%s: blob %c is no longer served by its PDS; kept for %s, which references it too', did, cid, holder)
+        return
+      }
+    }
+    if (await this.#remove(cid)) log('%s: removed blob %c, which its PDS no longer serves', did, cid)
+  }
+
+  /** A blob that was gone for `did` is served by its PDS again (a takedown reversed): wanted again. */
+  async restore (did: string, cid: CID): Promise<void> {
+    const batch = this.#db.batch()
+    batch.del(blobKeys.gone(did, cid.toString()))
+    batch.put(blobKeys.want(did, cid.toString()), EMPTY)
+    await batch.write()
+  }
+
+  /** Why the blob is gone for `did`, if it is. */
+  async goneOf (did: string, cid: CID): Promise<GoneBlob | undefined> {
+    const value = await this.#db.get(blobKeys.gone(did, asRaw(cid).toString()))
+    return value === undefined ? undefined : JSON.parse(fromUtf8.decode(value)) as GoneBlob
   }
 
   /** Whether the blob is gone for `did` (taken down at its PDS, or over the cap): never served as `did`'s. */

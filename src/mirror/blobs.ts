@@ -145,6 +145,16 @@ export interface BlobPassResult {
   refused: number
 }
 
+/** What asking a repo's PDS about its blobs did. */
+export interface BlobCheckResult {
+  /** Blobs asked about: those stored, and those gone as taken down. */
+  checked: number
+  /** Stored ones the PDS no longer serves: removed (taken down). */
+  removed: number
+  /** Taken down ones the PDS serves again: wanted again (the next fetch pass gets them). */
+  restored: number
+}
+
 /** What `verify` found among the blobs a stored repo references. */
 export interface BlobVerifyReport {
   /** Stored blobs re-hashed and found intact. */
@@ -359,11 +369,12 @@ export class BlobMirror {
   /**
    * Asks the DID's PDS whether it still serves each blob of `did` stored here (and
    * stops at the headers): one it no longer serves while a record references it
-   * was taken down (or deleted), and is removed and recorded as gone. For explicit
+   * was taken down (or deleted), and is removed and recorded as gone. One recorded
+   * as taken down that the PDS serves again is wanted again. For explicit
    * checks (`atmirror mirror` of an unchanged repo); a daemon's re-checks use
    * {@link BlobMirror.recheckStored}, which is bounded.
    */
-  async checkStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
+  async checkStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<BlobCheckResult> {
     return await this.#probe(did, [...(await this.#store.blobs.refs(did)).keys()], options)
   }
 
@@ -376,8 +387,8 @@ export class BlobMirror {
    * and not `listBlobs`: the reference PDS keeps listing a blob it has taken down
    * (listBlobs reads the record references), only `getBlob` refuses it.
    */
-  async recheckStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
-    const none = { checked: 0, removed: 0 }
+  async recheckStored (did: string, options: { pds?: string, signal?: AbortSignal } = {}): Promise<BlobCheckResult> {
+    const none = { checked: 0, removed: 0, restored: 0 }
     if (this.#recheckBlobs === 0) return none
     const last = this.#recheckedAt.get(did)
     if (last !== undefined && Date.now() - last < this.#recheckIntervalMs) return none
@@ -392,19 +403,21 @@ export class BlobMirror {
     if (round.length === 0) return none
     const out = await this.#probe(did, round, options)
     await blobs.setProbeCursor(did, round[round.length - 1])
-    if (out.checked > 0) log('%s: asked its PDS about %d stored blobs, %d removed (taken down)', did, out.checked, out.removed)
+    if (out.checked > 0) log('%s: asked its PDS about %d blobs: %d removed (taken down), %d served again', did, out.checked, out.removed, out.restored)
     return out
   }
 
-  async #probe (did: string, cids: readonly string[], options: { pds?: string, signal?: AbortSignal }): Promise<{ checked: number, removed: number }> {
+  async #probe (did: string, cids: readonly string[], options: { pds?: string, signal?: AbortSignal }): Promise<BlobCheckResult> {
     const pds = this.#fetcher.source('pds')
-    const out = { checked: 0, removed: 0 }
+    const out = { checked: 0, removed: 0, restored: 0 }
     if (pds?.has === undefined) return out
     const has = pds.has.bind(pds)
     const blobs = this.#store.blobs
     await eachParallel(cids, async (key) => {
       const cid = CID.parse(key)
-      if (!await blobs.has(cid)) return
+      const gone = await blobs.goneOf(did, cid)
+      // over the cap: nothing to ask; stored for no one: nothing to check
+      if (gone?.reason === 'too-large' || (gone === undefined && !await blobs.has(cid))) return
       out.checked++
       let served: boolean
       try {
@@ -412,6 +425,14 @@ export class BlobMirror {
       } catch (err) {
         if (options.signal?.aborted === true) throw err
         log('%s: cannot check blob %c at its PDS: %e', did, cid, err)
+        return
+      }
+      if (gone !== undefined) {
+        if (!served) return
+        // taken down before, served again: the takedown was reversed
+        log('%s: blob %c is served by its PDS again; fetching it again', did, cid)
+        await blobs.restore(did, cid)
+        out.restored++
         return
       }
       if (served) return

@@ -52,7 +52,7 @@ import { verifyIncremental } from '../repo/verify-incremental.ts'
 import { verifyStoredRepo, type StoredRepoReport, type VerifyStoredOptions } from './repair.ts'
 import { DownloadGuard, type DownloadLimits } from './download-guard.ts'
 import { HoldDelta, holdDeltaOf, repoHoldDelta } from './gc.ts'
-import { BlobScan, blobDelta, blobRecount, withoutStoredRefs, type BlobMirror, type BlobPassResult } from './blobs.ts'
+import { BlobScan, blobDelta, blobRecount, withoutStoredRefs, type BlobCheckResult, type BlobMirror, type BlobPassResult } from './blobs.ts'
 import type { BlobDelta } from './blob-store.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks, statusOf, statusRules, type RepoStatus } from './status-policy.ts'
@@ -342,11 +342,19 @@ export class RepoSyncer {
     return await this.#mutex.run(identity.did, async () => await this.#sync(identity, started, options))
   }
 
-  /** {@link BlobMirror.checkStored} for `did`, in turn with its syncs: removes the blobs its PDS no longer serves. */
-  async checkBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
-    if (this.#blobs === undefined) return { checked: 0, removed: 0 }
+  /**
+   * {@link BlobMirror.checkStored} for `did`, in turn with its syncs: removes the
+   * blobs its PDS no longer serves, and fetches those it serves again.
+   */
+  async checkBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<BlobCheckResult> {
+    if (this.#blobs === undefined) return { checked: 0, removed: 0, restored: 0 }
     const blobs = this.#blobs
-    return await this.#mutex.run(did, async () => await blobs.checkStored(did, { pds: (await this.#store.getState(did))?.pds, signal: options.signal }))
+    return await this.#mutex.run(did, async () => {
+      const pds = (await this.#store.getState(did))?.pds
+      const out = await blobs.checkStored(did, { pds, signal: options.signal })
+      if (out.restored > 0) await blobs.fetchWanted(did, { pds, signal: options.signal })
+      return out
+    })
   }
 
   /**
@@ -354,13 +362,16 @@ export class RepoSyncer {
    * interval), in turn with its syncs: what a daemon's re-checks run, so a blob taken
    * down after it was stored is removed without an explicit check.
    */
-  async recheckBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<{ checked: number, removed: number }> {
-    if (this.#blobs === undefined) return { checked: 0, removed: 0 }
+  async recheckBlobs (did: string, options: { signal?: AbortSignal } = {}): Promise<BlobCheckResult> {
+    const none = { checked: 0, removed: 0, restored: 0 }
+    if (this.#blobs === undefined) return none
     const blobs = this.#blobs
     return await this.#mutex.run(did, async () => {
       const state = await this.#store.getState(did)
-      if (state === undefined || state.status !== 'active') return { checked: 0, removed: 0 }
-      return await blobs.recheckStored(did, { pds: state.pds, signal: options.signal })
+      if (state === undefined || state.status !== 'active') return none
+      const out = await blobs.recheckStored(did, { pds: state.pds, signal: options.signal })
+      if (out.restored > 0) await blobs.fetchWanted(did, { pds: state.pds, signal: options.signal })
+      return out
     })
   }
 

@@ -6,8 +6,9 @@
  * disk, while the repo's other blobs stay. The node follows the PDS's firehose, so
  * the repo is never polled in full: the rounds run as the scheduler's light job.
  * Also: a round asks about at most `recheckBlobs` blobs, and none before
- * `recheckIntervalMs` has passed; bytes that another repo references too are
- * refetched for it by `verify`, and never served again as the first repo's.
+ * `recheckIntervalMs` has passed; bytes that another repo references too stay for
+ * it and are never served as the first repo's; a takedown reversed at the PDS
+ * brings the blob back.
  */
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
@@ -43,11 +44,11 @@ const imagePost = (text: string, images: Uploaded[]): Record<string, unknown> =>
   embed: { $type: 'app.bsky.embed.images', images: images.map(image => ({ alt: text, image: image.ref })) }
 })
 
-async function takedownBlob (net: TestNetwork, did: string, cid: string): Promise<void> {
+async function takedownBlob (net: TestNetwork, did: string, cid: string, applied = true): Promise<void> {
   const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.admin.updateSubjectStatus`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: `Basic ${Buffer.from(`admin:${net.adminPassword}`).toString('base64')}` },
-    body: JSON.stringify({ subject: { $type: 'com.atproto.admin.defs#repoBlobRef', did, cid }, takedown: { applied: true, ref: 'atmirror-test' } })
+    body: JSON.stringify({ subject: { $type: 'com.atproto.admin.defs#repoBlobRef', did, cid }, takedown: applied ? { applied, ref: 'atmirror-test' } : { applied } })
   })
   assert.equal(res.status, 200, await res.text())
 }
@@ -146,12 +147,18 @@ describe('a blob taken down after a daemon stored it', () => {
       // the repo's records are untouched and it was never synced in full for it
       assert.equal((await running.getState(alice.did)).status, 'active')
       assert.equal(net.pdsRequests.filter(path => path.includes('getRepo')).length, 1, 'one getRepo: the pin')
+
+      // the takedown reversed: the PDS serves it again, and the rounds fetch it again
+      await takedownBlob(net, alice.did, large.cid, false)
+      await until('the blob served again fetched again', async () => await running.store.blobs.has(largeCid), { timeout: 60_000 })
+      assert.equal(await servedHttp(large), true)
+      assert.equal((await running.store.blobs.gone(alice.did)).has(large.cid), false)
     } finally {
       await node?.stop()
     }
   })
 
-  it('the same bytes in two repos: taken down for one, refetched for the other by verify, never served again as the first one\'s', async () => {
+  it('the same bytes in two repos: taken down for one, kept for the other, never served as the first one\'s', async () => {
     const owners = [await net.createAccount('sharea'), await net.createAccount('shareb')]
     const bytes = randomBytes(100 * 1024)
     const [fromA, fromB] = await Promise.all(owners.map(async (owner) => {
@@ -181,15 +188,22 @@ describe('a blob taken down after a daemon stored it', () => {
 
       await takedownBlob(net, a.did, fromA.cid)
       assert.equal((await node.syncer.checkBlobs(a.did)).removed, 1)
-      assert.equal(await node.store.blobs.has(CID.parse(fromA.cid)), false, 'the bytes are gone')
-      // b's PDS still serves its copy: verify of b finds it missing and refetches it
-      const [report] = await node.verify(b.did)
-      assert.deepEqual(report.blobs?.repaired, [{ cid: fromB.cid, was: 'missing' }])
+      // b's PDS still serves its copy: the bytes stay, for b alone
+      assert.equal(await node.store.blobs.has(CID.parse(fromA.cid)), true, 'kept for b')
       assert.equal(await status(b.did), 200)
       assert.deepEqual(await listed(b.did), [fromB.cid])
-      // but never as a's
       assert.equal(await status(a.did), 400)
       assert.deepEqual(await listed(a.did), [])
+      // a's later checks leave b's copy alone; verify of b finds it intact
+      assert.equal((await node.syncer.checkBlobs(a.did)).removed, 0)
+      const [report] = await node.verify(b.did)
+      assert.equal(report.blobs?.checked, 1)
+      assert.deepEqual(report.blobs?.repaired, [])
+      // taken down for b too: now the bytes go
+      await takedownBlob(net, b.did, fromB.cid)
+      assert.equal((await node.syncer.checkBlobs(b.did)).removed, 1)
+      assert.equal(await node.store.blobs.has(CID.parse(fromA.cid)), false, 'the bytes are gone')
+      assert.equal(await status(b.did), 400)
     } finally {
       await node?.stop()
     }

@@ -362,7 +362,7 @@ describe('hostile blobs from a fake PDS', () => {
         res.end(JSON.stringify({ error: 'InvalidRequest', message: 'Blob not found' }))
       })
       const report = await syncer.checkBlobs(repo.did)
-      assert.deepEqual(report, { checked: 1, removed: 1 })
+      assert.deepEqual(report, { checked: 1, removed: 1, restored: 0 })
       assert.equal(await store.blobs.has(blobCid), false)
       assert.equal((await store.blobs.gone(repo.did)).get(blobCid.toString())?.reason, 'not-found')
       pds.reset()
