@@ -36,6 +36,7 @@ import { CID, cidKey } from '../repo/cid.ts'
 import { diffMst, type MstRecordOp } from '../repo/mst/diff.ts'
 import { walkMstBatches } from '../repo/mst/walk.ts'
 import type { BlobDelta } from './blob-store.ts'
+import { DigestTable } from './digest-table.ts'
 import type { MirrorStore } from './store.ts'
 
 const log = logger('atmirror:mirror:blobs')
@@ -49,20 +50,20 @@ export const DEFAULT_BLOB_RECHECK = 25
 /**
  * The blob references of the blocks a sync sees pass. For a full sync it also
  * remembers which blocks it saw, so that at the advance only records the download
- * did not bring are read back: by the first 48 bits of each digest, a number (a
- * string key per block of a 100,000-record repo would cost ~10 MB of heap; a false
- * match needs two of a repo's digests to agree in 48 bits).
+ * did not bring are read back; by multihash, in a {@link DigestTable} (no object
+ * per block: a string key per block of a 100,000-record repo cost ~10 MB of heap
+ * and young-generation growth with it).
  */
 export class BlobScan {
   readonly #refs = new Map<string, BlobRef[]>()
-  readonly #seen: Set<number> | undefined
+  readonly #seen: DigestTable | undefined
 
   constructor (options: { remember: boolean }) {
-    this.#seen = options.remember ? new Set() : undefined
+    this.#seen = options.remember ? new DigestTable() : undefined
   }
 
   see (block: Block): void {
-    this.#seen?.add(digestPrefix(block.cid))
+    this.#seen?.add(block.cid.multihash.bytes, 1)
     if (!mayReferenceBlobs(block.bytes)) return
     const refs = blobRefsOf(block.bytes)
     if (refs.length > 0) this.#refs.set(cidKey(block.cid), refs)
@@ -72,16 +73,10 @@ export class BlobScan {
   async refsOf (cid: CID, blocks: ReadonlyBlockStore, options: { signal?: AbortSignal } = {}): Promise<BlobRef[]> {
     const known = this.#refs.get(cidKey(cid))
     if (known !== undefined) return known
-    if (this.#seen?.has(digestPrefix(cid)) === true) return []
+    if (this.#seen?.has(cid.multihash.bytes) === true) return []
     const bytes = await blocks.get(cid, options)
     return bytes === undefined ? [] : blobRefsOf(bytes)
   }
-}
-
-/** The first 48 bits of a CID's digest, as a number. */
-function digestPrefix (cid: CID): number {
-  const d = cid.multihash.digest
-  return ((d[0] << 16 | d[1] << 8 | d[2]) * 0x1000000) + (d[3] << 16 | d[4] << 8 | d[5])
 }
 
 function addRefs (delta: BlobDelta, refs: readonly BlobRef[], sign: 1 | -1): void {

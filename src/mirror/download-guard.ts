@@ -37,6 +37,7 @@ import { cidKey, type CID } from '../repo/cid.ts'
 import { decodeCommit, verifyCommitSignature } from '../repo/commit.ts'
 import type { PublicKey } from '../repo/keys.ts'
 import { decodeMstNode } from '../repo/mst/node.ts'
+import { DigestTable } from './digest-table.ts'
 
 /** Limits on one sync's downloads (see the file header). */
 export interface DownloadLimits {
@@ -77,8 +78,8 @@ export class DownloadGuard {
   readonly #key: PublicKey
   readonly #url: string | undefined
   readonly #read: (cid: CID) => Uint8Array | undefined
-  /** Blocks reachable from a trusted commit (arrived or not). */
-  readonly #reachable = new Set<string>()
+  /** Blocks reachable from a trusted commit (arrived or not): one entry per block of the repo, so flat (digest-table.ts). */
+  #reachable = new DigestTable()
   /** Blocks written but not reachable yet, with their size. */
   readonly #pending = new Map<string, { cid: CID, size: number }>()
   #pendingBytes = 0
@@ -91,8 +92,8 @@ export class DownloadGuard {
     this.#key = init.key
     this.#url = init.url
     this.#read = init.read
-    this.#reachable.add(cidKey(init.head.cid))
-    this.#reachable.add(cidKey(init.head.data))
+    this.#reachable.add(init.head.cid.multihash.bytes, 1)
+    this.#reachable.add(init.head.data.multihash.bytes, 1)
   }
 
   /** Blocks received so far. */
@@ -112,16 +113,16 @@ export class DownloadGuard {
    */
   admit (block: Block, root?: CID): void {
     this.count(block)
-    const key = cidKey(block.cid)
-    if (this.#reachable.has(key)) {
+    if (this.#reachable.has(block.cid.multihash.bytes)) {
       this.#enter(block.cid, block.bytes)
       return
     }
     if (root !== undefined && block.cid.equals(root) && this.#trustedCommit(block)) {
-      this.#reachable.add(key)
+      this.#reachable.add(block.cid.multihash.bytes, 1)
       this.#enter(block.cid, block.bytes)
       return
     }
+    const key = cidKey(block.cid)
     if (this.#pending.has(key)) return
     const size = block.bytes.byteLength
     if (this.#pending.size + 1 > this.limits.unreachableBlocks) {
@@ -132,6 +133,17 @@ export class DownloadGuard {
     }
     this.#pending.set(key, { cid: block.cid, size })
     this.#pendingBytes += size
+  }
+
+  /**
+   * The download is over: only {@link count} is called from now on, so the
+   * reachable set (an entry per block of the repo) is let go before the walk,
+   * verification and the advance build their own.
+   */
+  settle (): void {
+    this.#reachable = new DigestTable()
+    this.#pending.clear()
+    this.#pendingBytes = 0
   }
 
   /** Counts a block received any other way (the walk); only the size limits apply. */
@@ -151,7 +163,7 @@ export class DownloadGuard {
       const commit = decodeCommit(block.bytes, block.cid)
       if (commit.did !== this.#did) return false
       verifyCommitSignature(commit, this.#key, { cid: block.cid })
-      this.#reachable.add(cidKey(commit.data))
+      this.#reachable.add(commit.data.multihash.bytes, 1)
       return true
     } catch {
       return false
@@ -169,9 +181,10 @@ export class DownloadGuard {
       const next = stack.pop() as { cid: CID, bytes: Uint8Array | undefined }
       const links = this.#links(next.cid, next.bytes)
       for (const link of links) {
+        if (this.#reachable.has(link.multihash.bytes)) continue
+        this.#reachable.add(link.multihash.bytes, 1)
+        if (this.#pending.size === 0) continue
         const key = cidKey(link)
-        if (this.#reachable.has(key)) continue
-        this.#reachable.add(key)
         const waiting = this.#pending.get(key)
         if (waiting === undefined) continue
         this.#pending.delete(key)

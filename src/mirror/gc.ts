@@ -49,11 +49,12 @@ import { CID } from 'multiformats/cid'
 import { MissingBlockError } from '../errors.ts'
 import * as Digest from 'multiformats/hashes/digest'
 import type { ReadonlyBlockStore } from '../repo/block-store.ts'
-import { DAG_CBOR, SHA2_256, cidKey } from '../repo/cid.ts'
+import { DAG_CBOR, SHA2_256 } from '../repo/cid.ts'
 import { decodeCommit } from '../repo/commit.ts'
 import { diffMst, type MstDiff } from '../repo/mst/diff.ts'
 import { walkMstSteps } from '../repo/mst/walk.ts'
 import type { MirrorBlockstore } from './blockstore.ts'
+import { DigestTable } from './digest-table.ts'
 
 const log = logger('atmirror:mirror:gc')
 
@@ -106,16 +107,16 @@ export const holdKeys = {
 
 /**
  * How a repo's set of blocks changes: occurrences added (+) and removed (−) per block.
- * Kept by the multihash's raw bytes (a short one-byte string): a full sync holds one
- * entry per block of the repo until the advance, and that set is the sync's largest.
+ * A full sync holds one entry per block of the repo until the advance, the sync's
+ * largest set: kept in a {@link DigestTable} (flat arrays, no object per block; that
+ * file says what a `Map` of strings cost).
  */
 export class HoldDelta {
-  readonly #changes = new Map<string, number>()
+  readonly #changes = new DigestTable()
 
   /** `n` more occurrences of `cid`. */
   add (cid: CID, n = 1): void {
-    const key = cidKey(cid)
-    this.#changes.set(key, (this.#changes.get(key) ?? 0) + n)
+    this.#changes.add(cid.multihash.bytes, n)
   }
 
   /** `n` fewer occurrences of `cid`. */
@@ -125,12 +126,12 @@ export class HoldDelta {
 
   /** Net change for `cid` (0 when untouched). */
   changeOf (cid: CID): number {
-    return this.#changes.get(cidKey(cid)) ?? 0
+    return this.#changes.get(cid.multihash.bytes) ?? 0
   }
 
   /** Net change for a block named by {@link blockKey} (0 when untouched). */
   change (block: string): number {
-    return this.#changes.get(Buffer.from(block, 'hex').toString('latin1')) ?? 0
+    return this.#changes.get(Buffer.from(block, 'hex')) ?? 0
   }
 
   /** Blocks touched (including net-zero ones). */
@@ -140,8 +141,8 @@ export class HoldDelta {
 
   /** `[block, change]` for every non-zero net change, blocks named by {@link blockKey}. */
   * entries (): IterableIterator<[string, number]> {
-    for (const [key, change] of this.#changes) {
-      if (change !== 0) yield [Buffer.from(key, 'latin1').toString('hex'), change]
+    for (const [multihash, change] of this.#changes.entries()) {
+      if (change !== 0) yield [Buffer.from(multihash.buffer, multihash.byteOffset, multihash.byteLength).toString('hex'), change]
     }
   }
 }

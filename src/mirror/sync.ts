@@ -207,6 +207,8 @@ class SyncView implements ReadonlyBlockStore {
   readonly #cached = new Map<string, Uint8Array>()
   readonly #budget: number
   #cachedBytes = 0
+  #slab = new Uint8Array(0)
+  #slabUsed = 0
   #calls = 0
   /** Blocks this sync needed and found already stored before it started. */
   diskHits = 0
@@ -230,9 +232,27 @@ class SyncView implements ReadonlyBlockStore {
     if (this.#cached.has(key)) return
     if (structural || this.#cachedBytes + block.bytes.byteLength <= this.#budget) {
       // a copy: the block is a view into a network chunk, which it would keep alive
-      this.#cached.set(key, block.bytes.slice())
+      this.#cached.set(key, this.#copy(block.bytes))
       this.#cachedBytes += block.bytes.byteLength
     }
+  }
+
+  /**
+   * A copy of a block kept for the sync, packed into 256 KiB slabs: a copy of its
+   * own (`slice`) is an ArrayBuffer per block, each with its own native allocation
+   * and bookkeeping for V8 (27,000 of them for the nodes of a 100,000-record repo).
+   */
+  #copy (bytes: Uint8Array): Uint8Array {
+    const n = bytes.byteLength
+    if (n > SLAB / 8) return bytes.slice()
+    if (this.#slabUsed + n > this.#slab.byteLength) {
+      this.#slab = new Uint8Array(SLAB)
+      this.#slabUsed = 0
+    }
+    const copy = this.#slab.subarray(this.#slabUsed, this.#slabUsed + n)
+    copy.set(bytes)
+    this.#slabUsed += n
+    return copy
   }
 
   cached (cid: CID): Uint8Array | undefined {
@@ -262,6 +282,9 @@ class SyncView implements ReadonlyBlockStore {
     return nextTurn().then(() => value)
   }
 }
+
+/** Bytes per slab of the blocks a sync keeps (SyncView). */
+const SLAB = 256 * 1024
 
 /** Whether `bytes` hash to `cid` (blocks read back from disk: a disk can spoil them). */
 function hashes (cid: CID, bytes: Uint8Array): boolean {
@@ -551,6 +574,7 @@ export class RepoSyncer {
           log('%s: getRepo%s refused (%s); fetching through the block chain instead', did, full ? '' : '?since', err.message)
         }
       }
+      guard.settle()
 
       // 2. the target: the head, or the CAR's commit when the PDS has moved on since
       let target = { cid: head.cid, rev: head.rev, data: head.data }
