@@ -5,6 +5,7 @@
  * AbortController and turns errors into an exit code.
  */
 import { closest, createCommandContext, type Command } from './commands/context.ts'
+import { relaunchForBulkWork } from './relaunch.ts'
 
 const commands: Record<string, { summary: string, load: () => Promise<Command> }> = {
   car: { summary: 'verify or list a repository CAR file (car verify|ls FILE.car)', load: async () => (await import('./commands/car.ts')).command },
@@ -72,4 +73,7 @@ async function main (argv: string[]): Promise<number> {
   }
 }
 
+// before any work: the verbs that sync or read whole repos run with a young
+// generation sized for that (relaunch.ts says why); this returns when no relaunch is needed
+relaunchForBulkWork(process.argv[2])
 process.exitCode = await main(process.argv.slice(2))
