@@ -5,6 +5,8 @@
  *   node bench/mirror.ts [--records N] [--runs N]
  *   node bench/mirror.ts --records 100000 --runs 1      # the scale run (writing the
  *                                                      # account alone takes minutes)
+ *   node bench/mirror.ts --records 100000 --serve       # write the account, print the
+ *                                                      # child's command, keep the PDS up
  *
  * (a/kind) baseline: download getRepo and putMany every block into a fresh store of
  *     the kind's own library (blockstore-level, blockstore-fs; @ipld/car's iterator,
@@ -57,7 +59,10 @@ const root = join(import.meta.dirname, '..')
 const { values } = parseArgs({
   options: {
     records: { type: 'string', default: '20000' },
-    runs: { type: 'string', default: '3' }
+    runs: { type: 'string', default: '3' },
+    // write the account, print the child's command and keep the PDS up until SIGINT
+    // (to profile `atmirror mirror` by hand)
+    serve: { type: 'boolean', default: false }
   }
 })
 const RECORDS = Number(values.records)
@@ -79,6 +84,13 @@ try {
   const records = fixtureWrites(RECORDS, account.did, 7).map(write => ({ collection: write.collection, rkey: write.rkey, value: write.record as Record<string, unknown> }))
   const written = await net.writeRecords(account, records)
   process.stdout.write(`account ${account.did}: ${RECORDS} records written in ${fmt((performance.now() - t0) / 1000)}\n\n`)
+  if (values.serve) {
+    process.stdout.write(`node ${join(root, 'bin/atmirror.ts')} mirror ${account.did} --data DIR --plc ${net.plcUrl} --json [--blockstore fs]\nPDS up until SIGINT\n`)
+    await new Promise(resolve => process.once('SIGINT', resolve))
+    await net.stop()
+    await rm(work, { recursive: true, force: true })
+    process.exit(0)
+  }
 
   // (a) and (b) alternate, and so do the two kinds of store, so all see the same
   // machine (other load comes and goes)
