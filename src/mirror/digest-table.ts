@@ -10,9 +10,11 @@
  * copied by V8's scavenger and promoted, which grows the young generation and the
  * old one's garbage with it (the peak RSS of such a mirror was several times its
  * live heap). Here a sha2-256 multihash takes its 32 digest bytes and a 4-byte
- * count in dense arrays, plus 8–16 bytes of open-addressing index (at most half
- * full): ~6 MB for those 126,000 blocks, in three array buffers that are copied
- * only when they double, and nothing for the scavenger to copy. The digest is
+ * count in pages of 8,192 entries, plus 8–16 bytes of open-addressing index (at
+ * most half full): ~6 MB for those 126,000 blocks, and nothing for the scavenger
+ * to copy. Pages are added rather than one array doubled: a replaced array stays
+ * allocated until V8's next full collection (its small JS object was promoted long
+ * before), and doubling left ~10 MB of such garbage per table. The digest is
  * uniformly random, so its first 4 bytes are the hash. Multihashes of another
  * kind or length (not made by atproto repos, but a CID may carry one) go to a
  * small `Map` beside it.
@@ -20,15 +22,18 @@
 
 const SHA2_256 = 0x12
 const DIGEST = 32
-const INITIAL = 1024
+/** Entries per page (256 KiB of digests): pages are added, never copied. */
+const PAGE_BITS = 13
+const PAGE = 1 << PAGE_BITS
+const INITIAL_INDEX = 2048
 
 export class DigestTable {
-  /** Entries in insertion order: digest bytes and counts. */
-  #digests = new Uint8Array(INITIAL * DIGEST)
-  #counts = new Int32Array(INITIAL)
+  /** Entries in insertion order, in pages: digest bytes and counts. */
+  readonly #digests: Uint8Array[] = []
+  readonly #counts: Int32Array[] = []
   #size = 0
   /** Open addressing over the entries: entry index + 1, 0 for a free slot; at most half full. */
-  #index = new Int32Array(INITIAL * 2)
+  #index = new Int32Array(INITIAL_INDEX)
   readonly #other = new Map<string, number>()
 
   /** Blocks in the table (including those whose count is 0). */
@@ -46,13 +51,17 @@ export class DigestTable {
     const slot = this.#slot(multihash)
     const entry = this.#index[slot] - 1
     if (entry >= 0) {
-      this.#counts[entry] += n
+      this.#counts[entry >>> PAGE_BITS][entry & (PAGE - 1)] += n
       return
     }
-    if (this.#size === this.#counts.length) this.#growEntries()
     const at = this.#size++
-    this.#digests.set(multihash.subarray(2), at * DIGEST)
-    this.#counts[at] = n
+    const page = at >>> PAGE_BITS
+    if (page === this.#digests.length) {
+      this.#digests.push(new Uint8Array(PAGE * DIGEST))
+      this.#counts.push(new Int32Array(PAGE))
+    }
+    this.#digests[page].set(multihash.subarray(2), (at & (PAGE - 1)) * DIGEST)
+    this.#counts[page][at & (PAGE - 1)] = n
     if (this.#size * 2 > this.#index.length) this.#rehash()
     else this.#index[slot] = at + 1
   }
@@ -61,7 +70,7 @@ export class DigestTable {
   get (multihash: Uint8Array): number | undefined {
     if (!isSha256(multihash)) return this.#other.get(latin1(multihash))
     const entry = this.#index[this.#slot(multihash)] - 1
-    return entry < 0 ? undefined : this.#counts[entry]
+    return entry < 0 ? undefined : this.#counts[entry >>> PAGE_BITS][entry & (PAGE - 1)]
   }
 
   has (multihash: Uint8Array): boolean {
@@ -71,11 +80,12 @@ export class DigestTable {
   /** `[multihash, count]` for every block, in the order they were added (a fresh multihash each). */
   * entries (): IterableIterator<[Uint8Array, number]> {
     for (let entry = 0; entry < this.#size; entry++) {
+      const at = (entry & (PAGE - 1)) * DIGEST
       const multihash = new Uint8Array(2 + DIGEST)
       multihash[0] = SHA2_256
       multihash[1] = DIGEST
-      multihash.set(this.#digests.subarray(entry * DIGEST, entry * DIGEST + DIGEST), 2)
-      yield [multihash, this.#counts[entry]]
+      multihash.set(this.#digests[entry >>> PAGE_BITS].subarray(at, at + DIGEST), 2)
+      yield [multihash, this.#counts[entry >>> PAGE_BITS][entry & (PAGE - 1)]]
     }
     for (const [key, count] of this.#other) yield [Uint8Array.from(Buffer.from(key, 'latin1')), count]
   }
@@ -85,26 +95,17 @@ export class DigestTable {
     const mask = this.#index.length - 1
     let slot = hashOf(multihash, 2) & mask
     for (let entry = this.#index[slot] - 1; entry >= 0; entry = this.#index[slot] - 1) {
-      if (sameDigest(this.#digests, entry * DIGEST, multihash, 2)) return slot
+      if (sameDigest(this.#digests[entry >>> PAGE_BITS], (entry & (PAGE - 1)) * DIGEST, multihash, 2)) return slot
       slot = (slot + 1) & mask
     }
     return slot
-  }
-
-  #growEntries (): void {
-    const digests = new Uint8Array(this.#digests.length * 2)
-    digests.set(this.#digests)
-    this.#digests = digests
-    const counts = new Int32Array(this.#counts.length * 2)
-    counts.set(this.#counts)
-    this.#counts = counts
   }
 
   #rehash (): void {
     const index = new Int32Array(this.#index.length * 2)
     const mask = index.length - 1
     for (let entry = 0; entry < this.#size; entry++) {
-      let slot = hashOf(this.#digests, entry * DIGEST) & mask
+      let slot = hashOf(this.#digests[entry >>> PAGE_BITS], (entry & (PAGE - 1)) * DIGEST) & mask
       while (index[slot] !== 0) slot = (slot + 1) & mask
       index[slot] = entry + 1
     }
