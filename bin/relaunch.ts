@@ -1,5 +1,5 @@
 /**
- * The young generation of V8's heap, sized for a sync rather than for the machine.
+ * V8's heap and the C allocator, set for the bulk verbs' work rather than for the machine.
  *
  * V8 sizes its young generation (two semi-spaces) from the heap limit, which it
  * derives from the machine's memory: with 24 GB it lets each semi-space grow to
@@ -22,33 +22,47 @@
  * the heap. Together about 25–50 MB off the peak, no slower (bench/mirror.ts, 100,000
  * records: 351–363 MB without, 311–335 MB with). Other C libraries ignore them.
  *
- * The size can only be set when V8 starts (`v8.setFlagsFromString` is too late for
- * it), so the verbs that do bulk work re-execute this same process with the flag
+ * The old generation, for its part, may grow to as much as four times what the last
+ * full collection kept before the next one, and what the sync promotes is mostly
+ * short-lived: the old space reached 136 MB with ~40 MB live in some runs and 50 MB
+ * in others, which made the peak swing between 300 and 415 MB. With
+ * `--heap-growing-percent=50` (1.5×) it runs 13 full collections instead of ~5,
+ * each a few ms, and the peak stays at 278–287 MB with the same sync time.
+ *
+ * The semi-space size can only be set when V8 starts (`v8.setFlagsFromString` is
+ * too late for it), so the verbs that do bulk work re-execute this same process
+ * with the flags
  * (`process.execve`: same pid, same stdio, signals and exit code; the kernel keeps
  * the process's peak RSS across the exec, so nothing is hidden from a measurement).
  * It costs one more Node start-up (~40 ms) and happens before any work, so only
  * the long verbs pay it; quick ones (status, block get, --help) do not. A flag
- * already given (on the command line or in NODE_OPTIONS) is left as it is; a Node
+ * already given (on the command line or in NODE_OPTIONS) is left as it is, and so
+ * is an allocator setting in the environment; a Node
  * without `process.execve` (Windows, older than 22.15) runs on with V8's default.
  */
 
-const FLAG = '--max-semi-space-size'
-/** MiB per semi-space (see the header for the measurements). */
-export const SEMI_SPACE_MB = 16
+/** The V8 flags a bulk verb runs with (see the header for the measurements). */
+export const V8_FLAGS: ReadonlyArray<{ name: string, value: number }> = [
+  // MiB per semi-space
+  { name: '--max-semi-space-size', value: 16 },
+  // the old generation may grow to 1.5× what the last full collection kept
+  { name: '--heap-growing-percent', value: 50 }
+]
 /** Verbs that stream, hash and write whole repos. */
 const BULK = new Set(['mirror', 'daemon', 'verify', 'export', 'car'])
 
 /**
- * Re-executes the process with the young-generation cap (and the allocator's
- * settings, unless the environment has its own) when `verb` does bulk work and the
- * cap is not set; returns otherwise.
+ * Re-executes the process with the V8 flags it lacks (and the allocator's
+ * settings, unless the environment has its own) when `verb` does bulk work;
+ * returns otherwise, and when every flag is set already.
  */
 export function relaunchForBulkWork (verb: string | undefined): void {
   if (verb === undefined || !BULK.has(verb)) return
   const execve = (process as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve
   if (typeof execve !== 'function') return
-  const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)]
-  if (given.some(arg => arg === FLAG || arg.startsWith(FLAG + '=') || arg === FLAG.replaceAll('-', '_') || arg.startsWith(FLAG.replaceAll('-', '_') + '='))) return
+  const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].map(arg => arg.replaceAll('_', '-'))
+  const missing = V8_FLAGS.filter(({ name }) => !given.some(arg => arg === name || arg.startsWith(name + '=')))
+  if (missing.length === 0) return
   const env = { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', ...process.env }
-  execve.call(process, process.execPath, [process.execPath, `${FLAG}=${SEMI_SPACE_MB}`, ...process.execArgv, ...process.argv.slice(1)], env)
+  execve.call(process, process.execPath, [process.execPath, ...missing.map(({ name, value }) => `${name}=${value}`), ...process.execArgv, ...process.argv.slice(1)], env)
 }

@@ -1,13 +1,13 @@
 /**
- * bin/relaunch.ts: the bulk verbs run with the young-generation cap and glibc's
+ * bin/relaunch.ts: the bulk verbs run with their V8 flags and glibc's
  * allocator settings, in the same process (pid) after the exec; quick verbs start
- * once; a cap the user gave is kept.
+ * once; flags the user gave are kept.
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
-import { SEMI_SPACE_MB } from '../../bin/relaunch.ts'
+import { V8_FLAGS } from '../../bin/relaunch.ts'
 
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'atmirror.ts')
 // each start of the process prints its pid, V8 flags and allocator settings on stderr
@@ -31,7 +31,7 @@ describe('relaunch for bulk work', () => {
     assert.equal(seen.length, 2)
     assert.equal(seen[1].pid, seen[0].pid)
     assert.deepEqual(seen[0].execArgv, [])
-    assert.deepEqual(seen[1].execArgv, [`--max-semi-space-size=${SEMI_SPACE_MB}`])
+    assert.deepEqual(seen[1].execArgv, V8_FLAGS.map(({ name, value }) => `${name}=${value}`))
     assert.equal(seen[1].arenas, '2')
   })
 
@@ -41,10 +41,12 @@ describe('relaunch for bulk work', () => {
     assert.deepEqual(seen[0].execArgv, [])
   })
 
-  it('keeps a cap and allocator settings that were given', async () => {
-    const seen = await starts(['verify', '--help'], { nodeArgs: ['--max-semi-space-size=4'] })
-    assert.equal(seen.length, 1)
-    assert.deepEqual(seen[0].execArgv, ['--max-semi-space-size=4'])
+  it('keeps the flags and allocator settings that were given', async () => {
+    const all = await starts(['verify', '--help'], { nodeArgs: ['--max-semi-space-size=4', '--heap-growing-percent=20'] })
+    assert.equal(all.length, 1)
+    const one = await starts(['verify', '--help'], { nodeArgs: ['--max-semi-space-size=4'] })
+    assert.equal(one.length, 2)
+    assert.deepEqual(one[1].execArgv, ['--heap-growing-percent=50', '--max-semi-space-size=4'])
     const withEnv = await starts(['verify', '--help'], { env: { MALLOC_ARENA_MAX: '4' } })
     assert.equal(withEnv.length, 2)
     assert.equal(withEnv[1].arenas, '4')
