@@ -18,6 +18,7 @@ import type { MirrorNode } from '../../src/node.ts'
 import { CID } from '../../src/repo/cid.ts'
 import { startTestNode } from '../helpers/nodes.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
+import { imagePost, upload, type Uploaded } from '../helpers/blobs.ts'
 
 async function readAll (chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const parts: Uint8Array[] = []
@@ -43,13 +44,13 @@ describe('blobs peer to peer with the PDS down', () => {
     account = await net.createAccount('blobsp2p')
     const agent = new AtpAgent({ service: net.pdsUrl })
     await agent.login({ identifier: account.handle, password: account.password })
-    const images = []
+    const images: Uploaded[] = []
     for (const [name, bytes] of Object.entries(blobs)) {
-      const { data } = await agent.uploadBlob(bytes, { encoding: 'image/png' })
-      cids[name] = data.blob.ref.toString()
-      images.push({ alt: name, image: { $type: 'blob', ref: { $link: cids[name] }, mimeType: data.blob.mimeType, size: data.blob.size } })
+      const uploaded = await upload(agent, bytes)
+      cids[name] = uploaded.cid
+      images.push(uploaded)
     }
-    await net.writeRecords(account, [{ collection: 'app.bsky.feed.post', rkey: 'pics', value: { text: 'pics', createdAt: new Date().toISOString(), embed: { $type: 'app.bsky.embed.images', images } } }])
+    await net.writeRecords(account, [{ collection: 'app.bsky.feed.post', rkey: 'pics', value: imagePost('pics', images) }])
   })
 
   after(async () => {

@@ -29,20 +29,7 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 import { followerInit } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
-
-interface Uploaded { cid: string, bytes: Uint8Array, ref: Record<string, unknown> }
-
-async function upload (agent: AtpAgent, bytes: Uint8Array): Promise<Uploaded> {
-  const { data } = await agent.uploadBlob(bytes, { encoding: 'image/png' })
-  const cid = data.blob.ref.toString()
-  return { cid, bytes, ref: { $type: 'blob', ref: { $link: cid }, mimeType: data.blob.mimeType, size: data.blob.size } }
-}
-
-const imagePost = (text: string, images: Uploaded[]): Record<string, unknown> => ({
-  text,
-  createdAt: new Date().toISOString(),
-  embed: { $type: 'app.bsky.embed.images', images: images.map(image => ({ alt: text, image: image.ref })) }
-})
+import { imagePost, upload, type Uploaded } from '../helpers/blobs.ts'
 
 async function takedownBlob (net: TestNetwork, did: string, cid: string, applied = true): Promise<void> {
   const res = await fetch(`${net.pdsUrl}/xrpc/com.atproto.admin.updateSubjectStatus`, {

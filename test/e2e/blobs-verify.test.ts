@@ -20,17 +20,10 @@ import { AtpAgent } from '@atproto/api'
 import { CID } from '../../src/repo/cid.ts'
 import { BLOCKSTORE_KINDS, overwriteRawBlock, readRawBlock } from '../helpers/blocks.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
+import { upload, type Uploaded } from '../helpers/blobs.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
-
-interface Uploaded { cid: string, bytes: Uint8Array, ref: Record<string, unknown> }
-
-async function upload (agent: AtpAgent, bytes: Uint8Array): Promise<Uploaded> {
-  const { data } = await agent.uploadBlob(bytes, { encoding: 'image/png' })
-  const cid = data.blob.ref.toString()
-  return { cid, bytes, ref: { $type: 'blob', ref: { $link: cid }, mimeType: data.blob.mimeType, size: data.blob.size } }
-}
 
 interface BlobsReport { checked: number, bytes: number, repaired: Array<{ cid: string, was: string }>, failed: Array<{ cid: string, was: string }>, gone: string[] }
 

@@ -32,29 +32,10 @@ import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
 import { startTestNetwork, type TestAccount, type TestNetwork } from '../../support/network.ts'
 import { EvolvingRepo, posts } from '../helpers/evolving-repo.ts'
 import { startFakePds, type FakePds } from '../helpers/fake-pds.ts'
+import { imagePost, upload, type Uploaded } from '../helpers/blobs.ts'
 
 const pexec = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../bin/atmirror.ts')
-
-interface Uploaded {
-  cid: string
-  bytes: Uint8Array
-  /** The record's blob field, as JSON. */
-  ref: { $type: 'blob', ref: { $link: string }, mimeType: string, size: number }
-}
-
-async function upload (agent: AtpAgent, bytes: Uint8Array, mimeType = 'image/png'): Promise<Uploaded> {
-  const { data } = await agent.uploadBlob(bytes, { encoding: mimeType })
-  const cid = data.blob.ref.toString()
-  return { cid, bytes, ref: { $type: 'blob', ref: { $link: cid }, mimeType: data.blob.mimeType, size: data.blob.size } }
-}
-
-/** A post with images, as Bluesky writes one. */
-const imagePost = (text: string, images: Uploaded[]): Record<string, unknown> => ({
-  text,
-  createdAt: new Date().toISOString(),
-  embed: { $type: 'app.bsky.embed.images', images: images.map(image => ({ alt: text, image: image.ref })) }
-})
 
 async function readAll (chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const parts: Uint8Array[] = []

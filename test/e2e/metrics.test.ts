@@ -27,6 +27,7 @@ import { startTestNetwork, type TestAccount, type TestNetwork, type TestRecord }
 import { parseExposition, sampleValue, type Exposition } from '../helpers/prometheus.ts'
 import { followerInit, startTestNode } from '../helpers/nodes.ts'
 import { until } from '../helpers/until.ts'
+import { imagePost, upload } from '../helpers/blobs.ts'
 
 const BIN = join(import.meta.dirname, '../../bin/atmirror.ts')
 
@@ -101,12 +102,8 @@ describe('metrics', () => {
     const pictures = await net.createAccount('pictures')
     const agent = new AtpAgent({ service: net.pdsUrl })
     await agent.login({ identifier: pictures.handle, password: pictures.password })
-    const images = []
-    for (const bytes of [randomBytes(8 * 1024), randomBytes(100 * 1024)]) {
-      const { data } = await agent.uploadBlob(bytes, { encoding: 'image/png' })
-      images.push({ alt: '', image: { $type: 'blob', ref: { $link: data.blob.ref.toString() }, mimeType: data.blob.mimeType, size: data.blob.size } })
-    }
-    await net.writeRecords(pictures, [{ collection: 'app.bsky.feed.post', value: { text: 'two pictures', createdAt: new Date().toISOString(), embed: { $type: 'app.bsky.embed.images', images } } }])
+    const images = [await upload(agent, randomBytes(8 * 1024)), await upload(agent, randomBytes(100 * 1024))]
+    await net.writeRecords(pictures, [{ collection: 'app.bsky.feed.post', value: imagePost('two pictures', images) }])
     const before = await scrape(a)
     const result = await a.pin(pictures.did)
     assert.equal(result.sync.blobs?.fetched.pds, 2)
