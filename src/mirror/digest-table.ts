@@ -14,8 +14,12 @@
  * most half full): ~6 MB for those 126,000 blocks, and nothing for the scavenger
  * to copy. Pages are added rather than one array doubled: a replaced array stays
  * allocated until V8's next full collection (its small JS object was promoted long
- * before), and doubling left ~10 MB of such garbage per table. The digest is
- * uniformly random, so its first 4 bytes are the hash. Multihashes of another
+ * before), and doubling left ~10 MB of such garbage per table. The slot comes
+ * from the digest's first 8 bytes mixed with a random seed per table: the digest
+ * alone would do for honest data, but a repo's author chooses its records, and
+ * digests made to share their low bits (cheap to search for) would pile into one
+ * probe run; under a seed nobody knows, only digests equal in all 8 bytes (2^64
+ * work each) collide. Multihashes of another
  * kind or length (not made by atproto repos, but a CID may carry one) go to a
  * small `Map` beside it.
  */
@@ -35,6 +39,7 @@ export class DigestTable {
   /** Open addressing over the entries: entry index + 1, 0 for a free slot; at most half full. */
   #index = new Int32Array(INITIAL_INDEX)
   readonly #other = new Map<string, number>()
+  readonly #seed = crypto.getRandomValues(new Uint32Array(2))
 
   /** Blocks in the table (including those whose count is 0). */
   get size (): number {
@@ -93,7 +98,7 @@ export class DigestTable {
   /** The index slot that holds `multihash`'s digest, or the free slot where it would go. */
   #slot (multihash: Uint8Array): number {
     const mask = this.#index.length - 1
-    let slot = hashOf(multihash, 2) & mask
+    let slot = hashOf(multihash, 2, this.#seed) & mask
     for (let entry = this.#index[slot] - 1; entry >= 0; entry = this.#index[slot] - 1) {
       if (sameDigest(this.#digests[entry >>> PAGE_BITS], (entry & (PAGE - 1)) * DIGEST, multihash, 2)) return slot
       slot = (slot + 1) & mask
@@ -105,7 +110,7 @@ export class DigestTable {
     const index = new Int32Array(this.#index.length * 2)
     const mask = index.length - 1
     for (let entry = 0; entry < this.#size; entry++) {
-      let slot = hashOf(this.#digests[entry >>> PAGE_BITS], (entry & (PAGE - 1)) * DIGEST) & mask
+      let slot = hashOf(this.#digests[entry >>> PAGE_BITS], (entry & (PAGE - 1)) * DIGEST, this.#seed) & mask
       while (index[slot] !== 0) slot = (slot + 1) & mask
       index[slot] = entry + 1
     }
@@ -117,8 +122,19 @@ function isSha256 (multihash: Uint8Array): boolean {
   return multihash.byteLength === 2 + DIGEST && multihash[0] === SHA2_256 && multihash[1] === DIGEST
 }
 
-function hashOf (bytes: Uint8Array, offset: number): number {
-  return (bytes[offset] | bytes[offset + 1] << 8 | bytes[offset + 2] << 16 | bytes[offset + 3] << 24) >>> 0
+/** The slot hash of the digest at `offset`: its two first 32-bit words, each xored with the seed and mixed (murmur3's finalizer). */
+function hashOf (bytes: Uint8Array, offset: number, seed: Uint32Array): number {
+  const a = (bytes[offset] | bytes[offset + 1] << 8 | bytes[offset + 2] << 16 | bytes[offset + 3] << 24) ^ seed[0]
+  const b = (bytes[offset + 4] | bytes[offset + 5] << 8 | bytes[offset + 6] << 16 | bytes[offset + 7] << 24) ^ seed[1]
+  return mix((mix(a) + b) | 0) >>> 0
+}
+
+function mix (h: number): number {
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  return h ^ (h >>> 16)
 }
 
 function sameDigest (table: Uint8Array, at: number, bytes: Uint8Array, offset: number): boolean {

@@ -28,6 +28,21 @@ describe('DigestTable', () => {
     assert.equal(hex([...table.entries()][0][0]), hex(multihash(0)))
   })
 
+  it('counts digests that share their leading bytes (as a repo author can make them) apart', () => {
+    const table = new DigestTable()
+    const crafted = (i: number): Uint8Array => {
+      const mh = multihash(i)
+      // the same first 4 bytes for all, and the same next 4 for every other one
+      mh.set([0xde, 0xad, 0xbe, 0xef], 2)
+      if (i % 2 === 0) mh.set([1, 2, 3, 4], 6)
+      return mh
+    }
+    for (let i = 0; i < 5_000; i++) table.add(crafted(i), i % 3 + 1)
+    assert.equal(table.size, 5_000)
+    for (let i = 0; i < 5_000; i++) assert.equal(table.get(crafted(i)), i % 3 + 1)
+    assert.equal(table.get(crafted(5_000)), undefined)
+  })
+
   it('tells absent from a count of zero', () => {
     const table = new DigestTable()
     table.add(multihash(1), 0)
