@@ -143,8 +143,9 @@ describe('requests and redirects under the policy', () => {
   let redirector: Recorder
   /** Where the redirector sends `/go/<name>`. */
   let locations: Record<string, string>
-  // a local test network: loopback allowed, everything else refused
-  const testNet = createPolicyFetch({ allowLoopback: true })
+  // a local test network: loopback allowed, everything else refused; its resolver
+  // knows one name, which answers with the cloud metadata address
+  const testNet = createPolicyFetch({ allowLoopback: true, lookup: tableLookup({ 'metadata.test': ['169.254.169.254'] }) })
 
   before(async () => {
     target = await listen((_path, res) => { res.setHeader('connection', 'close'); res.end('secret') })
@@ -164,7 +165,7 @@ describe('requests and redirects under the policy', () => {
       res.end()
     })
     locations = {
-      metadata: 'http://169.254.169.254/latest/meta-data/iam/security-credentials/',
+      metadata: 'http://metadata.test/latest/meta-data/iam/security-credentials/',
       mapped: `http://[::ffff:7f00:1]:${target.port}/mapped`,
       loopback: `http://127.0.0.1:${target.port}/loopback`,
       file: 'file:///etc/passwd'
