@@ -37,7 +37,7 @@ import { verifyCommitProof } from '../repo/mst/proof.ts'
 import { verifyIncremental, type IncrementalVerification } from '../repo/verify-incremental.ts'
 import { OverlayBlockStore } from '../repo/block-store.ts'
 import type { BlobDelta } from './blob-store.ts'
-import { BlobScan, blobDelta, withoutStoredRefs } from './blobs.ts'
+import { BlobScan, blobDelta, blobRecount } from './blobs.ts'
 import { HoldDelta } from './gc.ts'
 import type { MirrorStore, RepoState } from './store.ts'
 import { holdsBlocks } from './status-policy.ts'
@@ -139,7 +139,7 @@ export async function applyCommitEvents (components: ApplyComponents, events: re
     }
   }
   if (applied.length === 0 || state === undefined) return { outcomes, blobsAdded: false }
-  const { states, blobsAdded } = await writeRun(store, state, applied, pending, { signal, url })
+  const { states, blobsAdded } = await writeRun(store, state, applied, below, { signal, url })
   let n = 0
   for (const outcome of outcomes) if (outcome.outcome === 'applied') outcome.state = states[n++]
   return { outcomes, blobsAdded }
@@ -212,9 +212,10 @@ async function verifyEvent (components: ApplyComponents, evt: CommitEvent, ctx: 
 /**
  * Writes a run's verified advances as one: the blocks the last commit's repo holds
  * that the stored one did not, staged and written, then one atomic advance with the
- * summed hold and blob-reference changes. Returns the state after each event.
+ * summed hold and blob-reference changes. `overlay`: the run's blocks over the
+ * stored ones. Returns the state after each event.
  */
-async function writeRun (store: MirrorStore, state: RepoState, run: readonly Verified[], pending: MemoryBlockStore, options: { signal?: AbortSignal, url: string }): Promise<{ states: RepoState[], blobsAdded: boolean }> {
+async function writeRun (store: MirrorStore, state: RepoState, run: readonly Verified[], overlay: OverlayBlockStore, options: { signal?: AbortSignal, url: string }): Promise<{ states: RepoState[], blobsAdded: boolean }> {
   const { signal, url } = options
   const did = state.did
   const delta = new HoldDelta()
@@ -264,7 +265,6 @@ async function writeRun (store: MirrorStore, state: RepoState, run: readonly Ver
     await store.putBlocks(did, blocks, { signal })
     // the blob references of the new commit: the events' changes when the index
     // describes the stored commit, a recount otherwise (as a sync does)
-    const overlay = new OverlayBlockStore(pending, store.blocks)
     let blobs: BlobDelta
     if (await store.blobs.describedCommit(did) === state.commit) {
       blobs = new Map()
@@ -272,7 +272,7 @@ async function writeRun (store: MirrorStore, state: RepoState, run: readonly Ver
         addBlobDelta(blobs, await blobDelta(overlay, new BlobScan({ remember: false }), prevData, verified.data, { signal, recordOps: verified.recordOps }))
       }
     } else {
-      blobs = await withoutStoredRefs(store, did, await blobDelta(overlay, new BlobScan({ remember: false }), null, CID.parse(last.data), { signal }))
+      blobs = await blobRecount(store, overlay, did, CID.parse(last.data), { signal })
     }
     signal?.throwIfAborted()
     await store.commitRepo(last, delta, {
