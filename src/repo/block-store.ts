@@ -4,6 +4,7 @@
  */
 import type { CID } from 'multiformats/cid'
 import { cidKey, verifyBlock } from './cid.ts'
+import { isPromise } from './mst/check.ts'
 
 export interface BlockStoreOptions {
   signal?: AbortSignal
@@ -91,8 +92,4 @@ export class OverlayBlockStore implements ReadonlyBlockStore {
     if (isPromise(found)) return found.then(yes => yes || this.#bottom.has(cid, options))
     return found || this.#bottom.has(cid, options)
   }
-}
-
-function isPromise<T> (value: T | Promise<T>): value is Promise<T> {
-  return typeof (value as { then?: unknown })?.then === 'function'
 }
