@@ -225,12 +225,7 @@ async function writeRun (store: MirrorStore, state: RepoState, run: readonly Ver
   // the commits in between are never held: only the last one
   delta.add(run[run.length - 1].evt.commit)
   for (const { evt, verified } of run) {
-    for (const cid of verified.createdNodes) delta.add(cid)
-    for (const cid of verified.deletedNodes) delta.remove(cid)
-    for (const op of verified.recordOps) {
-      if (op.oldValue !== null) delta.remove(op.oldValue)
-      if (op.newValue !== null) delta.add(op.newValue)
-    }
+    delta.addDiff(verified)
     records = records === undefined ? undefined : records + verified.recordDelta
     states.push({
       did,

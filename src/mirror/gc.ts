@@ -105,6 +105,9 @@ export const holdKeys = {
   candidatePrefix: `${PREFIX}/gc/`
 }
 
+/** What an MST diff says changed, as far as holds go. */
+type TreeChange = Pick<MstDiff, 'createdNodes' | 'deletedNodes' | 'recordOps'>
+
 /**
  * How a repo's set of blocks changes: occurrences added (+) and removed (−) per block.
  * A full sync holds one entry per block of the repo until the advance, the sync's
@@ -122,6 +125,19 @@ export class HoldDelta {
   /** `n` fewer occurrences of `cid`. */
   remove (cid: CID, n = 1): void {
     this.add(cid, -n)
+  }
+
+  /**
+   * The blocks an MST diff (or an incremental verification) changes: the created
+   * and deleted nodes, and the old and new CIDs of every changed record.
+   */
+  addDiff (diff: TreeChange): void {
+    for (const cid of diff.createdNodes) this.add(cid)
+    for (const cid of diff.deletedNodes) this.remove(cid)
+    for (const op of diff.recordOps) {
+      if (op.oldValue !== null) this.remove(op.oldValue)
+      if (op.newValue !== null) this.add(op.newValue)
+    }
   }
 
   /** Net change for `cid` (0 when untouched). */
@@ -165,16 +181,11 @@ export async function repoHoldDelta (blocks: ReadonlyBlockStore, before: RepoPoi
 }
 
 /** {@link repoHoldDelta} from a diff already made (an incremental verification makes one). */
-export function holdDeltaOf (before: RepoPointer | null, after: RepoPointer, diff: Pick<MstDiff, 'createdNodes' | 'deletedNodes' | 'recordOps'>): HoldDelta {
+export function holdDeltaOf (before: RepoPointer | null, after: RepoPointer, diff: TreeChange): HoldDelta {
   const delta = new HoldDelta()
   delta.add(after.commit)
   if (before !== null) delta.remove(before.commit)
-  for (const cid of diff.createdNodes) delta.add(cid)
-  for (const cid of diff.deletedNodes) delta.remove(cid)
-  for (const op of diff.recordOps) {
-    if (op.oldValue !== null) delta.remove(op.oldValue)
-    if (op.newValue !== null) delta.add(op.newValue)
-  }
+  delta.addDiff(diff)
   return delta
 }
 
