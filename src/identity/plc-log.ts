@@ -36,7 +36,7 @@ import { base58btc } from 'multiformats/bases/base58'
 import { base64url } from 'multiformats/bases/base64'
 import { PlcLogConflictError, PlcLogInvalidError } from '../errors.ts'
 import { encodeCbor } from '../repo/cbor.ts'
-import { cidForBytes, sha256 } from '../repo/cid.ts'
+import { cidForBytes } from '../repo/cid.ts'
 import { parseDidKey, publicKeyUncompressed, verifySignature, type PublicKey } from '../repo/keys.ts'
 import type { DidDocument } from './did-document.ts'
 
@@ -147,7 +147,8 @@ export function verifyPlcLog (did: string, log: unknown, options: { maxEntries?:
   let lastTime = -Infinity
   for (const [index, entry] of entries.entries()) {
     const { operation: op, cid } = entry
-    const computed = cidForBytes(encodeCbor(op)).toString()
+    const computedCid = cidForBytes(encodeCbor(op))
+    const computed = computedCid.toString()
     if (computed !== entry.cid) fail(`cid does not match the operation (computed ${computed})`, index, cid)
     const time = Date.parse(entry.createdAt)
     if (time < lastTime) fail('createdAt goes back in time', index, cid)
@@ -160,7 +161,8 @@ export function verifyPlcLog (did: string, log: unknown, options: { maxEntries?:
       const data = toData(did, op as PlcOperation | PlcLegacyCreate)
       const signer = signerOf(data.rotationKeys, unsigned, sig as Uint8Array)
       if (signer < 0) fail('genesis signature is not by any of its rotation keys', index, cid)
-      const hash = base32.baseEncode(sha256(encodeCbor(op)))
+      // the DID is the SHA-256 of the signed genesis operation: the digest of its CID
+      const hash = base32.baseEncode(computedCid.multihash.digest)
       if (`did:plc:${hash.slice(0, 24)}` !== did) fail(`the genesis operation hashes to did:plc:${hash.slice(0, 24)}, not to the DID`, index, cid)
       chain.push({ index, entry, data, time, signer })
       lastTime = time
