@@ -868,11 +868,10 @@ export async function createMirrorNode (init: MirrorNodeInit): Promise<MirrorNod
       metrics?.serveOn(http)
       // a PLC read replica for the pinned DIDs
       http.mount(plcReadRoute({ logs: identityStore }))
-      const holders = datastoreHolderIndex(store.datastore)
-      http.mountXrpc(syncApi({ store, holders }))
+      http.mountXrpc(syncApi({ store }))
       http.mountXrpc(repoApi({ store, identity }))
       // blobs too: the repos that reference them decide, as holders do for blocks
-      http.mount(gatewayRoute({ store, holders: servedHolders(holders, store), blobs: store.blobs }))
+      http.mount(gatewayRoute({ store, holders: servedHolders(datastoreHolderIndex(store.datastore), store), blobs: store.blobs }))
       if (init.requestCrawl !== undefined && init.requestCrawl.relays.length > 0) {
         const { CrawlRequester } = await import('./server/request-crawl.ts')
         crawl = new CrawlRequester({ ...init.requestCrawl, allowLoopback: init.allowHttpLocalhost, allowPrivateNetwork: init.allowPrivateNetwork, fetch: init.fetch })

@@ -51,7 +51,6 @@ export interface HolderIndex {
 
 export interface ReadApiComponents {
   store: MirrorStore
-  holders: HolderIndex
 }
 
 export interface ReadApiInit {
@@ -203,7 +202,7 @@ export async function * recordProofBlocks (store: ReadonlyBlockStore, commit: CI
 
 /** Registers the com.atproto.sync read methods. */
 export function syncApi (components: ReadApiComponents, init: ReadApiInit = {}): (server: XrpcServer) => void {
-  const { store, holders } = components
+  const { store } = components
   const cars = new RepoCarCache(init.carCacheBytes ?? 64 * 1024 * 1024)
   return (server) => {
     server.method('com.atproto.sync.getLatestCommit', async ({ params }) => {
@@ -251,15 +250,12 @@ export function syncApi (components: ReadApiComponents, init: ReadApiInit = {}):
       if (texts.length > MAX_GET_BLOCKS) throw new InvalidRequestError(`too many cids: ${texts.length} (at most ${MAX_GET_BLOCKS})`)
       const cids = texts.map(text => cidParam(text))
       await servedState(store, did)
-      // only blocks of this repo, as a PDS answers: the holder index says which
+      // only blocks of this repo, as a PDS answers: its holds say which, in one read
+      const held = await store.holds.heldBy(did, cids)
       const missing: CID[] = []
       const blocks: Block[] = []
-      for (const cid of cids) {
-        let held = false
-        for await (const holder of holders.holders(cid, { signal })) {
-          if (holder === did) { held = true; break }
-        }
-        const bytes = held ? await store.getVerified(cid, { did, signal }) : undefined
+      for (const [i, cid] of cids.entries()) {
+        const bytes = held[i] ? await store.getVerified(cid, { did, signal }) : undefined
         if (bytes === undefined) missing.push(cid)
         else blocks.push({ cid, bytes })
       }
