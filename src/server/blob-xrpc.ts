@@ -8,7 +8,8 @@
 import { Readable } from 'node:stream'
 import { InvalidRequestError, type Server as XrpcServer } from '@atproto/xrpc-server'
 import type { MirrorApiOptions } from '../mirror/api.ts'
-import { CID } from 'multiformats/cid'
+import type { CID } from '../repo/cid.ts'
+import { cidParam } from './sync-api.ts'
 
 /** What the methods read (MirrorNode fits). */
 export interface BlobReader {
@@ -21,12 +22,7 @@ export function blobXrpc (reader: BlobReader): (server: XrpcServer) => void {
   return (server) => {
     server.method('com.atproto.sync.getBlob', async ({ params }: { params: Record<string, unknown> }) => {
       const did = String(params.did)
-      let cid: CID
-      try {
-        cid = CID.parse(String(params.cid))
-      } catch {
-        throw new InvalidRequestError(`not a CID: ${String(params.cid)}`)
-      }
+      const cid = cidParam(String(params.cid))
       let blob
       try {
         blob = await reader.getBlob(did, cid)
