@@ -97,7 +97,7 @@ export function webDocumentUrl (id: string, allowHttpLocalhost = false): string 
 }
 
 /** How a PLC directory says a DID does not exist (`{"message":"DID not registered: did:plc:…"}`). */
-const PLC_NOT_REGISTERED = /DID not registered/
+export const PLC_NOT_REGISTERED = /DID not registered/
 
 async function fetchDocument (did: string, url: string, init: DidResolversInit, options: DidResolutionOptions, method: 'plc' | 'web'): Promise<DIDResolutionResult> {
   let res: Response

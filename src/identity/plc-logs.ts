@@ -18,6 +18,7 @@
 import { logger } from '@libp2p/logger'
 import { DidNotFoundError, DidResolutionError, IdentityError, PlcLogConflictError, PlcLogInvalidError } from '../errors.ts'
 import { boundedFetch, describeFetchError, readTextLimited, type FetchLike } from '../http/fetch.ts'
+import { PLC_NOT_REGISTERED } from './did-resolvers.ts'
 import { comparePlcLogs, plcDocument, verifyPlcLog, type PlcLogEntry, type VerifiedPlcLog } from './plc-log.ts'
 import type { DidDocument } from './did-document.ts'
 
@@ -140,7 +141,7 @@ export class PlcLogKeeper {
     }
     if (res.status === 404) {
       const body = await readTextLimited(res, 4096).catch(() => '')
-      if (/DID not registered/.test(body)) throw new DidNotFoundError(did, { url })
+      if (PLC_NOT_REGISTERED.test(body)) throw new DidNotFoundError(did, { url })
       throw new DidResolutionError(did, 'not a PLC directory: it answered 404 without "DID not registered"', { url })
     }
     if (!res.ok) {
