@@ -147,20 +147,18 @@ export class MirrorStore {
   #collecting: Promise<void> | undefined
   /** A compaction of the staging range under way (see #compactStaging). */
   #compacting: Promise<void> | undefined
-  #gcPendingValue = false
-  /** When the pending collection became pending. */
+  /** When the pending collection became pending; `undefined`: none is. */
   #gcPendingSince: number | undefined
   /** Writers waiting for the others to leave so an overdue collection can run. */
   readonly #drained: Array<() => void> = []
 
   get #gcPending (): boolean {
-    return this.#gcPendingValue
+    return this.#gcPendingSince !== undefined
   }
 
   set #gcPending (pending: boolean) {
-    if (pending && !this.#gcPendingValue) this.#gcPendingSince = performance.now()
     if (!pending) this.#gcPendingSince = undefined
-    this.#gcPendingValue = pending
+    else this.#gcPendingSince ??= performance.now()
   }
   #closed = false
 
@@ -492,7 +490,7 @@ export class MirrorStore {
   }
 
   #gcOverdue (): boolean {
-    return this.#gcPending && this.#writers > 0 && this.#gcPendingSince !== undefined && performance.now() - this.#gcPendingSince > GC_PATIENCE_MS
+    return this.#writers > 0 && this.#gcPendingSince !== undefined && performance.now() - this.#gcPendingSince > GC_PATIENCE_MS
   }
 
   /**
