@@ -110,7 +110,7 @@ export class PlcLogKeeper {
   readonly #timeoutMs: number | undefined
   readonly #now: () => number
   /** The last verified log of each DID seen in this process, for DIDs pinned after it was verified (a first mirror). */
-  readonly #recent = new Map<string, StoredPlcLog>()
+  readonly #recent = new Map<string, { log: VerifiedPlcLog, source: string }>()
 
   constructor (components: PlcLogKeeperComponents, init: PlcLogKeeperInit) {
     this.store = components.store
@@ -177,7 +177,7 @@ export class PlcLogKeeper {
       // the directory is down: a log verified earlier in this process (from peers) is kept instead
       const recent = this.#recent.get(did)
       if (!(err instanceof DidResolutionError) || recent === undefined) throw err
-      fetched = verifyPlcLog(did, recent.entries)
+      fetched = recent.log
       source = recent.source
     }
     const stored = await this.storedLog(did)
@@ -189,15 +189,15 @@ export class PlcLogKeeper {
         throw err
       }
     }
-    await this.#keep({ did, entries: fetched.entries, fetchedAt: new Date(this.#now()).toISOString(), source })
+    await this.#keep(fetched, source)
     return fetched
   }
 
-  async #keep (record: StoredPlcLog): Promise<void> {
-    this.#recent.delete(record.did)
-    this.#recent.set(record.did, record)
+  async #keep (log: VerifiedPlcLog, source: string): Promise<void> {
+    this.#recent.delete(log.did)
+    this.#recent.set(log.did, { log, source })
     if (this.#recent.size > 1000) this.#recent.delete(this.#recent.keys().next().value as string)
-    await this.store?.putPlcLog(record)
+    await this.store?.putPlcLog({ did: log.did, entries: log.entries, fetchedAt: new Date(this.#now()).toISOString(), source })
   }
 
   /** The stored log of `did`, verified again (the disk is not trusted more than a peer). */
@@ -257,7 +257,7 @@ export class PlcLogKeeper {
       throw new DidResolutionError(did, `no source could resolve it (${reasons.join('; ')})`, { url }, { cause: options.directoryError })
     }
     if (best.source !== 'stored-log') {
-      await this.#keep({ did, entries: best.log.entries, fetchedAt: new Date(this.#now()).toISOString(), source: best.source })
+      await this.#keep(best.log, best.source)
     }
     if (best.log.data === null) throw new DidNotFoundError(did, { tombstoned: true })
     log('resolved %s without the directory, from %s (%d ops)', did, best.source, best.log.entries.length)
