@@ -346,7 +346,7 @@ export class BlobMirror {
           if (await blobs.has(cid)) {
             log('%s: refetched %s blob %c', did, was, cid)
             report.repaired.push({ cid: cid.toString(), was })
-          } else if ((await blobs.gone(did)).has(cid.toString())) {
+          } else if (await blobs.isGone(did, cid)) {
             report.gone.push(cid.toString())
           } else {
             report.failed.push({ cid: cid.toString(), was })
