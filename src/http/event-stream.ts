@@ -50,7 +50,7 @@ export class EventStreamClient {
       ...init,
       maxWebSocketMessageBytes: this.maxFrameBytes,
       onConnectError: (err, { hostname, port }) => {
-        this.#connectErrors.set(`${hostname.replace(/^\[|\]$/g, '')}:${port}`, err)
+        this.#connectErrors.set(targetKey(hostname, port), err)
         if (this.#connectErrors.size > 1000) this.#connectErrors.delete(this.#connectErrors.keys().next().value as string)
       }
     })
@@ -117,7 +117,7 @@ export class EventStreamClient {
       }
       if (!opened) {
         const target = new URL(url)
-        const key = `${target.hostname.replace(/^\[|\]$/g, '')}:${target.port === '' ? (target.protocol === 'wss:' ? 443 : 80) : target.port}`
+        const key = targetKey(target.hostname, target.port === '' ? (target.protocol === 'wss:' ? 443 : 80) : target.port)
         const refused = this.#connectErrors.get(key)
         this.#connectErrors.delete(key)
         if (refused !== undefined) lastError = refused
@@ -160,3 +160,8 @@ export class EventStreamClient {
 }
 
 const EMPTY = new Uint8Array(0)
+
+/** `host:port` as the connector and a stream's URL both name it (an IPv6 host without brackets). */
+function targetKey (hostname: string, port: string | number): string {
+  return `${hostname.replace(/^\[|\]$/g, '')}:${port}`
+}
