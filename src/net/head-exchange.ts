@@ -22,7 +22,7 @@ import { isServable } from '../mirror/status-policy.ts'
 import { DAG_CBOR, asCid, parseCid, verifyBlock, type CID } from '../repo/cid.ts'
 import { decodeCommit, type Commit } from '../repo/commit.ts'
 import { isValidDid } from '../repo/syntax.ts'
-import { FrameExchange, decodeAnswer, decodeRequest, type ExchangeLimits, encodeFrame, readFrame } from './exchange.ts'
+import { FrameExchange, decodeAnswer, decodeRequest, type ExchangeLimits } from './exchange.ts'
 import type { Libp2p, PeerId } from '@libp2p/interface'
 
 const log = logger('atmirror:net:head')
@@ -159,8 +159,6 @@ export class HeadExchange extends FrameExchange {
     }
   }
 }
-
-export { encodeFrame, readFrame }
 
 function parseRequest (frame: Uint8Array): string | undefined {
   const value = decodeRequest(frame, isPlainMap)

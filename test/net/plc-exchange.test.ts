@@ -12,7 +12,7 @@ import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import * as dagCbor from '@ipld/dag-cbor'
 import { PLC_PROTOCOL, PlcExchange } from '../../src/net/plc-exchange.ts'
-import { encodeFrame, readFrame } from '../../src/net/head-exchange.ts'
+import { encodeFrame, readFrame } from '../../src/net/exchange.ts'
 import type { Libp2p, Stream } from '@libp2p/interface'
 
 const DID = 'did:plc:ewvi7nxzyoun6zhxrhs64oiz'
