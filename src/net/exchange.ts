@@ -1,9 +1,11 @@
 /**
  * One request, one answer per libp2p stream, each a single length-prefixed DRISL
  * map: the mechanism shared by head exchange (head-exchange.ts) and PLC log
- * exchange (plc-exchange.ts). Each protocol keeps its own request and answer
- * checks; this module bounds both sides the same way: frames above a cap, a
- * stream open past the time limit, inbound streams beyond a concurrency limit.
+ * exchange (plc-exchange.ts). A request asks about one DID (`{ did }`); each
+ * protocol keeps its own checks of it and of the answer, and says what it holds for
+ * a DID. This module counts the requests, and bounds both sides the same way:
+ * frames above a cap, a stream open past the time limit, inbound streams beyond a
+ * concurrency limit.
  */
 import { varint } from 'multiformats'
 import { PeerError, PeerHeadNotFoundError, PeerProtocolError, PeerTimeoutError, RepoVerificationError } from '../errors.ts'
@@ -41,6 +43,7 @@ export abstract class FrameExchange {
   readonly #log: Logger
   #inbound = 0
   #started = false
+  #stats = { requests: 0, served: 0 }
 
   /** `init`'s limits where given, else `defaults`. */
   constructor (libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol'>, init: Partial<ExchangeLimits>, defaults: ExchangeLimits, name: string, log: Logger) {
@@ -59,8 +62,16 @@ export abstract class FrameExchange {
     this.#log = log
   }
 
-  /** The DRISL map answering one request frame; an error here cuts the stream off. */
-  protected abstract answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>>
+  /** The DID a request frame asks about, or `undefined` when the request is malformed (answered InvalidRequest). */
+  protected abstract parseRequest (frame: Uint8Array): string | undefined
+
+  /** The DRISL map answering a well-formed request for `did` (`{ error: 'NotFound' }` …); an error here cuts the stream off. */
+  protected abstract lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>>
+
+  /** Responder side: well-formed requests read, and how many were answered with something other than an error. */
+  stats (): { requests: number, served: number } {
+    return { ...this.#stats }
+  }
 
   /** Streams being served right now. */
   get inbound (): number {
@@ -87,11 +98,11 @@ export abstract class FrameExchange {
   }
 
   /**
-   * Sends `request` to `peer` and returns `parse` of its answer frame. PeerError and
+   * Asks `peer` about `did` and returns `parse` of its answer frame. PeerError and
    * RepoVerificationError from `parse` pass through; a timeout is a PeerTimeoutError,
    * anything else a PeerError.
    */
-  protected async ask<T> (peer: PeerId, did: string, request: Record<string, unknown>, parse: (frame: Uint8Array, peerName: string) => T, options: { signal?: AbortSignal } = {}): Promise<T> {
+  protected async ask<T> (peer: PeerId, did: string, parse: (frame: Uint8Array, peerName: string) => T, options: { signal?: AbortSignal } = {}): Promise<T> {
     const { timeoutMs, maxResponseBytes } = this.#limits
     const timeout = AbortSignal.timeout(timeoutMs)
     const signal = options.signal === undefined ? timeout : AbortSignal.any([options.signal, timeout])
@@ -102,7 +113,7 @@ export abstract class FrameExchange {
       const onAbort = (): void => { stream?.abort(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))) }
       signal.addEventListener('abort', onAbort, { once: true })
       try {
-        await send(stream, encodeFrame(encodeCbor(request)), signal)
+        await send(stream, encodeFrame(encodeCbor({ did })), signal)
         await stream.close({ signal })
         const frame = await readFrame(stream, maxResponseBytes, { peer: peerName, did })
         return parse(frame, peerName)
@@ -134,7 +145,7 @@ export abstract class FrameExchange {
     signal.addEventListener('abort', onAbort, { once: true })
     try {
       const frame = await readFrame(stream, maxRequestBytes, { peer: peer.toString() })
-      let bytes = encodeCbor(await this.answer(frame, peer, signal))
+      let bytes = encodeCbor(await this.#answer(frame, peer, signal))
       if (bytes.byteLength > maxResponseBytes) {
         log.error('%s answer to %p too large to serve (%d bytes)', name, peer, bytes.byteLength)
         bytes = encodeCbor({ error: 'InternalError' })
@@ -148,6 +159,19 @@ export abstract class FrameExchange {
       signal.removeEventListener('abort', onAbort)
       this.#inbound--
     }
+  }
+
+  async #answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const did = this.parseRequest(frame)
+    if (did === undefined) {
+      this.#log('malformed %s request from %p', this.#name, peer)
+      return { error: 'InvalidRequest' }
+    }
+    this.#stats.requests++
+    const answer = await this.lookUp(did, signal)
+    if (answer.error === undefined) this.#stats.served++
+    this.#log.trace('%s request from %p for %s: %s', this.#name, peer, did, answer.error ?? 'found')
+    return answer
   }
 }
 

@@ -112,16 +112,10 @@ const DEFAULTS: ExchangeLimits = {
  */
 export class HeadExchange extends FrameExchange {
   readonly #heads: LocalHeadSource | undefined
-  #stats = { requests: 0, served: 0 }
 
   constructor (components: HeadExchangeComponents, init: HeadExchangeInit = {}) {
     super(components.libp2p, init, DEFAULTS, 'head', log)
     this.#heads = components.heads
-  }
-
-  /** Responder side: well-formed requests read, and how many were answered with a head. */
-  stats (): { requests: number, served: number } {
-    return { ...this.#stats }
   }
 
   /**
@@ -131,23 +125,15 @@ export class HeadExchange extends FrameExchange {
    * its block is not a commit for `did`. The caller must still check the signature.
    */
   async requestHead (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<PeerHeadAnswer> {
-    return await this.ask(peer, did, { did }, (frame, peerName) => ({ peer, ...parseAnswer(frame, did, peerName) }), options)
+    return await this.ask(peer, did, (frame, peerName) => ({ peer, ...parseAnswer(frame, did, peerName) }), options)
   }
 
-  protected async answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const did = parseRequest(frame)
-    if (did === undefined) {
-      log('malformed head request from %p', peer)
-      return { error: 'InvalidRequest' }
-    }
-    this.#stats.requests++
-    const answer = await this.#lookUp(did, signal)
-    if (answer.error === undefined) this.#stats.served++
-    log.trace('head request from %p for %s: %s', peer, did, answer.error ?? 'found')
-    return answer
+  protected parseRequest (frame: Uint8Array): string | undefined {
+    const value = decodeRequest(frame, isPlainMap)
+    return isValidDid(value?.did) ? value.did : undefined
   }
 
-  async #lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+  protected async lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
     if (this.#heads === undefined) return { error: 'NotFound' }
     try {
       const head = await this.#heads.getLocalHead(did, { signal })
@@ -158,13 +144,6 @@ export class HeadExchange extends FrameExchange {
       return { error: 'InternalError' }
     }
   }
-}
-
-function parseRequest (frame: Uint8Array): string | undefined {
-  const value = decodeRequest(frame, isPlainMap)
-  if (value === undefined) return undefined
-  const did = value.did
-  return isValidDid(did) ? did : undefined
 }
 
 function parseAnswer (frame: Uint8Array, did: string, peer: string): Omit<PeerHeadAnswer, 'peer'> {

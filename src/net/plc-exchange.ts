@@ -60,16 +60,10 @@ const DEFAULTS: ExchangeLimits = {
 /** Both ends of the PLC log exchange; register it in the node as a `Startable`. */
 export class PlcExchange extends FrameExchange {
   readonly #logs: LocalPlcLogs | undefined
-  #stats = { requests: 0, served: 0 }
 
   constructor (components: PlcExchangeComponents, init: PlcExchangeInit = {}) {
     super(components.libp2p, init, DEFAULTS, 'PLC log', log)
     this.#logs = components.logs
-  }
-
-  /** Responder side: well-formed requests read, and how many were answered with a log. */
-  stats (): { requests: number, served: number } {
-    return { ...this.#stats }
   }
 
   /**
@@ -78,20 +72,15 @@ export class PlcExchange extends FrameExchange {
    * PeerTimeoutError / PeerProtocolError when it misbehaves.
    */
   async requestLog (peer: PeerId, did: string, options: { signal?: AbortSignal } = {}): Promise<unknown[]> {
-    return await this.ask(peer, did, { did }, (frame, peerName) => parseAnswer(frame, did, peerName), options)
+    return await this.ask(peer, did, (frame, peerName) => parseAnswer(frame, did, peerName), options)
   }
 
-  protected async answer (frame: Uint8Array, peer: PeerId, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const did = parseRequest(frame)
-    if (did === undefined) return { error: 'InvalidRequest' }
-    this.#stats.requests++
-    const answer = await this.#lookUp(did, signal)
-    if (answer.error === undefined) this.#stats.served++
-    log.trace('PLC log request from %p for %s: %s', peer, did, answer.error ?? 'found')
-    return answer
+  protected parseRequest (frame: Uint8Array): string | undefined {
+    const value = decodeRequest(frame, isPlainMap)
+    return isValidDid(value?.did) && value.did.startsWith('did:plc:') ? value.did : undefined
   }
 
-  async #lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
+  protected async lookUp (did: string, signal: AbortSignal): Promise<Record<string, unknown>> {
     if (this.#logs === undefined) return { error: 'NotFound' }
     try {
       const stored = await this.#logs.getPlcLog(did)
@@ -148,12 +137,6 @@ export class PeerPlcLogSource implements PlcLogSource {
     }
     if (asked === 0) yield { source: 'peers', error: new Error('no mirror of the DID found') }
   }
-}
-
-function parseRequest (frame: Uint8Array): string | undefined {
-  const value = decodeRequest(frame, isPlainMap)
-  if (value === undefined) return undefined
-  return isValidDid(value.did) && value.did.startsWith('did:plc:') ? value.did : undefined
 }
 
 function parseAnswer (frame: Uint8Array, did: string, peer: string): unknown[] {
