@@ -39,7 +39,7 @@ import type { PdsLocator } from './pds.ts'
 
 const log = logger('atmirror:blocks:blobs')
 
-/** The largest blob asked for over Bitswap (a block larger than this is not sent by peers). @default 1 MiB */
+/** The largest blob asked for, and served, over Bitswap (a block larger than this is not sent by peers). @default 1 MiB */
 export const BITSWAP_MAX_BLOB = 1024 * 1024
 
 export interface BlobFetchOptions {

@@ -38,6 +38,7 @@ import type { AbortOptions } from '@libp2p/interface'
 import type { Blockstore, InputPair, Pair } from 'interface-blockstore'
 import type { CID } from 'multiformats/cid'
 import { RAW, SHA2_256, sha256 } from '../repo/cid.ts'
+import { BITSWAP_MAX_BLOB } from '../blocks/blob-fetch.ts'
 
 const log = logger('atmirror:net:serving')
 
@@ -60,9 +61,6 @@ export interface ServedBlobs {
   /** Its size when stored. */
   stat: (cid: CID) => Promise<{ size: number } | undefined>
 }
-
-/** The largest blob served over Bitswap (the block size peers accept). */
-const MAX_SERVED_BLOB = 1024 * 1024
 
 export interface ServingBlockstoreComponents {
   /** The mirror's blockstore. */
@@ -144,7 +142,7 @@ export class ServingBlockstore implements Blockstore {
     if (!await this.#servable(cid, options)) return false
     if (await this.#store.has(cid, options)) return true
     const stat = await blobs.stat(cid)
-    return stat !== undefined && stat.size <= MAX_SERVED_BLOB
+    return stat !== undefined && stat.size <= BITSWAP_MAX_BLOB
   }
 
   async * #getBlob (blobs: ServedBlobs, cid: CID, options?: AbortOptions): AsyncGenerator<Uint8Array> {
@@ -153,7 +151,7 @@ export class ServingBlockstore implements Blockstore {
       yield await this.#checkedBytes(cid, options)
       return
     }
-    const bytes = await blobs.getBytes(cid, MAX_SERVED_BLOB, { signal: options?.signal })
+    const bytes = await blobs.getBytes(cid, BITSWAP_MAX_BLOB, { signal: options?.signal })
     if (bytes === undefined) throw new NotFoundError(`block not found: ${cid.toString()}`)
     this.#count(bytes)
     yield bytes
