@@ -39,6 +39,7 @@ import { logger } from '@libp2p/logger'
 import { CID } from 'multiformats/cid'
 import { hashChecked, type BlobStream } from '../blocks/blob-fetch.ts'
 import { RAW } from '../repo/cid.ts'
+import { wholeBytes } from './blockstore.ts'
 import { shardedFilesUsage } from './fs-blockstore.ts'
 
 const log = logger('atmirror:mirror:blobs')
@@ -185,9 +186,7 @@ export class BlobStore {
 
   async #blockBytes (cid: CID): Promise<Uint8Array | undefined> {
     try {
-      const parts: Uint8Array[] = []
-      for await (const part of this.#blocks.get(cid)) parts.push(part)
-      return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+      return await wholeBytes(this.#blocks.get(cid))
     } catch (err) {
       if ((err as Error).name === 'NotFoundError') return undefined
       throw err
@@ -239,14 +238,12 @@ export class BlobStore {
     if (stat === undefined || stat.size > maxBytes) return undefined
     const stream = await this.read(cid, options)
     if (stream === undefined) return undefined
-    const parts: Uint8Array[] = []
     try {
-      for await (const part of stream.chunks) parts.push(part)
+      return await wholeBytes(stream.chunks)
     } catch (err) {
       if ((err as Error).name === 'BlobMismatchError') return undefined
       throw err
     }
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts)
   }
 
   /**

@@ -134,6 +134,14 @@ export function settleBlockstoreKind (dataDir: string, requested?: BlockstoreKin
   return kind
 }
 
+/** Chunks (a `put`'s value, a `get`'s answer) as one piece; a lone chunk is not copied. */
+export async function wholeBytes (value: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  if (value instanceof Uint8Array) return value
+  const parts: Uint8Array[] = []
+  for await (const part of value) parts.push(part)
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+}
+
 /** How both kinds read whole blocks: bytes, or undefined when not held. */
 type BytesReader = (cid: CID, options?: AbortOptions) => Promise<Uint8Array | undefined>
 

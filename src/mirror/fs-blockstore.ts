@@ -43,7 +43,7 @@ import type { Block } from '../repo/block-store.ts'
 import { verifyBlock } from '../repo/cid.ts'
 import { blockFilePath, readBlockFile } from './block-file.ts'
 import { allocatedBytes } from './disk-usage.ts'
-import { getManyOrThrow, getOrThrow, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
+import { getManyOrThrow, getOrThrow, wholeBytes, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
 
 const OPEN_MARKER = '.open'
 /** Temp files: `.<pid>-<n>.tmp` in a shard directory. */
@@ -108,7 +108,7 @@ export class FsMirrorBlockstore extends FsBlockstore implements MirrorBlockstore
   }
 
   override async put (cid: CID, value: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>, options: AbortOptions = {}): Promise<CID> {
-    const bytes = value instanceof Uint8Array ? value : await concat(value)
+    const bytes = await wholeBytes(value)
     options.signal?.throwIfAborted()
     verifyBlock(cid, bytes)
     this.#write(cid, bytes)
@@ -294,12 +294,6 @@ export async function shardedFilesUsage (root: string, options: { signal?: Abort
     }
   }, options.concurrency ?? 16)
   return { files: count, bytes }
-}
-
-async function concat (chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
 }
 
 /** A callback-style fs call as a promise (cheaper than fs/promises' FileHandles). */

@@ -42,7 +42,7 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import type { Block } from '../repo/block-store.ts'
 import { RAW, verifyBlock } from '../repo/cid.ts'
-import { getManyOrThrow, getOrThrow, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
+import { getManyOrThrow, getOrThrow, wholeBytes, type BlockstoreUsage, type MirrorBlockstore, type MirrorBlockstoreInit } from './blockstore.ts'
 import { BLOCK_SUBLEVEL, rawBlocks, type RawBlocks } from './level-raw.ts'
 
 /** Collections that deleted more blocks than this compact the block range. */
@@ -77,7 +77,7 @@ export class LevelMirrorBlockstore extends LevelBlockstore implements MirrorBloc
   }
 
   override async put (cid: CID, value: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>, options: AbortOptions = {}): Promise<CID> {
-    const bytes = value instanceof Uint8Array ? value : await concat(value)
+    const bytes = await wholeBytes(value)
     options.signal?.throwIfAborted()
     verifyBlock(cid, bytes)
     await this.#raw.put(cid.multihash.bytes, bytes, { sync: this.#sync })
@@ -195,10 +195,4 @@ export class LevelMirrorBlockstore extends LevelBlockstore implements MirrorBloc
 /** The block sublevel's key range in the root database (`!b!` … `!b"`). */
 function blockRange (): [string, string] {
   return [`!${BLOCK_SUBLEVEL}!`, `!${BLOCK_SUBLEVEL}"`]
-}
-
-async function concat (chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = []
-  for await (const chunk of chunks) parts.push(chunk)
-  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
 }
