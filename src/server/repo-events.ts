@@ -76,8 +76,9 @@ export class RepoEventLog {
     const first = this.#events[0]
     if (first === undefined) return { events: [], outdated: false }
     const outdated = cursor < first.seq - 1
-    const start = this.#events.findIndex(event => event.seq > cursor)
-    return { events: start === -1 ? [] : this.#events.slice(start), outdated }
+    // seqs in the window go up by one: the first event past the cursor is found by subtraction
+    const start = Math.max(0, Math.floor(cursor) + 1 - first.seq)
+    return { events: this.#events.slice(start), outdated }
   }
 
   /** Resolves at the next append, or when `signal` aborts. */
