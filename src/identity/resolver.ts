@@ -238,8 +238,7 @@ export class AtprotoIdentityResolver implements IdentityResolver {
         ? 'the DID document claims no handle'
         : `the DID document claims ${identity.handle} instead`, { did })
     }
-    const verified = { ...identity, handleVerified: true, handleVerifiedAt: new Date(this.now()).toISOString() }
-    await this.identityStore?.putHandle({ did, handle, verifiedAt: verified.handleVerifiedAt })
+    const verified = { ...identity, handleVerified: true, handleVerifiedAt: await this.keepVerifiedHandle(did, handle) }
     // the document keeps its own expiry: resolving by handle must not stretch the key window
     this.store(this.identities, did, { identity: verified, handleCheckedUntil: this.now() + this.ttl }, this.identities.get(did)?.expires)
     return verified
@@ -329,12 +328,9 @@ export class AtprotoIdentityResolver implements IdentityResolver {
     let handleVerifiedAt: string | undefined
     let checkedFor = this.ttl
     if (identity.handle !== undefined) {
+      let resolved: string | undefined
       try {
-        handleVerified = await this.resolveHandle(identity.handle, options) === identity.did
-        if (handleVerified) {
-          handleVerifiedAt = new Date(this.now()).toISOString()
-          await this.identityStore?.putHandle({ did: identity.did, handle: identity.handle, verifiedAt: handleVerifiedAt })
-        }
+        resolved = await this.resolveHandle(identity.handle, options)
       } catch (err) {
         options.signal?.throwIfAborted()
         if (!(err instanceof HandleNotFoundError)) {
@@ -348,12 +344,24 @@ export class AtprotoIdentityResolver implements IdentityResolver {
         }
         log('handle %s of %s does not verify now (%s): %e', identity.handle, identity.did, handleVerified ? `last verified ${handleVerifiedAt ?? ''}` : 'never verified', err)
       }
+      // outside the try: a failed store write is not a failed handle check
+      if (resolved === identity.did) {
+        handleVerified = true
+        handleVerifiedAt = await this.keepVerifiedHandle(identity.did, identity.handle)
+      }
     }
     const checked: Identity = { ...identity, handleVerified, handleVerifiedAt }
     // The document keeps its own expiry; only the handle check gets `checkedFor`.
     const expires = this.identities.get(identity.did)?.expires
     this.store(this.identities, identity.did, { identity: checked, handleCheckedUntil: this.now() + checkedFor }, expires)
     return checked
+  }
+
+  /** Stamps a handle just verified both ways and keeps it, for when its service is down; returns the stamp. */
+  private async keepVerifiedHandle (did: string, handle: string): Promise<string> {
+    const verifiedAt = new Date(this.now()).toISOString()
+    await this.identityStore?.putHandle({ did, handle, verifiedAt })
+    return verifiedAt
   }
 
   private cached<T> (map: Map<string, CacheEntry<T>>, key: string): T | undefined {
