@@ -179,7 +179,10 @@ export function subscribeReposApi (components: RepoEventsComponents, log_: RepoE
       await account(result.did)
       if (!result.changed || result.source.startsWith('firehose:')) return
       const bytes = await store.getVerified(result.commit, { did: result.did })
-      if (bytes === undefined) return
+      if (bytes === undefined) {
+        log.error('no #sync for %s rev %s: its commit %c is not stored', result.did, result.rev, result.commit)
+        return
+      }
       const parts: Uint8Array[] = []
       for await (const part of writeCar([result.commit], [{ cid: result.commit, bytes }])) parts.push(part)
       log_.append('sync', { did: result.did, rev: result.rev, blocks: Buffer.concat(parts), time: time() })
