@@ -70,18 +70,16 @@ export interface StoreDiskUsage {
 }
 
 /**
- * Bytes on disk of a data directory, and per stored repo. Reads every stored block
- * once (the blockstore's bytes per block byte) and walks each stored repo's tree
- * (commit and nodes; records only by CID), so it costs about a verification's reads.
+ * Bytes on disk of a data directory, and per stored repo. Counts the bytes of
+ * every stored block (the blockstore's `usage`, for its bytes on disk per block
+ * byte) and walks each stored repo's tree (commit and nodes; records only by CID),
+ * so it costs about a verification's reads.
  * Blobs: the files under `blobs/` (those over 64 KiB; smaller ones are blocks and
  * count with them), and per repo the blobs it references that are stored, from the
  * sizes the blob index recorded (blob-store.ts).
  */
 export async function storeDiskUsage (store: MirrorStore, options: { signal?: AbortSignal } = {}): Promise<StoreDiskUsage> {
-  let blockBytes = 0
-  for await (const { bytes } of store.blockstore.getAll(options)) {
-    for await (const part of bytes) blockBytes += part.byteLength
-  }
+  const { bytes: blockBytes } = await store.blockstore.usage(options)
   const blocks = await store.blockstore.diskUsage()
   const total = await allocatedBytes(store.dir)
   const perByte = blockBytes === 0 ? 0 : blocks / blockBytes
