@@ -93,7 +93,7 @@ export interface VerifyStoreOptions extends VerifyRepoOptions {
 const PROGRESS_EVERY = 1000
 
 /** A read-through view of a store that remembers which blocks the walk touched. */
-export interface TouchingStore extends ReadonlyBlockStore {
+interface TouchingStore extends ReadonlyBlockStore {
   /** Distinct blocks read so far. */
   readonly touched: number
   /** Their total size. */
