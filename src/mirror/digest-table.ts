@@ -24,7 +24,8 @@
  * small `Map` beside it.
  */
 
-const SHA2_256 = 0x12
+import { SHA2_256 } from '../repo/cid.ts'
+
 const DIGEST = 32
 /** Entries per page (256 KiB of digests): pages are added, never copied. */
 const PAGE_BITS = 13
