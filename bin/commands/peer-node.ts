@@ -7,7 +7,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createMirrorNode, type MirrorNode } from '../../src/node.ts'
+import type { MirrorNode } from '../../src/node.ts'
 import type { IdentityConfig } from './node-options.ts'
 
 /** Runs `fn` with a started temporary node asking `peers`; stops it and removes its directory after. */
@@ -15,6 +15,8 @@ export async function withPeerNode<T> (peers: string[], identity: IdentityConfig
   const dir = await mkdtemp(join(tmpdir(), 'atmirror-peer-'))
   let node: MirrorNode | undefined
   try {
+    // loaded only with --peer: without it `resolve` and `head` need none of the node
+    const { createMirrorNode } = await import('../../src/node.ts')
     node = await createMirrorNode({
       dataDir: dir,
       ...identity,
