@@ -189,24 +189,14 @@ async function verifyEvent (components: ApplyComponents, evt: CommitEvent, ctx: 
     signal,
     log: repoLog
   })
-  let identity = ctx.identity
-  let verified: IncrementalVerification
+  let checked: { result: IncrementalVerification, identity: Identity }
   try {
-    try {
-      verified = await verify(identity.signingKey)
-    } catch (err) {
-      if (!(err instanceof CommitSignatureError)) throw err
-      // keys rotate: the DID document once more, and the commit again with its key
-      const fresh = await components.identity.refresh(did, { signal, verifyHandle: false })
-      if (fresh.didKey === identity.didKey) throw err
-      verified = await verify(fresh.signingKey)
-      identity = fresh
-    }
+    checked = await withCurrentKey(components, did, ctx.identity, signal, verify)
   } catch (err) {
     if (err instanceof MissingBlockError) return { outcome: 'resync', why: `the new tree needs ${err.cid?.toString() ?? 'a block'} the event does not carry` }
     throw err
   }
-  return { evt, verified, prevData: evt.prevData, identity, blocks: list }
+  return { evt, verified: checked.result, prevData: evt.prevData, identity: checked.identity, blocks: list }
 }
 
 /**
@@ -311,7 +301,7 @@ export async function checkSyncEvent (components: ApplyComponents, evt: SyncEven
   if (bytes === undefined) throw new CommitInvalidError('the #sync event does not carry its commit block', { did, rev: evt.rev, cid: root })
   const commit = decodeCommit(bytes, root)
   checkCommitFields(commit, did, evt.rev, root)
-  await checkSignature(components, commit, root, identity, signal)
+  await withCurrentKey(components, did, identity, signal, (key) => { verifyCommitSignature(commit, key, { cid: root }) })
   if (!holdsBlocks(state)) return { outcome: 'resync', why: '#sync' }
   const order = compareRevs(evt.rev, state.rev)
   if (order < 0) throw new FirehoseEventRefusedError(`#sync to rev ${evt.rev}, older than the stored rev ${state.rev}`, { did, url, reason: 'rollback', cid: root })
@@ -363,14 +353,18 @@ function checkCommitFields (commit: Commit, did: string, rev: string, cid: CID):
   if (commit.rev !== rev) throw new CommitInvalidError(`the commit has rev ${commit.rev}, not the event's rev ${rev}`, { did, rev, cid })
 }
 
-/** The commit's signature against the DID's key, looking the DID document up again once when it fails (keys rotate). */
-async function checkSignature (components: ApplyComponents, commit: Commit, cid: CID, identity: Identity, signal: AbortSignal | undefined): Promise<void> {
+/**
+ * `check` (a signature check) with the DID's key; when the signature fails, with
+ * the key of the DID document looked up again once (keys rotate), unless that key
+ * is the same. Returns what `check` gave and the identity whose key passed.
+ */
+async function withCurrentKey<T> (components: ApplyComponents, did: string, identity: Identity, signal: AbortSignal | undefined, check: (key: Identity['signingKey']) => T | Promise<T>): Promise<{ result: T, identity: Identity }> {
   try {
-    verifyCommitSignature(commit, identity.signingKey, { cid })
+    return { result: await check(identity.signingKey), identity }
   } catch (err) {
     if (!(err instanceof CommitSignatureError)) throw err
-    const fresh = await components.identity.refresh(commit.did, { signal, verifyHandle: false })
+    const fresh = await components.identity.refresh(did, { signal, verifyHandle: false })
     if (fresh.didKey === identity.didKey) throw err
-    verifyCommitSignature(commit, fresh.signingKey, { cid })
+    return { result: await check(fresh.signingKey), identity: fresh }
   }
 }
