@@ -285,8 +285,13 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   }
 
   private async load (did: string, options: ResolveIdentityOptions): Promise<Identity> {
-    const { document, source } = await this.fetchDocument(did, options)
+    const { document, source, fetchedFrom } = await this.fetchDocument(did, options)
     const parsed = parseAtprotoDocument(did, document, { allowHttpLocalhost: this.allowHttpLocalhost })
+    // a did:web document is kept for when its host is down once it proved usable:
+    // one that does not parse never replaces the last good one
+    if (fetchedFrom !== undefined) {
+      await this.identityStore?.putWebDocument({ did, document, fetchedAt: new Date(this.now()).toISOString(), url: fetchedFrom.url })
+    }
     const identity: Identity = { ...parsed, handleVerified: false, document, source }
     if (options.verifyHandle === false) {
       this.store(this.identities, did, { identity, handleCheckedUntil: 0 })
@@ -296,14 +301,13 @@ export class AtprotoIdentityResolver implements IdentityResolver {
   }
 
   /** The DID document from its service, or (that unreachable) from what is kept: see the file header. */
-  private async fetchDocument (did: string, options: ResolveIdentityOptions): Promise<{ document: DidDocument, source: string }> {
+  private async fetchDocument (did: string, options: ResolveIdentityOptions): Promise<{ document: DidDocument, source: string, fetchedFrom?: { url?: string } }> {
     try {
       const document = await this.resolveDidDocument(did, options)
       if (did.startsWith('did:plc:')) return { document, source: `plc:${this.plcUrl}` }
       const url = webDocumentUrl(did.slice('did:web:'.length), this.allowHttpLocalhost)
-      const fetchedAt = new Date(this.now()).toISOString()
-      await this.identityStore?.putWebDocument({ did, document, fetchedAt, url: typeof url === 'string' ? url : undefined })
-      return { document, source: `web:${typeof url === 'string' ? url : did}` }
+      const fetchedFrom = { url: typeof url === 'string' ? url : undefined }
+      return { document, source: `web:${fetchedFrom.url ?? did}`, fetchedFrom }
     } catch (err) {
       options.signal?.throwIfAborted()
       if (!(err instanceof DidResolutionError)) throw err

@@ -108,13 +108,15 @@ describe('AtprotoIdentityResolver with the services down', () => {
   let web: TestServer
   let handles: TestServer
   const key = testKey('erin')
+  /** What the did:web host serves instead of the good document, when set. */
+  let webServes: unknown
 
   before(async () => {
     directory = await startServer((_req, res, url) => {
       if (url.pathname === `/${did}/log/audit`) json(res, 200, long)
       else json(res, 404, { message: 'DID not registered' })
     })
-    web = await startServer((_req, res) => { json(res, 200, didDocument(`did:web:localhost%3A${web.port}`, key, 'https://pds.example.test', 'erin.test')) })
+    web = await startServer((_req, res) => { json(res, 200, webServes ?? didDocument(`did:web:localhost%3A${web.port}`, key, 'https://pds.example.test', 'erin.test')) })
     handles = await startServer((_req, res) => { json(res, 200, { did: `did:web:localhost%3A${web.port}` }) })
   })
 
@@ -142,6 +144,22 @@ describe('AtprotoIdentityResolver with the services down', () => {
       assert.equal(err.url, `${directory.url}/${did}`)
       return true
     })
+  })
+
+  it('did:web: a document that is not usable does not replace the last good one', async () => {
+    const webDid = `did:web:localhost%3A${web.port}`
+    const store = new MemoryIdentityStore()
+    const resolver = new AtprotoIdentityResolver({ store, allowHttpLocalhost: true, timeoutMs: 2000 })
+    await resolver.resolve(webDid, { verifyHandle: false })
+    const good = store.web.get(webDid)
+    assert.ok(good !== undefined)
+    webServes = { id: webDid }
+    try {
+      await assert.rejects(resolver.refresh(webDid, { verifyHandle: false }), { name: 'DidDocumentError' })
+    } finally {
+      webServes = undefined
+    }
+    assert.deepEqual(store.web.get(webDid), good)
   })
 
   it('did:web: the last document while the host is down, and the handle last verified both ways', async () => {
