@@ -18,7 +18,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { logger } from '@libp2p/logger'
 import { plcDocument, verifyPlcLog, type VerifiedPlcLog } from '../identity/plc-log.ts'
 import type { StoredPlcLog } from '../identity/plc-logs.ts'
-import type { PublicRoute } from './public-server.ts'
+import { sendJson, type PublicRoute } from './public-server.ts'
 
 const log = logger('atmirror:http:plc')
 
@@ -57,27 +57,21 @@ export function plcReadRoute (components: PlcReadApiComponents): PublicRoute {
         }
       }
       if (verified === undefined) {
-        send(res, 404, { message: `DID not registered: ${did}` })
+        sendJson(res, 404, { message: `DID not registered: ${did}` })
         return
       }
       const current = verified.entries.filter(entry => !entry.nullified)
       switch (what) {
-        case '/log/audit': send(res, 200, verified.entries); return
-        case '/log': send(res, 200, current.map(entry => entry.operation)); return
-        case '/log/last': send(res, 200, current.at(-1)?.operation); return
+        case '/log/audit': sendJson(res, 200, verified.entries); return
+        case '/log': sendJson(res, 200, current.map(entry => entry.operation)); return
+        case '/log/last': sendJson(res, 200, current.at(-1)?.operation); return
       }
       if (verified.data === null) {
-        send(res, 410, { message: `DID not available: ${did}` })
+        sendJson(res, 410, { message: `DID not available: ${did}` })
         return
       }
-      if (what === '/data') send(res, 200, verified.data)
-      else send(res, 200, plcDocument(verified.data), 'application/did+ld+json')
+      if (what === '/data') sendJson(res, 200, verified.data)
+      else sendJson(res, 200, plcDocument(verified.data), 'application/did+ld+json')
     }
   }
-}
-
-function send (res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
-  const bytes = Buffer.from(JSON.stringify(body))
-  res.writeHead(status, { 'content-type': `${type}; charset=utf-8`, 'content-length': bytes.length })
-  res.end(bytes)
 }

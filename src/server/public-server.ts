@@ -331,10 +331,10 @@ function routeMatches (route: PublicRoute, pathname: string): boolean {
   return route.match !== undefined ? route.match(pathname) : pathname === route.path || pathname.startsWith(route.path + '/')
 }
 
-/** A JSON answer. */
-export function sendJson (res: ServerResponse, status: number, body: unknown): void {
+/** A JSON answer (`type`: a JSON media type of its own, such as `application/did+ld+json`). */
+export function sendJson (res: ServerResponse, status: number, body: unknown, type = 'application/json'): void {
   const bytes = Buffer.from(JSON.stringify(body))
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': bytes.length })
+  res.writeHead(status, { 'content-type': `${type}; charset=utf-8`, 'content-length': bytes.length })
   res.end(bytes)
 }
 
