@@ -35,7 +35,7 @@ import { describeFetchError } from '../http/fetch.ts'
 import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../http/xrpc.ts'
 import { RAW, SHA2_256 } from '../repo/cid.ts'
 import type { BlockBroker } from './broker.ts'
-import type { PdsLocator } from './pds.ts'
+import { IdleWatch, type PdsLocator } from './pds.ts'
 
 const log = logger('atmirror:blocks:blobs')
 
@@ -271,56 +271,46 @@ export class PdsBlobSource implements BlobSource {
     const nsid = 'com.atproto.sync.getBlob'
     const params = { did, cid: cid.toString() }
     const url = xrpcUrl(pds, nsid, params).href
-    const idle = new AbortController()
-    const combined = signal === undefined ? idle.signal : AbortSignal.any([signal, idle.signal])
-    let timer: NodeJS.Timeout | undefined
-    let received = 0
     const idleTimeoutMs = this.#idleTimeoutMs
-    const arm = (): void => {
-      clearTimeout(timer)
-      timer = setTimeout(() => { idle.abort(new DOMException('no data', 'TimeoutError')) }, idleTimeoutMs)
-    }
+    const idle = new IdleWatch(idleTimeoutMs, signal)
+    let received = 0
     const fail = (err: unknown): unknown => {
       if (signal?.aborted === true) return signal.reason ?? err
-      if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${idleTimeoutMs} ms after ${received} bytes`, { did, url, cid }, { cause: err })
+      if (idle.fired) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${idleTimeoutMs} ms after ${received} bytes`, { did, url, cid }, { cause: err })
       if (err instanceof PdsResponseError && /BlobNotFound|blob not found/i.test(err.message)) return new PdsBlobNotFoundError(`${nsid}: the PDS has no such blob (${err.message})`, { did, url, cid, status: err.status })
       const mapped = err instanceof PdsError ? err : mapFetchError(err, nsid, url, { did })
       if (received > 0 && mapped instanceof PdsUnavailableError) return new PdsUnavailableError(`${nsid}: download interrupted after ${received} bytes (${describeFetchError(err)})`, { did, url, cid }, { cause: err })
       return mapped
     }
-    const done = (): void => {
-      clearTimeout(timer)
-      if (!combined.aborted) idle.abort(new DOMException('done', 'AbortError'))
-    }
-    arm()
+    idle.arm()
     let res: Response
     try {
-      res = await xrpcGet(pds, nsid, params, { signal: combined, timeoutMs: this.#timeoutMs, fetch: this.#fetch, did, accept: '*/*' })
+      res = await xrpcGet(pds, nsid, params, { signal: idle.signal, timeoutMs: this.#timeoutMs, fetch: this.#fetch, did, accept: '*/*' })
     } catch (err) {
       const failure = fail(err)
-      done()
+      idle.end()
       throw failure
     }
     const length = Number(res.headers.get('content-length') ?? NaN)
     const body = res.body
     if (Number.isSafeInteger(length) && length > options.maxBytes) {
       await body?.cancel().catch(() => {})
-      done()
+      idle.end()
       throw new BlobTooLargeError(cid, { size: length, max: options.maxBytes, did, url })
     }
     const chunks = (async function * () {
       try {
         if (body === null) return
-        arm()
+        idle.arm()
         for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-          arm()
+          idle.arm()
           received += chunk.byteLength
           yield chunk
         }
       } catch (err) {
         throw fail(err)
       } finally {
-        done()
+        idle.end()
       }
     })()
     return {
@@ -331,7 +321,7 @@ export class PdsBlobSource implements BlobSource {
         [Symbol.asyncIterator]: () => ({
           next: async () => await chunks.next(),
           return: async () => {
-            done()
+            idle.end()
             return await chunks.return(undefined)
           }
         })

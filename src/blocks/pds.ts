@@ -28,7 +28,7 @@ import { mapFetchError, xrpcGet, xrpcUrl, type FetchLike } from '../http/xrpc.ts
 import type { Block } from '../repo/block-store.ts'
 import { readCar } from '../repo/car.ts'
 import type { CID } from '../repo/cid.ts'
-import { parallel } from './parallel.ts'
+import { Alarm, parallel } from './parallel.ts'
 import type { BlockBroker, BrokerOptions } from './broker.ts'
 
 const log = logger('atmirror:blocks:pds')
@@ -138,20 +138,14 @@ export class PdsClient {
   }
 
   async * #stream (nsid: string, pds: string, params: Record<string, string | string[] | undefined>, did: string, timeoutMs: number, signal: AbortSignal | undefined, floor?: RateFloor): AsyncGenerator<Uint8Array> {
-    const idle = new AbortController()
-    const combined = signal === undefined ? idle.signal : AbortSignal.any([signal, idle.signal])
-    let timer: NodeJS.Timeout | undefined
+    const idle = new IdleWatch(this.#idleTimeoutMs, signal)
     let slow: string | undefined
-    const arm = (): void => {
-      clearTimeout(timer)
-      timer = setTimeout(() => { idle.abort(new DOMException('no data', 'TimeoutError')) }, this.#idleTimeoutMs)
-    }
     const url = xrpcUrl(pds, nsid, params).href
     let received = 0
     const fail = (err: unknown): unknown => {
       if (signal?.aborted === true) return signal.reason ?? err
       if (slow !== undefined) return new PdsUnavailableError(`${nsid}: PDS too slow, ${slow}`, { did, url }, { cause: err })
-      if (idle.signal.aborted) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms after ${received} bytes`, { did, url }, { cause: err })
+      if (idle.fired) return new PdsUnavailableError(`${nsid}: PDS stalled, no data for ${this.#idleTimeoutMs} ms after ${received} bytes`, { did, url }, { cause: err })
       const mapped = mapFetchError(err, nsid, url, { did })
       // the body broke off: say so, with how far it got
       if (received > 0 && mapped instanceof PdsUnavailableError) return new PdsUnavailableError(`${nsid}: download interrupted after ${received} bytes (${describeFetchError(err)})`, { did, url }, { cause: err })
@@ -161,21 +155,21 @@ export class PdsClient {
       ? undefined
       : watchRate(floor, () => received, (reason) => {
         slow = reason
-        idle.abort(new DOMException(reason, 'TimeoutError'))
+        idle.abort(reason)
       })
-    arm()
+    idle.arm()
     try {
       let res: Response
       try {
-        res = await xrpcGet(pds, nsid, params, { signal: combined, timeoutMs, fetch: this.#fetch, did, accept: 'application/vnd.ipld.car' })
+        res = await xrpcGet(pds, nsid, params, { signal: idle.signal, timeoutMs, fetch: this.#fetch, did, accept: 'application/vnd.ipld.car' })
       } catch (err) {
         throw fail(err)
       }
       if (res.body === null) return
-      arm()
+      idle.arm()
       try {
         for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          arm()
+          idle.arm()
           received += chunk.byteLength
           yield chunk
         }
@@ -183,11 +177,47 @@ export class PdsClient {
         throw fail(err)
       }
     } finally {
-      clearTimeout(timer)
       watch?.stop()
-      // a consumer that stops early must not leave the response streaming
-      if (!combined.aborted) idle.abort(new DOMException('done', 'AbortError'))
+      idle.end()
     }
+  }
+}
+
+/**
+ * The idle timeout of one streamed download: `signal` (the caller's, joined) aborts
+ * when no `arm()` came for `ms`, or at `abort(reason)`; `end()` disarms it and aborts
+ * the request, so a consumer that stops early does not leave the response streaming.
+ */
+export class IdleWatch {
+  readonly signal: AbortSignal
+  readonly #idle = new AbortController()
+  readonly #ms: number
+  readonly #alarm: Alarm
+
+  constructor (ms: number, signal?: AbortSignal) {
+    this.#ms = ms
+    this.signal = signal === undefined ? this.#idle.signal : AbortSignal.any([signal, this.#idle.signal])
+    this.#alarm = new Alarm(() => { this.#idle.abort(new DOMException('no data', 'TimeoutError')) })
+  }
+
+  /** Whether it fired (no data for `ms`) or was aborted with a reason of its own. */
+  get fired (): boolean {
+    return this.#idle.signal.aborted
+  }
+
+  /** Data came: the next `ms` start now. */
+  arm (): void {
+    this.#alarm.set(this.#ms)
+  }
+
+  /** Cuts the download off as timed out (a throughput floor not met). */
+  abort (reason: string): void {
+    this.#idle.abort(new DOMException(reason, 'TimeoutError'))
+  }
+
+  end (): void {
+    this.#alarm.clear()
+    if (!this.signal.aborted) this.#idle.abort(new DOMException('done', 'AbortError'))
   }
 }
 
