@@ -105,7 +105,7 @@ export async function * hashChecked (cid: CID, chunks: AsyncIterable<Uint8Array>
 }
 
 /** Throws UnsupportedCidError unless `cid` is what a blob is: CIDv1, raw (0x55), sha2-256. */
-export function assertBlobCid (cid: CID): void {
+function assertBlobCid (cid: CID): void {
   if (cid.version !== 1 || cid.code !== RAW) throw new UnsupportedCidError(cid, `a blob is a CIDv1 raw (0x55) link, got version ${cid.version} codec 0x${cid.code.toString(16)}`)
   if (cid.multihash.code !== SHA2_256 || cid.multihash.size !== 32) throw new UnsupportedCidError(cid, 'a blob is hashed with sha2-256')
 }

@@ -50,7 +50,7 @@ export interface GatewayComponents {
 const MAX_CAR_BLOB = 1024 * 1024
 
 /** Most blocks one `dag-scope=all` CAR holds (a large repo is a few million). */
-export const MAX_CAR_BLOCKS = 5_000_000
+const MAX_CAR_BLOCKS = 5_000_000
 
 const RAW_TYPE = 'application/vnd.ipld.raw'
 const CAR_TYPE = 'application/vnd.ipld.car'

@@ -124,7 +124,7 @@ export class RepoCarCache {
 }
 
 /** Most CIDs one getBlocks call may ask for (a URL holds ~250 anyway: heads are capped at 16 KiB). */
-export const MAX_GET_BLOCKS = 1000
+const MAX_GET_BLOCKS = 1000
 
 /** Bytes gathered into one write of a streamed CAR: one syscall per block would cost more than the block. */
 const CHUNK_BYTES = 64 * 1024
@@ -158,7 +158,7 @@ export function cidParam (text: string, what = 'cid'): CID {
  * byte (the repo vanished, a block is missing) is still answered as an XRPC error,
  * not as a connection cut mid-answer. Small chunks are gathered to {@link CHUNK_BYTES}.
  */
-export async function startStream (source: AsyncIterable<Uint8Array>, cache?: { cache: RepoCarCache, commit: string }): Promise<Readable> {
+async function startStream (source: AsyncIterable<Uint8Array>, cache?: { cache: RepoCarCache, commit: string }): Promise<Readable> {
   const chunks = cache === undefined ? coalesce(source) : cache.cache.fill(cache.commit, coalesce(source))
   const first = await chunks.next()
   return Readable.from((async function * () {
@@ -183,7 +183,7 @@ async function * coalesce (source: AsyncIterable<Uint8Array>): AsyncGenerator<Bu
 }
 
 /** The commit, the MST nodes on the path of `rpath` from the root down, and the record if the tree holds it. */
-export async function * recordProofBlocks (store: ReadonlyBlockStore, commit: CID, data: CID, rpath: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Block> {
+async function * recordProofBlocks (store: ReadonlyBlockStore, commit: CID, data: CID, rpath: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<Block> {
   const get = async (cid: CID, what: string): Promise<Uint8Array> => {
     const bytes = await store.get(cid, options)
     if (bytes === undefined) throw new InvalidRequestError(`block not found: ${what} ${cid.toString()}`, 'BlockNotFound')
